@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Placeholder translation unit so the library exists before the codec lands. */
+int proto_placeholder_symbol;
