@@ -5,6 +5,7 @@
  * documented default), overridden by command-line flags. See gemma4d.yaml(5).
  */
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -78,3 +79,13 @@ bool config_restart_keys_changed(const struct gemma4d_config *old, const struct 
                                  char *buf, size_t bufsize);
 
 const char *backend_kind_to_string(enum backend_kind k);
+
+/* True when every key has the same value in a and b. */
+bool config_equal(const struct gemma4d_config *a, const struct gemma4d_config *b);
+/* The effective configuration as YAML that config_load_string() reads back to an equal config (for the
+ * debug log, --check-config and `gemma4ctl config show`). *ret is heap, caller frees. */
+int config_format(const struct gemma4d_config *c, char **ret);
+/* The key table, in file order: names like "limits.max_queue". */
+size_t config_n_keys(void);
+const char *config_key_name(size_t i);      /* NULL past the end */
+bool config_key_is_reloadable(const char *key);  /* false for restart-required and unknown keys */
