@@ -585,6 +585,10 @@ static int config_check(const struct gemma4d_config *c, const char *where, char 
         return 0;
 }
 
+int config_validate(const struct gemma4d_config *c, char **reterr) {
+        return config_check(c, "", reterr);
+}
+
 /* ---- command-line style overrides ---- */
 
 int config_set(struct gemma4d_config *c, const char *key, const char *value, char **reterr) {
@@ -618,8 +622,6 @@ int config_set(struct gemma4d_config *c, const char *key, const char *value, cha
                 free(copy);
         } else
                 r = set_scalar(&tmp, e, value, "", reterr);
-        if (r >= 0)
-                r = config_check(&tmp, "", reterr);
         if (r < 0) {
                 config_done(&tmp);
                 return r;

@@ -70,8 +70,13 @@ int config_load_file(struct gemma4d_config *c, const char *path, char **reterr);
 int config_load_string(struct gemma4d_config *c, const char *name, const char *yaml, char **reterr);
 
 /* Set one key from a "section.key" name and a string value, as the YAML parser would (used for the
- * command-line overrides). Same error rules. */
+ * command-line overrides). Same error rules for the value; lists take comma-separated values. The checks
+ * that relate several keys are left to config_validate(), so overrides can be applied in any order.
+ * Messages are "key: message". */
 int config_set(struct gemma4d_config *c, const char *key, const char *value, char **reterr);
+/* The checks between keys (e.g. limits.max_batched_tokens >= limits.max_num_seqs); config_load_*() run
+ * them on the result of every file. */
+int config_validate(const struct gemma4d_config *c, char **reterr);
 
 /* Keys whose change needs a restart (model.path, backend, ...): true when old and new differ in any of
  * them; the names are written comma-separated into buf. Used by SIGHUP reload. */
