@@ -2,15 +2,19 @@
 /*
  * gemma4d: command line, configuration, then the daemon. See gemma4d(8).
  *
- * Order of precedence: compiled-in defaults < the YAML file (--config, else GEMMA4D_SYSCONFDIR/gemma4d.yaml
- * when it exists) < command-line flags. Flags are applied with config_set(), so they follow exactly the
- * rules of the file's keys.
+ * Order of precedence: compiled-in defaults < instance defaults (--instance N: gpu N, socket
+ * /run/gemma4d/N.sock) < the YAML file (--config, else GEMMA4D_SYSCONFDIR/gemma4d.yaml when it exists) <
+ * the instance overlay (instances/N.yaml next to that file, when it exists) < command-line flags. Flags are
+ * applied with config_set(), so they follow exactly the rules of the file's keys.
  *
  * Exit status: 0 success; 1 the configuration does not load or the daemon failed; 2 the command line is
  * wrong (unknown option, missing argument, invalid value of a flag).
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +44,7 @@ struct gemma4d_args {
         enum main_action action;
         enum log_target log_target;
         const char *config_path;        /* NULL: the default file, if it exists */
+        const char *instance;           /* --instance: systemd's %i, NULL when not given */
         struct override overrides[MAX_OVERRIDES];
         unsigned n_overrides;
 };
@@ -57,6 +62,8 @@ static void help(void) {
                "  -m, --model DIR           model directory (model.path)\n"
                "  -b, --backend cpu|cuda    compute backend (backend)\n"
                "  -s, --socket PATH         Unix socket to listen on (socket.path)\n"
+               "      --instance N          instance name (systemd's %%i): gpu N, socket\n"
+               "                            /run/gemma4d/N.sock, then instances/N.yaml over the file\n"
                "      --log-level LEVEL     error, warning, info or debug (log.level)\n"
                "      --log-target TARGET   console, journal or auto (default auto: the journal when\n"
                "                            stderr is connected to it)\n"
@@ -96,12 +103,55 @@ static int add_override(struct gemma4d_args *a, const char *key, const char *val
         return 0;
 }
 
+/* Instance names end up in file and socket paths: no '/', no '.', nothing odd. */
+static bool valid_instance_name(const char *s) {
+        size_t n = strlen(s);
+        if (n == 0 || n > 64)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char) s[i]) && s[i] != '-' && s[i] != '_')
+                        return false;
+        return true;
+}
+
+/* Defaults that follow from the instance name: a numeric instance serves that GPU, and every instance
+ * gets its own socket (the socket unit passes the same path when socket-activated). */
+static int apply_instance_defaults(struct gemma4d_config *cfg, const char *instance, char **reterr) {
+        char sock[128];
+        int r;
+
+        snprintf(sock, sizeof sock, "/run/gemma4d/%s.sock", instance);
+        r = config_set(cfg, "socket.path", sock, reterr);
+        if (r < 0)
+                return r;
+        if (instance[strspn(instance, "0123456789")] == '\0' && strlen(instance) <= 3) {
+                r = config_set(cfg, "gpu", instance, reterr);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* "instances/NAME.yaml" in the directory of the main file (or of the default file). */
+static int instance_overlay_path(const char *main_path, const char *instance, char *buf, size_t size) {
+        char dir[PATH_MAX];
+        int n;
+
+        n = snprintf(dir, sizeof dir, "%s", main_path ? main_path : GEMMA4D_SYSCONFDIR "/gemma4d.yaml");
+        if (n < 0 || (size_t) n >= sizeof dir)
+                return -ENAMETOOLONG;
+        n = snprintf(buf, size, "%s/instances/%s.yaml", dirname(dir), instance);
+        if (n < 0 || (size_t) n >= size)
+                return -ENAMETOOLONG;
+        return 0;
+}
+
 /*
  * Parses the command line into *ret. Returns 1 to go on, 0 when the job is done (--help, --version), or
  * a negative errno after logging the problem (exit status 2).
  */
 static int parse_argv(int argc, char **argv, struct gemma4d_args *ret) {
-        enum { OPT_LOG_LEVEL = 0x100, OPT_LOG_TARGET, OPT_SET, OPT_CHECK_CONFIG };
+        enum { OPT_LOG_LEVEL = 0x100, OPT_LOG_TARGET, OPT_SET, OPT_CHECK_CONFIG, OPT_INSTANCE };
         static const struct option options[] = {
                 { "config",       required_argument, NULL, 'c' },
                 { "model",        required_argument, NULL, 'm' },
@@ -110,6 +160,7 @@ static int parse_argv(int argc, char **argv, struct gemma4d_args *ret) {
                 { "log-level",    required_argument, NULL, OPT_LOG_LEVEL },
                 { "log-target",   required_argument, NULL, OPT_LOG_TARGET },
                 { "set",          required_argument, NULL, OPT_SET },
+                { "instance",     required_argument, NULL, OPT_INSTANCE },
                 { "check-config", no_argument,       NULL, OPT_CHECK_CONFIG },
                 { "help",         no_argument,       NULL, 'h' },
                 { "version",      no_argument,       NULL, 'V' },
@@ -163,6 +214,13 @@ static int parse_argv(int argc, char **argv, struct gemma4d_args *ret) {
                         r = add_override(&a, copy, eq + 1, copy);
                         break;
                 }
+                case OPT_INSTANCE:
+                        if (!valid_instance_name(optarg))
+                                r = log_error_errno(EINVAL, "--instance: '%s' is not a valid instance name "
+                                                    "(letters, digits, '-' and '_', at most 64)", optarg);
+                        else
+                                a.instance = optarg;
+                        break;
                 case OPT_CHECK_CONFIG:
                         a.action = ACTION_CHECK_CONFIG;
                         break;
@@ -207,10 +265,30 @@ static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config 
         r = config_init_defaults(&cfg);
         if (r < 0)
                 return log_error_errno(r, "out of memory");
+        if (a->instance) {
+                r = apply_instance_defaults(&cfg, a->instance, &err);
+                if (r < 0)
+                        goto fail;
+        }
         if (path) {
                 r = config_load_file(&cfg, path, &err);
                 if (r < 0)
                         goto fail;
+        }
+        if (a->instance) {
+                char overlay[PATH_MAX];
+                r = instance_overlay_path(path, a->instance, overlay, sizeof overlay);
+                if (r < 0) {
+                        log_error("instance overlay path is too long");
+                        config_done(&cfg);
+                        return r;
+                }
+                if (access(overlay, F_OK) == 0) {
+                        r = config_load_file(&cfg, overlay, &err);
+                        if (r < 0)
+                                goto fail;
+                        log_debug("instance overlay: %s", overlay);
+                }
         }
         for (unsigned i = 0; i < a->n_overrides; i++) {
                 r = config_set(&cfg, a->overrides[i].key, a->overrides[i].value, &err);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -223,6 +224,60 @@ static void test_inconsistent_result(void **state) {
         unlink(p);
 }
 
+/* --instance N: gpu N and /run/gemma4d/N.sock as defaults, the file over them, instances/N.yaml next to
+ * the file over that, and flags over everything. */
+static void test_instance(void **state) {
+        char dir[] = "/tmp/test-cli-inst-XXXXXX", path[200], overlay[200], subdir[200];
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/gemma4d.yaml", dir);
+        snprintf(subdir, sizeof subdir, "%s/instances", dir);
+        snprintf(overlay, sizeof overlay, "%s/instances/2.yaml", dir);
+        assert_int_equal(mkdir(subdir, 0700), 0);
+        FILE *f = fopen(path, "we");
+        assert_non_null(f);
+        fputs("backend: cuda\nlimits: {max_queue: 10, max_connections: 11}\n", f);
+        fclose(f);
+        f = fopen(overlay, "we");
+        assert_non_null(f);
+        fputs("limits: {max_queue: 20}\n", f);
+        fclose(f);
+
+        run(&res, "--check-config", "-c", path, "--instance", "2", "--log-level", "debug",
+            "--set", "limits.max_connections=12", NULL);
+        assert_int_equal(res.status, 0);
+        assert_non_null(strstr(res.err, "\ngpu: 2\n"));
+        assert_non_null(strstr(res.err, "  path: \"/run/gemma4d/2.sock\"\n"));
+        assert_non_null(strstr(res.err, "\nbackend: cuda\n"));
+        assert_non_null(strstr(res.err, "  max_queue: 20\n"));
+        assert_non_null(strstr(res.err, "  max_connections: 12\n"));
+
+        /* An instance without an overlay file uses the main file alone. */
+        run(&res, "--check-config", "-c", path, "--instance", "5", "--log-level", "debug", NULL);
+        assert_int_equal(res.status, 0);
+        assert_non_null(strstr(res.err, "\ngpu: 5\n"));
+        assert_non_null(strstr(res.err, "  max_queue: 10\n"));
+
+        /* A broken overlay is reported with its own name and position. */
+        f = fopen(overlay, "we");
+        assert_non_null(f);
+        fputs("limits: {max_queue: -3}\n", f);
+        fclose(f);
+        run(&res, "--check-config", "-c", path, "--instance", "2", NULL);
+        assert_int_equal(res.status, 1);
+        char expected[300];
+        snprintf(expected, sizeof expected, "error: %s:1:21: limits.max_queue: -3 is out of range (1..1000000)\n",
+                 overlay);
+        assert_string_equal(res.err, expected);
+
+        run(&res, "--check-config", "-c", path, "--instance", "../2", NULL);
+        assert_int_equal(res.status, 2);
+
+        unlink(overlay);
+        rmdir(subdir);
+        unlink(path);
+        rmdir(dir);
+}
+
 int main(int argc, char **argv) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_version_and_help),
@@ -231,6 +286,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_flags_override_file),
                 cmocka_unit_test(test_usage_errors),
                 cmocka_unit_test(test_inconsistent_result),
+                cmocka_unit_test(test_instance),
         };
         if (argc != 2) {
                 fprintf(stderr, "usage: %s PATH-TO-GEMMA4D\n", argv[0]);

@@ -408,7 +408,7 @@ static void test_docs_cover_every_key(void **state) {
                         assert_non_null(strstr(yaml, needle));
                 }
                 /* The man page has a "*key*" heading followed by the reload class. */
-                snprintf(needle, sizeof needle, "*%s*", key);
+                snprintf(needle, sizeof needle, "\n*%s*\n", key);
                 const char *entry = strstr(man, needle);
                 if (!entry)
                         fail_msg("gemma4d.yaml.5.scd does not document %s", key);
