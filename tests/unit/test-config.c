@@ -603,7 +603,7 @@ static void test_mutations(void **state) {
                 config_done(&c);
                 config_done(&before);
         }
-        print_message("mutations: %u loaded, %u rejected\n", loaded, rejected);
+        print_message("# mutations: %u loaded, %u rejected\n", loaded, rejected);
         /* Both outcomes occur, or the mutations are not testing anything. */
         assert_true(loaded > 10);
         assert_true(rejected > 50);
