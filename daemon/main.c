@@ -255,6 +255,7 @@ static int parse_argv(int argc, char **argv, struct gemma4d_args *ret) {
 static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config *ret) {
         static const char default_path[] = GEMMA4D_SYSCONFDIR "/gemma4d.yaml";
         const char *path = a->config_path;
+        char overlay[PATH_MAX] = "";
         struct gemma4d_config cfg;
         char *err = NULL;
         int r;
@@ -276,7 +277,6 @@ static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config 
                         goto fail;
         }
         if (a->instance) {
-                char overlay[PATH_MAX];
                 r = instance_overlay_path(path, a->instance, overlay, sizeof overlay);
                 if (r < 0) {
                         log_error("instance overlay path is too long");
@@ -287,8 +287,8 @@ static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config 
                         r = config_load_file(&cfg, overlay, &err);
                         if (r < 0)
                                 goto fail;
-                        log_debug("instance overlay: %s", overlay);
-                }
+                } else
+                        overlay[0] = '\0';
         }
         for (unsigned i = 0; i < a->n_overrides; i++) {
                 r = config_set(&cfg, a->overrides[i].key, a->overrides[i].value, &err);
@@ -298,7 +298,10 @@ static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config 
         r = config_validate(&cfg, &err);
         if (r < 0)
                 goto fail;
-        log_debug("configuration file: %s", path ? path : "(none, compiled-in defaults)");
+        /* From here on the configured level applies. */
+        log_set_level(cfg.log_level);
+        log_debug("configuration file: %s%s%s", path ? path : "(none, compiled-in defaults)",
+                  overlay[0] ? ", instance overlay: " : "", overlay);
         *ret = cfg;
         return 0;
 fail:
@@ -336,7 +339,6 @@ int main(int argc, char **argv) {
         args_done(&args);
         if (r < 0)
                 return EXIT_FAILURE;
-        log_set_level(cfg.log_level);
         log_config(&cfg);
 
         if (args.action == ACTION_CHECK_CONFIG) {
