@@ -58,7 +58,8 @@ static void args_done(struct gemma4d_args *a) {
 static void help(void) {
         printf("Usage: gemma4d [OPTIONS]\n"
                "Serve Gemma 4 over a Unix socket. See gemma4d(8) and gemma4d.yaml(5).\n\n"
-               "  -c, --config FILE         configuration file (default %s/gemma4d.yaml if it exists)\n"
+               "  -c, --config FILE         configuration file (default %s/gemma4d.yaml if it exists;\n"
+               "                            - reads standard input)\n"
                "  -m, --model DIR           model directory (model.path)\n"
                "  -b, --backend cpu|cuda    compute backend (backend)\n"
                "  -s, --socket PATH         Unix socket to listen on (socket.path)\n"
@@ -251,6 +252,56 @@ static int parse_argv(int argc, char **argv, struct gemma4d_args *ret) {
         return 1;
 }
 
+/* Reads all of stdin (for --config -), at most 1 MiB: configuration files are small. */
+static int read_stdin(char **ret) {
+        size_t cap = 1 << 20, len = 0;
+        char *buf = malloc(cap + 1);
+        ssize_t n;
+
+        if (!buf)
+                return -ENOMEM;
+        while ((n = read(STDIN_FILENO, buf + len, cap - len)) != 0) {
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        int r = -errno;
+                        free(buf);
+                        return r;
+                }
+                len += (size_t) n;
+                if (len == cap) {
+                        free(buf);
+                        return -EFBIG;
+                }
+        }
+        buf[len] = '\0';
+        if (memchr(buf, '\0', len)) {
+                free(buf);
+                return -EBADMSG;
+        }
+        *ret = buf;
+        return 0;
+}
+
+static int load_config_file(struct gemma4d_config *cfg, const char *path, char **reterr) {
+        char *text = NULL;
+        int r;
+
+        if (strcmp(path, "-") != 0)
+                return config_load_file(cfg, path, reterr);
+        r = read_stdin(&text);
+        if (r < 0) {
+                *reterr = NULL;
+                if (asprintf(reterr, "<stdin>: %s", r == -EFBIG ? "larger than 1 MiB" :
+                             r == -EBADMSG ? "contains a NUL byte" : strerror(-r)) < 0)
+                        *reterr = NULL;
+                return r;
+        }
+        r = config_load_string(cfg, "<stdin>", text, reterr);
+        free(text);
+        return r;
+}
+
 /* Defaults, then the file, then the flags. Logs the problem and returns a negative errno on error. */
 static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config *ret) {
         static const char default_path[] = GEMMA4D_SYSCONFDIR "/gemma4d.yaml";
@@ -272,12 +323,12 @@ static int config_from_args(const struct gemma4d_args *a, struct gemma4d_config 
                         goto fail;
         }
         if (path) {
-                r = config_load_file(&cfg, path, &err);
+                r = load_config_file(&cfg, path, &err);
                 if (r < 0)
                         goto fail;
         }
         if (a->instance) {
-                r = instance_overlay_path(path, a->instance, overlay, sizeof overlay);
+                r = instance_overlay_path(path && strcmp(path, "-") != 0 ? path : NULL, a->instance, overlay, sizeof overlay);
                 if (r < 0) {
                         log_error("instance overlay path is too long");
                         config_done(&cfg);

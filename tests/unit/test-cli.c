@@ -40,7 +40,9 @@ static void drain(int fd, char *buf, size_t *len, bool *open_flag) {
         }
 }
 
-/* Runs gemma4d with the given arguments (NULL-terminated), stdin from /dev/null. */
+static const char *stdin_path = "/dev/null";
+
+/* Runs gemma4d with the given arguments (NULL-terminated), stdin from stdin_path. */
 static void run(struct result *res, ...) {
         const char *argv[32] = { gemma4d_path };
         int n = 1, out[2], err[2];
@@ -57,7 +59,7 @@ static void run(struct result *res, ...) {
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
-                int devnull = open("/dev/null", O_RDONLY);
+                int devnull = open(stdin_path, O_RDONLY);
                 if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out[1], 1) < 0 || dup2(err[1], 2) < 0)
                         _exit(127);
                 /* Not under systemd, whatever runs the tests. */
@@ -278,6 +280,26 @@ static void test_instance(void **state) {
         rmdir(dir);
 }
 
+/* --config - reads the configuration from standard input, named <stdin> in messages. */
+static void test_config_from_stdin(void **state) {
+        stdin_path = write_tmp("backend: cuda\n");
+        run(&res, "--check-config", "--config", "-", NULL);
+        assert_int_equal(res.status, 0);
+        unlink(stdin_path);
+
+        stdin_path = write_tmp("backend: cuda\nkv: {dtype: int4}\n");
+        run(&res, "--check-config", "--config", "-", NULL);
+        assert_int_equal(res.status, 1);
+        assert_string_equal(res.err, "error: <stdin>:2:13: kv.dtype: invalid value 'int4' (expected one of: "
+                                     "fp8, bf16)\n");
+        unlink(stdin_path);
+        stdin_path = "/dev/null";
+
+        /* An empty stdin is an empty file: the defaults. */
+        run(&res, "--check-config", "--config", "-", NULL);
+        assert_int_equal(res.status, 0);
+}
+
 int main(int argc, char **argv) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_version_and_help),
@@ -287,6 +309,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_usage_errors),
                 cmocka_unit_test(test_inconsistent_result),
                 cmocka_unit_test(test_instance),
+                cmocka_unit_test(test_config_from_stdin),
         };
         if (argc != 2) {
                 fprintf(stderr, "usage: %s PATH-TO-GEMMA4D\n", argv[0]);
