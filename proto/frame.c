@@ -156,11 +156,12 @@ static int reader_fail(struct proto_reader *r, int error) {
 
 static int reader_sticky_diag(const struct proto_reader *r, struct proto_diag *d) {
         if (r->error == -EMSGSIZE)
-                return diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE, "frame: length %u exceeds the limit of %u bytes",
+                (void) diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE, "frame: length %u exceeds the limit of %u bytes",
                                  r->body_len, r->max_frame);
-        if (r->error == -EBADMSG)
-                return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: zero length");
-        (void) diag_fail(d, PROTO_CODE_INTERNAL, "frame: out of memory");
+        else if (r->error == -EBADMSG)
+                (void) diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: zero length");
+        else
+                (void) diag_fail(d, PROTO_CODE_INTERNAL, "frame: out of memory");
         return r->error;
 }
 
