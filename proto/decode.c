@@ -9,6 +9,7 @@
  * and requires exactly one top-level map with nothing after it. Only then does msgpack_unpack_next()
  * build the object tree, whose size is now at most ~24 bytes per input byte and PROTO_MAX_OBJECTS nodes.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -552,8 +553,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 r = get_double(d, e, path, "logprob", true, &x);
                 if (r < 0)
                         goto fail;
-                if (x > 0) {
-                        r = diag_key(d->diag, path, "logprob", "must be <= 0");
+                if (x > 0 || x < -FLT_MAX) {
+                        r = diag_key(d->diag, path, "logprob", "must be in [-FLT_MAX, 0]");
                         goto fail;
                 }
                 t->logprob = (float) x;
@@ -587,8 +588,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                         r = get_double(d, te, tpath, "logprob", true, &x);
                         if (r < 0)
                                 goto fail;
-                        if (x > 0) {
-                                r = diag_key(d->diag, tpath, "logprob", "must be <= 0");
+                        if (x > 0 || x < -FLT_MAX) {
+                                r = diag_key(d->diag, tpath, "logprob", "must be in [-FLT_MAX, 0]");
                                 goto fail;
                         }
                         t->top[i].logprob = (float) x;
