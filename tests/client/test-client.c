@@ -58,6 +58,16 @@ struct server {
         char path[128];
 };
 
+/* Children start with no signal blocked, whatever mask the test runner gave us. */
+static void unblock_signals(void) {
+        sigset_t none;
+
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+}
+
 /* Start test-server on tmpdir/NAME.sock with extra options (NULL-terminated); waits for READY. */
 static void server_start(struct server *s, const char *name, ...) {
         const char *argv[16] = { server_bin, "--socket", s->path, "--name", name };
@@ -75,6 +85,7 @@ static void server_start(struct server *s, const char *name, ...) {
         s->pid = fork();
         assert_true(s->pid >= 0);
         if (s->pid == 0) {
+                unblock_signals();
                 dup2(pfd[1], STDOUT_FILENO);
                 close(pfd[0]);
                 close(pfd[1]);
@@ -130,6 +141,7 @@ static void run_cmd(struct run *r, const char *socket, const char *input, int si
         pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
+                unblock_signals();
                 dup2(in[0], STDIN_FILENO);
                 dup2(out[1], STDOUT_FILENO);
                 dup2(err[1], STDERR_FILENO);

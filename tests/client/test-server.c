@@ -674,6 +674,7 @@ int main(int argc, char **argv) {
                 { "reject-version", no_argument, NULL, 'R' }, {},
         };
         struct pollfd pfd[MAX_CONNS + 1];
+        sigset_t block, waitmask;
         int lfd, o;
 
         while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -694,9 +695,19 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "test-server: --socket is required (and --max-inflight must be >= 1)\n");
                 return 2;
         }
+        /*
+         * SIGTERM/SIGINT stay blocked except inside ppoll(), so a signal can never slip in between the
+         * quit check and the wait (and a mask inherited from the test runner cannot keep them out).
+         */
         signal(SIGPIPE, SIG_IGN);
         signal(SIGTERM, on_signal);
         signal(SIGINT, on_signal);
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        sigaddset(&block, SIGINT);
+        sigprocmask(SIG_BLOCK, &block, &waitmask);
+        sigdelset(&waitmask, SIGTERM);
+        sigdelset(&waitmask, SIGINT);
         lfd = listen_on(S.socket);
         if (lfd < 0) {
                 fprintf(stderr, "test-server: %s: %s\n", S.socket, strerror(-lfd));
@@ -733,7 +744,9 @@ int main(int argc, char **argv) {
                         n++;
                 }
                 pfd[0] = (struct pollfd) { .fd = lfd, .events = POLLIN };
-                if (poll(pfd, n, timeout) < 0) {
+                struct timespec ts = { .tv_sec = timeout / 1000, .tv_nsec = (long) (timeout % 1000) * 1000000 };
+
+                if (ppoll(pfd, n, timeout < 0 ? NULL : &ts, &waitmask) < 0) {
                         if (errno == EINTR)
                                 continue;
                         break;
