@@ -481,8 +481,15 @@ static void conn_handle_msg(struct conn *conn, struct proto_msg *m) {
         int r = 0;
 
         if (m->type == PROTO_TYPE_ERROR && id == 0) {
-                /* Connection-level: the daemon gives up on this connection. */
-                conn_close(conn, gc_code_from_proto(m->error.code));
+                /*
+                 * Tied to no request. Framing and handshake errors precede the daemon closing the
+                 * connection: finish its requests with the real cause rather than "disconnected". Others
+                 * (a frame whose id could not be read) concern no request of ours: this library only
+                 * sends frames the codec accepts.
+                 */
+                if (m->error.code == PROTO_CODE_FRAME_TOO_LARGE || m->error.code == PROTO_CODE_HANDSHAKE ||
+                    m->error.code == PROTO_CODE_UNSUPPORTED_VERSION)
+                        conn_close(conn, gc_code_from_proto(m->error.code));
                 return;
         }
         req = request_find(conn->client, conn, id);

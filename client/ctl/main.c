@@ -155,7 +155,7 @@ out:
 
 /* ---- status ---- */
 
-static void print_bar(double progress, bool tty) {
+static void print_bar(double progress, const char *phase, bool tty) {
         int width = 30, filled;
 
         if (progress < 0)
@@ -166,7 +166,8 @@ static void print_bar(double progress, bool tty) {
         printf("%sloading [", tty ? "\r" : "");
         for (int i = 0; i < width; i++)
                 putchar(i < filled ? '#' : '.');
-        printf("] %3.0f%%%s", progress * 100.0, tty ? "" : "\n");
+        /* Pad the phase so a shorter one fully overwrites the last on a terminal. */
+        printf("] %3.0f%% %-32.32s%s", progress * 100.0, phase, tty ? "" : "\n");
         fflush(stdout);
 }
 
@@ -235,12 +236,24 @@ static int fetch_status(gc_client *c, size_t i, json_t **ret) {
         return 0;
 }
 
+/*
+ * A daemon that is loading says state "loading" and its progress either as loading.percent (0..100, with
+ * loading.phase) or as load_progress (0..1).
+ */
 static bool is_loading(json_t *st, double *ret_progress) {
         const char *state = json_string_value(json_object_get(st, "state"));
+        json_t *pct = json_object_get(json_object_get(st, "loading"), "percent");
         json_t *p = json_object_get(st, "load_progress");
 
-        *ret_progress = json_is_number(p) ? json_number_value(p) : 0;
+        *ret_progress = json_is_number(pct) ? json_number_value(pct) / 100.0 :
+                        json_is_number(p) ? json_number_value(p) : 0;
         return state && strcmp(state, "loading") == 0;
+}
+
+static const char *load_phase(json_t *st) {
+        const char *phase = json_string_value(json_object_get(json_object_get(st, "loading"), "phase"));
+
+        return phase ? phase : "";
 }
 
 static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
@@ -281,7 +294,7 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         r = fetch_status(c, i, &st);
                         if (r == 0 && is_loading(st, &progress) && wait) {
                                 if (!ctl->json && (tty || !shown_bar))
-                                        print_bar(progress, tty);
+                                        print_bar(progress, load_phase(st), tty);
                                 shown_bar = true;
                                 json_decref(st);
                                 st = NULL;
@@ -291,7 +304,7 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         break;
                 }
                 if (shown_bar && tty && !ctl->json) {
-                        print_bar(1.0, tty);
+                        print_bar(1.0, "", tty);
                         putchar('\n');
                 }
                 entry = json_pack("{s:s, s:b}", "socket", gc_client_daemon_path(c, i),
@@ -311,7 +324,7 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         printf("%s: %s\n", gc_client_daemon_path(c, i),
                                r < 0 ? gc_strerror(r) : state ? state : "unknown");
                         if (st && is_loading(st, &progress))
-                                print_bar(progress, false);
+                                print_bar(progress, load_phase(st), false);
                         print_flat("", json_object_get(entry, "welcome"));
                         if (st) {
                                 json_object_del(st, "state");

@@ -889,7 +889,7 @@ static void test_ctl_status(void **state) {
         run_cmd(&r, s.path, NULL, 0, CTL("status"));
         assert_int_equal(r.status, 9);
         assert_non_null(strstr(r.out, "loading [......"));
-        assert_non_null(strstr(r.out, "]   0%"));
+        assert_non_null(strstr(r.out, "]   0% weights"));
         run_cmd(&r, s.path, NULL, 0, CTL("generate", "too early"));
         assert_int_equal(r.status, 9);
         run_cmd(&r, s.path, NULL, 0, CTL("status", "--wait"));

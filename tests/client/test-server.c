@@ -21,7 +21,7 @@
  *   [disconnect]  started, two deltas, then the connection is closed.
  *
  * Options: --socket PATH (required), --name MODEL (welcome model name), --max-inflight N, --delay-ms N,
- * --loading-steps N (the first N status requests report state "loading" with load_progress k/N, and
+ * --loading-steps N (the first N status requests report state "loading" with loading {phase, percent}, and
  * generate/chat get not_ready until then), --reject-version (answer hello with unsupported_version and
  * close). Prints "READY" on stdout once listening. SIGTERM/SIGINT end it.
  */
@@ -374,12 +374,11 @@ static void handle_request(struct sconn *c, struct proto_msg *m) {
                                 .usage = { .prompt_tokens = j->prompt_tokens, .completion_tokens = j->emitted },
                         };
 
-                        if (j->next == 0) {       /* never started: started comes first, as the daemon's would */
-                                struct proto_started st = { .id = j->id, .prompt_tokens = j->prompt_tokens };
-
-                                die_oom(proto_encode_started(&c->out, &st));
-                        }
-                        die_oom(proto_encode_finished(&c->out, &fin));
+                        /* Before started, the request ends with a single error (docs/protocol.md, 8). */
+                        if (j->next == 0)
+                                send_error(c, j->id, PROTO_CODE_CANCELLED, "cancelled before it started");
+                        else
+                                die_oom(proto_encode_finished(&c->out, &fin));
                         *link = j->next_job;
                         c->n_jobs--;
                         job_free(j);
@@ -429,13 +428,16 @@ static void handle_request(struct sconn *c, struct proto_msg *m) {
                 break;
         }
         case PROTO_TYPE_STATUS: {
-                double progress = S.loading_steps ? (double) S.status_calls / S.loading_steps : 1.0;
-                json_t *st = json_pack("{s:s, s:f, s:I, s:{s:i, s:i}, s:I, s:s, s:f}",
-                                       "state", loading() ? "loading" : "ready", "load_progress", progress,
-                                       "uptime_s", (json_int_t) ((now_ms() - S.started_ms) / 1000),
-                                       "queue", "waiting", 0, "running", (int) c->n_jobs,
-                                       "requests_total", (json_int_t) S.requests, "model", S.name,
-                                       "kv_used", 0.0);
+                /* The shape of gemma4d's status map (daemon/io/server.c), reduced. */
+                json_t *st = json_pack("{s:s, s:s, s:f, s:{s:i}, s:i, s:I, s:s}",
+                                       "state", loading() ? "loading" : "ready", "model", S.name,
+                                       "uptime_s", (double) (now_ms() - S.started_ms) / 1000.0,
+                                       "queue", "total", 0, "running", (int) c->n_jobs,
+                                       "finished", (json_int_t) S.requests, "backend", "test");
+
+                if (loading())
+                        json_object_set_new(st, "loading", json_pack("{s:s, s:i}", "phase", "weights", "percent",
+                                                                     (int) (S.status_calls * 100 / S.loading_steps)));
                 struct proto_status_reply rep = { .id = id, .status = st };
 
                 S.status_calls++;
