@@ -155,6 +155,9 @@ static int reader_fail(struct proto_reader *r, int error) {
 }
 
 static int reader_sticky_diag(const struct proto_reader *r, struct proto_diag *d) {
+        /* A framing error is tied to no request. */
+        if (d)
+                *d = (struct proto_diag) {};
         if (r->error == -EMSGSIZE)
                 (void) diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE, "frame: length %u exceeds the limit of %u bytes",
                                  r->body_len, r->max_frame);

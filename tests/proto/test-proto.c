@@ -868,8 +868,11 @@ static void test_reader_zero_and_truncated(void **state) {
         struct proto_cancel c = { .id = 5 };
 
         proto_reader_init(&rd, 0);
+        memset(&d, 0xfc, sizeof(d));    /* regression (fuzz): the diag used to keep a stale has_id */
         assert_int_equal(proto_reader_feed(&rd, zero, 4, &used, &d), -EBADMSG);
         assert_int_equal(d.code, PROTO_CODE_BAD_REQUEST);
+        assert_false(d.has_id);
+        assert_int_equal(d.id, 0);
         proto_reader_done(&rd);
 
         /* A truncated frame: the connection ends mid-frame; the reader reports partial and no frame. */
