@@ -254,9 +254,10 @@ int st_file_open(const char *path, struct st_file **ret, char **reterr) {
                                    path, len, ST_MAX_HEADER_LEN);
         }
         if (len > f->size - 8) {
+                uint64_t size = f->size;
                 st_file_close(f);
                 return model_error(reterr, -EINVAL, "%s: header length %" PRIu64
-                                   " exceeds the file size %" PRIu64 " (truncated?)", path, len, f->size);
+                                   " exceeds the file size %" PRIu64 " (truncated?)", path, len, size);
         }
         f->header_len = len;
         r = parse_header(f, reterr);
