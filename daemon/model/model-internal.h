@@ -62,5 +62,8 @@ struct st_out_tensor {
 int st_layout_build(struct st_out_tensor *t, size_t n, char **ret_prefix, uint64_t *ret_prefix_len,
                     uint64_t *ret_file_size);
 
+/* pwrite() until done (EINTR and short writes handled). */
+int st_pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off);
+
 /* Writes a whole file from in-memory tensors (t[i].data must hold t[i].nbytes bytes). Reorders t. */
 int st_write_file(const char *path, struct st_out_tensor *t, size_t n, char **reterr);

@@ -116,7 +116,7 @@ int st_layout_build(struct st_out_tensor *t, size_t n, char **ret_prefix, uint64
         return 0;
 }
 
-static int write_all(int fd, const void *buf, uint64_t len, uint64_t off) {
+int st_pwrite_all(int fd, const void *buf, uint64_t len, uint64_t off) {
         const char *p = buf;
 
         while (len > 0) {
@@ -147,10 +147,10 @@ int st_write_file(const char *path, struct st_out_tensor *t, size_t n, char **re
                 free(prefix);
                 return model_error(reterr, r, "%s: cannot create: %s", path, strerror(-r));
         }
-        r = write_all(fd, prefix, prefix_len, 0);
+        r = st_pwrite_all(fd, prefix, prefix_len, 0);
         for (size_t i = 0; r >= 0 && i < n; i++)
                 if (t[i].nbytes)
-                        r = write_all(fd, t[i].data, t[i].nbytes, t[i].file_offset);
+                        r = st_pwrite_all(fd, t[i].data, t[i].nbytes, t[i].file_offset);
         free(prefix);
         if (close(fd) < 0 && r >= 0)
                 r = -errno;
