@@ -609,6 +609,79 @@ static void test_duplicate_id(void **state) {
         fixture_free(f);
 }
 
+/* Prefix-cache workloads, measured in prefill tokens computed (docs/scheduler.md quotes the output):
+ * multi-turn conversations (each turn extends the previous prompt and answer) and a shared system
+ * prompt, submitted all at once or one after another. */
+static uint64_t run_multiturn(bool cache, uint32_t *ret_cached) {
+        struct limits l = { .no_prefix_cache = !cache, .max_num_seqs = 8, .max_batched_tokens = 64 };
+        struct fixture *f = fixture_new(NULL, &l);
+        static int32_t conv[8][400];
+        uint32_t len[8], cached = 0;
+        for (uint32_t c = 0; c < 8; c++) {
+                make_prompt(conv[c], 30, c, 20);
+                len[c] = 30;
+        }
+        uint64_t id = 0;
+        for (uint32_t turn = 0; turn < 4; turn++) {
+                uint64_t first = id;
+                for (uint32_t c = 0; c < 8; c++)
+                        assert_int_equal(submit(f, id++, conv[c], len[c], 10, 0), 0);
+                run_until_done(f, (uint32_t) id);
+                for (uint32_t c = 0; c < 8; c++) {
+                        struct result *r = &f->res[first + c];
+                        cached += r->usage.cached_tokens;
+                        memcpy(conv[c] + len[c], r->toks, sizeof(int32_t) * r->n);
+                        len[c] += r->n;
+                        make_prompt(conv[c] + len[c], 12, 100 + c * 4 + turn, 0);
+                        len[c] += 12;
+                }
+        }
+        uint64_t tokens = fake_backend_tokens(f->b);
+        fixture_free(f);
+        *ret_cached = cached;
+        return tokens;
+}
+
+static uint64_t run_system_prompt(bool cache, bool one_by_one, uint32_t *ret_cached) {
+        struct limits l = { .no_prefix_cache = !cache, .max_num_seqs = 16, .max_batched_tokens = 256 };
+        struct fixture *f = fixture_new(NULL, &l);
+        static int32_t p[16][80];
+        uint32_t cached = 0;
+        for (uint32_t i = 0; i < 16; i++) {
+                make_prompt(p[i], 72, i + 1, 64);
+                assert_int_equal(submit(f, i, p[i], 72, 4, 0), 0);
+                if (one_by_one)
+                        run_until_done(f, i + 1);
+        }
+        run_until_done(f, 16);
+        for (uint32_t i = 0; i < 16; i++)
+                cached += f->res[i].usage.cached_tokens;
+        uint64_t tokens = fake_backend_tokens(f->b);
+        fixture_free(f);
+        *ret_cached = cached;
+        return tokens;
+}
+
+static void test_prefix_workloads(void **state) {
+        uint32_t c_on, c_off;
+        uint64_t on = run_multiturn(true, &c_on), off = run_multiturn(false, &c_off);
+        print_message("# multi-turn (8 conversations x 4 turns): %llu tokens computed with the prefix cache "
+                      "(%u cached), %llu without\n", (unsigned long long) on, c_on, (unsigned long long) off);
+        assert_true(on < off);
+        assert_int_equal(c_off, 0);
+        assert_int_equal(off - on, c_on);
+        uint64_t at_once = run_system_prompt(true, false, &c_on);
+        uint64_t seq = run_system_prompt(true, true, &c_off);
+        uint32_t c_none;
+        uint64_t none = run_system_prompt(false, false, &c_none);
+        print_message("# shared 64-token system prompt, 16 requests: %llu tokens computed all at once "
+                      "(%u cached), %llu one after another (%u cached), %llu without the cache\n",
+                      (unsigned long long) at_once, c_on, (unsigned long long) seq, c_off,
+                      (unsigned long long) none);
+        assert_true(at_once <= none);
+        assert_int_equal(none - seq, c_off);
+}
+
 /* ---- the real thread ---- */
 
 struct waker {
@@ -693,6 +766,7 @@ int main(void) {
                 cmocka_unit_test(test_preempt_slots),
                 cmocka_unit_test(test_preempt_pages),
                 cmocka_unit_test(test_prefix_cache),
+                cmocka_unit_test(test_prefix_workloads),
                 cmocka_unit_test(test_cancel),
                 cmocka_unit_test(test_deadline),
                 cmocka_unit_test(test_admission),
