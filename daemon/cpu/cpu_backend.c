@@ -57,6 +57,7 @@ struct gemm_job {
         uint32_t m;
         const struct cpu_linear *w;
         float *y;                       /* [m][out] */
+        float softcap;                  /* > 0: y = softcap * tanh(y / softcap) */
 };
 
 struct backend {
@@ -603,6 +604,43 @@ struct gemm_ctx {
 };
 
 #define GEMM_MBLOCK 32
+/* Below this many multiply-adds a parallel section costs more than it saves: run on the caller. */
+#define PARALLEL_MIN_MACS (1u << 20)
+
+static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n, float acc) {
+        const struct cpu_linear *w = job->w;
+        float y = acc;
+
+        if (job->xscale)        /* W8A8 epilogue: s_x * (s_w * acc) */
+                y = job->xscale[m] * (w->scale[n] * y);
+        if (job->softcap > 0.0f)
+                y = job->softcap * tanhf(y / job->softcap);
+        job->y[(size_t) m * w->out + n] = y;
+}
+
+static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1) {
+        const struct cpu_linear *w = job->w;
+        float acc[GEMM_MBLOCK];
+
+        if (job->m < 4) {       /* decode: one activation row against 4 weight rows at a time */
+                for (uint32_t m = 0; m < job->m; m++)
+                        for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
+                                uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
+                                cpu_dot_wrows(w, (uint32_t) n, nn, job->x + (size_t) m * w->in, acc);
+                                for (uint32_t i = 0; i < nn; i++)
+                                        gemm_epilogue(job, m, n + i, acc[i]);
+                        }
+                return;
+        }
+        for (uint32_t m0 = 0; m0 < job->m; m0 += GEMM_MBLOCK) {
+                uint32_t mb = job->m - m0 < GEMM_MBLOCK ? job->m - m0 : GEMM_MBLOCK;
+                for (uint64_t n = r0; n < r1; n++) {
+                        cpu_dot_rows(w, (uint32_t) n, job->x + (size_t) m0 * w->in, w->in, mb, acc);
+                        for (uint32_t i = 0; i < mb; i++)
+                                gemm_epilogue(job, m0 + i, n, acc[i]);
+                }
+        }
+}
 
 static void gemm_worker(void *vctx, int tid, int nt) {
         const struct gemm_ctx *g = vctx;
@@ -611,34 +649,29 @@ static void gemm_worker(void *vctx, int tid, int nt) {
         cpu_pool_share(g->total_rows, tid, nt, &begin, &end);
         for (uint32_t j = 0; j < g->n_jobs && base < end; j++) {
                 const struct gemm_job *job = &g->jobs[j];
-                const struct cpu_linear *w = job->w;
                 uint64_t r0 = begin > base ? begin - base : 0, r1 = end - base;
-                float acc[GEMM_MBLOCK];
 
-                if (r1 > w->out)
-                        r1 = w->out;
-                for (uint32_t m0 = 0; r0 < r1 && m0 < job->m; m0 += GEMM_MBLOCK) {
-                        uint32_t mb = job->m - m0 < GEMM_MBLOCK ? job->m - m0 : GEMM_MBLOCK;
-                        for (uint64_t n = r0; n < r1; n++) {
-                                cpu_dot_rows(w, (uint32_t) n, job->x + (size_t) m0 * w->in, w->in, mb, acc);
-                                for (uint32_t i = 0; i < mb; i++) {
-                                        float y = acc[i];
-                                        if (job->xscale)  /* W8A8 epilogue: s_x * (s_w * acc) */
-                                                y = job->xscale[m0 + i] * (w->scale[n] * y);
-                                        job->y[(size_t) (m0 + i) * w->out + n] = y;
-                                }
-                        }
-                }
-                base += w->out;
+                if (r1 > job->w->out)
+                        r1 = job->w->out;
+                if (r0 < r1 && job->m)
+                        gemm_rows(job, r0, r1);
+                base += job->m ? job->w->out : 0;
         }
 }
 
 static void run_gemms(struct backend *b, const struct gemm_job *jobs, uint32_t n_jobs) {
         struct gemm_ctx g = { .jobs = jobs, .n_jobs = n_jobs };
+        uint64_t macs = 0;
 
-        for (uint32_t j = 0; j < n_jobs; j++)
+        for (uint32_t j = 0; j < n_jobs; j++) {
                 g.total_rows += jobs[j].m ? jobs[j].w->out : 0;
-        if (g.total_rows)
+                macs += (uint64_t) jobs[j].m * jobs[j].w->out * jobs[j].w->in;
+        }
+        if (!g.total_rows)
+                return;
+        if (macs < PARALLEL_MIN_MACS)
+                gemm_worker(&g, 0, 1);
+        else
                 cpu_pool_run(b->pool, gemm_worker, &g);
 }
 
@@ -823,7 +856,13 @@ static void attention_block(struct backend *b, const struct cpu_layer *L, const 
         }
         {
                 struct attn_ctx ac = { .b = b, .L = L, .seqs = seqs, .n_seqs = n_seqs, .n_tokens = T };
-                cpu_pool_run(b->pool, attn_worker, &ac);
+                uint64_t work = 0;
+                for (uint32_t si = 0; si < n_seqs; si++)
+                        work += (uint64_t) seqs[si].n * (seqs[si].pos + seqs[si].n);
+                if (work * nh * hd * 2 < PARALLEL_MIN_MACS)
+                        attn_worker(&ac, 0, 1);
+                else
+                        cpu_pool_run(b->pool, attn_worker, &ac);
         }
         for (uint32_t si = 0; si < n_seqs; si++)
                 kv_store(b, L, &seqs[si]);
@@ -1044,10 +1083,8 @@ static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_
                                 job.y = out;
                                 break;
                         }
+                job.softcap = cap;
                 run_gemms(b, &job, 1);
-                if (cap > 0.0f)
-                        for (size_t i = 0; i < (size_t) n_rows * V; i++)
-                                out[i] = cap * tanhf(out[i] / cap);
         }
 }
 

@@ -120,6 +120,41 @@ static inline AVX2 __m256 load_f32x8(const float *w) {
 
 DEFINE_AVX2_DOT(dot4_f32_avx2, float, load_f32x8, LOAD_F32)
 DEFINE_AVX2_DOT(dot4_bf16_avx2, uint16_t, load_bf16x8, LOAD_BF16)
+
+/* One activation row against up to 4 consecutive weight rows (decode); per row identical to the above. */
+#define DEFINE_AVX2_WDOT(NAME, WTYPE, LOADW, LOADS)                                                   \
+        static AVX2 void NAME(const float *x, const WTYPE *w, uint32_t nw, uint32_t n, float *out) {  \
+                __m256 a0[4], a1[4];                                                                  \
+                float tail[4];                                                                        \
+                uint32_t i = 0;                                                                       \
+                for (uint32_t r = 0; r < 4; r++) {                                                    \
+                        a0[r] = _mm256_setzero_ps();                                                  \
+                        a1[r] = _mm256_setzero_ps();                                                  \
+                        tail[r] = 0.0f;                                                               \
+                }                                                                                     \
+                for (; i + 16 <= n; i += 16) {                                                        \
+                        __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);          \
+                        for (uint32_t r = 0; r < nw; r++) {                                           \
+                                const WTYPE *wr = w + (size_t) r * n + i;                             \
+                                a0[r] = _mm256_fmadd_ps(x0, LOADW(wr), a0[r]);                        \
+                                a1[r] = _mm256_fmadd_ps(x1, LOADW(wr + 8), a1[r]);                    \
+                        }                                                                             \
+                }                                                                                     \
+                if (i + 8 <= n) {                                                                     \
+                        __m256 x0 = _mm256_loadu_ps(x + i);                                           \
+                        for (uint32_t r = 0; r < nw; r++)                                             \
+                                a0[r] = _mm256_fmadd_ps(x0, LOADW(w + (size_t) r * n + i), a0[r]);    \
+                        i += 8;                                                                       \
+                }                                                                                     \
+                for (; i < n; i++)                                                                    \
+                        for (uint32_t r = 0; r < nw; r++)                                             \
+                                tail[r] = fmaf(x[i], LOADS(w[(size_t) r * n + i]), tail[r]);          \
+                for (uint32_t r = 0; r < nw; r++)                                                     \
+                        out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];                                   \
+        }
+
+DEFINE_AVX2_WDOT(wdot4_f32_avx2, float, load_f32x8, LOAD_F32)
+DEFINE_AVX2_WDOT(wdot4_bf16_avx2, uint16_t, load_bf16x8, LOAD_BF16)
 #endif
 
 void cpu_kernels_init(void) {
@@ -159,6 +194,25 @@ void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint
                         out[r] = dot_f32_portable(x + (size_t) r * ldx, (const float *) w->w + (size_t) row * n,
                                                   n);
         }
+}
+
+void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, const float *x, float *out) {
+        uint32_t n = w->in;
+
+#if HAVE_X86_DISPATCH
+        if (use_avx2) {
+                for (uint32_t r = 0; r < n_rows; r += 4) {
+                        uint32_t nw = n_rows - r < 4 ? n_rows - r : 4;
+                        if (w->type == CPU_W_BF16)
+                                wdot4_bf16_avx2(x, (const uint16_t *) w->w + (size_t) (row + r) * n, nw, n, out + r);
+                        else
+                                wdot4_f32_avx2(x, (const float *) w->w + (size_t) (row + r) * n, nw, n, out + r);
+                }
+                return;
+        }
+#endif
+        for (uint32_t r = 0; r < n_rows; r++)
+                cpu_dot_rows(w, row + r, x, n, 1, out + r);
 }
 
 float cpu_dot_f32(const float *a, const float *b, uint32_t n) {

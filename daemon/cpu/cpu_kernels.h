@@ -113,5 +113,7 @@ const char *cpu_kernels_isa(void);
 /* dot(x, W[row]) for n_x rows of x (stride ldx floats) against one weight row: out[i] for row i. */
 void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint32_t ldx, uint32_t n_x,
                   float *out);
+/* dot(x, W[row + i]) for n_rows consecutive weight rows and one activation row: out[i]. */
+void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, const float *x, float *out);
 /* Plain float dot product, same evaluation order as cpu_dot_rows. */
 float cpu_dot_f32(const float *a, const float *b, uint32_t n);
