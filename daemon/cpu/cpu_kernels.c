@@ -136,7 +136,7 @@ DEFINE_AVX2_DOT(dot4_bf16_avx2, uint16_t, load_bf16x8, LOAD_BF16)
                         __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);          \
                         for (uint32_t r = 0; r < nw; r++) {                                           \
                                 const WTYPE *wr = w + (size_t) r * n + i;                             \
-                                _mm_prefetch((const char *) (wr + 4 * (size_t) n), _MM_HINT_T0);      \
+                                _mm_prefetch((const char *) (wr + 16 * (size_t) n), _MM_HINT_T0);      \
                                 a0[r] = _mm256_fmadd_ps(x0, LOADW(wr), a0[r]);                        \
                                 a1[r] = _mm256_fmadd_ps(x1, LOADW(wr + 8), a1[r]);                    \
                         }                                                                             \
