@@ -165,6 +165,13 @@ void cpu_kernels_init(void) {
 #endif
 }
 
+void cpu_kernels_use_simd(bool on) {
+        if (!on)
+                use_avx2 = false;
+        else
+                cpu_kernels_init();
+}
+
 const char *cpu_kernels_isa(void) {
         return use_avx2 ? "avx2" : "portable";
 }

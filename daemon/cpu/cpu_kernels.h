@@ -109,6 +109,8 @@ struct cpu_linear {
 /* Select the instruction set once (AVX2+FMA when present). Results do not depend on it. */
 void cpu_kernels_init(void);
 const char *cpu_kernels_isa(void);
+/* Tests: force the portable kernels (false) or go back to the best available (true). */
+void cpu_kernels_use_simd(bool on);
 
 /* dot(x, W[row]) for n_x rows of x (stride ldx floats) against one weight row: out[i] for row i. */
 void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint32_t ldx, uint32_t n_x,
