@@ -71,7 +71,7 @@ static void test_fp8_rounding(void **state) {
                 assert_true(cpu_round_fp8_e4m3(nextafterf(mid, 0.0f)) == a);
                 assert_true(cpu_round_fp8_e4m3(nextafterf(mid, 1000.0f)) == b);
         }
-        for (int i = 0; i < 200000; i++) {
+        for (int i = 0; i < 20000; i++) {
                 float x = ldexpf(rng_float(1.0f), (int) (rng_u32() % 24) - 14);
                 assert_true(cpu_round_fp8_e4m3(x) == fp8_reference(x));
         }
