@@ -635,21 +635,36 @@ static int decode_hello(struct dec *d, const msgpack_object *map, struct proto_h
         return 0;
 }
 
+/* generate and score share their shape: id, prompt or prompt_ids, params. */
+static int decode_prompt_request(struct dec *d, const msgpack_object *map, uint64_t *ret_id,
+                                 struct proto_prompt *ret_prompt, struct proto_params *ret_params) {
+        struct proto_prompt prompt;
+        uint64_t id;
+        int r;
+
+        r = get_id(d, map, &id);
+        if (r < 0)
+                return r;
+        r = decode_prompt(d, map, &prompt);
+        if (r < 0)
+                return r;
+        r = decode_params(d, map, ret_params);
+        if (r < 0) {
+                proto_prompt_done(&prompt);
+                return r;
+        }
+        *ret_id = id;
+        *ret_prompt = prompt;
+        return 0;
+}
+
 static int decode_generate(struct dec *d, const msgpack_object *map, struct proto_generate *ret) {
         struct proto_generate m = {};
         int r;
 
-        r = get_id(d, map, &m.id);
+        r = decode_prompt_request(d, map, &m.id, &m.prompt, &m.params);
         if (r < 0)
                 return r;
-        r = decode_prompt(d, map, &m.prompt);
-        if (r < 0)
-                return r;
-        r = decode_params(d, map, &m.params);
-        if (r < 0) {
-                proto_generate_done(&m);
-                return r;
-        }
         *ret = m;
         return 0;
 }
@@ -744,17 +759,9 @@ static int decode_score(struct dec *d, const msgpack_object *map, struct proto_s
         struct proto_score m = {};
         int r;
 
-        r = get_id(d, map, &m.id);
+        r = decode_prompt_request(d, map, &m.id, &m.prompt, &m.params);
         if (r < 0)
                 return r;
-        r = decode_prompt(d, map, &m.prompt);
-        if (r < 0)
-                return r;
-        r = decode_params(d, map, &m.params);
-        if (r < 0) {
-                proto_score_done(&m);
-                return r;
-        }
         *ret = m;
         return 0;
 }

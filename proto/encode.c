@@ -314,14 +314,19 @@ int proto_encode_hello(struct proto_buf *b, const struct proto_hello *m) {
         return enc_end(&e, &top);
 }
 
-int proto_encode_generate(struct proto_buf *b, const struct proto_generate *m) {
+static int encode_prompt_request(struct proto_buf *b, enum proto_type type, uint64_t id,
+                                 const struct proto_prompt *prompt, const struct proto_params *params) {
         struct enc e;
-        struct mapw top = enc_begin(&e, b, PROTO_TYPE_GENERATE);
+        struct mapw top = enc_begin(&e, b, type);
 
-        put_id(&e, &top, m->id);
-        put_prompt(&e, &top, &m->prompt);
-        put_params(&e, &top, &m->params);
+        put_id(&e, &top, id);
+        put_prompt(&e, &top, prompt);
+        put_params(&e, &top, params);
         return enc_end(&e, &top);
+}
+
+int proto_encode_generate(struct proto_buf *b, const struct proto_generate *m) {
+        return encode_prompt_request(b, PROTO_TYPE_GENERATE, m->id, &m->prompt, &m->params);
 }
 
 int proto_encode_chat(struct proto_buf *b, const struct proto_chat *m) {
@@ -379,13 +384,7 @@ int proto_encode_detokenize(struct proto_buf *b, const struct proto_detokenize *
 }
 
 int proto_encode_score(struct proto_buf *b, const struct proto_score *m) {
-        struct enc e;
-        struct mapw top = enc_begin(&e, b, PROTO_TYPE_SCORE);
-
-        put_id(&e, &top, m->id);
-        put_prompt(&e, &top, &m->prompt);
-        put_params(&e, &top, &m->params);
-        return enc_end(&e, &top);
+        return encode_prompt_request(b, PROTO_TYPE_SCORE, m->id, &m->prompt, &m->params);
 }
 
 /* ---- events ---- */

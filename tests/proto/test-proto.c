@@ -782,11 +782,11 @@ static void test_nesting_limit(void **state) {
         proto_buf_done(&b);
 }
 
-static void test_object_limit(void **state) {
-        /* {"type":"detokenize","id":1,"ids":[0 x (PROTO_MAX_OBJECTS)]}: one object too many. */
+/* {"type":"detokenize","id":1,"ids":[0 x n]} */
+static uint8_t *build_ids_frame(size_t n, size_t *ret_len) {
         static const uint8_t head[] = { 0x83, 0xa4, 't', 'y', 'p', 'e', 0xaa, 'd', 'e', 't', 'o', 'k', 'e', 'n',
                                         'i', 'z', 'e', 0xa2, 'i', 'd', 0x01, 0xa3, 'i', 'd', 's', 0xdd };
-        size_t n = PROTO_MAX_OBJECTS, len = sizeof(head) + 4 + n;
+        size_t len = sizeof(head) + 4 + n;
         uint8_t *b = calloc(1, len);
 
         assert_non_null(b);
@@ -795,23 +795,23 @@ static void test_object_limit(void **state) {
         b[sizeof(head) + 1] = (uint8_t) (n >> 16);
         b[sizeof(head) + 2] = (uint8_t) (n >> 8);
         b[sizeof(head) + 3] = (uint8_t) n;
+        *ret_len = len;
+        return b;
+}
+
+static void test_object_limit(void **state) {
+        size_t len;
+        /* The map, 3 keys, 2 scalar values and the array are 7 objects, plus the elements. */
+        uint8_t *b = build_ids_frame(PROTO_MAX_OBJECTS - 6, &len);
+
         expect_reject_bytes(b, len, REQ, BAD, "objects", "too many objects");
         free(b);
 }
 
 static void test_token_id_limit(void **state) {
-        /* PROTO_MAX_TOKEN_IDS + 1 ids: within the object limit, above the per-key limit. */
-        static const uint8_t head[] = { 0x83, 0xa4, 't', 'y', 'p', 'e', 0xaa, 'd', 'e', 't', 'o', 'k', 'e', 'n',
-                                        'i', 'z', 'e', 0xa2, 'i', 'd', 0x01, 0xa3, 'i', 'd', 's', 0xdd };
-        size_t n = PROTO_MAX_TOKEN_IDS + 1, len = sizeof(head) + 4 + n;
-        uint8_t *b = calloc(1, len);
+        size_t len;
+        uint8_t *b = build_ids_frame(PROTO_MAX_TOKEN_IDS + 1, &len);     /* within the object limit */
 
-        assert_non_null(b);
-        memcpy(b, head, sizeof(head));
-        b[sizeof(head)] = (uint8_t) (n >> 24);
-        b[sizeof(head) + 1] = (uint8_t) (n >> 16);
-        b[sizeof(head) + 2] = (uint8_t) (n >> 8);
-        b[sizeof(head) + 3] = (uint8_t) n;
         expect_reject_bytes(b, len, REQ, BAD, "ids", "too many ids");
         free(b);
 }
