@@ -38,9 +38,9 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
         uint64_t objects = 0;
 
         if (len == 0)
-                return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: empty body");
+                return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: empty body");
         if (!((p[0] >= 0x80 && p[0] <= 0x8f) || p[0] == 0xde || p[0] == 0xdf))
-                return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: top level must be a map");
+                return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: top level must be a map");
 
         remaining[0] = 1;
         for (;;) {
@@ -52,7 +52,7 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                 while (remaining[level] == 0) {
                         if (level == 0) {
                                 if (pos != len)
-                                        return diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
                                                          "frame: %zu trailing bytes after the map", len - pos);
                                 return 0;
                         }
@@ -61,9 +61,9 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                 remaining[level]--;
 
                 if (pos >= len)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
                 if (++objects > PROTO_MAX_OBJECTS)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: more than %u objects",
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: more than %u objects",
                                          PROTO_MAX_OBJECTS);
                 c = p[pos++];
 
@@ -121,7 +121,7 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                                 container = true;
                                 break;
                         default:                                /* 0xc1 is never used */
-                                return diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
                                                  "frame: invalid msgpack byte 0x%02x at offset %zu", c, pos - 1);
                         }
                 }
@@ -133,12 +133,12 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                         continue;
                 }
                 if (count > len - pos)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
                                          "frame: a container of %llu elements does not fit in the frame",
                                          (unsigned long long) count);
                 /* This container sits at depth level + 1 (the top-level map is depth 1). */
                 if (level + 1 > PROTO_MAX_DEPTH)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: nested deeper than %u levels",
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: nested deeper than %u levels",
                                          PROTO_MAX_DEPTH);
                 if (count == 0)
                         continue;
@@ -146,7 +146,7 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
         }
 
 truncated:
-        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
+        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
 }
 
 /* ---- map access ---- */
@@ -173,7 +173,7 @@ static int map_get(struct dec *d, const msgpack_object *map, const char *path, c
                 if (!key_is(&kv->key, key))
                         continue;
                 if (found)
-                        return diag_key(d->diag, path, key, "key given twice");
+                        return proto__diag_key(d->diag, path, key, "key given twice");
                 found = &kv->val;
         }
         *ret = found && found->type != MSGPACK_OBJECT_NIL ? found : NULL;
@@ -191,12 +191,12 @@ static int get_obj(struct dec *d, const msgpack_object *map, const char *path, c
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         if (v->type != type) {
                 msgpack_object want = { .type = type };
-                return diag_key(d->diag, path, key, "expected %s, got %s", object_kind(&want), object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected %s, got %s", proto__object_kind(&want), proto__object_kind(v));
         }
         *ret = v;
         return 1;
@@ -212,16 +212,16 @@ static int get_u64(struct dec *d, const msgpack_object *map, const char *path, c
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-                return diag_key(d->diag, path, key, "must be in %llu..%llu, got %lld", (unsigned long long) min,
+                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %lld", (unsigned long long) min,
                                 (unsigned long long) max, (long long) v->via.i64);
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return diag_key(d->diag, path, key, "expected integer, got %s", object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected integer, got %s", proto__object_kind(v));
         if (v->via.u64 < min || v->via.u64 > max)
-                return diag_key(d->diag, path, key, "must be in %llu..%llu, got %llu", (unsigned long long) min,
+                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %llu", (unsigned long long) min,
                                 (unsigned long long) max, (unsigned long long) v->via.u64);
         *ret = v->via.u64;
         return 1;
@@ -249,20 +249,20 @@ static int get_i32(struct dec *d, const msgpack_object *map, const char *path, c
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
                 if (v->via.u64 > (uint64_t) max)
-                        return diag_key(d->diag, path, key, "must be in %d..%d, got %llu", min, max,
+                        return proto__diag_key(d->diag, path, key, "must be in %d..%d, got %llu", min, max,
                                         (unsigned long long) v->via.u64);
                 x = (int64_t) v->via.u64;
         } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
                 x = v->via.i64;
         else
-                return diag_key(d->diag, path, key, "expected integer, got %s", object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected integer, got %s", proto__object_kind(v));
         if (x < min || x > max)
-                return diag_key(d->diag, path, key, "must be in %d..%d, got %lld", min, max, (long long) x);
+                return proto__diag_key(d->diag, path, key, "must be in %d..%d, got %lld", min, max, (long long) x);
         *ret = (int32_t) x;
         return 1;
 }
@@ -279,7 +279,7 @@ static int get_double(struct dec *d, const msgpack_object *map, const char *path
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         switch (v->type) {
@@ -294,10 +294,10 @@ static int get_double(struct dec *d, const msgpack_object *map, const char *path
                 x = v->via.f64;
                 break;
         default:
-                return diag_key(d->diag, path, key, "expected a number, got %s", object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected a number, got %s", proto__object_kind(v));
         }
         if (!isfinite(x))
-                return diag_key(d->diag, path, key, "must be a finite number");
+                return proto__diag_key(d->diag, path, key, "must be a finite number");
         *ret = x;
         return 1;
 }
@@ -317,11 +317,11 @@ static int copy_str(struct dec *d, const msgpack_object *v, const char *path, co
         char *s;
 
         if (v->via.str.size > max_bytes)
-                return diag_key(d->diag, path, key, "longer than %zu bytes", max_bytes);
+                return proto__diag_key(d->diag, path, key, "longer than %zu bytes", max_bytes);
         if (!allow_empty && v->via.str.size == 0)
-                return diag_key(d->diag, path, key, "must not be empty");
+                return proto__diag_key(d->diag, path, key, "must not be empty");
         if (!proto_utf8_valid(v->via.str.ptr, v->via.str.size))
-                return diag_key(d->diag, path, key, "string is not valid UTF-8 or contains NUL");
+                return proto__diag_key(d->diag, path, key, "string is not valid UTF-8 or contains NUL");
         s = malloc(v->via.str.size + 1);
         if (!s)
                 return -ENOMEM;
@@ -348,9 +348,9 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
         uint32_t n = a->via.array.size;
 
         if (n < min_n)
-                return diag_key(d->diag, path, key, "must have at least %u element(s)", min_n);
+                return proto__diag_key(d->diag, path, key, "must have at least %u element(s)", min_n);
         if (n > PROTO_MAX_TOKEN_IDS)
-                return diag_key(d->diag, path, key, "more than %u token ids", PROTO_MAX_TOKEN_IDS);
+                return proto__diag_key(d->diag, path, key, "more than %u token ids", PROTO_MAX_TOKEN_IDS);
         if (n > 0) {
                 ids = malloc(n * sizeof(*ids));
                 if (!ids)
@@ -361,7 +361,7 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
 
                 if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER || e->via.u64 > PROTO_MAX_TOKEN_ID) {
                         free(ids);
-                        return diag_key(d->diag, path, key, "element %u: expected a token id in 0..%d", i,
+                        return proto__diag_key(d->diag, path, key, "element %u: expected a token id in 0..%d", i,
                                         PROTO_MAX_TOKEN_ID);
                 }
                 ids[i] = (int32_t) e->via.u64;
@@ -457,7 +457,7 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
 
                 p.present |= PROTO_PARAM_STOP;
                 if (n > PROTO_MAX_STOP) {
-                        r = diag_key(d->diag, P, "stop", "more than %u stop strings", PROTO_MAX_STOP);
+                        r = proto__diag_key(d->diag, P, "stop", "more than %u stop strings", PROTO_MAX_STOP);
                         goto fail;
                 }
                 if (n > 0) {
@@ -473,7 +473,7 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
 
                         (void) snprintf(name, sizeof(name), "stop[%u]", i);
                         if (e->type != MSGPACK_OBJECT_STR) {
-                                r = diag_key(d->diag, P, name, "expected string, got %s", object_kind(e));
+                                r = proto__diag_key(d->diag, P, name, "expected string, got %s", proto__object_kind(e));
                                 goto fail;
                         }
                         r = copy_str(d, e, P, name, PROTO_MAX_STOP_BYTES, false, &p.stop[i]);
@@ -508,11 +508,11 @@ static int decode_prompt(struct dec *d, const msgpack_object *map, struct proto_
                 goto fail;
         }
         if (has_text && has_ids) {
-                r = diag_key(d->diag, NULL, "prompt", "give either prompt or prompt_ids, not both");
+                r = proto__diag_key(d->diag, NULL, "prompt", "give either prompt or prompt_ids, not both");
                 goto fail;
         }
         if (!has_text && !has_ids) {
-                r = diag_key(d->diag, NULL, "prompt", "missing required key (or prompt_ids)");
+                r = proto__diag_key(d->diag, NULL, "prompt", "missing required key (or prompt_ids)");
                 goto fail;
         }
         *ret = p;
@@ -531,7 +531,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
         int r;
 
         if (n > PROTO_MAX_TOKEN_IDS)
-                return diag_key(d->diag, NULL, key, "more than %u entries", PROTO_MAX_TOKEN_IDS);
+                return proto__diag_key(d->diag, NULL, key, "more than %u entries", PROTO_MAX_TOKEN_IDS);
         if (n > 0) {
                 lp = calloc(n, sizeof(*lp));
                 if (!lp)
@@ -542,9 +542,9 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 struct proto_token_logprob *t = &lp[done];
                 double x;
 
-                path_index(path, sizeof(path), key, done);
+                proto__path_index(path, sizeof(path), key, done);
                 if (e->type != MSGPACK_OBJECT_MAP) {
-                        r = diag_key(d->diag, NULL, path, "expected map, got %s", object_kind(e));
+                        r = proto__diag_key(d->diag, NULL, path, "expected map, got %s", proto__object_kind(e));
                         goto fail;
                 }
                 r = get_i32(d, e, path, "id", true, 0, PROTO_MAX_TOKEN_ID, &t->id);
@@ -554,7 +554,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 if (r < 0)
                         goto fail;
                 if (x > 0 || x < -FLT_MAX) {
-                        r = diag_key(d->diag, path, "logprob", "must be in [-FLT_MAX, 0]");
+                        r = proto__diag_key(d->diag, path, "logprob", "must be in [-FLT_MAX, 0]");
                         goto fail;
                 }
                 t->logprob = (float) x;
@@ -564,7 +564,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 if (r == 0 || top->via.array.size == 0)
                         continue;
                 if (top->via.array.size > PROTO_MAX_LOGPROBS) {
-                        r = diag_key(d->diag, path, "top", "more than %d entries", PROTO_MAX_LOGPROBS);
+                        r = proto__diag_key(d->diag, path, "top", "more than %d entries", PROTO_MAX_LOGPROBS);
                         goto fail;
                 }
                 t->top = calloc(top->via.array.size, sizeof(*t->top));
@@ -579,7 +579,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
 
                         (void) snprintf(tpath, sizeof(tpath), "%s.top[%u]", path, i);
                         if (te->type != MSGPACK_OBJECT_MAP) {
-                                r = diag_key(d->diag, NULL, tpath, "expected map, got %s", object_kind(te));
+                                r = proto__diag_key(d->diag, NULL, tpath, "expected map, got %s", proto__object_kind(te));
                                 goto fail;
                         }
                         r = get_i32(d, te, tpath, "id", true, 0, PROTO_MAX_TOKEN_ID, &t->top[i].id);
@@ -589,7 +589,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                         if (r < 0)
                                 goto fail;
                         if (x > 0 || x < -FLT_MAX) {
-                                r = diag_key(d->diag, tpath, "logprob", "must be in [-FLT_MAX, 0]");
+                                r = proto__diag_key(d->diag, tpath, "logprob", "must be in [-FLT_MAX, 0]");
                                 goto fail;
                         }
                         t->top[i].logprob = (float) x;
@@ -625,7 +625,7 @@ static int decode_hello(struct dec *d, const msgpack_object *map, struct proto_h
         if (r < 0)
                 return r;
         if (m.proto != PROTO_VERSION)
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED_VERSION,
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED_VERSION,
                                  "proto: version %u is not supported (this side speaks %u)", m.proto,
                                  PROTO_VERSION);
         r = get_str(d, map, NULL, "client", false, PROTO_MAX_NAME_BYTES, true, &m.client);
@@ -681,14 +681,14 @@ static int decode_chat(struct dec *d, const msgpack_object *map, struct proto_ch
         r = get_json(d, map, "messages", true, MSGPACK_OBJECT_ARRAY, &m.messages);
         if (r < 0)
                 goto fail;
-        r = check_chat_messages(m.messages, d->diag);
+        r = proto__check_chat_messages(m.messages, d->diag);
         if (r < 0)
                 goto fail;
         r = get_json(d, map, "tools", false, MSGPACK_OBJECT_ARRAY, &m.tools);
         if (r < 0)
                 goto fail;
         if (m.tools) {
-                r = check_chat_tools(m.tools, d->diag);
+                r = proto__check_chat_tools(m.tools, d->diag);
                 if (r < 0)
                         goto fail;
         }
@@ -827,7 +827,7 @@ static int decode_delta(struct dec *d, const msgpack_object *map, struct proto_d
         if (r >= 0)
                 r = get_logprobs(d, map, "logprobs", false, &m.logprobs, &m.n_logprobs);
         if (r >= 0 && m.n_logprobs != 0 && m.n_logprobs != m.n_token_ids)
-                r = diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids", m.n_logprobs,
+                r = proto__diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids", m.n_logprobs,
                              m.n_token_ids);
         if (r < 0) {
                 proto_delta_done(&m);
@@ -851,7 +851,7 @@ static int decode_tool_call(struct dec *d, const msgpack_object *map, struct pro
         if (r >= 0)
                 r = get_str(d, map, NULL, "arguments", true, SIZE_MAX, false, &m.arguments);
         if (r >= 0)
-                r = check_tool_arguments("arguments", m.arguments, d->diag);
+                r = proto__check_tool_arguments("arguments", m.arguments, d->diag);
         if (r < 0) {
                 proto_tool_call_done(&m);
                 return r;
@@ -864,7 +864,7 @@ static int get_ms(struct dec *d, const msgpack_object *map, const char *key, dou
         int r = get_double(d, map, "timings", key, true, ret);
 
         if (r > 0 && *ret < 0)
-                return diag_key(d->diag, "timings", key, "must be >= 0");
+                return proto__diag_key(d->diag, "timings", key, "must be >= 0");
         return r;
 }
 
@@ -884,7 +884,7 @@ static int decode_finished(struct dec *d, const msgpack_object *map, struct prot
                         memcpy(name, reason->via.str.ptr, reason->via.str.size);
                 m.reason = proto_reason_from_string(name);
                 if (m.reason < 0 || memchr(reason->via.str.ptr, 0, reason->via.str.size)) {
-                        r = diag_key(d->diag, NULL, "reason", "must be stop, length, cancelled, deadline or error");
+                        r = proto__diag_key(d->diag, NULL, "reason", "must be stop, length, cancelled, deadline or error");
                         goto fail;
                 }
         }
@@ -986,7 +986,7 @@ static int decode_score_reply(struct dec *d, const msgpack_object *map, struct p
         if (r >= 0)
                 r = get_logprobs(d, map, "logprobs", true, &m.logprobs, &m.n_logprobs);
         if (r >= 0 && m.n_logprobs + 1 != m.n_token_ids)
-                r = diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids (want n - 1)",
+                r = proto__diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids (want n - 1)",
                              m.n_logprobs, m.n_token_ids);
         if (r < 0) {
                 proto_score_reply_done(&m);
@@ -1022,13 +1022,13 @@ static int decode_map(struct dec *d, const msgpack_object *map, enum direction d
 
         if (type < 0) {
                 if (name[0] && proto_utf8_valid(name, strlen(name)))
-                        return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type '%s'", name);
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
+                        return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type '%s'", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
         }
         if (dir == DIR_REQUEST && !proto_type_is_request(type))
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by clients", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by clients", name);
         if (dir == DIR_EVENT && proto_type_is_request(type))
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by the daemon", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by the daemon", name);
 
         *m = (struct proto_msg) { .type = type };
         switch (type) {
@@ -1051,7 +1051,7 @@ static int decode_map(struct dec *d, const msgpack_object *map, enum direction d
         case PROTO_TYPE_DETOKENIZE_REPLY: return decode_detokenize_reply(d, map, &m->detokenize_reply);
         case PROTO_TYPE_SCORE_REPLY:      return decode_score_reply(d, map, &m->score_reply);
         default:
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
         }
 }
 
@@ -1075,20 +1075,20 @@ static int decode_dir(const void *body, size_t len, enum direction dir, struct p
                 break;
         case MSGPACK_UNPACK_NOMEM_ERROR:
                 r = -ENOMEM;
-                (void) diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
+                (void) proto__diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
                 goto out;
         default:
                 /* The scan accepted it, so msgpack-c should too; stay safe if they ever disagree. */
-                r = diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: invalid msgpack");
+                r = proto__diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: invalid msgpack");
                 goto out;
         }
         if (up.data.type != MSGPACK_OBJECT_MAP || off != len) {
-                r = diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: not a single msgpack map");
+                r = proto__diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: not a single msgpack map");
                 goto out;
         }
         r = decode_map(&d, &up.data, dir, &m);
         if (r == -ENOMEM)
-                (void) diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
+                (void) proto__diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
         if (r >= 0) {
                 *ret = m;
                 r = 0;

@@ -31,7 +31,7 @@ static void enc_fail(struct enc *e, int r) {
 static void put_byte(struct enc *e, uint8_t c) {
         if (e->r < 0)
                 return;
-        if (buf_reserve(e->b, 1) < 0) {
+        if (proto__buf_reserve(e->b, 1) < 0) {
                 enc_fail(e, -ENOMEM);
                 return;
         }
@@ -204,8 +204,8 @@ static struct mapw enc_begin(struct enc *e, struct proto_buf *b, enum proto_type
         struct mapw m;
 
         *e = (struct enc) { .b = b, .start = b->len };
-        packer_init_buf(&e->pk, b);
-        if (buf_reserve(b, PROTO_FRAME_HEADER_BYTES) < 0)
+        proto__packer_init_buf(&e->pk, b);
+        if (proto__buf_reserve(b, PROTO_FRAME_HEADER_BYTES) < 0)
                 enc_fail(e, -ENOMEM);
         else
                 b->len += PROTO_FRAME_HEADER_BYTES;
@@ -334,7 +334,7 @@ int proto_encode_chat(struct proto_buf *b, const struct proto_chat *m) {
         struct mapw top = enc_begin(&e, b, PROTO_TYPE_CHAT);
 
         put_id(&e, &top, m->id);
-        if (check_chat_messages(m->messages, NULL) < 0 || (m->tools && check_chat_tools(m->tools, NULL) < 0))
+        if (proto__check_chat_messages(m->messages, NULL) < 0 || (m->tools && proto__check_chat_tools(m->tools, NULL) < 0))
                 enc_fail(&e, -EINVAL);
         put_json(&e, &top, "messages", m->messages);
         if (m->tools)
@@ -456,7 +456,7 @@ int proto_encode_tool_call(struct proto_buf *b, const struct proto_tool_call *m)
         if (m->call_id)
                 put_str(&e, &top, "call_id", m->call_id, PROTO_MAX_NAME_BYTES, false);
         put_str(&e, &top, "name", m->name, PROTO_MAX_NAME_BYTES, false);
-        if (!m->arguments || check_tool_arguments("arguments", m->arguments, NULL) < 0)
+        if (!m->arguments || proto__check_tool_arguments("arguments", m->arguments, NULL) < 0)
                 enc_fail(&e, -EINVAL);
         else
                 put_str(&e, &top, "arguments", m->arguments, SIZE_MAX, false);
@@ -525,7 +525,7 @@ int proto_encode_diag(struct proto_buf *b, const struct proto_diag *d) {
         /* The message may quote peer bytes and is cut at a byte limit: replace anything that is not
          * whole, valid UTF-8 with '?' so the event itself is always valid. */
         for (size_t i = 0; i < n;) {
-                size_t k = utf8_char_len(d->message + i, n - i);
+                size_t k = proto__utf8_char_len(d->message + i, n - i);
 
                 if (k == 0) {
                         message[o++] = '?';
