@@ -53,7 +53,8 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                         if (level == 0) {
                                 if (pos != len)
                                         return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
-                                                         "frame: %zu trailing bytes after the map", len - pos);
+                                                                "frame: %zu trailing bytes after the map",
+                                                                len - pos);
                                 return 0;
                         }
                         level--;
@@ -61,7 +62,8 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                 remaining[level]--;
 
                 if (pos >= len)
-                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                                "frame: msgpack data is truncated");
                 if (++objects > PROTO_MAX_OBJECTS)
                         return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: more than %u objects",
                                          PROTO_MAX_OBJECTS);
@@ -122,7 +124,8 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                                 break;
                         default:                                /* 0xc1 is never used */
                                 return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
-                                                 "frame: invalid msgpack byte 0x%02x at offset %zu", c, pos - 1);
+                                                        "frame: invalid msgpack byte 0x%02x at offset %zu",
+                                                        c, pos - 1);
                         }
                 }
 
@@ -138,7 +141,8 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                                          (unsigned long long) count);
                 /* This container sits at depth level + 1 (the top-level map is depth 1). */
                 if (level + 1 > PROTO_MAX_DEPTH)
-                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: nested deeper than %u levels",
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                                "frame: nested deeper than %u levels",
                                          PROTO_MAX_DEPTH);
                 if (count == 0)
                         continue;
@@ -181,7 +185,8 @@ static int map_get(struct dec *d, const msgpack_object *map, const char *path, c
 }
 
 /* Returns 1 when present (value written), 0 when absent and optional, or -EBADMSG. */
-static int get_obj(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_obj(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    msgpack_object_type type, const msgpack_object **ret) {
         const msgpack_object *v;
         int r;
@@ -196,13 +201,15 @@ static int get_obj(struct dec *d, const msgpack_object *map, const char *path, c
         }
         if (v->type != type) {
                 msgpack_object want = { .type = type };
-                return proto__diag_key(d->diag, path, key, "expected %s, got %s", proto__object_kind(&want), proto__object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected %s, got %s", proto__object_kind(&want),
+                                       proto__object_kind(v));
         }
         *ret = v;
         return 1;
 }
 
-static int get_u64(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_u64(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    uint64_t min, uint64_t max, uint64_t *ret) {
         const msgpack_object *v;
         int r;
@@ -216,18 +223,22 @@ static int get_u64(struct dec *d, const msgpack_object *map, const char *path, c
                 return 0;
         }
         if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %lld", (unsigned long long) min,
+                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %lld",
+                                       (unsigned long long) min,
                                 (unsigned long long) max, (long long) v->via.i64);
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return proto__diag_key(d->diag, path, key, "expected integer, got %s", proto__object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected integer, got %s",
+                                       proto__object_kind(v));
         if (v->via.u64 < min || v->via.u64 > max)
-                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %llu", (unsigned long long) min,
+                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %llu",
+                                       (unsigned long long) min,
                                 (unsigned long long) max, (unsigned long long) v->via.u64);
         *ret = v->via.u64;
         return 1;
 }
 
-static int get_u32(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_u32(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    uint32_t min, uint32_t max, uint32_t *ret) {
         uint64_t v;
         int r;
@@ -238,7 +249,8 @@ static int get_u32(struct dec *d, const msgpack_object *map, const char *path, c
         return r;
 }
 
-static int get_i32(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_i32(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    int32_t min, int32_t max, int32_t *ret) {
         const msgpack_object *v;
         int64_t x;
@@ -260,9 +272,11 @@ static int get_i32(struct dec *d, const msgpack_object *map, const char *path, c
         } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
                 x = v->via.i64;
         else
-                return proto__diag_key(d->diag, path, key, "expected integer, got %s", proto__object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected integer, got %s",
+                                       proto__object_kind(v));
         if (x < min || x > max)
-                return proto__diag_key(d->diag, path, key, "must be in %d..%d, got %lld", min, max, (long long) x);
+                return proto__diag_key(d->diag, path, key, "must be in %d..%d, got %lld", min, max,
+                                       (long long) x);
         *ret = (int32_t) x;
         return 1;
 }
@@ -294,7 +308,8 @@ static int get_double(struct dec *d, const msgpack_object *map, const char *path
                 x = v->via.f64;
                 break;
         default:
-                return proto__diag_key(d->diag, path, key, "expected a number, got %s", proto__object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected a number, got %s",
+                                       proto__object_kind(v));
         }
         if (!isfinite(x))
                 return proto__diag_key(d->diag, path, key, "must be a finite number");
@@ -312,7 +327,8 @@ static int get_bool(struct dec *d, const msgpack_object *map, const char *path, 
         return r;
 }
 
-static int copy_str(struct dec *d, const msgpack_object *v, const char *path, const char *key, size_t max_bytes,
+static int copy_str(struct dec *d, const msgpack_object *v, const char *path, const char *key,
+                    size_t max_bytes,
                     bool allow_empty, char **ret) {
         char *s;
 
@@ -331,7 +347,8 @@ static int copy_str(struct dec *d, const msgpack_object *v, const char *path, co
         return 1;
 }
 
-static int get_str(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_str(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    size_t max_bytes, bool allow_empty, char **ret) {
         const msgpack_object *v;
         int r;
@@ -361,7 +378,8 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
 
                 if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER || e->via.u64 > PROTO_MAX_TOKEN_ID) {
                         free(ids);
-                        return proto__diag_key(d->diag, path, key, "element %u: expected a token id in 0..%d", i,
+                        return proto__diag_key(d->diag, path, key,
+                                               "element %u: expected a token id in 0..%d", i,
                                         PROTO_MAX_TOKEN_ID);
                 }
                 ids[i] = (int32_t) e->via.u64;
@@ -371,7 +389,8 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
         return 1;
 }
 
-static int get_ids(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_ids(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    uint32_t min_n, int32_t **ret, uint32_t *ret_n) {
         const msgpack_object *a;
         int r;
@@ -429,21 +448,24 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
                         p.present |= (bit);     \
         } while (0)
 
-        FLAG(PROTO_PARAM_MAX_TOKENS, get_u32(d, m, P, "max_tokens", false, 1, PROTO_MAX_MAX_TOKENS, &p.max_tokens));
+        FLAG(PROTO_PARAM_MAX_TOKENS, get_u32(d, m, P, "max_tokens", false, 1, PROTO_MAX_MAX_TOKENS,
+                                             &p.max_tokens));
         FLAG(PROTO_PARAM_TEMPERATURE, get_double(d, m, P, "temperature", false, &p.temperature));
         FLAG(PROTO_PARAM_TOP_P, get_double(d, m, P, "top_p", false, &p.top_p));
         FLAG(PROTO_PARAM_TOP_K, get_u32(d, m, P, "top_k", false, 0, 1u << 20, &p.top_k));
         FLAG(PROTO_PARAM_MIN_P, get_double(d, m, P, "min_p", false, &p.min_p));
         FLAG(PROTO_PARAM_REPETITION_PENALTY, get_double(d, m, P, "repetition_penalty", false,
                                                          &p.repetition_penalty));
-        FLAG(PROTO_PARAM_PRESENCE_PENALTY, get_double(d, m, P, "presence_penalty", false, &p.presence_penalty));
+        FLAG(PROTO_PARAM_PRESENCE_PENALTY, get_double(d, m, P, "presence_penalty", false,
+                                                      &p.presence_penalty));
         FLAG(PROTO_PARAM_FREQUENCY_PENALTY, get_double(d, m, P, "frequency_penalty", false,
                                                         &p.frequency_penalty));
         FLAG(PROTO_PARAM_SEED, get_u64(d, m, P, "seed", false, 0, UINT64_MAX, &u));
         if (p.present & PROTO_PARAM_SEED)
                 p.seed = u;
         FLAG(PROTO_PARAM_LOGPROBS, get_i32(d, m, P, "logprobs", false, 0, PROTO_MAX_LOGPROBS, &p.logprobs));
-        FLAG(PROTO_PARAM_PRIORITY, get_i32(d, m, P, "priority", false, PROTO_PRIORITY_MIN, PROTO_PRIORITY_MAX,
+        FLAG(PROTO_PARAM_PRIORITY, get_i32(d, m, P, "priority", false, PROTO_PRIORITY_MIN,
+                                           PROTO_PRIORITY_MAX,
                                            &p.priority));
         FLAG(PROTO_PARAM_DEADLINE_MS, get_u32(d, m, P, "deadline_ms", false, 0, PROTO_MAX_DEADLINE_MS,
                                               &p.deadline_ms));
@@ -473,7 +495,8 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
 
                         (void) snprintf(name, sizeof(name), "stop[%u]", i);
                         if (e->type != MSGPACK_OBJECT_STR) {
-                                r = proto__diag_key(d->diag, P, name, "expected string, got %s", proto__object_kind(e));
+                                r = proto__diag_key(d->diag, P, name, "expected string, got %s",
+                                                    proto__object_kind(e));
                                 goto fail;
                         }
                         r = copy_str(d, e, P, name, PROTO_MAX_STOP_BYTES, false, &p.stop[i]);
@@ -544,7 +567,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
 
                 proto__path_index(path, sizeof(path), key, done);
                 if (e->type != MSGPACK_OBJECT_MAP) {
-                        r = proto__diag_key(d->diag, NULL, path, "expected map, got %s", proto__object_kind(e));
+                        r = proto__diag_key(d->diag, NULL, path, "expected map, got %s",
+                                            proto__object_kind(e));
                         goto fail;
                 }
                 r = get_i32(d, e, path, "id", true, 0, PROTO_MAX_TOKEN_ID, &t->id);
@@ -564,7 +588,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 if (r == 0 || top->via.array.size == 0)
                         continue;
                 if (top->via.array.size > PROTO_MAX_LOGPROBS) {
-                        r = proto__diag_key(d->diag, path, "top", "more than %d entries", PROTO_MAX_LOGPROBS);
+                        r = proto__diag_key(d->diag, path, "top", "more than %d entries",
+                                            PROTO_MAX_LOGPROBS);
                         goto fail;
                 }
                 t->top = calloc(top->via.array.size, sizeof(*t->top));
@@ -579,7 +604,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
 
                         (void) snprintf(tpath, sizeof(tpath), "%s.top[%u]", path, i);
                         if (te->type != MSGPACK_OBJECT_MAP) {
-                                r = proto__diag_key(d->diag, NULL, tpath, "expected map, got %s", proto__object_kind(te));
+                                r = proto__diag_key(d->diag, NULL, tpath, "expected map, got %s",
+                                                    proto__object_kind(te));
                                 goto fail;
                         }
                         r = get_i32(d, te, tpath, "id", true, 0, PROTO_MAX_TOKEN_ID, &t->top[i].id);
@@ -827,7 +853,8 @@ static int decode_delta(struct dec *d, const msgpack_object *map, struct proto_d
         if (r >= 0)
                 r = get_logprobs(d, map, "logprobs", false, &m.logprobs, &m.n_logprobs);
         if (r >= 0 && m.n_logprobs != 0 && m.n_logprobs != m.n_token_ids)
-                r = proto__diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids", m.n_logprobs,
+                r = proto__diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids",
+                                    m.n_logprobs,
                              m.n_token_ids);
         if (r < 0) {
                 proto_delta_done(&m);
@@ -884,14 +911,16 @@ static int decode_finished(struct dec *d, const msgpack_object *map, struct prot
                         memcpy(name, reason->via.str.ptr, reason->via.str.size);
                 m.reason = proto_reason_from_string(name);
                 if (m.reason < 0 || memchr(reason->via.str.ptr, 0, reason->via.str.size)) {
-                        r = proto__diag_key(d->diag, NULL, "reason", "must be stop, length, cancelled, deadline or error");
+                        r = proto__diag_key(d->diag, NULL, "reason",
+                                            "must be stop, length, cancelled, deadline or error");
                         goto fail;
                 }
         }
         TRY(get_obj(d, map, NULL, "usage", true, MSGPACK_OBJECT_MAP, &usage));
         TRY(get_u32(d, usage, "usage", "prompt_tokens", true, 0, UINT32_MAX, &m.usage.prompt_tokens));
         TRY(get_u32(d, usage, "usage", "cached_tokens", true, 0, UINT32_MAX, &m.usage.cached_tokens));
-        TRY(get_u32(d, usage, "usage", "completion_tokens", true, 0, UINT32_MAX, &m.usage.completion_tokens));
+        TRY(get_u32(d, usage, "usage", "completion_tokens", true, 0, UINT32_MAX,
+                    &m.usage.completion_tokens));
         TRY(get_obj(d, map, NULL, "timings", true, MSGPACK_OBJECT_MAP, &timings));
         TRY(get_ms(d, timings, "queue_ms", &m.timings.queue_ms));
         TRY(get_ms(d, timings, "ttft_ms", &m.timings.ttft_ms));
@@ -901,7 +930,8 @@ static int decode_finished(struct dec *d, const msgpack_object *map, struct prot
                 TRY(get_obj(d, map, NULL, "error", true, MSGPACK_OBJECT_MAP, &error));
                 TRY(get_str(d, error, "error", "code", true, PROTO_MAX_NAME_BYTES, false, &code));
                 m.error_code = proto_code_from_string(code);
-                TRY(get_str(d, error, "error", "message", true, PROTO_MAX_MESSAGE_BYTES, true, &m.error_message));
+                TRY(get_str(d, error, "error", "message", true, PROTO_MAX_MESSAGE_BYTES, true,
+                            &m.error_message));
         }
 #undef TRY
         free(code);
@@ -949,7 +979,8 @@ static int decode_status_reply(struct dec *d, const msgpack_object *map, struct 
         return 0;
 }
 
-static int decode_tokenize_reply(struct dec *d, const msgpack_object *map, struct proto_tokenize_reply *ret) {
+static int decode_tokenize_reply(struct dec *d, const msgpack_object *map,
+                                 struct proto_tokenize_reply *ret) {
         struct proto_tokenize_reply m = {};
         int r;
 
@@ -986,7 +1017,8 @@ static int decode_score_reply(struct dec *d, const msgpack_object *map, struct p
         if (r >= 0)
                 r = get_logprobs(d, map, "logprobs", true, &m.logprobs, &m.n_logprobs);
         if (r >= 0 && m.n_logprobs + 1 != m.n_token_ids)
-                r = proto__diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids (want n - 1)",
+                r = proto__diag_key(d->diag, NULL, "logprobs",
+                                    "has %u entries for %u token_ids (want n - 1)",
                              m.n_logprobs, m.n_token_ids);
         if (r < 0) {
                 proto_score_reply_done(&m);
@@ -1022,13 +1054,16 @@ static int decode_map(struct dec *d, const msgpack_object *map, enum direction d
 
         if (type < 0) {
                 if (name[0] && proto_utf8_valid(name, strlen(name)))
-                        return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type '%s'", name);
+                        return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED,
+                                                "type: unknown message type '%s'", name);
                 return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
         }
         if (dir == DIR_REQUEST && !proto_type_is_request(type))
-                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by clients", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED,
+                                        "type: '%s' is not sent by clients", name);
         if (dir == DIR_EVENT && proto_type_is_request(type))
-                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by the daemon", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED,
+                                        "type: '%s' is not sent by the daemon", name);
 
         *m = (struct proto_msg) { .type = type };
         switch (type) {

@@ -334,7 +334,8 @@ int proto_encode_chat(struct proto_buf *b, const struct proto_chat *m) {
         struct mapw top = enc_begin(&e, b, PROTO_TYPE_CHAT);
 
         put_id(&e, &top, m->id);
-        if (proto__check_chat_messages(m->messages, NULL) < 0 || (m->tools && proto__check_chat_tools(m->tools, NULL) < 0))
+        if (proto__check_chat_messages(m->messages, NULL) < 0 ||
+            (m->tools && proto__check_chat_tools(m->tools, NULL) < 0))
                 enc_fail(&e, -EINVAL);
         put_json(&e, &top, "messages", m->messages);
         if (m->tools)
@@ -496,7 +497,8 @@ int proto_encode_finished(struct proto_buf *b, const struct proto_finished *m) {
                 key(&e, &top, "error");
                 sub = map_open(&e);
                 put_str(&e, &sub, "code", wire_code(m->error_code), PROTO_MAX_NAME_BYTES, false);
-                put_str(&e, &sub, "message", m->error_message ? m->error_message : "", PROTO_MAX_MESSAGE_BYTES,
+                put_str(&e, &sub, "message", m->error_message ? m->error_message : "",
+                        PROTO_MAX_MESSAGE_BYTES,
                         true);
                 map_close(&e, &sub);
         }

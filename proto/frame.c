@@ -159,7 +159,8 @@ static int reader_sticky_diag(const struct proto_reader *r, struct proto_diag *d
         if (d)
                 *d = (struct proto_diag) {};
         if (r->error == -EMSGSIZE)
-                (void) proto__diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE, "frame: length %u exceeds the limit of %u bytes",
+                (void) proto__diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE,
+                                        "frame: length %u exceeds the limit of %u bytes",
                                  r->body_len, r->max_frame);
         else if (r->error == -EBADMSG)
                 (void) proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: zero length");

@@ -115,13 +115,15 @@ static int conv(struct conv *c, const msgpack_object *o, unsigned depth, json_t 
                         json_t *e;
 
                         if (kv->key.type != MSGPACK_OBJECT_STR) {
-                                r = conv_fail(c, "map keys must be strings, got %s", proto__object_kind(&kv->key));
+                                r = conv_fail(c, "map keys must be strings, got %s",
+                                              proto__object_kind(&kv->key));
                                 goto fail;
                         }
                         conv_push(c, NULL, kv->key.via.str.ptr, kv->key.via.str.size, 0, &saved);
                         if (kv->key.via.str.size > PROTO_MAX_NAME_BYTES ||
                             !proto_utf8_valid(kv->key.via.str.ptr, kv->key.via.str.size)) {
-                                r = conv_fail(c, "map key is longer than %u bytes, not UTF-8 or has NUL", PROTO_MAX_NAME_BYTES);
+                                r = conv_fail(c, "map key is longer than %u bytes, not UTF-8 or has NUL",
+                                              PROTO_MAX_NAME_BYTES);
                                 conv_pop(c, saved);
                                 goto fail;
                         }
@@ -354,7 +356,8 @@ int proto__check_tool_arguments(const char *path, const char *arguments, struct 
 
         j = json_loads(arguments, 0, &error);
         if (!j)
-                return proto__diag_key(d, NULL, path, "not valid JSON (%s at offset %d)", error.text, error.position);
+                return proto__diag_key(d, NULL, path, "not valid JSON (%s at offset %d)", error.text,
+                                       error.position);
         object = json_is_object(j);
         json_decref(j);
         if (!object)

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #pragma once
-/* Helpers shared by the proto/ translation units; not part of the API (prefix proto__, as libuv uses uv__). */
+/* Helpers shared by the proto/ translation units; not part of the API (prefix proto__, like uv__). */
 #include "proto.h"
 
-/* Fill *d (if not NULL) with code and a formatted message; returns -EBADMSG for `return proto__diag_fail(...)`. */
+/* Fill *d (if not NULL) with code and a formatted message; returns -EBADMSG. */
 int proto__diag_fail(struct proto_diag *d, enum proto_code code, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
