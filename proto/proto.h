@@ -24,6 +24,26 @@
  *     string and array lengths; see PROTO_MAX_*), so a hostile frame cannot exhaust memory.
  *   - Nothing here logs, blocks, or keeps global state; all functions are thread-safe on distinct
  *     objects.
+ *
+ * Typical receive path (the daemon; a client is the same with proto_decode_event):
+ *
+ *     while (len > 0) {
+ *             r = proto_reader_feed(&conn->reader, p, len, &used, &diag);
+ *             p += used, len -= used;
+ *             if (r < 0) {                          // framing lost: report (id 0) and close
+ *                     (void) proto_encode_diag(&conn->out, &diag);
+ *                     close_after_flush(conn);
+ *                     break;
+ *             }
+ *             if (r == 0)
+ *                     break;                        // need more bytes
+ *             frame = proto_reader_frame(&conn->reader, &flen);
+ *             if (proto_decode_request(frame, flen, &msg, &diag) < 0) {
+ *                     (void) proto_encode_diag(&conn->out, &diag);   // error event, id if known
+ *                     continue;                     // the connection stays usable
+ *             }
+ *             handle(conn, &msg);                   // owns msg; proto_msg_done() when finished
+ *     }
  */
 #include <errno.h>
 #include <stdbool.h>
