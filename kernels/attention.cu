@@ -98,7 +98,7 @@ static __global__ void qkv_post_kernel(const uint16_t *qkv, const int32_t *tok_p
 }
 
 static int check_layer(const struct kern_attn_layer *L) {
-        if (L->head_dim % 32 != 0 || L->head_dim > 512 || L->head_dim == 0 || L->n_kv_heads == 0 ||
+        if (L->head_dim % 2 != 0 || L->head_dim > 512 || L->head_dim == 0 || L->n_kv_heads == 0 ||
             L->n_heads % L->n_kv_heads != 0 || L->page_size == 0)
                 return -EINVAL;
         return 0;
@@ -123,9 +123,18 @@ extern "C" int kern_qkv_post(const uint16_t *qkv, const struct kern_batch *bt, c
         return KERN_CHECK_LAUNCH();
 }
 
-/* Load DPL consecutive KV elements as floats. */
-template <int DPL, bool FP8>
-static __device__ __forceinline__ void load_kv(const uint8_t *base, size_t elem, float *out) {
+/* Load DPL consecutive KV elements as floats. VEC: head_dim % 32 == 0, so every lane's slice is whole and
+ * aligned; otherwise `valid` elements are loaded one by one and the rest read as zero. */
+template <int DPL, bool FP8, bool VEC>
+static __device__ __forceinline__ void load_kv(const uint8_t *base, size_t elem, float *out, int valid) {
+        if (!VEC) {
+#pragma unroll
+                for (int i = 0; i < DPL; i++)
+                        out[i] = i >= valid ? 0.0f
+                                 : FP8     ? e4m3_to_f32(base[elem + i])
+                                           : bf16_bits_to_f32(reinterpret_cast<const uint16_t *>(base)[elem + i]);
+                return;
+        }
         if (FP8) {
                 const uint8_t *p = base + elem;
                 uint8_t b[DPL];
@@ -176,7 +185,7 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
         return (((size_t) page * c.page_size + (uint32_t) j % c.page_size) * c.n_kv + kvh) * c.d;
 }
 
-template <int DPL, bool FP8>
+template <int DPL, bool FP8, bool VEC>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
         attention_kernel(const uint16_t *q, struct att_ctx c, uint32_t chunk, float *partial, uint16_t *out) {
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
@@ -190,12 +199,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int32_t lo = c.window ? max(0, qpos - (int32_t) c.window + 1) : 0;
         const int32_t kb = lo + (int32_t) (split * chunk), ke = min(qpos + 1, kb + (int32_t) chunk);
 
+        const int valid = VEC ? DPL : max(0, min(DPL, (int) c.d - lane * DPL));
         float qv[DPL], acc[DPL];
         {
                 const uint16_t *qp = q + ((size_t) t * c.n_heads + h) * c.d + lane * DPL;
 #pragma unroll
                 for (int i = 0; i < DPL; i++) {
-                        qv[i] = bf16_bits_to_f32(qp[i]);
+                        qv[i] = i < valid ? bf16_bits_to_f32(qp[i]) : 0.0f;
                         acc[i] = 0.0f;
                 }
         }
@@ -204,13 +214,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                 bool fresh;
                 size_t off = key_row(c, table, j, pos0, row0, kvh, &fresh) + lane * DPL;
                 float kv[DPL];
-                load_kv<DPL, FP8>(fresh ? c.k_new : c.k_pages, off, kv);
+                load_kv<DPL, FP8, VEC>(fresh ? c.k_new : c.k_pages, off, kv, valid);
                 float s = 0.0f;
 #pragma unroll
                 for (int i = 0; i < DPL; i++)
                         s += qv[i] * kv[i];
                 s = warp_sum(s);
-                load_kv<DPL, FP8>(fresh ? c.v_new : c.v_pages, off, kv);
+                load_kv<DPL, FP8, VEC>(fresh ? c.v_new : c.v_pages, off, kv, valid);
                 float mn = fmaxf(m, s);
                 float corr = __expf(m - mn), p = __expf(s - mn);
                 l = l * corr + p;
@@ -293,10 +303,15 @@ extern "C" size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_
 template <int DPL>
 static void launch_att(bool fp8, dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t chunk,
                        float *partial, uint16_t *out, cudaStream_t stream) {
-        if (fp8)
-                attention_kernel<DPL, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+        bool vec = c.d % 32 == 0;
+        if (fp8 && vec)
+                attention_kernel<DPL, true, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+        else if (fp8)
+                attention_kernel<DPL, true, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+        else if (vec)
+                attention_kernel<DPL, false, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
         else
-                attention_kernel<DPL, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, false, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
 }
 
 static struct att_ctx make_ctx(const struct kern_batch *bt, const struct kern_attn_layer *L, const void *k_new,
@@ -340,7 +355,9 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         uint32_t chunk = (keys + n_split - 1) / n_split;
         dim3 grid(rows, n_split);
 
-        switch (L->head_dim / 32) {
+        uint32_t dpl = (L->head_dim + 31) / 32;
+        dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
+        switch (dpl) {
         case 1: launch_att<1>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
         case 2: launch_att<2>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
         case 4: launch_att<4>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
@@ -373,6 +390,13 @@ static __global__ void kv_commit_kernel(const uint8_t *k_new, const uint8_t *v_n
         size_t src = (((size_t) t * c.n_kv + kvh) * c.d) * elt;
         size_t bytes = (size_t) c.d * elt;
         uint8_t *kd = (uint8_t *) c.k_pages + dst, *vd = (uint8_t *) c.v_pages + dst;
+        if (bytes % 16 != 0) {
+                for (size_t i = threadIdx.x; i < bytes; i += blockDim.x) {
+                        kd[i] = k_new[src + i];
+                        vd[i] = v_new[src + i];
+                }
+                return;
+        }
         for (size_t i = threadIdx.x * 16; i < bytes; i += blockDim.x * 16) {
                 *reinterpret_cast<uint4 *>(kd + i) = *reinterpret_cast<const uint4 *>(k_new + src + i);
                 *reinterpret_cast<uint4 *>(vd + i) = *reinterpret_cast<const uint4 *>(v_new + src + i);

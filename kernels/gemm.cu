@@ -11,6 +11,7 @@
  * Large M: cuBLASLt with OUTER_VEC_32F scales on both operands (fp8 spec §6.3).
  */
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cublasLt.h>
@@ -45,10 +46,17 @@ static __device__ __forceinline__ void mma_e4m3(float *c, uint32_t a0, uint32_t 
                      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-static __device__ __forceinline__ uint4 ldg16(const uint8_t *p, bool ok) {
-        if (!ok)
+/* 16 bytes of a row at offset k0 (zeros past k or when !ok). Rows of a K that is not a multiple of 16 are
+ * not 16-byte aligned: those take byte loads (tiny test models only). */
+static __device__ __forceinline__ uint4 ldg16(const uint8_t *row, uint32_t k0, uint32_t k, bool aligned, bool ok) {
+        if (!ok || k0 >= k)
                 return make_uint4(0, 0, 0, 0);
-        return __ldg(reinterpret_cast<const uint4 *>(p));
+        if (aligned)
+                return __ldg(reinterpret_cast<const uint4 *>(row + k0));
+        uint32_t v[4] = {0, 0, 0, 0};
+        for (uint32_t i = 0; i < 16 && k0 + i < k; i++)
+                v[i / 4] |= (uint32_t) row[k0 + i] << (8 * (i % 4));
+        return make_uint4(v[0], v[1], v[2], v[3]);
 }
 
 template <int NSUB>
@@ -92,16 +100,16 @@ static __global__ void __launch_bounds__(MMA_WARPS * 32) fp8_mma_kernel(struct m
                 c[s][0] = c[s][1] = c[s][2] = c[s][3] = 0.0f;
 
         const uint32_t n_chunks = (p.k + 63) / 64;
+        const bool aligned = p.k % 16 == 0;
 #pragma unroll 2
         for (uint32_t ch = kw_idx; ch < n_chunks; ch += p.kw) {
                 uint32_t k0 = ch * 64 + tig * 16;
-                bool kok = k0 < p.k;
-                uint4 a = ldg16(w0 + k0, ok0 && kok), b = ldg16(w1 + k0, ok1 && kok);
+                uint4 a = ldg16(w0, k0, p.k, aligned, ok0), b = ldg16(w1, k0, p.k, aligned, ok1);
 #pragma unroll
                 for (int s = 0; s < NSUB; s++) {
                         if (s * 8 >= count)
                                 break;
-                        uint4 xv = ldg16(xp[s] + k0, xp[s] != NULL && kok);
+                        uint4 xv = ldg16(xp[s], k0, p.k, aligned, xp[s] != NULL);
                         mma_e4m3(c[s], a.x, b.x, a.y, b.y, xv.x, xv.y);
                         mma_e4m3(c[s], a.z, b.z, a.w, b.w, xv.z, xv.w);
                 }
@@ -177,7 +185,7 @@ extern "C" int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uin
                                      enum kern_out out, float softcap, cudaStream_t stream) {
         struct mma_params p = {};
 
-        if (k % 16 != 0 || n_out == 0)
+        if (k == 0 || n_out == 0)
                 return -EINVAL;
         if (m == 0)
                 return 0;
@@ -215,7 +223,7 @@ extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, u
                                        cudaStream_t stream) {
         struct mma_params p = {};
 
-        if (k % 16 != 0 || n_out == 0 || x_row_div == 0)
+        if (k == 0 || n_out == 0 || x_row_div == 0)
                 return -EINVAL;
         if (max_groups == 0)
                 return 0;
@@ -322,7 +330,18 @@ struct kern_blas {
         void *workspace;
         struct blas_plan plans[BLAS_CACHE];
         uint32_t next;
+        char last_error[160];
 };
+
+static void blas_fail(struct kern_blas *b, const char *stage, cublasStatus_t st, uint32_t n, uint32_t k,
+                      uint32_t m) {
+        snprintf(b->last_error, sizeof(b->last_error), "cuBLASLt %s failed (status %d) for n=%u k=%u m=%u", stage,
+                 (int) st, n, k, m);
+}
+
+extern "C" const char *kern_blas_last_error(struct kern_blas *b) {
+        return b->last_error;
+}
 
 extern "C" int kern_blas_create(struct kern_blas **ret) {
         struct kern_blas *b = (struct kern_blas *) calloc(1, sizeof(*b));
@@ -361,7 +380,8 @@ extern "C" void kern_blas_destroy(struct kern_blas *b) {
         free(b);
 }
 
-static struct blas_plan *plan_get(struct kern_blas *b, int kind, uint32_t n_out, uint32_t k, uint32_t m) {
+static struct blas_plan *plan_get(struct kern_blas *b, int kind, uint32_t n_out, uint32_t k, uint32_t m,
+                                  const float *a_scale, const float *b_scale) {
         struct blas_plan *pl;
         cublasLtMatmulPreference_t pref = NULL;
         cublasLtMatmulHeuristicResult_t heur;
@@ -387,6 +407,11 @@ static struct blas_plan *plan_get(struct kern_blas *b, int kind, uint32_t n_out,
                 cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
                 cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode));
                 cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode));
+                /* the heuristic only offers outer-vector kernels once the scale pointers are set */
+                cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &a_scale,
+                                               sizeof(a_scale));
+                cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
+                                               sizeof(b_scale));
         }
         cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, dt = fp8 ? CUDA_R_16BF : CUDA_R_32F;
         cublasLtMatrixLayoutCreate(&pl->a, ab, k, n_out, k);
@@ -399,10 +424,14 @@ static struct blas_plan *plan_get(struct kern_blas *b, int kind, uint32_t n_out,
         if (cublasLtMatmulPreferenceCreate(&pref) != CUBLAS_STATUS_SUCCESS)
                 goto fail;
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-        if (cublasLtMatmulAlgoGetHeuristic(b->lt, pl->desc, pl->a, pl->b, pl->d, pl->d, pref, 1, &heur, &found) !=
-                    CUBLAS_STATUS_SUCCESS ||
-            found == 0)
-                goto fail;
+        {
+                cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(b->lt, pl->desc, pl->a, pl->b, pl->d, pl->d, pref,
+                                                                   1, &heur, &found);
+                if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+                        blas_fail(b, "heuristic", st, n_out, k, m);
+                        goto fail;
+                }
+        }
         pl->algo = heur.algo;
         cublasLtMatmulPreferenceDestroy(pref);
         return pl;
@@ -423,14 +452,17 @@ extern "C" int kern_blas_fp8_linear(struct kern_blas *b, const uint8_t *w, const
                 return -EINVAL;
         if (m == 0)
                 return 0;
-        pl = plan_get(b, 1, n_out, k, m);
+        pl = plan_get(b, 1, n_out, k, m, w_scale, x_scale);
         if (!pl)
                 return -EIO;
         cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale));
         cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof(x_scale));
-        if (cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d, &pl->algo,
-                           b->workspace, BLAS_WORKSPACE, stream) != CUBLAS_STATUS_SUCCESS)
+        cublasStatus_t st = cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d,
+                                           &pl->algo, b->workspace, BLAS_WORKSPACE, stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+                blas_fail(b, "matmul", st, n_out, k, m);
                 return -EIO;
+        }
         return 0;
 }
 
@@ -443,7 +475,7 @@ extern "C" int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w,
                 return -EINVAL;
         if (m == 0)
                 return 0;
-        pl = plan_get(b, 2, n_out, k, m);
+        pl = plan_get(b, 2, n_out, k, m, NULL, NULL);
         if (!pl)
                 return -EIO;
         if (cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d, &pl->algo,

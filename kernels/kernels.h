@@ -119,6 +119,8 @@ uint32_t kern_moe_max_groups(uint32_t n_pairs, uint32_t n_experts);
 struct kern_blas;
 int kern_blas_create(struct kern_blas **ret);
 void kern_blas_destroy(struct kern_blas *b);
+/* What the last failing cuBLASLt call said (stage, status, shape); "" when nothing failed. */
+const char *kern_blas_last_error(struct kern_blas *b);
 int kern_blas_fp8_linear(struct kern_blas *b, const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
                          const uint8_t *x, const float *x_scale, uint32_t m, uint16_t *y, cudaStream_t stream);
 /* BF16 x BF16 -> FP32 (the BF16 LM head): y [m, n_out] = x [m, k] W^T. */

@@ -83,7 +83,13 @@ static void test_blas(struct kern_blas *b, uint32_t n, uint32_t k, uint32_t m) {
 
         lin_make(&L, n, k, m, 1);
         uint16_t *dy = kt_dev((size_t) m * n * 2);
-        KT_OK(kern_blas_fp8_linear(b, L.dw, L.dws, n, k, L.dx, L.dxs, m, dy, 0));
+        if (kern_blas_fp8_linear(b, L.dw, L.dws, n, k, L.dx, L.dxs, m, dy, 0) < 0) {
+                snprintf(name, sizeof(name), "cublasLt fp8 n=%u k=%u m=%u: %s", n, k, m, kern_blas_last_error(b));
+                kt_expect(name, 0);
+                cudaFree(dy);
+                lin_free(&L);
+                return;
+        }
         uint16_t *y = kt_down(dy, (size_t) m * n * 2);
         for (uint32_t r = 0; r < m; r++)
                 for (uint32_t c = 0; c < n; c++)
@@ -196,6 +202,8 @@ int main(void) {
         test_small(520, 2816, 150, 0);
         test_small(100, 48, 3, 0);              /* n not a multiple of 16, k not of 64 */
         test_small(3000, 256, 3, 1);
+        test_small(200, 100, 3, 0);             /* k not a multiple of 16: unaligned rows */
+        test_small(512, 100, 40, 1);
         KT_OK(kern_blas_create(&b));
         test_blas(b, 4096, 2816, 1);
         test_blas(b, 2816, 4096, 37);
@@ -208,5 +216,7 @@ int main(void) {
         test_grouped(37, 8, 128, 1408, 256, 0, 0);
         test_grouped(300, 2, 8, 96, 128, 0, 1);        /* > 64 pairs per expert: several groups */
         test_grouped(300, 2, 8, 64, 96, 1, 1);
+        test_grouped(7, 4, 16, 48, 100, 0, 0);  /* unaligned k */
+        test_grouped(7, 4, 16, 100, 24, 1, 0);
         return kt_finish();
 }
