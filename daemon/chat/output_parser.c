@@ -274,8 +274,49 @@ static json_t *parse_value(const char *s, size_t n) {
         return make_string(s, n);
 }
 
+static json_t *parse_args(const char *s, size_t n, bool partial);
 static json_t *parse_array(const char *s, size_t n, bool partial);
 
+/*
+ * One value at s[*pi]: a <|"|> string (unterminated: the rest), a {…} or […] (unfinished: parsed as
+ * partial), or a bare value ending before one of `ends`. Returns 1 with *ret, 0 when there is nothing to
+ * take (no progress, or a bare value a partial parse must withhold), -ENOMEM.
+ */
+static int parse_one(const char *s, size_t n, size_t *pi, bool partial, const char *ends, json_t **ret) {
+        size_t i = *pi;
+        json_t *val;
+
+        if (s[i] == QUOTE_MARK) {
+                size_t e = find_mark(s, i + 1, n);
+                size_t stop = e == SIZE_MAX ? n : e;
+                val = make_string(s + i + 1, stop - i - 1);
+                i = e == SIZE_MAX ? n : e + 1;
+        } else if (s[i] == '{' || s[i] == '[') {
+                bool complete, is_obj = s[i] == '{';
+                size_t start = i + 1;
+                i = skip_balanced(s, start, n, s[i], is_obj ? '}' : ']', &complete);
+                size_t len = complete ? i - 1 - start : i - start;
+                val = is_obj ? parse_args(s + start, len, !complete) : parse_array(s + start, len, !complete);
+        } else {
+                size_t vs = i, a, z;
+                while (i < n && !strchr(ends, s[i]))
+                        i++;
+                if ((partial && i >= n) || i == vs)
+                        return 0;
+                py_strip(s + vs, i - vs, &a, &z);
+                /* "108." may still become "108.2": a partial parse withholds it */
+                if (partial && z > a && s[vs + z - 1] == '.')
+                        return 0;
+                val = parse_value(s + vs, i - vs);
+        }
+        if (!val)
+                return -ENOMEM;
+        *pi = i;
+        *ret = val;
+        return 1;
+}
+
+/* _parse_gemma4_args: KEY:VALUE pairs. partial: the text was cut off (an unfinished nested value). */
 static json_t *parse_args(const char *s, size_t n, bool partial) {
         json_t *obj = json_object();
         size_t i = 0;
@@ -285,6 +326,7 @@ static json_t *parse_args(const char *s, size_t n, bool partial) {
         while (i < n) {
                 json_t *val = NULL, *key;
                 size_t a, z;
+                int r;
 
                 while (i < n && (is_ws(s[i]) || s[i] == ','))
                         i++;
@@ -303,56 +345,29 @@ static json_t *parse_args(const char *s, size_t n, bool partial) {
                         kn = kn >= 2 ? kn - 2 : 0;
                 }
                 key = make_string(k, kn);
+                if (!key)
+                        goto oom;
                 i++;
                 while (i < n && is_ws(s[i]))
                         i++;
-                if (!key)
-                        goto oom;
                 if (i >= n) {
-                        if (!partial)
-                                val = json_string("");
-                } else if (s[i] == QUOTE_MARK) {
-                        size_t e = find_mark(s, i + 1, n);
-                        if (e == SIZE_MAX) {
-                                val = make_string(s + i + 1, n - i - 1);
-                                i = n;
-                        } else {
-                                val = make_string(s + i + 1, e - i - 1);
-                                i = e + 1;
-                        }
-                } else if (s[i] == '{' || s[i] == '[') {
-                        bool complete, is_obj = s[i] == '{';
-                        size_t start = i + 1;
-                        i = skip_balanced(s, start, n, s[i], is_obj ? '}' : ']', &complete);
-                        size_t len = complete ? i - 1 - start : i - start;
-                        val = is_obj ? parse_args(s + start, len, !complete) : parse_array(s + start, len, !complete);
+                        r = partial ? 0 : 1;
+                        val = partial ? NULL : json_string("");
+                        if (r == 1 && !val)
+                                r = -ENOMEM;
                 } else {
-                        size_t vs = i;
-                        while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ']')
-                                i++;
-                        if ((partial && i >= n) || i == vs) {
-                                json_decref(key);
-                                break;
-                        }
-                        py_strip(s + vs, i - vs, &a, &z);
-                        if (partial && z > a && s[vs + z - 1] == '.') {
-                                json_decref(key);
-                                break;
-                        }
-                        val = parse_value(s + vs, i - vs);
+                        r = parse_one(s, n, &i, partial, ",}]", &val);
                 }
-                if (!val) {
-                        bool ended = i >= n && partial;
+                if (r <= 0) {
                         json_decref(key);
-                        if (ended)
-                                break;
-                        goto oom;
+                        if (r < 0)
+                                goto oom;
+                        break;
                 }
-                if (json_object_setn_new(obj, json_string_value(key), json_string_length(key), val) < 0) {
-                        json_decref(key);
-                        goto oom;
-                }
+                r = json_object_setn_new(obj, json_string_value(key), json_string_length(key), val);
                 json_decref(key);
+                if (r < 0)
+                        goto oom;
         }
         return obj;
 oom:
@@ -368,38 +383,16 @@ static json_t *parse_array(const char *s, size_t n, bool partial) {
                 return NULL;
         while (i < n) {
                 json_t *val;
+                int r;
 
                 while (i < n && (is_ws(s[i]) || s[i] == ','))
                         i++;
                 if (i >= n)
                         break;
-                if (s[i] == QUOTE_MARK) {
-                        size_t e = find_mark(s, i + 1, n);
-                        if (e == SIZE_MAX) {
-                                val = make_string(s + i + 1, n - i - 1);
-                                i = n;
-                        } else {
-                                val = make_string(s + i + 1, e - i - 1);
-                                i = e + 1;
-                        }
-                } else if (s[i] == '{' || s[i] == '[') {
-                        bool complete, is_obj = s[i] == '{';
-                        size_t start = i + 1;
-                        i = skip_balanced(s, start, n, s[i], is_obj ? '}' : ']', &complete);
-                        size_t len = complete ? i - 1 - start : i - start;
-                        val = is_obj ? parse_args(s + start, len, !complete) : parse_array(s + start, len, !complete);
-                } else {
-                        size_t vs = i, a, z;
-                        while (i < n && s[i] != ',' && s[i] != ']')
-                                i++;
-                        if ((partial && i >= n) || i == vs)
-                                break;
-                        py_strip(s + vs, i - vs, &a, &z);
-                        if (partial && z > a && s[vs + z - 1] == '.')
-                                break;
-                        val = parse_value(s + vs, i - vs);
-                }
-                if (!val || json_array_append_new(arr, val) < 0) {
+                r = parse_one(s, n, &i, partial, ",]", &val);
+                if (r == 0)
+                        break;
+                if (r < 0 || json_array_append_new(arr, val) < 0) {
                         json_decref(arr);
                         return NULL;
                 }

@@ -147,6 +147,30 @@ static int emit_py_str(struct builder *b, const json_t *v, struct chat_error *er
         return 0;
 }
 
+static void format_argument(struct builder *b, const json_t *v, bool escape_keys);
+
+/* `k:v,k:v` in dictsort order, without braces: objects in values, call arguments, response bodies. */
+static void format_items_sorted(struct builder *b, const json_t *obj, bool escape_keys) {
+        struct py_sorted_item *items;
+        size_t n;
+
+        if (py_dictsort(obj, &items, &n) < 0) {
+                b->error = -ENOMEM;
+                return;
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (i > 0)
+                        tpl(b, ",");
+                if (escape_keys)
+                        quoted_content(b, items[i].key, items[i].key_length);
+                else
+                        content(b, items[i].key, items[i].key_length);
+                tpl(b, ":");
+                format_argument(b, items[i].value, escape_keys);
+        }
+        free(items);
+}
+
 /* format_argument(): the template's value serializer. */
 static void format_argument(struct builder *b, const json_t *v, bool escape_keys) {
         char buf[PY_REPR_MAX];
@@ -154,25 +178,9 @@ static void format_argument(struct builder *b, const json_t *v, bool escape_keys
         if (json_is_string(v)) {
                 quoted_content(b, json_string_value(v), json_string_length(v));
         } else if (json_is_object(v)) {
-                struct py_sorted_item *items;
-                size_t n;
-                if (py_dictsort(v, &items, &n) < 0) {
-                        b->error = -ENOMEM;
-                        return;
-                }
                 tpl(b, "{");
-                for (size_t i = 0; i < n; i++) {
-                        if (i > 0)
-                                tpl(b, ",");
-                        if (escape_keys)
-                                quoted_content(b, items[i].key, items[i].key_length);
-                        else
-                                content(b, items[i].key, items[i].key_length);
-                        tpl(b, ":");
-                        format_argument(b, items[i].value, escape_keys);
-                }
+                format_items_sorted(b, v, escape_keys);
                 tpl(b, "}");
-                free(items);
         } else if (json_is_array(v)) {
                 tpl(b, "[");
                 for (size_t i = 0; i < json_array_size(v); i++) {
@@ -756,22 +764,8 @@ static int emit_tool_call(struct builder *b, const json_t *tc, size_t index, siz
         tpl(b, "<|tool_call>call:");
         content(b, json_string_value(name), json_string_length(name));
         tpl(b, "{");
-        if (json_is_object(args)) {
-                struct py_sorted_item *items;
-                size_t n;
-                if (py_dictsort(args, &items, &n) < 0) {
-                        json_decref(parsed);
-                        return fail(err, -ENOMEM, "out of memory");
-                }
-                for (size_t i = 0; i < n; i++) {
-                        if (i > 0)
-                                tpl(b, ",");
-                        content(b, items[i].key, items[i].key_length);
-                        tpl(b, ":");
-                        format_argument(b, items[i].value, false);
-                }
-                free(items);
-        }
+        if (json_is_object(args))
+                format_items_sorted(b, args, false);
         tpl(b, "}<tool_call|>");
         json_decref(parsed);
         return 0;
@@ -782,22 +776,9 @@ static void emit_tool_response(struct builder *b, const json_t *name, const json
         tpl(b, "<|tool_response>response:");
         content(b, json_string_value(name), json_string_length(name));
         if (json_is_object(response)) {
-                struct py_sorted_item *items;
-                size_t n;
-                if (py_dictsort(response, &items, &n) < 0) {
-                        b->error = -ENOMEM;
-                        return;
-                }
                 tpl(b, "{");
-                for (size_t i = 0; i < n; i++) {
-                        if (i > 0)
-                                tpl(b, ",");
-                        content(b, items[i].key, items[i].key_length);
-                        tpl(b, ":");
-                        format_argument(b, items[i].value, false);
-                }
+                format_items_sorted(b, response, false);
                 tpl(b, "}");
-                free(items);
         } else {
                 tpl(b, "{value:");
                 format_argument(b, response ? response : json_null(), false);

@@ -511,6 +511,9 @@ static void publish_status(struct engine *e, uint64_t now) {
         st.steps = e->steps;
         st.uptime_s = (double) (now - e->start_ns) / 1e9;
         st.fatal = e->fatal;
+        pthread_mutex_lock(&e->in_lock);
+        e->waiting_published = st.queued;
+        pthread_mutex_unlock(&e->in_lock);
         pthread_mutex_lock(&e->status_lock);
         e->status = st;
         pthread_mutex_unlock(&e->status_lock);

@@ -266,8 +266,10 @@ int sched_plan(struct sched *s, uint64_t now_ns, struct sched_plan **ret) {
         if ((r = array_copy(&s->run_sorted, &s->running)) < 0 ||
             (r = array_copy(&s->wait_sorted, &s->waiting)) < 0)
                 return r;
-        qsort(s->run_sorted.v, s->run_sorted.n, sizeof(*s->run_sorted.v), cmp_key);
-        qsort(s->wait_sorted.v, s->wait_sorted.n, sizeof(*s->wait_sorted.v), cmp_key);
+        if (s->run_sorted.n > 1)
+                qsort(s->run_sorted.v, s->run_sorted.n, sizeof(*s->run_sorted.v), cmp_key);
+        if (s->wait_sorted.n > 1)
+                qsort(s->wait_sorted.v, s->wait_sorted.n, sizeof(*s->wait_sorted.v), cmp_key);
 
         uint32_t budget = s->p.max_batched_tokens;
         uint32_t i = 0, j = 0;

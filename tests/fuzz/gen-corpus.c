@@ -165,7 +165,8 @@ static int write_corpus(const char *dir) {
                 proto_buf_init(&b);
                 r = proto_encode(&b, &m);
                 if (r == 0)
-                        r = write_file(dir, proto_type_is_request(m.type) ? "fuzz-request" : "fuzz-event", name,
+                        r = write_file(dir, proto_type_is_request(m.type) ? "fuzz-request" : "fuzz-event",
+                                       name,
                                        b.data + PROTO_FRAME_HEADER_BYTES, b.len - PROTO_FRAME_HEADER_BYTES);
                 if (r == 0)
                         r = proto_encode(&all, &m);
@@ -173,7 +174,8 @@ static int write_corpus(const char *dir) {
                 sample_release(&m);
         }
         if (r == 0)
-                r = write_bad(dir, "fuzz-request", bad_requests, sizeof(bad_requests) / sizeof(bad_requests[0]));
+                r = write_bad(dir, "fuzz-request", bad_requests,
+                              sizeof(bad_requests) / sizeof(bad_requests[0]));
         if (r == 0)
                 r = write_bad(dir, "fuzz-event", bad_events, sizeof(bad_events) / sizeof(bad_events[0]));
         if (r == 0)

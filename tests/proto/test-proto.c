@@ -111,7 +111,8 @@ static void assert_msg_eq(const struct proto_msg *a, const struct proto_msg *b) 
                 assert_int_equal(a->tokenize.special, b->tokenize.special);
                 break;
         case PROTO_TYPE_DETOKENIZE:
-                assert_ids_eq(a->detokenize.ids, a->detokenize.n_ids, b->detokenize.ids, b->detokenize.n_ids);
+                assert_ids_eq(a->detokenize.ids, a->detokenize.n_ids, b->detokenize.ids,
+                              b->detokenize.n_ids);
                 assert_int_equal(a->detokenize.special, b->detokenize.special);
                 break;
         case PROTO_TYPE_SCORE:
@@ -140,8 +141,10 @@ static void assert_msg_eq(const struct proto_msg *a, const struct proto_msg *b) 
         case PROTO_TYPE_DELTA:
                 assert_str_eq(a->delta.text, b->delta.text);
                 assert_str_eq(a->delta.reasoning, b->delta.reasoning);
-                assert_ids_eq(a->delta.token_ids, a->delta.n_token_ids, b->delta.token_ids, b->delta.n_token_ids);
-                assert_logprobs_eq(a->delta.logprobs, a->delta.n_logprobs, b->delta.logprobs, b->delta.n_logprobs);
+                assert_ids_eq(a->delta.token_ids, a->delta.n_token_ids, b->delta.token_ids,
+                              b->delta.n_token_ids);
+                assert_logprobs_eq(a->delta.logprobs, a->delta.n_logprobs, b->delta.logprobs,
+                                   b->delta.n_logprobs);
                 break;
         case PROTO_TYPE_TOOL_CALL:
                 assert_int_equal(a->tool_call.index, b->tool_call.index);
@@ -179,7 +182,8 @@ static void assert_msg_eq(const struct proto_msg *a, const struct proto_msg *b) 
         case PROTO_TYPE_SCORE_REPLY:
                 assert_ids_eq(a->score_reply.token_ids, a->score_reply.n_token_ids, b->score_reply.token_ids,
                               b->score_reply.n_token_ids);
-                assert_logprobs_eq(a->score_reply.logprobs, a->score_reply.n_logprobs, b->score_reply.logprobs,
+                assert_logprobs_eq(a->score_reply.logprobs, a->score_reply.n_logprobs,
+                                   b->score_reply.logprobs,
                                    b->score_reply.n_logprobs);
                 break;
         default:
@@ -455,7 +459,8 @@ static void test_reject_hello(void **state) {
         expect_accept("{\"type\":\"hello\",\"proto\":1}", REQ);
         expect_reject("{\"type\":\"hello\"}", REQ, BAD, "proto");
         expect_reject("{\"type\":\"hello\",\"proto\":\"1\"}", REQ, BAD, "proto");
-        expect_reject("{\"type\":\"hello\",\"proto\":2,\"client\":\"x\"}", REQ, PROTO_CODE_UNSUPPORTED_VERSION,
+        expect_reject("{\"type\":\"hello\",\"proto\":2,\"client\":\"x\"}", REQ,
+                      PROTO_CODE_UNSUPPORTED_VERSION,
                       "version 2");
         expect_reject("{\"type\":\"hello\",\"proto\":0}", REQ, PROTO_CODE_UNSUPPORTED_VERSION, "proto");
         expect_reject("{\"type\":\"hello\",\"proto\":1,\"client\":7}", REQ, BAD, "client");
@@ -466,11 +471,13 @@ static void test_reject_generate(void **state) {
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt\":null}", REQ, BAD, "prompt");
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt\":5}", REQ, BAD, "prompt");
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt\":[\"a\"]}", REQ, BAD, "prompt");
-        expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt\":\"a\",\"prompt_ids\":[1]}", REQ, BAD, "prompt");
+        expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt\":\"a\",\"prompt_ids\":[1]}", REQ, BAD,
+                      "prompt");
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt_ids\":[]}", REQ, BAD, "prompt_ids");
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt_ids\":[1,-2]}", REQ, BAD, "prompt_ids");
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt_ids\":[1,\"2\"]}", REQ, BAD, "prompt_ids");
-        expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt_ids\":[2147483648]}", REQ, BAD, "prompt_ids");
+        expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt_ids\":[2147483648]}", REQ, BAD,
+                      "prompt_ids");
         expect_reject("{\"type\":\"generate\",\"id\":1,\"prompt_ids\":{\"a\":1}}", REQ, BAD, "prompt_ids");
         expect_reject(GEN(",\"params\":[1]"), REQ, BAD, "params");
         expect_reject(GEN(",\"params\":\"hot\""), REQ, BAD, "params");
@@ -524,7 +531,8 @@ static void test_reject_params(void **state) {
         expect_accept(PARAMS("\"temperature\":0,\"top_p\":1,\"min_p\":1,\"priority\":-20,\"logprobs\":20,"
                              "\"deadline_ms\":0,\"top_k\":0,\"presence_penalty\":-2,\"frequency_penalty\":2,"
                              "\"max_tokens\":1048576,\"seed\":9223372036854775807,\"stream\":false"), REQ);
-        expect_accept(PARAMS("\"priority\":19,\"repetition_penalty\":10,\"temperature\":100,\"stop\":[]"), REQ);
+        expect_accept(PARAMS("\"priority\":19,\"repetition_penalty\":10,\"temperature\":100,\"stop\":[]"),
+                      REQ);
 
         /* A stop string of 257 bytes. */
         char json[600], s[258];
@@ -546,7 +554,8 @@ static void test_reject_chat(void **state) {
         expect_reject(CHAT(",\"messages\":[{\"content\":\"hi\"}]"), REQ, BAD, "messages[0].role");
         expect_reject(CHAT(",\"messages\":[{\"role\":1}]"), REQ, BAD, "messages[0].role");
         expect_reject(CHAT(",\"messages\":[{\"role\":\"\"}]"), REQ, BAD, "messages[0].role");
-        expect_reject(CHAT(",\"messages\":[{\"role\":\"user\",\"content\":5}]"), REQ, BAD, "messages[0].content");
+        expect_reject(CHAT(",\"messages\":[{\"role\":\"user\",\"content\":5}]"), REQ, BAD,
+                      "messages[0].content");
         expect_reject(CHAT(",\"messages\":[{\"role\":\"user\",\"content\":[\"x\"]}]"), REQ, BAD,
                       "messages[0].content[0]");
         expect_reject(CHAT(",\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":\"x\"}]}]"), REQ, BAD,
@@ -561,7 +570,8 @@ static void test_reject_chat(void **state) {
                       "messages[0].reasoning_content");
         expect_reject(CHAT(",\"messages\":[{\"role\":\"user\"}],\"tools\":{}"), REQ, BAD, "tools");
         expect_reject(CHAT(",\"messages\":[{\"role\":\"user\"}],\"tools\":[\"f\"]"), REQ, BAD, "tools");
-        expect_reject(CHAT(",\"messages\":[{\"role\":\"user\"}],\"thinking\":\"yes\""), REQ, BAD, "thinking");
+        expect_reject(CHAT(",\"messages\":[{\"role\":\"user\"}],\"thinking\":\"yes\""), REQ, BAD,
+                      "thinking");
         expect_reject(CHAT(",\"messages\":[{\"role\":\"user\"}],\"params\":{\"top_p\":2}"), REQ, BAD,
                       "params.top_p");
         expect_accept(CHAT(",\"messages\":[{\"role\":\"user\",\"content\":null,\"x-extra\":{\"a\":[1,2.5,null,"
@@ -572,13 +582,15 @@ static void test_reject_chat(void **state) {
 static void test_reject_small_requests(void **state) {
         expect_reject("{\"type\":\"tokenize\",\"id\":1}", REQ, BAD, "text");
         expect_reject("{\"type\":\"tokenize\",\"id\":1,\"text\":[]}", REQ, BAD, "text");
-        expect_reject("{\"type\":\"tokenize\",\"id\":1,\"text\":\"a\",\"special\":\"no\"}", REQ, BAD, "special");
+        expect_reject("{\"type\":\"tokenize\",\"id\":1,\"text\":\"a\",\"special\":\"no\"}", REQ, BAD,
+                      "special");
         expect_reject("{\"type\":\"detokenize\",\"id\":1}", REQ, BAD, "ids");
         expect_reject("{\"type\":\"detokenize\",\"id\":1,\"ids\":\"1 2\"}", REQ, BAD, "ids");
         expect_reject("{\"type\":\"detokenize\",\"id\":1,\"ids\":[1],\"special\":0}", REQ, BAD, "special");
         expect_accept("{\"type\":\"detokenize\",\"id\":1,\"ids\":[]}", REQ);
         expect_reject("{\"type\":\"score\",\"id\":1}", REQ, BAD, "prompt");
-        expect_reject("{\"type\":\"score\",\"id\":1,\"prompt\":\"x\",\"params\":{\"logprobs\":50}}", REQ, BAD,
+        expect_reject("{\"type\":\"score\",\"id\":1,\"prompt\":\"x\",\"params\":{\"logprobs\":50}}", REQ,
+                      BAD,
                       "params.logprobs");
 }
 
@@ -606,13 +618,18 @@ static void test_reject_events(void **state) {
                       "logprobs[0].logprob");
         expect_reject("{\"type\":\"delta\",\"id\":1,\"token_ids\":[1],\"logprobs\":[{\"id\":1,\"logprob\":-1,"
                       "\"top\":[{\"id\":-4,\"logprob\":-1}]}]}", EVT, BAD, "logprobs[0].top[0].id");
-        expect_reject("{\"type\":\"delta\",\"id\":1,\"token_ids\":[1],\"logprobs\":[5]}", EVT, BAD, "logprobs[0]");
-        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"f\",\"arguments\":\"{bad\"}", EVT,
+        expect_reject("{\"type\":\"delta\",\"id\":1,\"token_ids\":[1],\"logprobs\":[5]}", EVT, BAD,
+                      "logprobs[0]");
+        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"f\",\"arguments\":\"{bad\"}",
+                      EVT,
                       BAD, "arguments");
-        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"f\",\"arguments\":\"[1]\"}", EVT,
+        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"f\",\"arguments\":\"[1]\"}",
+                      EVT,
                       BAD, "arguments");
-        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"arguments\":\"{}\"}", EVT, BAD, "name");
-        expect_accept("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"f\",\"arguments\":\"{}\"}", EVT);
+        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"arguments\":\"{}\"}", EVT, BAD,
+                      "name");
+        expect_accept("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"f\",\"arguments\":\"{}\"}",
+                      EVT);
 
 #define FIN(reason, extra) "{\"type\":\"finished\",\"id\":1,\"reason\":\"" reason "\",\"usage\":{" \
         "\"prompt_tokens\":1,\"cached_tokens\":0,\"completion_tokens\":2},\"timings\":{\"queue_ms\":0," \
@@ -741,7 +758,8 @@ static void test_reject_in_chat_json(void **state) {
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 memcpy(b, head, sizeof(head));
                 memcpy(b + sizeof(head), cases[i].tail, cases[i].n);
-                expect_reject_bytes(b, sizeof(head) + cases[i].n, REQ, BAD, cases[i].needle, cases[i].needle);
+                expect_reject_bytes(b, sizeof(head) + cases[i].n, REQ, BAD, cases[i].needle,
+                                    cases[i].needle);
         }
 }
 
@@ -782,11 +800,11 @@ static void test_nesting_limit(void **state) {
         proto_buf_done(&b);
 }
 
-static void test_object_limit(void **state) {
-        /* {"type":"detokenize","id":1,"ids":[0 x (PROTO_MAX_OBJECTS)]}: one object too many. */
+/* {"type":"detokenize","id":1,"ids":[0 x n]} */
+static uint8_t *build_ids_frame(size_t n, size_t *ret_len) {
         static const uint8_t head[] = { 0x83, 0xa4, 't', 'y', 'p', 'e', 0xaa, 'd', 'e', 't', 'o', 'k', 'e', 'n',
                                         'i', 'z', 'e', 0xa2, 'i', 'd', 0x01, 0xa3, 'i', 'd', 's', 0xdd };
-        size_t n = PROTO_MAX_OBJECTS, len = sizeof(head) + 4 + n;
+        size_t len = sizeof(head) + 4 + n;
         uint8_t *b = calloc(1, len);
 
         assert_non_null(b);
@@ -795,23 +813,23 @@ static void test_object_limit(void **state) {
         b[sizeof(head) + 1] = (uint8_t) (n >> 16);
         b[sizeof(head) + 2] = (uint8_t) (n >> 8);
         b[sizeof(head) + 3] = (uint8_t) n;
+        *ret_len = len;
+        return b;
+}
+
+static void test_object_limit(void **state) {
+        size_t len;
+        /* The map, 3 keys, 2 scalar values and the array are 7 objects, plus the elements. */
+        uint8_t *b = build_ids_frame(PROTO_MAX_OBJECTS - 6, &len);
+
         expect_reject_bytes(b, len, REQ, BAD, "objects", "too many objects");
         free(b);
 }
 
 static void test_token_id_limit(void **state) {
-        /* PROTO_MAX_TOKEN_IDS + 1 ids: within the object limit, above the per-key limit. */
-        static const uint8_t head[] = { 0x83, 0xa4, 't', 'y', 'p', 'e', 0xaa, 'd', 'e', 't', 'o', 'k', 'e', 'n',
-                                        'i', 'z', 'e', 0xa2, 'i', 'd', 0x01, 0xa3, 'i', 'd', 's', 0xdd };
-        size_t n = PROTO_MAX_TOKEN_IDS + 1, len = sizeof(head) + 4 + n;
-        uint8_t *b = calloc(1, len);
+        size_t len;
+        uint8_t *b = build_ids_frame(PROTO_MAX_TOKEN_IDS + 1, &len);     /* within the object limit */
 
-        assert_non_null(b);
-        memcpy(b, head, sizeof(head));
-        b[sizeof(head)] = (uint8_t) (n >> 24);
-        b[sizeof(head) + 1] = (uint8_t) (n >> 16);
-        b[sizeof(head) + 2] = (uint8_t) (n >> 8);
-        b[sizeof(head) + 3] = (uint8_t) n;
         expect_reject_bytes(b, len, REQ, BAD, "ids", "too many ids");
         free(b);
 }
