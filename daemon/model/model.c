@@ -95,9 +95,10 @@ static bool shard_name_ok(const char *s) {
         return *s && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
 }
 
-/* model.safetensors.index.json: open every shard its weight_map names and check that each listed tensor
- * is in the shard the index says. */
-static int open_sharded(struct model_files *mf, const char *dir, const char *index_path, char **reterr) {
+/* model.safetensors.index.json: open every shard its weight_map names. *ret_map keeps the map for
+ * check_weight_map, which runs once the name index exists. */
+static int open_sharded(struct model_files *mf, const char *dir, const char *index_path, json_t **ret_root,
+                        char **reterr) {
         json_error_t jerr;
         json_t *root, *wm;
         const char *key;
@@ -123,32 +124,36 @@ static int open_sharded(struct model_files *mf, const char *dir, const char *ind
                         break;
                 }
                 snprintf(path, sizeof(path), "%s/%s", dir, shard);
-                for (size_t i = 0; i < mf->n_files && !have; i++)
-                        have = strcmp(mf->files[i]->path, path) == 0;
+                /* Few shards, many tensors: the last one opened is almost always the one named. */
+                for (size_t i = mf->n_files; i > 0 && !have; i--)
+                        have = strcmp(mf->files[i - 1]->path, path) == 0;
                 if (!have && (r = add_file(mf, path, reterr)) < 0)
                         break;
         }
-        if (r >= 0) {
-                /* Check after all shards are open, so the lookup below sees every file. */
-                json_object_foreach(wm, key, value) {
-                        bool found = false;
-                        snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(value));
-                        for (size_t i = 0; i < mf->n_files && !found; i++) {
-                                const struct st_file *f = mf->files[i];
-                                if (strcmp(f->path, path))
-                                        continue;
-                                for (size_t k = 0; k < f->n_tensors && !found; k++)
-                                        found = strcmp(f->tensors[k].name, key) == 0;
-                        }
-                        if (!found) {
-                                r = model_error(reterr, -ENOENT, "%s: tensor '%s' listed in %s is missing from it",
-                                                path, key, index_path);
-                                break;
-                        }
-                }
+        if (r < 0) {
+                json_decref(root);
+                return r;
         }
-        json_decref(root);
-        return r;
+        *ret_root = root;
+        return 0;
+}
+
+/* Each tensor the index lists must be in the shard it names. */
+static int check_weight_map(const struct model_files *mf, const char *dir, const char *index_path, json_t *root,
+                            char **reterr) {
+        json_t *wm = json_object_get(root, "weight_map");
+        const char *key;
+        json_t *value;
+        char path[4096];
+
+        json_object_foreach(wm, key, value) {
+                ssize_t i = find_tensor(mf, key);
+                snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(value));
+                if (i < 0 || strcmp(mf->index[i]->file->path, path) != 0)
+                        return model_error(reterr, -ENOENT, "%s: tensor '%s' listed in %s is missing from it", path,
+                                           key, index_path);
+        }
+        return 0;
 }
 
 static int build_index(struct model_files *mf, char **reterr) {
@@ -527,6 +532,7 @@ static int sort_ignore(struct loader *ld) {
 
 int model_load(const char *dir, struct model **ret, char **reterr) {
         struct loader ld = { .reterr = reterr };
+        json_t *index_root = NULL;
         struct model *m;
         char path[4096];
         struct stat st;
@@ -552,9 +558,11 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
                 goto fail;
 
         snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
-        if (stat(path, &st) == 0)
-                r = open_sharded(m->files, dir, path, reterr);
-        else {
+        if (stat(path, &st) == 0) {
+                r = open_sharded(m->files, dir, path, &index_root, reterr);
+                if (r >= 0 && (r = build_index(m->files, reterr)) >= 0)
+                        r = check_weight_map(m->files, dir, path, index_root, reterr);
+        } else {
                 snprintf(path, sizeof(path), "%s/model.safetensors", dir);
                 if (stat(path, &st) < 0) {
                         r = model_error(reterr, -ENOENT, "%s: neither model.safetensors.index.json nor "
@@ -562,14 +570,17 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
                         goto fail;
                 }
                 r = add_file(m->files, path, reterr);
+                if (r >= 0)
+                        r = build_index(m->files, reterr);
         }
-        if (r < 0 || (r = build_index(m->files, reterr)) < 0 || (r = sort_ignore(&ld)) < 0 ||
-            (r = map_tensors(&ld)) < 0)
+        if (r < 0 || (r = sort_ignore(&ld)) < 0 || (r = map_tensors(&ld)) < 0)
                 goto fail;
+        json_decref(index_root);
         free(ld.sorted_ignore);
         *ret = m;
         return 0;
 fail:
+        json_decref(index_root);
         free(ld.sorted_ignore);
         model_free(m);
         return r;

@@ -643,6 +643,7 @@ static void usage(FILE *f) {
                    "  --experts N        experts per layer instead of the preset's (tests only)\n"
                    "  --threads N        writer threads (default: all online CPUs)\n"
                    "  --shard-size BYTES largest shard before a new one starts (default 5000000000)\n"
+                   "  --verify           load the result with the daemon's loader and report\n"
                    "  --sync             fdatasync the shards before exiting\n"
                    "  -h, --help         this text\n");
 }
@@ -664,7 +665,7 @@ int main(int argc, char **argv) {
                 { "layers", required_argument, NULL, 'l' },   { "threads", required_argument, NULL, 'j' },
                 { "vocab", required_argument, NULL, 'v' },    { "experts", required_argument, NULL, 'e' },
                 { "shard-size", required_argument, NULL, 'z' },
-                { "sync", no_argument, NULL, 'S' },           { "help", no_argument, NULL, 'h' },
+                { "sync", no_argument, NULL, 'S' },           { "verify", no_argument, NULL, 'V' },           { "help", no_argument, NULL, 'h' },
                 {},
         };
         const char *preset = NULL, *out = NULL, *tok_arg = NULL, *tok;
@@ -672,7 +673,7 @@ int main(int argc, char **argv) {
         struct gen G = { 0 };
         unsigned long long seed = 1, shard_bytes = DEFAULT_SHARD_BYTES;
         long layers = 0, vocab = 0, experts = 0, threads = sysconf(_SC_NPROCESSORS_ONLN);
-        bool do_sync = false, found = false;
+        bool do_sync = false, verify = false, found = false;
         char tokbuf[PATH_MAX], path[PATH_MAX];
         uint64_t total = 0;
         pthread_t *tids = NULL;
@@ -728,6 +729,9 @@ int main(int argc, char **argv) {
                         break;
                 case 'S':
                         do_sync = true;
+                        break;
+                case 'V':
+                        verify = true;
                         break;
                 case 'h':
                         usage(stdout);
@@ -822,6 +826,19 @@ int main(int argc, char **argv) {
                 printf("%s: %zu tensors, %.3f GB in %u file%s, %.2f s (%.2f GB/s, %ld threads)\n", out, G.n,
                        total / 1e9, G.n_shards, G.n_shards > 1 ? "s" : "", t1 - t0, total / 1e9 / (t1 - t0), threads);
 
+        if (r == 0 && verify) {
+                struct model *m = NULL;
+                char *err = NULL;
+                double t2 = now_s();
+                r = model_load(out, &m, &err);
+                if (r < 0)
+                        fprintf(stderr, "gemma4-mkmodel: verify: %s\n", err ? err : strerror(-r));
+                else
+                        printf("%s: verified: model_load mapped %.3f GB of text weights in %.3f s\n", out,
+                               m->weight_bytes / 1e9, now_s() - t2);
+                model_free(m);
+                free(err);
+        }
         for (size_t i = 0; i < G.n; i++) {
                 if (G.t[i].owns_table)
                         free(G.t[i].table);
