@@ -759,3 +759,51 @@ out:
         json_decref(root);
         return r;
 }
+
+int model_config_merge_generation(const char *path, struct model_config *cfg, char **reterr) {
+        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
+        struct model_config merged = *cfg;
+        json_error_t jerr;
+        json_t *root, *eos;
+        char *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        if (access(path, F_OK) < 0)
+                return 0;
+        r = read_file(path, &buf, &len, reterr);
+        if (r < 0)
+                return r;
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        free(buf);
+        if (!root)
+                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
+        if (!json_is_object(root)) {
+                json_decref(root);
+                return model_error(reterr, -EINVAL, "%s: not a JSON object", path);
+        }
+        eos = cfg_get(root, "eos_token_id");
+        if (eos) {
+                r = read_token_ids(&c, eos, "eos_token_id", &merged);
+                if (r >= 0) {
+                        /* config.json's ids first (its first one stays eos_token_id), then the new ones */
+                        struct model_config out = *cfg;
+                        for (uint32_t i = 0; i < merged.n_stop_ids && r >= 0; i++) {
+                                bool dup = false;
+                                for (uint32_t k = 0; k < out.n_stop_ids; k++)
+                                        dup |= out.stop_ids[k] == merged.stop_ids[i];
+                                if (dup)
+                                        continue;
+                                if (out.n_stop_ids == 8)
+                                        r = cfg_fail(&c, -E2BIG, "eos_token_id",
+                                                     "more than 8 stop ids together with config.json's");
+                                else
+                                        out.stop_ids[out.n_stop_ids++] = merged.stop_ids[i];
+                        }
+                        if (r >= 0)
+                                *cfg = out;
+                }
+        }
+        json_decref(root);
+        return r < 0 ? r : 0;
+}

@@ -21,6 +21,10 @@ int model_error(char **reterr, int r, const char *fmt, ...) __attribute__((forma
 
 enum tensor_dtype tensor_dtype_from_name(const char *name);
 
+/* Adds generation_config.json's eos_token_id (an id or a list) to cfg->stop_ids. A missing file is fine;
+ * a malformed one is an error naming it. */
+int model_config_merge_generation(const char *path, struct model_config *cfg, char **reterr);
+
 struct st_tensor {
         char *name;
         enum tensor_dtype dtype;

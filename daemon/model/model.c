@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * model_load: config.json + safetensors shards -> struct model. Every tensor the text decoder needs is
- * looked up by its checkpoint name, checked for dtype and shape against the configured geometry, and
- * exposed as a view into the mapping. Tensors of the vision/audio towers are skipped; any other tensor
+ * model_load: config.json (plus generation_config.json's stop ids) + safetensors shards -> struct model.
+ * Every tensor the text decoder needs is looked up by its checkpoint name, checked for dtype and shape
+ * against the configured geometry, and exposed as a view into the mapping. Tensors of the vision/audio towers are skipped; any other tensor
  * the configuration does not explain is an error, because silently ignoring weights gives wrong output.
  */
 #include <errno.h>
@@ -554,6 +554,10 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
         }
         snprintf(path, sizeof(path), "%s/config.json", dir);
         r = model_config_parse_file(path, &m->cfg, &m->quant, reterr);
+        if (r < 0)
+                goto fail;
+        snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+        r = model_config_merge_generation(path, &m->cfg, reterr);
         if (r < 0)
                 goto fail;
 

@@ -726,6 +726,49 @@ static void test_config_variants(void **state) {
         assert_true(cfg.final_logit_softcapping == 0.0f);
 }
 
+static void write_gen_config(struct fixture *f, const char *json) {
+        char path[1100];
+        FILE *fp;
+        snprintf(path, sizeof(path), "%s/generation_config.json", f->dir);
+        fp = fopen(path, "w");
+        fputs(json, fp);
+        fclose(fp);
+}
+
+/* generation_config.json adds stop ids (transformers' converter puts <|tool_response> only there). */
+static void test_generation_config(void **state) {
+        struct fixture *f = *state;
+        struct model *m = NULL;
+        char *err = NULL;
+
+        write_good(f, &(struct tiny_opts) { 0 });
+        write_gen_config(f, "{\"bos_token_id\": 2, \"eos_token_id\": [1, 6, 50, 9], \"top_k\": 64}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.eos_token_id, 1);
+        assert_int_equal(m->cfg.n_stop_ids, 5);
+        static const int32_t want[5] = { 1, 6, 5, 50, 9 };
+        for (int i = 0; i < 5; i++)
+                assert_int_equal(m->cfg.stop_ids[i], want[i]);
+        model_free(m);
+        write_gen_config(f, "{\"eos_token_id\": 7}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.n_stop_ids, 4);
+        model_free(m);
+        write_gen_config(f, "{\"eos_token_id\": null}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.n_stop_ids, 3);
+        model_free(m);
+
+        write_gen_config(f, "{\"eos_token_id\": [1, 99]}");
+        expect_fail(f, "generation_config.json: eos_token_id", "outside the vocabulary", NULL);
+        write_gen_config(f, "{\"eos_token_id\": [10, 11, 12, 13, 14, 15, 16]}");
+        expect_fail(f, "generation_config.json: eos_token_id", "more than 8", NULL);
+        write_gen_config(f, "{\"eos_token_id\": ");
+        expect_fail(f, "generation_config.json", "not valid JSON", NULL);
+        write_gen_config(f, "[]");
+        expect_fail(f, "generation_config.json", "not a JSON object", NULL);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
@@ -751,6 +794,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_config_file_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_defaults, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_variants, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_generation_config, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
