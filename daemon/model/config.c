@@ -653,13 +653,6 @@ static void set_model_name(const char *path, struct model_config *cfg) {
 
 int model_config_parse_file(const char *path, struct model_config *ret_cfg, struct quant_config *ret_quant,
                             char **reterr) {
-        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
-        struct model_config *cfg = NULL;
-        struct quant_config quant = { 0 };
-        json_error_t jerr;
-        json_t *root = NULL, *text, *arch, *q;
-        const char *model_type, *arch_name = NULL;
-        bool nested;
         char *buf = NULL;
         size_t len = 0;
         int r;
@@ -667,8 +660,23 @@ int model_config_parse_file(const char *path, struct model_config *ret_cfg, stru
         r = read_file(path, &buf, &len, reterr);
         if (r < 0)
                 return r;
-        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        r = model_config_parse_buffer(path, buf, len, ret_cfg, ret_quant, reterr);
         free(buf);
+        return r;
+}
+
+int model_config_parse_buffer(const char *path, const char *buf, size_t len, struct model_config *ret_cfg,
+                              struct quant_config *ret_quant, char **reterr) {
+        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
+        struct model_config *cfg = NULL;
+        struct quant_config quant = { 0 };
+        json_error_t jerr;
+        json_t *root = NULL, *text, *arch, *q;
+        const char *model_type, *arch_name = NULL;
+        bool nested;
+        int r;
+
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root)
                 return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
         cfg = calloc(1, sizeof(*cfg));
