@@ -27,7 +27,8 @@ int model_error(char **reterr, int r, const char *fmt, ...) {
                 if (vasprintf(&s, fmt, ap) < 0)
                         s = NULL;
                 va_end(ap);
-                free(*reterr);
+                /* Overwrite, never free: callers may pass an uninitialized pointer, and every error
+                 * path sets the message exactly once. */
                 *reterr = s;
         }
         return r;
