@@ -409,7 +409,8 @@ static int take_layer(struct loader *ld, uint32_t l) {
         hd = lw->head_dim = full ? c->global_head_dim : c->head_dim;
         qd = c->n_heads * hd;
 
-        for (size_t i = 0; i < 7; i++)
+        /* The last three norms belong to the MoE branch and exist only with enable_moe_block. */
+        for (size_t i = 0; i < (c->enable_moe ? 7u : 4u); i++)
                 if ((r = take_vector(ld, norm_slots[i], H, "layers.%u.%s.weight", hidden_norms[i], l)) < 0)
                         return r;
         if ((r = take_vector(ld, &lw->q_norm, hd, "layers.%u.self_attn.%s.weight", "q_norm", l)) < 0 ||
