@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,15 +252,28 @@ static int expect_float(struct loader *ld, const struct tensor_view *v) {
                            "BF16/F16/F32)", view_path(ld, v), v->name);
 }
 
+/* Small per-channel tensors (norm weights, scalars, scales) are read once at load: a NaN or Inf there is a
+ * corrupt file, and would otherwise poison every output silently. The big matrices are not scanned. */
+static int expect_finite(struct loader *ld, const struct tensor_view *v) {
+        uint64_t n = v->nbytes / tensor_dtype_size(v->dtype);
+
+        for (uint64_t i = 0; i < n; i++)
+                if (!isfinite(tensor_get_f32(v, i)))
+                        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': element %" PRIu64 " is %g",
+                                           view_path(ld, v), v->name, i, (double) tensor_get_f32(v, i));
+        return 0;
+}
+
 static int take_vector(struct loader *ld, struct tensor_view *ret, uint64_t n, const char *fmt, const char *a,
                        uint32_t l) {
         int r;
         char suffix[256];
 
         snprintf(suffix, sizeof(suffix), fmt, l, a);
-        if ((r = take(ld, true, ret, "%s", suffix)) < 0 || (r = expect_float(ld, ret)) < 0)
+        if ((r = take(ld, true, ret, "%s", suffix)) < 0 || (r = expect_float(ld, ret)) < 0 ||
+            (r = expect_shape(ld, ret, 1, n, 0, 0)) < 0)
                 return r;
-        return expect_shape(ld, ret, 1, n, 0, 0);
+        return expect_finite(ld, ret);
 }
 
 static bool in_ignore(const struct loader *ld, const char *module) {
@@ -307,6 +321,8 @@ static int take_linear(struct loader *ld, bool required, struct linear_weight *r
                 /* compressed-tensors writes [out, 1]; accept a flat [out] as well. */
                 if (!(ret->scale.ndim == 1 && ret->scale.shape[0] == out) &&
                     (r = expect_shape(ld, &ret->scale, 2, out, 1, 0)) < 0)
+                        return r;
+                if ((r = expect_finite(ld, &ret->scale)) < 0)
                         return r;
         } else if (tensor_present(&ret->scale))
                 return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': a scale for the unquantized %s weight '%s' "
@@ -435,6 +451,8 @@ static int take_layer(struct loader *ld, uint32_t l) {
         if (!(lw->layer_scalar.ndim == 0 || (lw->layer_scalar.ndim == 1 && lw->layer_scalar.shape[0] == 1)) &&
             (r = expect_shape(ld, &lw->layer_scalar, 1, 1, 0, 0)) < 0)
                 return r;
+        if ((r = expect_finite(ld, &lw->layer_scalar)) < 0)
+                return r;
 
         if (!c->enable_moe)
                 return 0;
@@ -496,7 +514,8 @@ static int map_tensors(struct loader *ld) {
             (r = expect_shape(ld, &m->embed_tokens, 2, c->vocab_size, c->hidden_size, 0)) < 0)
                 return r;
         if ((r = take(ld, true, &m->final_norm, "norm.weight")) < 0 || (r = expect_float(ld, &m->final_norm)) < 0 ||
-            (r = expect_shape(ld, &m->final_norm, 1, c->hidden_size, 0, 0)) < 0)
+            (r = expect_shape(ld, &m->final_norm, 1, c->hidden_size, 0, 0)) < 0 ||
+            (r = expect_finite(ld, &m->final_norm)) < 0)
                 return r;
         if (!c->tie_word_embeddings) {
                 const char *saved = ld->prefix;
