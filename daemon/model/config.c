@@ -653,13 +653,6 @@ static void set_model_name(const char *path, struct model_config *cfg) {
 
 int model_config_parse_file(const char *path, struct model_config *ret_cfg, struct quant_config *ret_quant,
                             char **reterr) {
-        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
-        struct model_config *cfg = NULL;
-        struct quant_config quant = { 0 };
-        json_error_t jerr;
-        json_t *root = NULL, *text, *arch, *q;
-        const char *model_type, *arch_name = NULL;
-        bool nested;
         char *buf = NULL;
         size_t len = 0;
         int r;
@@ -667,8 +660,23 @@ int model_config_parse_file(const char *path, struct model_config *ret_cfg, stru
         r = read_file(path, &buf, &len, reterr);
         if (r < 0)
                 return r;
-        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        r = model_config_parse_buffer(path, buf, len, ret_cfg, ret_quant, reterr);
         free(buf);
+        return r;
+}
+
+int model_config_parse_buffer(const char *path, const char *buf, size_t len, struct model_config *ret_cfg,
+                              struct quant_config *ret_quant, char **reterr) {
+        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
+        struct model_config *cfg = NULL;
+        struct quant_config quant = { 0 };
+        json_error_t jerr;
+        json_t *root = NULL, *text, *arch, *q;
+        const char *model_type, *arch_name = NULL;
+        bool nested;
+        int r;
+
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root)
                 return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
         cfg = calloc(1, sizeof(*cfg));
@@ -758,4 +766,52 @@ out:
         free(cfg);
         json_decref(root);
         return r;
+}
+
+int model_config_merge_generation(const char *path, struct model_config *cfg, char **reterr) {
+        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
+        struct model_config merged = *cfg;
+        json_error_t jerr;
+        json_t *root, *eos;
+        char *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        if (access(path, F_OK) < 0)
+                return 0;
+        r = read_file(path, &buf, &len, reterr);
+        if (r < 0)
+                return r;
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        free(buf);
+        if (!root)
+                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
+        if (!json_is_object(root)) {
+                json_decref(root);
+                return model_error(reterr, -EINVAL, "%s: not a JSON object", path);
+        }
+        eos = cfg_get(root, "eos_token_id");
+        if (eos) {
+                r = read_token_ids(&c, eos, "eos_token_id", &merged);
+                if (r >= 0) {
+                        /* config.json's ids first (its first one stays eos_token_id), then the new ones */
+                        struct model_config out = *cfg;
+                        for (uint32_t i = 0; i < merged.n_stop_ids && r >= 0; i++) {
+                                bool dup = false;
+                                for (uint32_t k = 0; k < out.n_stop_ids; k++)
+                                        dup |= out.stop_ids[k] == merged.stop_ids[i];
+                                if (dup)
+                                        continue;
+                                if (out.n_stop_ids == 8)
+                                        r = cfg_fail(&c, -E2BIG, "eos_token_id",
+                                                     "more than 8 stop ids together with config.json's");
+                                else
+                                        out.stop_ids[out.n_stop_ids++] = merged.stop_ids[i];
+                        }
+                        if (r >= 0)
+                                *cfg = out;
+                }
+        }
+        json_decref(root);
+        return r < 0 ? r : 0;
 }

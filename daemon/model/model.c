@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * model_load: config.json + safetensors shards -> struct model. Every tensor the text decoder needs is
- * looked up by its checkpoint name, checked for dtype and shape against the configured geometry, and
- * exposed as a view into the mapping. Tensors of the vision/audio towers are skipped; any other tensor
+ * model_load: config.json (plus generation_config.json's stop ids) + safetensors shards -> struct model.
+ * Every tensor the text decoder needs is looked up by its checkpoint name, checked for dtype and shape
+ * against the configured geometry, and exposed as a view into the mapping. Tensors of the vision/audio towers are skipped; any other tensor
  * the configuration does not explain is an error, because silently ignoring weights gives wrong output.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,9 +96,10 @@ static bool shard_name_ok(const char *s) {
         return *s && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
 }
 
-/* model.safetensors.index.json: open every shard its weight_map names and check that each listed tensor
- * is in the shard the index says. */
-static int open_sharded(struct model_files *mf, const char *dir, const char *index_path, char **reterr) {
+/* model.safetensors.index.json: open every shard its weight_map names. *ret_map keeps the map for
+ * check_weight_map, which runs once the name index exists. */
+static int open_sharded(struct model_files *mf, const char *dir, const char *index_path, json_t **ret_root,
+                        char **reterr) {
         json_error_t jerr;
         json_t *root, *wm;
         const char *key;
@@ -123,32 +125,36 @@ static int open_sharded(struct model_files *mf, const char *dir, const char *ind
                         break;
                 }
                 snprintf(path, sizeof(path), "%s/%s", dir, shard);
-                for (size_t i = 0; i < mf->n_files && !have; i++)
-                        have = strcmp(mf->files[i]->path, path) == 0;
+                /* Few shards, many tensors: the last one opened is almost always the one named. */
+                for (size_t i = mf->n_files; i > 0 && !have; i--)
+                        have = strcmp(mf->files[i - 1]->path, path) == 0;
                 if (!have && (r = add_file(mf, path, reterr)) < 0)
                         break;
         }
-        if (r >= 0) {
-                /* Check after all shards are open, so the lookup below sees every file. */
-                json_object_foreach(wm, key, value) {
-                        bool found = false;
-                        snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(value));
-                        for (size_t i = 0; i < mf->n_files && !found; i++) {
-                                const struct st_file *f = mf->files[i];
-                                if (strcmp(f->path, path))
-                                        continue;
-                                for (size_t k = 0; k < f->n_tensors && !found; k++)
-                                        found = strcmp(f->tensors[k].name, key) == 0;
-                        }
-                        if (!found) {
-                                r = model_error(reterr, -ENOENT, "%s: tensor '%s' listed in %s is missing from it",
-                                                path, key, index_path);
-                                break;
-                        }
-                }
+        if (r < 0) {
+                json_decref(root);
+                return r;
         }
-        json_decref(root);
-        return r;
+        *ret_root = root;
+        return 0;
+}
+
+/* Each tensor the index lists must be in the shard it names. */
+static int check_weight_map(const struct model_files *mf, const char *dir, const char *index_path, json_t *root,
+                            char **reterr) {
+        json_t *wm = json_object_get(root, "weight_map");
+        const char *key;
+        json_t *value;
+        char path[4096];
+
+        json_object_foreach(wm, key, value) {
+                ssize_t i = find_tensor(mf, key);
+                snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(value));
+                if (i < 0 || strcmp(mf->index[i]->file->path, path) != 0)
+                        return model_error(reterr, -ENOENT, "%s: tensor '%s' listed in %s is missing from it", path,
+                                           key, index_path);
+        }
+        return 0;
 }
 
 static int build_index(struct model_files *mf, char **reterr) {
@@ -246,15 +252,28 @@ static int expect_float(struct loader *ld, const struct tensor_view *v) {
                            "BF16/F16/F32)", view_path(ld, v), v->name);
 }
 
+/* Small per-channel tensors (norm weights, scalars, scales) are read once at load: a NaN or Inf there is a
+ * corrupt file, and would otherwise poison every output silently. The big matrices are not scanned. */
+static int expect_finite(struct loader *ld, const struct tensor_view *v) {
+        uint64_t n = v->nbytes / tensor_dtype_size(v->dtype);
+
+        for (uint64_t i = 0; i < n; i++)
+                if (!isfinite(tensor_get_f32(v, i)))
+                        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': element %" PRIu64 " is %g",
+                                           view_path(ld, v), v->name, i, (double) tensor_get_f32(v, i));
+        return 0;
+}
+
 static int take_vector(struct loader *ld, struct tensor_view *ret, uint64_t n, const char *fmt, const char *a,
                        uint32_t l) {
         int r;
         char suffix[256];
 
         snprintf(suffix, sizeof(suffix), fmt, l, a);
-        if ((r = take(ld, true, ret, "%s", suffix)) < 0 || (r = expect_float(ld, ret)) < 0)
+        if ((r = take(ld, true, ret, "%s", suffix)) < 0 || (r = expect_float(ld, ret)) < 0 ||
+            (r = expect_shape(ld, ret, 1, n, 0, 0)) < 0)
                 return r;
-        return expect_shape(ld, ret, 1, n, 0, 0);
+        return expect_finite(ld, ret);
 }
 
 static bool in_ignore(const struct loader *ld, const char *module) {
@@ -302,6 +321,8 @@ static int take_linear(struct loader *ld, bool required, struct linear_weight *r
                 /* compressed-tensors writes [out, 1]; accept a flat [out] as well. */
                 if (!(ret->scale.ndim == 1 && ret->scale.shape[0] == out) &&
                     (r = expect_shape(ld, &ret->scale, 2, out, 1, 0)) < 0)
+                        return r;
+                if ((r = expect_finite(ld, &ret->scale)) < 0)
                         return r;
         } else if (tensor_present(&ret->scale))
                 return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': a scale for the unquantized %s weight '%s' "
@@ -404,7 +425,8 @@ static int take_layer(struct loader *ld, uint32_t l) {
         hd = lw->head_dim = full ? c->global_head_dim : c->head_dim;
         qd = c->n_heads * hd;
 
-        for (size_t i = 0; i < 7; i++)
+        /* The last three norms belong to the MoE branch and exist only with enable_moe_block. */
+        for (size_t i = 0; i < (c->enable_moe ? 7u : 4u); i++)
                 if ((r = take_vector(ld, norm_slots[i], H, "layers.%u.%s.weight", hidden_norms[i], l)) < 0)
                         return r;
         if ((r = take_vector(ld, &lw->q_norm, hd, "layers.%u.self_attn.%s.weight", "q_norm", l)) < 0 ||
@@ -428,6 +450,8 @@ static int take_layer(struct loader *ld, uint32_t l) {
                 return r;
         if (!(lw->layer_scalar.ndim == 0 || (lw->layer_scalar.ndim == 1 && lw->layer_scalar.shape[0] == 1)) &&
             (r = expect_shape(ld, &lw->layer_scalar, 1, 1, 0, 0)) < 0)
+                return r;
+        if ((r = expect_finite(ld, &lw->layer_scalar)) < 0)
                 return r;
 
         if (!c->enable_moe)
@@ -490,7 +514,8 @@ static int map_tensors(struct loader *ld) {
             (r = expect_shape(ld, &m->embed_tokens, 2, c->vocab_size, c->hidden_size, 0)) < 0)
                 return r;
         if ((r = take(ld, true, &m->final_norm, "norm.weight")) < 0 || (r = expect_float(ld, &m->final_norm)) < 0 ||
-            (r = expect_shape(ld, &m->final_norm, 1, c->hidden_size, 0, 0)) < 0)
+            (r = expect_shape(ld, &m->final_norm, 1, c->hidden_size, 0, 0)) < 0 ||
+            (r = expect_finite(ld, &m->final_norm)) < 0)
                 return r;
         if (!c->tie_word_embeddings) {
                 const char *saved = ld->prefix;
@@ -527,6 +552,7 @@ static int sort_ignore(struct loader *ld) {
 
 int model_load(const char *dir, struct model **ret, char **reterr) {
         struct loader ld = { .reterr = reterr };
+        json_t *index_root = NULL;
         struct model *m;
         char path[4096];
         struct stat st;
@@ -550,11 +576,17 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
         r = model_config_parse_file(path, &m->cfg, &m->quant, reterr);
         if (r < 0)
                 goto fail;
+        snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+        r = model_config_merge_generation(path, &m->cfg, reterr);
+        if (r < 0)
+                goto fail;
 
         snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
-        if (stat(path, &st) == 0)
-                r = open_sharded(m->files, dir, path, reterr);
-        else {
+        if (stat(path, &st) == 0) {
+                r = open_sharded(m->files, dir, path, &index_root, reterr);
+                if (r >= 0 && (r = build_index(m->files, reterr)) >= 0)
+                        r = check_weight_map(m->files, dir, path, index_root, reterr);
+        } else {
                 snprintf(path, sizeof(path), "%s/model.safetensors", dir);
                 if (stat(path, &st) < 0) {
                         r = model_error(reterr, -ENOENT, "%s: neither model.safetensors.index.json nor "
@@ -562,14 +594,17 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
                         goto fail;
                 }
                 r = add_file(m->files, path, reterr);
+                if (r >= 0)
+                        r = build_index(m->files, reterr);
         }
-        if (r < 0 || (r = build_index(m->files, reterr)) < 0 || (r = sort_ignore(&ld)) < 0 ||
-            (r = map_tensors(&ld)) < 0)
+        if (r < 0 || (r = sort_ignore(&ld)) < 0 || (r = map_tensors(&ld)) < 0)
                 goto fail;
+        json_decref(index_root);
         free(ld.sorted_ignore);
         *ret = m;
         return 0;
 fail:
+        json_decref(index_root);
         free(ld.sorted_ignore);
         model_free(m);
         return r;

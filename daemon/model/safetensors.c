@@ -27,7 +27,8 @@ int model_error(char **reterr, int r, const char *fmt, ...) {
                 if (vasprintf(&s, fmt, ap) < 0)
                         s = NULL;
                 va_end(ap);
-                free(*reterr);
+                /* Overwrite, never free: callers may pass an uninitialized pointer, and every error
+                 * path sets the message exactly once. */
                 *reterr = s;
         }
         return r;
@@ -39,7 +40,7 @@ struct st_file *st_file_close(struct st_file *f) {
         for (size_t i = 0; i < f->n_tensors; i++)
                 free(f->tensors[i].name);
         free(f->tensors);
-        if (f->map)
+        if (f->map && f->mapped)
                 munmap(f->map, f->size);
         free(f->path);
         free(f);
@@ -203,10 +204,25 @@ static int parse_header(struct st_file *f, char **reterr) {
         return check_overlaps(f, reterr);
 }
 
+/* Header length, then the header, of a file already in memory (f->map, f->size >= 8). */
+static int parse_file(struct st_file *f, char **reterr) {
+        uint64_t len = 0;
+
+        for (int i = 7; i >= 0; i--)
+                len = (len << 8) | ((const uint8_t *) f->map)[i];
+        if (len > ST_MAX_HEADER_LEN)
+                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64 " exceeds the %llu-byte limit",
+                                   f->path, len, ST_MAX_HEADER_LEN);
+        if (len > f->size - 8)
+                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64
+                                   " exceeds the file size %" PRIu64 " (truncated?)", f->path, len, f->size);
+        f->header_len = len;
+        return parse_header(f, reterr);
+}
+
 int st_file_open(const char *path, struct st_file **ret, char **reterr) {
         struct st_file *f;
         struct stat st;
-        uint64_t len;
         int fd, r;
 
         fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -241,26 +257,38 @@ int st_file_open(const char *path, struct st_file **ret, char **reterr) {
                 st_file_close(f);
                 return model_error(reterr, r, "%s: mmap failed: %s", path, strerror(-r));
         }
+        f->mapped = true;
         if (!f->path) {
                 st_file_close(f);
                 return model_error(reterr, -ENOMEM, "out of memory");
         }
-        len = 0;
-        for (int i = 7; i >= 0; i--)
-                len = (len << 8) | ((const uint8_t *) f->map)[i];
-        if (len > ST_MAX_HEADER_LEN) {
+        r = parse_file(f, reterr);
+        if (r < 0) {
                 st_file_close(f);
-                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64 " exceeds the %llu-byte limit",
-                                   path, len, ST_MAX_HEADER_LEN);
+                return r;
         }
-        if (len > f->size - 8) {
-                uint64_t size = f->size;
+        *ret = f;
+        return 0;
+}
+
+int st_file_parse(const char *name, const void *data, uint64_t size, struct st_file **ret, char **reterr) {
+        struct st_file *f;
+        int r;
+
+        if (size < 8)
+                return model_error(reterr, -EINVAL, "%s: truncated: %" PRIu64 " bytes, too short for the header length",
+                                   name, size);
+        f = calloc(1, sizeof(*f));
+        if (!f)
+                return model_error(reterr, -ENOMEM, "out of memory");
+        f->path = strdup(name);
+        f->map = (void *) data;
+        f->size = size;
+        if (!f->path) {
                 st_file_close(f);
-                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64
-                                   " exceeds the file size %" PRIu64 " (truncated?)", path, len, size);
+                return model_error(reterr, -ENOMEM, "out of memory");
         }
-        f->header_len = len;
-        r = parse_header(f, reterr);
+        r = parse_file(f, reterr);
         if (r < 0) {
                 st_file_close(f);
                 return r;

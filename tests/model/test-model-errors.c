@@ -5,6 +5,7 @@
  * loading fails cleanly and that the message names the file, tensor or field at fault.
  */
 #include <errno.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -402,6 +403,43 @@ static void test_dtype_misuse(void **state) {
         expect_fail(f, t, "scale dtype", NULL);
 }
 
+/* Overwrites element idx of a tensor in a written file with raw bytes. */
+static void poke(const char *path, const char *tensor, uint64_t offset_bytes, const void *bytes, size_t n) {
+        struct st_file *sf = NULL;
+        long off = -1;
+
+        assert_int_equal(st_file_open(path, &sf, NULL), 0);
+        for (size_t i = 0; i < sf->n_tensors; i++)
+                if (strcmp(sf->tensors[i].name, tensor) == 0)
+                        off = (long) (8 + sf->header_len + sf->tensors[i].begin + offset_bytes);
+        st_file_close(sf);
+        assert_true(off >= 0);
+        patch_bytes(path, off, bytes, n);
+}
+
+/* NaN or Inf in a norm, scalar or scale: a corrupt file, named with the element. */
+static void test_non_finite(void **state) {
+        struct fixture *f = *state;
+        const uint16_t nan_bf16 = 0x7fc0, inf_bf16 = 0xff80;
+        const float inf_f32 = INFINITY;
+
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "layers.1.post_feedforward_layernorm.weight", 2 * 7, &nan_bf16, 2);
+        expect_fail(f, "model.safetensors", P "layers.1.post_feedforward_layernorm.weight", "element 7 is nan", NULL);
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "layers.0.layer_scalar", 0, &inf_bf16, 2);
+        expect_fail(f, P "layers.0.layer_scalar", "element 0 is -inf", NULL);
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "norm.weight", 2 * 31, &nan_bf16, 2);
+        expect_fail(f, P "norm.weight", "element 31", NULL);
+        write_good(f, &(struct tiny_opts) { .fp8 = true, .f32_scale = true });
+        poke(f->st, P "layers.0.experts.3.down_proj.weight_scale", 4 * 5, &inf_f32, 4);
+        expect_fail(f, P "layers.0.experts.3.down_proj.weight_scale", "element 5 is inf", NULL);
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "layers.0.router.per_expert_scale", 2, &nan_bf16, 2);
+        expect_fail(f, P "layers.0.router.per_expert_scale", "element 1", NULL);
+}
+
 static void add_to_ignore(json_t *cfg, const char *module) {
         json_array_append_new(json_object_get(json_object_get(cfg, "quantization_config"), "ignore"),
                               json_string(module));
@@ -726,6 +764,49 @@ static void test_config_variants(void **state) {
         assert_true(cfg.final_logit_softcapping == 0.0f);
 }
 
+static void write_gen_config(struct fixture *f, const char *json) {
+        char path[1100];
+        FILE *fp;
+        snprintf(path, sizeof(path), "%s/generation_config.json", f->dir);
+        fp = fopen(path, "w");
+        fputs(json, fp);
+        fclose(fp);
+}
+
+/* generation_config.json adds stop ids (transformers' converter puts <|tool_response> only there). */
+static void test_generation_config(void **state) {
+        struct fixture *f = *state;
+        struct model *m = NULL;
+        char *err = NULL;
+
+        write_good(f, &(struct tiny_opts) { 0 });
+        write_gen_config(f, "{\"bos_token_id\": 2, \"eos_token_id\": [1, 6, 50, 9], \"top_k\": 64}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.eos_token_id, 1);
+        assert_int_equal(m->cfg.n_stop_ids, 5);
+        static const int32_t want[5] = { 1, 6, 5, 50, 9 };
+        for (int i = 0; i < 5; i++)
+                assert_int_equal(m->cfg.stop_ids[i], want[i]);
+        model_free(m);
+        write_gen_config(f, "{\"eos_token_id\": 7}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.n_stop_ids, 4);
+        model_free(m);
+        write_gen_config(f, "{\"eos_token_id\": null}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.n_stop_ids, 3);
+        model_free(m);
+
+        write_gen_config(f, "{\"eos_token_id\": [1, 99]}");
+        expect_fail(f, "generation_config.json: eos_token_id", "outside the vocabulary", NULL);
+        write_gen_config(f, "{\"eos_token_id\": [10, 11, 12, 13, 14, 15, 16]}");
+        expect_fail(f, "generation_config.json: eos_token_id", "more than 8", NULL);
+        write_gen_config(f, "{\"eos_token_id\": ");
+        expect_fail(f, "generation_config.json", "not valid JSON", NULL);
+        write_gen_config(f, "[]");
+        expect_fail(f, "generation_config.json", "not a JSON object", NULL);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
@@ -744,6 +825,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unexpected_tensors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dtype_misuse, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fp8_in_ignore, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_non_finite, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_untied_lm_head, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_shard_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_weights, setup, teardown),
@@ -751,6 +833,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_config_file_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_defaults, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_variants, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_generation_config, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

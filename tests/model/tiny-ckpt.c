@@ -158,7 +158,7 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
         for (unsigned l = 0; l < TINY_LAYERS; l++) {
                 bool full = l == TINY_LAYERS - 1;
                 uint64_t hd = full ? TINY_GHEAD_DIM : TINY_HEAD_DIM, kv = full ? TINY_GKV : TINY_KV;
-                for (size_t i = 0; i < 7; i++)
+                for (size_t i = 0; i < (o->dense ? 4u : 7u); i++)
                         r |= add(tt, bf, 1, TINY_HIDDEN, 0, 0, "%slayers.%u.%s.weight", p, l, norms[i]);
                 r |= add(tt, bf, 1, hd, 0, 0, "%slayers.%u.self_attn.q_norm.weight", p, l);
                 r |= add(tt, bf, 1, hd, 0, 0, "%slayers.%u.self_attn.k_norm.weight", p, l);
@@ -166,7 +166,7 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
                 r |= add_linear(tt, o, p, TINY_HEADS * hd, TINY_HIDDEN, m);
                 snprintf(m, sizeof(m), "layers.%u.self_attn.k_proj", l);
                 r |= add_linear(tt, o, p, kv * hd, TINY_HIDDEN, m);
-                if (!full) {
+                if (!full || o->no_k_eq_v) {
                         snprintf(m, sizeof(m), "layers.%u.self_attn.v_proj", l);
                         r |= add_linear(tt, o, p, kv * hd, TINY_HIDDEN, m);
                 }
@@ -178,10 +178,12 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
                 r |= add_linear(tt, o, p, TINY_INTER, TINY_HIDDEN, m);
                 snprintf(m, sizeof(m), "layers.%u.mlp.down_proj", l);
                 r |= add_linear(tt, o, p, TINY_HIDDEN, TINY_INTER, m);
+                r |= add(tt, bf, 1, 1, 0, 0, "%slayers.%u.layer_scalar", p, l);
+                if (o->dense)
+                        continue;
                 r |= add(tt, bf, 2, TINY_EXPERTS, TINY_HIDDEN, 0, "%slayers.%u.router.proj.weight", p, l);
                 r |= add(tt, bf, 1, TINY_HIDDEN, 0, 0, "%slayers.%u.router.scale", p, l);
                 r |= add(tt, bf, 1, TINY_EXPERTS, 0, 0, "%slayers.%u.router.per_expert_scale", p, l);
-                r |= add(tt, bf, 1, 1, 0, 0, "%slayers.%u.layer_scalar", p, l);
                 if (o->split_experts || o->fp8) {
                         for (unsigned e = 0; e < TINY_EXPERTS; e++) {
                                 snprintf(m, sizeof(m), "layers.%u.experts.%u.gate_proj", l, e);
@@ -199,7 +201,7 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
         }
         if (o->vision && !o->flat)
                 r |= add(tt, bf, 2, TINY_HIDDEN, 8, 0, "model.embed_vision.embedding_projection.weight");
-        if (o->lm_head)
+        if (o->lm_head || o->untied)
                 r |= add(tt, bf, 2, TINY_VOCAB, TINY_HIDDEN, 0, "lm_head.weight");
         if (r) {
                 tiny_tensors_free(tt);
@@ -255,6 +257,16 @@ json_t *tiny_config(const struct tiny_opts *o) {
                                  "full_attention", "rope_type", "proportional", "partial_rotary_factor", 0.25,
                                  "rope_theta", 1000000.0);
         json_object_set_new(text, "rope_parameters", rope);
+        if (o->dense) {
+                json_object_set_new(text, "enable_moe_block", json_false());
+                json_object_set_new(text, "num_experts", json_null());
+                json_object_set_new(text, "top_k_experts", json_null());
+                json_object_set_new(text, "moe_intermediate_size", json_null());
+        }
+        if (o->no_k_eq_v)
+                json_object_set_new(text, "attention_k_eq_v", json_false());
+        if (o->untied)
+                json_object_set_new(text, "tie_word_embeddings", json_false());
         if (o->per_layer_config)
                 json_object_set_new(text, "per_layer_config",
                                     json_pack("{s:{s:i,s:i}}", "1", "head_dim", TINY_GHEAD_DIM,
@@ -271,7 +283,7 @@ json_t *tiny_config(const struct tiny_opts *o) {
         }
         json_t *root = json_pack("{s:[s],s:s,s:o,s:[i,i,i],s:b,s:i,s:{s:i,s:s}}",
                                  "architectures", "Gemma4ForConditionalGeneration", "model_type", "gemma4",
-                                 "text_config", text, "eos_token_id", 1, 6, 5, "tie_word_embeddings", 1,
+                                 "text_config", text, "eos_token_id", 1, 6, 5, "tie_word_embeddings", !o->untied,
                                  "image_token_id", 60, "vision_config", "hidden_size", 8, "model_type",
                                  "gemma4_vision");
         if (o->fp8)
