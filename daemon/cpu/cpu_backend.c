@@ -149,14 +149,16 @@ static bool dtype_ok(enum tensor_dtype d) {
 }
 
 /* A 1-D vector of n floats from a view (norm weights, scales). */
-static int load_vector(const struct tensor_view *t, const char *what, uint32_t n, float **ret, char **reterr) {
+static int load_vector(const struct tensor_view *t, const char *what, uint32_t n, float **ret,
+                       char **reterr) {
         float *v;
 
         if (!tensor_present(t))
                 return set_err(reterr, -EINVAL, "cpu backend: tensor %s missing", what);
         if (!dtype_ok(t->dtype) || view_numel(t) != n)
-                return set_err(reterr, -EINVAL, "cpu backend: tensor %s has %llu elements of dtype %d, expected %u",
-                               t->name ? t->name : what, (unsigned long long) view_numel(t), (int) t->dtype, n);
+                return set_err(
+                        reterr, -EINVAL, "cpu backend: tensor %s has %llu elements of dtype %d, expected %u",
+                        t->name ? t->name : what, (unsigned long long) view_numel(t), (int) t->dtype, n);
         v = malloc((size_t) n * sizeof(float));
         if (!v)
                 return -ENOMEM;
@@ -175,7 +177,8 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
         if (!tensor_present(t))
                 return set_err(reterr, -EINVAL, "cpu backend: tensor %s missing", what);
         if (!dtype_ok(t->dtype) || view_numel(t) != n)
-                return set_err(reterr, -EINVAL, "cpu backend: tensor %s: expected [%u, %u], got %llu elements",
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: tensor %s: expected [%u, %u], got %llu elements",
                                t->name ? t->name : what, out, in, (unsigned long long) view_numel(t));
         if (t->dtype == TENSOR_DTYPE_BF16) {
                 l.type = CPU_W_BF16;
@@ -254,9 +257,9 @@ static void backend_destroy(struct backend *b) {
         if (b->layers) {
                 for (uint32_t i = 0; i < b->cfg.n_layers; i++) {
                         struct cpu_layer *L = &b->layers[i];
-                        float *vecs[] = { L->ln_in, L->ln_post_attn, L->ln_pre_ff, L->ln_post_ff, L->ln_pre_ff2,
-                                          L->ln_post_ff1, L->ln_post_ff2, L->q_norm, L->k_norm,
-                                          L->router_scale, L->per_expert_scale };
+                        float *vecs[] = { L->ln_in,      L->ln_post_attn, L->ln_pre_ff,       L->ln_post_ff,
+                                          L->ln_pre_ff2, L->ln_post_ff1,  L->ln_post_ff2,     L->q_norm,
+                                          L->k_norm,     L->router_scale, L->per_expert_scale };
                         for (size_t j = 0; j < sizeof(vecs) / sizeof(vecs[0]); j++)
                                 free(vecs[j]);
                         linear_done(&L->q);
@@ -287,9 +290,13 @@ static void backend_destroy(struct backend *b) {
         free(b->kv_full_v);
         free(b->kv_sliding_k);
         free(b->kv_sliding_v);
-        float *ws[] = { b->x, b->a, b->aq, b->ascale, b->q, b->k, b->v, b->attn, b->attnq, b->h, b->t1, b->t2,
-                        b->t3, b->m1, b->m2, b->router_logits, b->topk_w, b->pair_z, b->pair_scale, b->pair_g,
-                        b->pair_u, b->pair_d, b->pair_dscale, b->pair_weight, b->scores, b->logit_rows };
+        float *ws[] = { b->x,      b->a,         b->aq,          b->ascale,
+                        b->q,      b->k,         b->v,           b->attn,
+                        b->attnq,  b->h,         b->t1,          b->t2,
+                        b->t3,     b->m1,        b->m2,          b->router_logits,
+                        b->topk_w, b->pair_z,    b->pair_scale,  b->pair_g,
+                        b->pair_u, b->pair_d,    b->pair_dscale, b->pair_weight,
+                        b->scores, b->logit_rows };
         for (size_t j = 0; j < sizeof(ws) / sizeof(ws[0]); j++)
                 free(ws[j]);
         free(b->topk_idx);
@@ -317,8 +324,9 @@ static int load_layer(struct backend *b, uint32_t li, char **reterr) {
         if (W->n_kv_heads && W->n_kv_heads != L->n_kv)
                 L->n_kv = W->n_kv_heads;
         if (L->hd == 0 || L->hd % 2 || L->n_kv == 0 || c->n_heads % L->n_kv)
-                return set_err(reterr, -EINVAL, "cpu backend: layer %u: bad geometry (%u kv heads of %u, %u heads)",
-                               li, L->n_kv, L->hd, c->n_heads);
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: layer %u: bad geometry (%u kv heads of %u, %u heads)", li,
+                               L->n_kv, L->hd, c->n_heads);
         nq = c->n_heads * L->hd;
         nkv = L->n_kv * L->hd;
         L->inv_freq = L->full ? b->inv_freq_full : b->inv_freq_sliding;
@@ -357,7 +365,8 @@ static int load_layer(struct backend *b, uint32_t li, char **reterr) {
         LIN(down, mlp_down, H, c->intermediate_size);
         if (tensor_present(&W->layer_scalar)) {
                 if (view_numel(&W->layer_scalar) != 1 || !dtype_ok(W->layer_scalar.dtype))
-                        return set_err(reterr, -EINVAL, "cpu backend: layer %u: layer_scalar must be [1]", li);
+                        return set_err(reterr, -EINVAL, "cpu backend: layer %u: layer_scalar must be [1]",
+                                       li);
                 L->layer_scalar = view_get(&W->layer_scalar, 0);
         } else {
                 L->layer_scalar = 1.0f;
@@ -407,18 +416,21 @@ static void *xcalloc(size_t n, size_t size, bool *failed) {
 }
 
 static int check_config(const struct model_config *c, char **reterr) {
-        if (c->vocab_size == 0 || c->hidden_size == 0 || c->n_layers == 0 || c->n_layers > MODEL_MAX_LAYERS ||
-            c->n_heads == 0)
-                return set_err(reterr, -EINVAL, "cpu backend: config has an empty vocab/hidden/layers/heads");
-        if (c->enable_moe && (c->n_experts == 0 || c->n_experts > MODEL_MAX_EXPERTS || c->top_k_experts == 0 ||
-                              c->top_k_experts > c->n_experts || c->moe_intermediate_size == 0))
+        if (c->vocab_size == 0 || c->hidden_size == 0 || c->n_layers == 0 ||
+            c->n_layers > MODEL_MAX_LAYERS || c->n_heads == 0)
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: config has an empty vocab/hidden/layers/heads");
+        if (c->enable_moe &&
+            (c->n_experts == 0 || c->n_experts > MODEL_MAX_EXPERTS || c->top_k_experts == 0 ||
+             c->top_k_experts > c->n_experts || c->moe_intermediate_size == 0))
                 return set_err(reterr, -EINVAL, "cpu backend: bad MoE config (%u experts, top %u)",
                                c->n_experts, c->top_k_experts);
         if (c->intermediate_size == 0)
                 return set_err(reterr, -EINVAL, "cpu backend: intermediate_size is 0");
         for (uint32_t i = 0; i < c->n_layers; i++)
                 if (c->layer_type[i] == LAYER_SLIDING && c->sliding_window == 0)
-                        return set_err(reterr, -EINVAL, "cpu backend: sliding layers need sliding_window > 0");
+                        return set_err(reterr, -EINVAL,
+                                       "cpu backend: sliding layers need sliding_window > 0");
         return 0;
 }
 
@@ -497,14 +509,16 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         }
         if (r < 0) {
                 backend_destroy(b);
-                return r == -ENOMEM ? set_err(reterr, r, "cpu backend: out of memory converting weights") : r;
+                return r == -ENOMEM ? set_err(reterr, r, "cpu backend: out of memory converting weights")
+                                    : r;
         }
         /* All layers of one kind must share a geometry: one page id indexes every layer of its kind. */
         for (uint32_t i = 0; i < c->n_layers; i++) {
                 struct cpu_layer *L = &b->layers[i];
                 if (L->n_kv * L->hd != (L->full ? b->full_row : b->sliding_row)) {
                         backend_destroy(b);
-                        return set_err(reterr, -EINVAL, "cpu backend: layer %u geometry differs from its kind", i);
+                        return set_err(reterr, -EINVAL,
+                                       "cpu backend: layer %u geometry differs from its kind", i);
                 }
         }
 
@@ -515,12 +529,14 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         if (b->max_batched_tokens < b->max_num_seqs)
                 b->max_batched_tokens = b->max_num_seqs;
         b->n_sliding_ring = (c->sliding_window + b->page_size - 1) / b->page_size + 1;
-        b->n_full_pages = p->n_full_pages ? p->n_full_pages
-                                          : b->max_num_seqs * ((b->max_model_len + b->page_size - 1) / b->page_size);
+        b->n_full_pages = p->n_full_pages
+                                  ? p->n_full_pages
+                                  : b->max_num_seqs * ((b->max_model_len + b->page_size - 1) / b->page_size);
         b->n_sliding_pages = p->n_sliding_pages ? p->n_sliding_pages : b->max_num_seqs * b->n_sliding_ring;
         {
                 size_t fsz = (size_t) b->n_full_layers * b->n_full_pages * b->page_size * b->full_row;
-                size_t ssz = (size_t) b->n_sliding_layers * b->n_sliding_pages * b->page_size * b->sliding_row;
+                size_t ssz =
+                        (size_t) b->n_sliding_layers * b->n_sliding_pages * b->page_size * b->sliding_row;
                 b->kv_full_k = xcalloc(fsz, sizeof(float), &failed);
                 b->kv_full_v = xcalloc(fsz, sizeof(float), &failed);
                 b->kv_sliding_k = xcalloc(ssz, sizeof(float), &failed);
@@ -739,8 +755,8 @@ struct attn_ctx {
         uint32_t n_seqs, n_tokens;
 };
 
-static inline const float *kv_row(const struct backend *b, const struct cpu_layer *L, const struct step_seq *s,
-                                  uint32_t p, bool value) {
+static inline const float *kv_row(const struct backend *b, const struct cpu_layer *L,
+                                  const struct step_seq *s, uint32_t p, bool value) {
         uint32_t B = b->page_size, page, row = L->n_kv * L->hd;
         const float *base;
 
@@ -1039,7 +1055,8 @@ static void ffn_block(struct backend *b, const struct cpu_layer *L, uint32_t T) 
 /* ---------------------------------------------------------------------------------------------- */
 /* steps                                                                                           */
 
-static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T, float *logits) {
+static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T,
+                     float *logits) {
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, V = c->vocab_size, n_rows = 0;
 

@@ -199,8 +199,8 @@ void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint
                         out[r] = dot_bf16_portable(x + (size_t) r * ldx,
                                                    (const uint16_t *) w->w + (size_t) row * n, n);
                 else
-                        out[r] = dot_f32_portable(x + (size_t) r * ldx, (const float *) w->w + (size_t) row * n,
-                                                  n);
+                        out[r] = dot_f32_portable(x + (size_t) r * ldx,
+                                                  (const float *) w->w + (size_t) row * n, n);
         }
 }
 
@@ -212,9 +212,11 @@ void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, co
                 for (uint32_t r = 0; r < n_rows; r += 4) {
                         uint32_t nw = n_rows - r < 4 ? n_rows - r : 4;
                         if (w->type == CPU_W_BF16)
-                                wdot4_bf16_avx2(x, (const uint16_t *) w->w + (size_t) (row + r) * n, nw, n, out + r);
+                                wdot4_bf16_avx2(x, (const uint16_t *) w->w + (size_t) (row + r) * n, nw, n,
+                                                out + r);
                         else
-                                wdot4_f32_avx2(x, (const float *) w->w + (size_t) (row + r) * n, nw, n, out + r);
+                                wdot4_f32_avx2(x, (const float *) w->w + (size_t) (row + r) * n, nw, n,
+                                               out + r);
                 }
                 return;
         }

@@ -94,7 +94,8 @@ float *golden_read_f32(const char *path, size_t n) {
         return v;
 }
 
-int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o, struct golden_engine *ret) {
+int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o,
+                       struct golden_engine *ret) {
         struct golden_engine e = { 0 };
         struct backend_params p = { 0 };
         char *err = NULL;
@@ -150,11 +151,15 @@ void golden_engine_close(struct golden_engine *e) {
 
 static struct backend_seq seq_for(struct golden_engine *e, uint32_t seq, const int32_t *tokens, uint32_t n,
                                   uint32_t pos, bool all) {
-        return (struct backend_seq) { .tokens = tokens, .n_tokens = n, .pos = pos,
-                                      .full_pages = e->full_pages + (size_t) seq * e->pages_per_seq,
-                                      .n_full_pages = e->pages_per_seq,
-                                      .sliding_pages = e->sliding_pages + (size_t) seq * e->cap.n_sliding_ring,
-                                      .n_sliding_pages = e->cap.n_sliding_ring, .all_logits = all };
+        return (struct backend_seq){ .tokens = tokens,
+                                     .n_tokens = n,
+                                     .pos = pos,
+                                     .full_pages = e->full_pages + (size_t) seq * e->pages_per_seq,
+                                     .n_full_pages = e->pages_per_seq,
+                                     .sliding_pages =
+                                             e->sliding_pages + (size_t) seq * e->cap.n_sliding_ring,
+                                     .n_sliding_pages = e->cap.n_sliding_ring,
+                                     .all_logits = all };
 }
 
 int golden_run(struct golden_engine *e, uint32_t seq, const int32_t *tokens, uint32_t n, uint32_t pos,

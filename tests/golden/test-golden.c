@@ -43,7 +43,8 @@ static const struct golden_engine_opts default_opts = {
         .page_size = 4, .max_len = 96, .max_seqs = 4, .max_batched_tokens = 256, .n_threads = 2,
 };
 
-static struct golden_engine open_engine(const char *name, const char *layout, const struct golden_engine_opts *o) {
+static struct golden_engine open_engine(const char *name, const char *layout,
+                                        const struct golden_engine_opts *o) {
         struct golden_engine e;
         char *dir = golden_path(name, layout);
 
@@ -245,10 +246,11 @@ static void test_batched_equals_single(void **state) {
                 assert_non_null(single_out);
                 eb = open_engine(name, layout, &default_opts);
                 es = open_engine(name, layout, &default_opts);
-                assert_int_equal(golden_run_batch(&eb, (const int32_t *const *) seqs, n, pos, all, 3, batch_out), 0);
+                assert_int_equal(
+                        golden_run_batch(&eb, (const int32_t *const *) seqs, n, pos, all, 3, batch_out), 0);
                 assert_int_equal(golden_run(&es, 0, seqs[0], n[0], 0, 0, true, single_out), 0);
-                assert_int_equal(golden_run(&es, 1, seqs[1], n[1], 0, 0, false, single_out + (size_t) n[0] * V),
-                                 0);
+                assert_int_equal(
+                        golden_run(&es, 1, seqs[1], n[1], 0, 0, false, single_out + (size_t) n[0] * V), 0);
                 assert_int_equal(golden_run(&es, 2, seqs[2], n[2], 0, 0, true,
                                             single_out + (size_t) (n[0] + 1) * V), 0);
                 assert_memory_equal(batch_out, single_out, rows * V * sizeof(float));
