@@ -109,32 +109,6 @@ static int set_err(char **reterr, int r, const char *fmt, ...) {
         return r;
 }
 
-static float view_get(const struct tensor_view *t, uint64_t i) {
-        const uint8_t *p = t->data;
-
-        switch (t->dtype) {
-        case TENSOR_DTYPE_F32: {
-                float f;
-                memcpy(&f, p + i * 4, 4);
-                return f;
-        }
-        case TENSOR_DTYPE_BF16: {
-                uint16_t v;
-                memcpy(&v, p + i * 2, 2);
-                return cpu_bf16_to_f32(v);
-        }
-        case TENSOR_DTYPE_F16: {
-                uint16_t v;
-                memcpy(&v, p + i * 2, 2);
-                return cpu_f16_to_f32(v);
-        }
-        case TENSOR_DTYPE_F8_E4M3:
-                return cpu_fp8_e4m3_to_f32(p[i]);
-        default:
-                return NAN;
-        }
-}
-
 static uint64_t view_numel(const struct tensor_view *t) {
         uint64_t n = 1;
 
@@ -163,7 +137,7 @@ static int load_vector(const struct tensor_view *t, const char *what, uint32_t n
         if (!v)
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++)
-                v[i] = view_get(t, i);
+                v[i] = tensor_get_f32(t, i);
         *ret = v;
         return 0;
 }
@@ -196,7 +170,7 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
                                        "cpu backend: FP8 tensor %s needs a weight_scale of %u elements",
                                        t->name ? t->name : what, out);
                 for (int i = 0; i < 256; i++)
-                        lut[i] = cpu_f32_to_bf16(cpu_fp8_e4m3_to_f32((uint8_t) i));
+                        lut[i] = f32_to_bf16(fp8_e4m3_to_f32((uint8_t) i));
                 l.type = CPU_W_BF16;
                 l.w = dst = malloc(n * 2);
                 l.scale = malloc((size_t) out * sizeof(float));
@@ -208,7 +182,7 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
                 for (uint64_t i = 0; i < n; i++)
                         dst[i] = lut[src[i]];
                 for (uint32_t i = 0; i < out; i++)
-                        l.scale[i] = view_get(s, i);
+                        l.scale[i] = tensor_get_f32(s, i);
         } else {
                 float *dst;
                 l.type = CPU_W_F32;
@@ -216,7 +190,7 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
                 if (!l.w)
                         return -ENOMEM;
                 for (uint64_t i = 0; i < n; i++)
-                        dst[i] = view_get(t, i);
+                        dst[i] = tensor_get_f32(t, i);
         }
         b->weight_bytes += n * (l.type == CPU_W_BF16 ? 2 : 4) + (l.scale ? out * 4ull : 0);
         *ret = l;
@@ -367,7 +341,7 @@ static int load_layer(struct backend *b, uint32_t li, char **reterr) {
                 if (view_numel(&W->layer_scalar) != 1 || !dtype_ok(W->layer_scalar.dtype))
                         return set_err(reterr, -EINVAL, "cpu backend: layer %u: layer_scalar must be [1]",
                                        li);
-                L->layer_scalar = view_get(&W->layer_scalar, 0);
+                L->layer_scalar = tensor_get_f32(&W->layer_scalar, 0);
         } else {
                 L->layer_scalar = 1.0f;
         }
@@ -459,7 +433,7 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         b->cfg = *c;
         H = c->hidden_size;
         /* HF casts sqrt(hidden) to the weight dtype (BF16) before multiplying (spec §2.1). */
-        b->embed_scale = cpu_bf16_to_f32(cpu_f32_to_bf16((float) sqrt((double) H)));
+        b->embed_scale = bf16_to_f32(f32_to_bf16((float) sqrt((double) H)));
 
         ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         nt = p->n_threads > 0 ? p->n_threads : (ncpu > 0 ? (int) ncpu : 1);

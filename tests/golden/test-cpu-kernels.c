@@ -39,7 +39,7 @@ static float fp8_reference(float x) {
         if (fabsf(x) >= 448.0f)
                 return copysignf(448.0f, x);
         for (int code = 0; code < 0x7f; code++) {
-                float v = cpu_fp8_e4m3_to_f32((uint8_t) code);
+                float v = fp8_e4m3_to_f32((uint8_t) code);
                 float d = fabsf(fabsf(x) - v);
                 if (d < bestd || (d == bestd && (code & 1) == 0 && (best_code & 1) == 1)) {
                         bestd = d;
@@ -51,19 +51,19 @@ static float fp8_reference(float x) {
 }
 
 static void test_fp8_decode(void **state) {
-        assert_true(cpu_fp8_e4m3_to_f32(0x7e) == 448.0f);
-        assert_true(cpu_fp8_e4m3_to_f32(0xfe) == -448.0f);
-        assert_true(cpu_fp8_e4m3_to_f32(0x01) == ldexpf(1.0f, -9));
-        assert_true(cpu_fp8_e4m3_to_f32(0x08) == ldexpf(1.0f, -6));
-        assert_true(cpu_fp8_e4m3_to_f32(0x38) == 1.0f);
-        assert_true(isnan(cpu_fp8_e4m3_to_f32(0x7f)));
-        assert_true(isnan(cpu_fp8_e4m3_to_f32(0xff)));
+        assert_true(fp8_e4m3_to_f32(0x7e) == 448.0f);
+        assert_true(fp8_e4m3_to_f32(0xfe) == -448.0f);
+        assert_true(fp8_e4m3_to_f32(0x01) == ldexpf(1.0f, -9));
+        assert_true(fp8_e4m3_to_f32(0x08) == ldexpf(1.0f, -6));
+        assert_true(fp8_e4m3_to_f32(0x38) == 1.0f);
+        assert_true(isnan(fp8_e4m3_to_f32(0x7f)));
+        assert_true(isnan(fp8_e4m3_to_f32(0xff)));
 }
 
 static void test_fp8_rounding(void **state) {
         /* every code and every midpoint between neighbours, then random values over the whole range */
         for (int code = 0; code < 0x7e; code++) {
-                float a = cpu_fp8_e4m3_to_f32((uint8_t) code), b = cpu_fp8_e4m3_to_f32((uint8_t) (code + 1));
+                float a = fp8_e4m3_to_f32((uint8_t) code), b = fp8_e4m3_to_f32((uint8_t) (code + 1));
                 float mid = (a + b) / 2.0f;
                 assert_true(cpu_round_fp8_e4m3(a) == a);
                 assert_true(cpu_round_fp8_e4m3(-a) == -a);
@@ -74,6 +74,8 @@ static void test_fp8_rounding(void **state) {
         for (int i = 0; i < 20000; i++) {
                 float x = ldexpf(rng_float(1.0f), (int) (rng_u32() % 24) - 14);
                 assert_true(cpu_round_fp8_e4m3(x) == fp8_reference(x));
+                /* and the loader's encoder agrees */
+                assert_true(cpu_round_fp8_e4m3(x) == fp8_e4m3_to_f32(f32_to_fp8_e4m3(x)));
         }
         assert_true(cpu_round_fp8_e4m3(460.0f) == 448.0f);
         assert_true(cpu_round_fp8_e4m3(-1e30f) == -448.0f);
@@ -108,7 +110,7 @@ static void check_kernels(enum cpu_wtype type, uint32_t in) {
         for (size_t i = 0; i < n; i++) {
                 float v = rng_float(1.0f);
                 if (type == CPU_W_BF16)
-                        ((uint16_t *) w.w)[i] = cpu_f32_to_bf16(v);
+                        ((uint16_t *) w.w)[i] = f32_to_bf16(v);
                 else
                         ((float *) w.w)[i] = v;
         }
