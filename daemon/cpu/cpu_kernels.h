@@ -17,6 +17,7 @@
 
 #include "model/model.h"
 
+/* bf16_to_f32() of model.h, inlined for the embedding and kernel loops. */
 static inline float cpu_bf16_to_f32(uint16_t v) {
         uint32_t u = (uint32_t) v << 16;
         float f;
