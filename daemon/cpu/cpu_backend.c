@@ -24,6 +24,7 @@
 #define DEFAULT_MAX_NUM_SEQS 8
 #define DEFAULT_MAX_MODEL_LEN 4096
 #define DEFAULT_PAGE_SIZE 16
+#define GEMM_MBLOCK 32                  /* activation rows per GEMM block */
 
 struct cpu_layer {
         bool full;
@@ -80,6 +81,8 @@ struct backend {
         uint64_t kv_bytes, weight_bytes;
         uint32_t max_num_seqs, max_batched_tokens, max_model_len;
         uint32_t max_q, max_kv;         /* widest q / kv row over all layers */
+        uint32_t max_in;                /* widest linear input */
+        float *xprep;                   /* [n_threads][GEMM_MBLOCK][max_in] prepared activations */
         /* step workspace, sized for max_batched_tokens */
         float *x, *a, *aq, *ascale, *q, *k, *v, *attn, *attnq, *h, *t1, *t2, *t3, *m1, *m2;
         float *router_logits;
@@ -270,7 +273,7 @@ static void backend_destroy(struct backend *b) {
                         b->t3,     b->m1,        b->m2,          b->router_logits,
                         b->topk_w, b->pair_z,    b->pair_scale,  b->pair_g,
                         b->pair_u, b->pair_d,    b->pair_dscale, b->pair_weight,
-                        b->scores, b->logit_rows };
+                        b->scores, b->logit_rows, b->xprep };
         for (size_t j = 0; j < sizeof(ws) / sizeof(ws[0]); j++)
                 free(ws[j]);
         free(b->topk_idx);
@@ -555,6 +558,8 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
                 b->expert_start = xcalloc(E + 1, sizeof(uint32_t), &failed);
                 b->scores = xcalloc((size_t) b->n_threads * b->max_model_len, 4, &failed);
                 b->logit_rows = xcalloc(T * H, 4, &failed);
+                b->max_in = (uint32_t) (wide > MI ? wide : MI);
+                b->xprep = xcalloc((size_t) b->n_threads * GEMM_MBLOCK * b->max_in, 4, &failed);
                 b->steps = xcalloc(b->max_num_seqs + 1, sizeof(*b->steps), &failed);
                 b->max_jobs = 2 * (uint32_t) (E ? E : 1) + 4;
                 b->jobs = xcalloc(b->max_jobs, sizeof(*b->jobs), &failed);
@@ -591,9 +596,10 @@ struct gemm_ctx {
         const struct gemm_job *jobs;
         uint32_t n_jobs;
         uint64_t total_rows;
+        float *xprep;                   /* per thread: GEMM_MBLOCK rows of the widest input */
+        size_t xprep_stride;
 };
 
-#define GEMM_MBLOCK 32
 /* Below this many multiply-adds a parallel section costs more than it saves: run on the caller. */
 #define PARALLEL_MIN_MACS (1u << 20)
 
@@ -608,24 +614,26 @@ static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n, fl
         job->y[(size_t) m * w->out + n] = y;
 }
 
-static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1) {
+static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, float *xp) {
         const struct cpu_linear *w = job->w;
         float acc[GEMM_MBLOCK];
 
-        if (job->m < 4) {       /* decode: one activation row against 4 weight rows at a time */
-                for (uint32_t m = 0; m < job->m; m++)
-                        for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
-                                uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
-                                cpu_dot_wrows(w, (uint32_t) n, nn, job->x + (size_t) m * w->in, acc);
-                                for (uint32_t i = 0; i < nn; i++)
-                                        gemm_epilogue(job, m, n + i, acc[i]);
-                        }
-                return;
-        }
         for (uint32_t m0 = 0; m0 < job->m; m0 += GEMM_MBLOCK) {
                 uint32_t mb = job->m - m0 < GEMM_MBLOCK ? job->m - m0 : GEMM_MBLOCK;
+
+                cpu_prepare_rows(w, job->x + (size_t) m0 * w->in, w->in, mb, xp);
+                if (mb < 4) {   /* decode: one activation row against 4 weight rows at a time */
+                        for (uint32_t m = 0; m < mb; m++)
+                                for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
+                                        uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
+                                        cpu_dot_wrows(w, (uint32_t) n, nn, xp + (size_t) m * w->in, acc);
+                                        for (uint32_t i = 0; i < nn; i++)
+                                                gemm_epilogue(job, m0 + m, n + i, acc[i]);
+                                }
+                        continue;
+                }
                 for (uint64_t n = r0; n < r1; n++) {
-                        cpu_dot_rows(w, (uint32_t) n, job->x + (size_t) m0 * w->in, w->in, mb, acc);
+                        cpu_dot_rows(w, (uint32_t) n, xp, w->in, mb, acc);
                         for (uint32_t i = 0; i < mb; i++)
                                 gemm_epilogue(job, m0 + i, n, acc[i]);
                 }
@@ -635,6 +643,7 @@ static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1) {
 static void gemm_worker(void *vctx, int tid, int nt) {
         const struct gemm_ctx *g = vctx;
         uint64_t begin, end, base = 0;
+        float *xp = g->xprep + (size_t) tid * g->xprep_stride;
 
         cpu_pool_share(g->total_rows, tid, nt, &begin, &end);
         for (uint32_t j = 0; j < g->n_jobs && base < end; j++) {
@@ -644,13 +653,14 @@ static void gemm_worker(void *vctx, int tid, int nt) {
                 if (r1 > job->w->out)
                         r1 = job->w->out;
                 if (r0 < r1 && job->m)
-                        gemm_rows(job, r0, r1);
+                        gemm_rows(job, r0, r1, xp);
                 base += job->m ? job->w->out : 0;
         }
 }
 
 static void run_gemms(struct backend *b, const struct gemm_job *jobs, uint32_t n_jobs) {
-        struct gemm_ctx g = { .jobs = jobs, .n_jobs = n_jobs };
+        struct gemm_ctx g = { .jobs = jobs, .n_jobs = n_jobs, .xprep = b->xprep,
+                              .xprep_stride = (size_t) GEMM_MBLOCK * b->max_in };
         uint64_t macs = 0;
 
         for (uint32_t j = 0; j < n_jobs; j++) {

@@ -59,7 +59,41 @@ static inline float reduce16(const float a0[8], const float a1[8]) {
 #define LOAD_F32(v) (v)
 #define LOAD_BF16(v) cpu_bf16_to_f32(v)
 DEFINE_PORTABLE_DOT(dot_f32_portable, float, LOAD_F32)
-DEFINE_PORTABLE_DOT(dot_bf16_portable, uint16_t, LOAD_BF16)
+
+/* BF16 weights, "pair order": in each block of 16, lane l of a0 takes element 2l and lane l of a1 element
+ * 2l+1, so the SIMD kernel splits a 32-bit word of two BF16 values with a shift and a mask instead of a
+ * shuffle. x comes prepared by cpu_prepare_rows(): per block, the 8 even elements then the 8 odd ones. */
+static float dot_bf16_portable(const float *xp, const uint16_t *w, uint32_t n) {
+        float a0[8] = { 0 }, a1[8] = { 0 }, tail = 0.0f;
+        uint32_t i = 0;
+
+        for (; i + 16 <= n; i += 16)
+                for (int l = 0; l < 8; l++) {
+                        a0[l] = fmaf(xp[i + l], cpu_bf16_to_f32(w[i + 2 * l]), a0[l]);
+                        a1[l] = fmaf(xp[i + 8 + l], cpu_bf16_to_f32(w[i + 2 * l + 1]), a1[l]);
+                }
+        for (; i < n; i++)
+                tail = fmaf(xp[i], cpu_bf16_to_f32(w[i]), tail);
+        return reduce16(a0, a1) + tail;
+}
+
+void cpu_prepare_rows(const struct cpu_linear *w, const float *x, uint32_t ldx, uint32_t n_x, float *xp) {
+        uint32_t n = w->in;
+
+        for (uint32_t r = 0; r < n_x; r++) {
+                const float *xr = x + (size_t) r * ldx;
+                float *dst = xp + (size_t) r * n;
+                uint32_t i = 0;
+
+                if (w->type == CPU_W_BF16)
+                        for (; i + 16 <= n; i += 16)
+                                for (int l = 0; l < 8; l++) {
+                                        dst[i + l] = xr[i + 2 * l];
+                                        dst[i + 8 + l] = xr[i + 2 * l + 1];
+                                }
+                memcpy(dst + i, xr + i, (n - i) * sizeof(float));
+        }
+}
 
 /* ---- AVX2 + FMA kernels ---- */
 
@@ -73,11 +107,6 @@ static inline AVX2 float hsum_avx2(__m256 a0, __m256 a1) {
         __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));
         __m128 r = _mm_add_ss(u, _mm_shuffle_ps(u, u, 1));
         return _mm_cvtss_f32(r);
-}
-
-static inline AVX2 __m256 load_bf16x8(const uint16_t *w) {
-        __m128i h = _mm_loadu_si128((const __m128i *) w);
-        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 static inline AVX2 __m256 load_f32x8(const float *w) {
@@ -119,7 +148,40 @@ static inline AVX2 __m256 load_f32x8(const float *w) {
         }
 
 DEFINE_AVX2_DOT(dot4_f32_avx2, float, load_f32x8, LOAD_F32)
-DEFINE_AVX2_DOT(dot4_bf16_avx2, uint16_t, load_bf16x8, LOAD_BF16)
+
+/* BF16 in pair order (see dot_bf16_portable): even elements are the low halves of 32-bit words. */
+static inline AVX2 void load_bf16_pairs(const uint16_t *w, __m256 *even, __m256 *odd) {
+        __m256i v = _mm256_loadu_si256((const __m256i *) w);
+        *even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        *odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int) 0xffff0000u)));
+}
+
+static AVX2 void dot4_bf16_avx2(const float *xp, uint32_t ldx, uint32_t nx, const uint16_t *w, uint32_t n,
+                                float *out) {
+        __m256 a0[4], a1[4];
+        float tail[4];
+        uint32_t i = 0;
+
+        for (uint32_t r = 0; r < 4; r++) {
+                a0[r] = _mm256_setzero_ps();
+                a1[r] = _mm256_setzero_ps();
+                tail[r] = 0.0f;
+        }
+        for (; i + 16 <= n; i += 16) {
+                __m256 we, wo;
+                load_bf16_pairs(w + i, &we, &wo);
+                for (uint32_t r = 0; r < nx; r++) {
+                        const float *xr = xp + (size_t) r * ldx + i;
+                        a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), we, a0[r]);
+                        a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), wo, a1[r]);
+                }
+        }
+        for (; i < n; i++)
+                for (uint32_t r = 0; r < nx; r++)
+                        tail[r] = fmaf(xp[(size_t) r * ldx + i], cpu_bf16_to_f32(w[i]), tail[r]);
+        for (uint32_t r = 0; r < nx; r++)
+                out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];
+}
 
 /* One activation row against up to 4 consecutive weight rows (decode); per row identical to the above. */
 #define DEFINE_AVX2_WDOT(NAME, WTYPE, LOADW, LOADS)                                                   \
@@ -155,7 +217,34 @@ DEFINE_AVX2_DOT(dot4_bf16_avx2, uint16_t, load_bf16x8, LOAD_BF16)
         }
 
 DEFINE_AVX2_WDOT(wdot4_f32_avx2, float, load_f32x8, LOAD_F32)
-DEFINE_AVX2_WDOT(wdot4_bf16_avx2, uint16_t, load_bf16x8, LOAD_BF16)
+
+static AVX2 void wdot4_bf16_avx2(const float *xp, const uint16_t *w, uint32_t nw, uint32_t n, float *out) {
+        __m256 a0[4], a1[4];
+        float tail[4];
+        uint32_t i = 0;
+
+        for (uint32_t r = 0; r < 4; r++) {
+                a0[r] = _mm256_setzero_ps();
+                a1[r] = _mm256_setzero_ps();
+                tail[r] = 0.0f;
+        }
+        for (; i + 16 <= n; i += 16) {
+                __m256 x0 = _mm256_loadu_ps(xp + i), x1 = _mm256_loadu_ps(xp + i + 8);
+                for (uint32_t r = 0; r < nw; r++) {
+                        const uint16_t *wr = w + (size_t) r * n + i;
+                        __m256 we, wo;
+                        _mm_prefetch((const char *) (wr + 16 * (size_t) n), _MM_HINT_T0);
+                        load_bf16_pairs(wr, &we, &wo);
+                        a0[r] = _mm256_fmadd_ps(x0, we, a0[r]);
+                        a1[r] = _mm256_fmadd_ps(x1, wo, a1[r]);
+                }
+        }
+        for (; i < n; i++)
+                for (uint32_t r = 0; r < nw; r++)
+                        tail[r] = fmaf(xp[i], cpu_bf16_to_f32(w[(size_t) r * n + i]), tail[r]);
+        for (uint32_t r = 0; r < nw; r++)
+                out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];
+}
 #endif
 
 void cpu_kernels_init(void) {

@@ -76,10 +76,12 @@ const char *cpu_kernels_isa(void);
 /* Tests: force the portable kernels (false) or go back to the best available (true). */
 void cpu_kernels_use_simd(bool on);
 
-/* dot(x, W[row]) for n_x rows of x (stride ldx floats) against one weight row: out[i] for row i. */
+/* Lay out n_x activation rows (stride ldx) as the kernels for w expect them, n_x * w->in floats at xp. */
+void cpu_prepare_rows(const struct cpu_linear *w, const float *x, uint32_t ldx, uint32_t n_x, float *xp);
+/* dot(x, W[row]) for n_x prepared rows of x (stride ldx floats) against one weight row: out[i] for row i. */
 void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint32_t ldx, uint32_t n_x,
                   float *out);
-/* dot(x, W[row + i]) for n_rows consecutive weight rows and one activation row: out[i]. */
+/* dot(x, W[row + i]) for n_rows consecutive weight rows and one prepared activation row: out[i]. */
 void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, const float *x, float *out);
-/* Plain float dot product, same evaluation order as cpu_dot_rows. */
+/* Plain float dot product (unprepared vectors), same evaluation order as F32 weights in cpu_dot_rows. */
 float cpu_dot_f32(const float *a, const float *b, uint32_t n);

@@ -97,15 +97,18 @@ static void test_quantize_row(void **state) {
                 assert_true(qz[i] == 0.0f);
 }
 
-/* Every path computes one (row, weight row) dot product in the same order: results are bitwise equal. */
+/* Every path computes one (row, weight row) dot product in the same order: results are bitwise equal
+ * (and close to the exact dot product). */
 static void check_kernels(enum cpu_wtype type, uint32_t in) {
         uint32_t out = 9, nx = 6;
         struct cpu_linear w = { .type = type, .out = out, .in = in };
         float *x = malloc((size_t) nx * in * sizeof(float)), ref[9 * 6], got[9 * 6], wr[9];
+        float *xp = malloc((size_t) nx * in * sizeof(float));
         size_t n = (size_t) out * in;
 
         w.w = malloc(n * (type == CPU_W_BF16 ? 2 : 4));
         assert_non_null(x);
+        assert_non_null(xp);
         assert_non_null(w.w);
         for (size_t i = 0; i < n; i++) {
                 float v = rng_float(1.0f);
@@ -117,18 +120,26 @@ static void check_kernels(enum cpu_wtype type, uint32_t in) {
         for (size_t i = 0; i < (size_t) nx * in; i++)
                 x[i] = rng_float(3.0f);
 
+        cpu_prepare_rows(&w, x, in, nx, xp);
         cpu_kernels_use_simd(false);
         for (uint32_t r = 0; r < out; r++)
-                for (uint32_t m = 0; m < nx; m++)
-                        cpu_dot_rows(&w, r, x + (size_t) m * in, in, 1, &ref[r * nx + m]);
+                for (uint32_t m = 0; m < nx; m++) {
+                        double exact = 0.0;
+                        cpu_dot_rows(&w, r, xp + (size_t) m * in, in, 1, &ref[r * nx + m]);
+                        for (uint32_t k = 0; k < in; k++)
+                                exact += (double) x[(size_t) m * in + k] *
+                                         (type == CPU_W_BF16 ? bf16_to_f32(((uint16_t *) w.w)[(size_t) r * in + k])
+                                                             : ((float *) w.w)[(size_t) r * in + k]);
+                        assert_true(fabs(ref[r * nx + m] - exact) <= 1e-5 * (1.0 + fabs(exact)) * sqrt(in));
+                }
         for (int simd = 0; simd < 2; simd++) {
                 cpu_kernels_use_simd(simd);
                 for (uint32_t r = 0; r < out; r++) {
-                        cpu_dot_rows(&w, r, x, in, nx, &got[r * nx]);
+                        cpu_dot_rows(&w, r, xp, in, nx, &got[r * nx]);
                         assert_memory_equal(&got[r * nx], &ref[r * nx], nx * sizeof(float));
                 }
                 for (uint32_t m = 0; m < nx; m++) {
-                        cpu_dot_wrows(&w, 0, out, x + (size_t) m * in, wr);
+                        cpu_dot_wrows(&w, 0, out, xp + (size_t) m * in, wr);
                         for (uint32_t r = 0; r < out; r++)
                                 assert_memory_equal(&wr[r], &ref[r * nx + m], sizeof(float));
                 }
@@ -138,6 +149,7 @@ static void check_kernels(enum cpu_wtype type, uint32_t in) {
                                 assert_memory_equal(&d, &ref[r * nx], sizeof(float));
                         }
         }
+        free(xp);
         free(x);
         free(w.w);
 }
