@@ -598,10 +598,23 @@ struct gemm_ctx {
         uint64_t total_rows;
         float *xprep;                   /* per thread: GEMM_MBLOCK rows of the widest input */
         size_t xprep_stride;
+        uint32_t n_chunks;
 };
 
 /* Below this many multiply-adds a parallel section costs more than it saves: run on the caller. */
 #define PARALLEL_MIN_MACS (1u << 20)
+
+/* Sections under PARALLEL_MIN_MACS run as one chunk on the caller; larger ones get ~8 chunks per thread
+ * (of at least 16 items), so a thread that is not scheduled costs at most a chunk. */
+static uint32_t chunks_for(const struct backend *b, uint64_t macs, uint64_t items) {
+        uint64_t n = 8ull * b->n_threads;
+
+        if (macs < PARALLEL_MIN_MACS || b->n_threads == 1)
+                return 1;
+        if (n > items / 16)
+                n = items / 16;
+        return n ? (uint32_t) n : 1;
+}
 
 static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n, float acc) {
         const struct cpu_linear *w = job->w;
@@ -640,12 +653,12 @@ static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, floa
         }
 }
 
-static void gemm_worker(void *vctx, int tid, int nt) {
+static void gemm_worker(void *vctx, uint32_t chunk, int tid) {
         const struct gemm_ctx *g = vctx;
         uint64_t begin, end, base = 0;
         float *xp = g->xprep + (size_t) tid * g->xprep_stride;
 
-        cpu_pool_share(g->total_rows, tid, nt, &begin, &end);
+        cpu_pool_share(g->total_rows, chunk, g->n_chunks, &begin, &end);
         for (uint32_t j = 0; j < g->n_jobs && base < end; j++) {
                 const struct gemm_job *job = &g->jobs[j];
                 uint64_t r0 = begin > base ? begin - base : 0, r1 = end - base;
@@ -669,10 +682,8 @@ static void run_gemms(struct backend *b, const struct gemm_job *jobs, uint32_t n
         }
         if (!g.total_rows)
                 return;
-        if (macs < PARALLEL_MIN_MACS)
-                gemm_worker(&g, 0, 1);
-        else
-                cpu_pool_run(b->pool, gemm_worker, &g);
+        g.n_chunks = chunks_for(b, macs, g.total_rows);
+        cpu_pool_run(b->pool, gemm_worker, &g, g.n_chunks);
 }
 
 /* Prepare the input of linear w for m rows of x: FP8 weights get per-token FP8 activations in xq. */
@@ -736,7 +747,7 @@ struct attn_ctx {
         struct backend *b;
         const struct cpu_layer *L;
         const struct step_seq *seqs;
-        uint32_t n_seqs, n_tokens;
+        uint32_t n_seqs, n_tokens, n_chunks;
 };
 
 static inline const float *kv_row(const struct backend *b, const struct cpu_layer *L,
@@ -754,7 +765,7 @@ static inline const float *kv_row(const struct backend *b, const struct cpu_laye
         return base + (((size_t) L->kv_index * b->n_sliding_pages + page) * B + p % B) * row;
 }
 
-static void attn_worker(void *vctx, int tid, int nt) {
+static void attn_worker(void *vctx, uint32_t chunk, int tid) {
         const struct attn_ctx *ac = vctx;
         struct backend *b = ac->b;
         const struct cpu_layer *L = ac->L;
@@ -762,7 +773,7 @@ static void attn_worker(void *vctx, int tid, int nt) {
         float *scores = b->scores + (size_t) tid * b->max_model_len;
         uint64_t begin, end;
 
-        cpu_pool_share((uint64_t) ac->n_tokens * nh, tid, nt, &begin, &end);
+        cpu_pool_share((uint64_t) ac->n_tokens * nh, chunk, ac->n_chunks, &begin, &end);
         for (uint64_t item = begin; item < end; item++) {
                 uint32_t t = (uint32_t) (item / nh), h = (uint32_t) (item % nh), kvh = h / group;
                 const struct step_seq *s = ac->seqs;
@@ -859,10 +870,8 @@ static void attention_block(struct backend *b, const struct cpu_layer *L, const 
                 uint64_t work = 0;
                 for (uint32_t si = 0; si < n_seqs; si++)
                         work += (uint64_t) seqs[si].n * (seqs[si].pos + seqs[si].n);
-                if (work * nh * hd * 2 < PARALLEL_MIN_MACS)
-                        attn_worker(&ac, 0, 1);
-                else
-                        cpu_pool_run(b->pool, attn_worker, &ac);
+                ac.n_chunks = chunks_for(b, work * nh * hd * 2, (uint64_t) T * nh);
+                cpu_pool_run(b->pool, attn_worker, &ac, ac.n_chunks);
         }
         for (uint32_t si = 0; si < n_seqs; si++)
                 kv_store(b, L, &seqs[si]);

@@ -165,37 +165,42 @@ static void test_dot_kernels_agree(void **state) {
 
 struct pool_ctx {
         atomic_int calls;
-        int seen[8];
-        uint64_t sum[8];
+        atomic_int per_chunk[64];
+        atomic_uint_fast64_t sum;
+        int n_threads;
+        atomic_int bad_tid;
 };
 
-static void pool_fn(void *vctx, int tid, int nt) {
+static void pool_fn(void *vctx, uint32_t chunk, int tid) {
         struct pool_ctx *c = vctx;
-        uint64_t b, e;
+        uint64_t b, e, s = 0;
 
+        if (tid < 0 || tid >= c->n_threads)
+                atomic_fetch_add(&c->bad_tid, 1);
         atomic_fetch_add(&c->calls, 1);
-        c->seen[tid]++;
-        cpu_pool_share(1000, tid, nt, &b, &e);
+        atomic_fetch_add(&c->per_chunk[chunk], 1);
+        cpu_pool_share(1000, chunk, 64, &b, &e);
         for (uint64_t i = b; i < e; i++)
-                c->sum[tid] += i;
+                s += i;
+        atomic_fetch_add(&c->sum, s);
 }
 
+/* every chunk runs exactly once per section, on a valid thread id, whatever the thread count */
 static void test_pool(void **state) {
         for (int n = 1; n <= 4; n++) {
                 struct cpu_pool *p;
-                struct pool_ctx c = { 0 };
-                uint64_t total = 0;
+                struct pool_ctx c = { .n_threads = n };
 
                 assert_int_equal(cpu_pool_new(n, &p), 0);
                 assert_int_equal(cpu_pool_size(p), n);
-                for (int rep = 0; rep < 200; rep++)
-                        cpu_pool_run(p, pool_fn, &c);
-                assert_int_equal(atomic_load(&c.calls), 200 * n);
-                for (int t = 0; t < n; t++) {
-                        assert_int_equal(c.seen[t], 200);
-                        total += c.sum[t];
-                }
-                assert_true(total == 200ull * 999 * 1000 / 2);
+                for (int rep = 0; rep < 300; rep++)
+                        cpu_pool_run(p, pool_fn, &c, 64);
+                cpu_pool_run(p, pool_fn, &c, 0);        /* nothing to do */
+                assert_int_equal(atomic_load(&c.calls), 300 * 64);
+                for (int k = 0; k < 64; k++)
+                        assert_int_equal(atomic_load(&c.per_chunk[k]), 300);
+                assert_true(atomic_load(&c.sum) == 300ull * 999 * 1000 / 2);
+                assert_int_equal(atomic_load(&c.bad_tid), 0);
                 cpu_pool_free(p);
         }
         assert_int_equal(cpu_pool_new(0, &(struct cpu_pool *) { NULL }), -EINVAL);
