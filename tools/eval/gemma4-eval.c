@@ -270,7 +270,8 @@ static int run(const struct eval_opts *o) {
 
         {
                 double t0 = now_s(), t1;
-                r = step(&s, o->ids, o->n_ids, 0, true, logits);
+                /* every row only when they are dumped; otherwise the last row, as a server prefill */
+                r = step(&s, o->ids, o->n_ids, 0, o->dump_path != NULL, logits);
                 if (r < 0)
                         goto out;
                 t1 = now_s();
@@ -289,7 +290,7 @@ static int run(const struct eval_opts *o) {
                 }
                 f = NULL;
         }
-        memcpy(last, logits + (size_t) (o->n_ids - 1) * V, (size_t) V * sizeof(float));
+        memcpy(last, logits + (o->dump_path ? (size_t) (o->n_ids - 1) * V : 0), (size_t) V * sizeof(float));
         if (o->greedy || o->bench) {
                 uint32_t pos = o->n_ids;
                 double t0 = now_s(), c0 = cpu_s(), t1, c1;
