@@ -616,15 +616,15 @@ static uint32_t chunks_for(const struct backend *b, uint64_t macs, uint64_t item
         return n ? (uint32_t) n : 1;
 }
 
-static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n, float acc) {
+/* W8A8 epilogue s_x * (s_w * acc), then the softcap, for count outputs of row m from column n0 on. */
+static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n0, float *acc, uint32_t count) {
         const struct cpu_linear *w = job->w;
-        float y = acc;
 
-        if (job->xscale)        /* W8A8 epilogue: s_x * (s_w * acc) */
-                y = job->xscale[m] * (w->scale[n] * y);
+        if (job->xscale)
+                for (uint32_t i = 0; i < count; i++)
+                        acc[i] = job->xscale[m] * (w->scale[n0 + i] * acc[i]);
         if (job->softcap > 0.0f)
-                y = job->softcap * tanhf(y / job->softcap);
-        job->y[(size_t) m * w->out + n] = y;
+                cpu_softcap(acc, count, job->softcap);
 }
 
 static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, float *xp) {
@@ -640,15 +640,17 @@ static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, floa
                                 for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
                                         uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
                                         cpu_dot_wrows(w, (uint32_t) n, nn, xp + (size_t) m * w->in, acc);
-                                        for (uint32_t i = 0; i < nn; i++)
-                                                gemm_epilogue(job, m0 + m, n + i, acc[i]);
+                                        gemm_epilogue(job, m0 + m, n, acc, nn);
+                                        memcpy(job->y + (size_t) (m0 + m) * w->out + n, acc, nn * sizeof(float));
                                 }
                         continue;
                 }
                 for (uint64_t n = r0; n < r1; n++) {
                         cpu_dot_rows(w, (uint32_t) n, xp, w->in, mb, acc);
-                        for (uint32_t i = 0; i < mb; i++)
-                                gemm_epilogue(job, m0 + i, n, acc[i]);
+                        for (uint32_t i = 0; i < mb; i++) {
+                                gemm_epilogue(job, m0 + i, n, &acc[i], 1);
+                                job->y[(size_t) (m0 + i) * w->out + n] = acc[i];
+                        }
                 }
         }
 }

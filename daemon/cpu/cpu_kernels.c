@@ -25,6 +25,53 @@ float cpu_quantize_row_fp8(const float *x, uint32_t n, float *q) {
         return s;
 }
 
+/* ---- final-logit softcap: cap * tanh(x / cap) ----
+ * tanh from +, -, *, / and exact bit operations only, so the scalar and AVX2 versions below give
+ * identical bits: |t| < 0.5 a Taylor polynomial to t^15 (truncation < 1e-8 relative); otherwise
+ * 1 - 2 / (exp(2|t|) + 1) with exp by Cody-Waite reduction and a degree-7 polynomial (about 2 ulp, like
+ * libm's 1). |t| is clamped to 10, where tanh is 1 in float. */
+#define TANH_SMALL 0.5f
+#define TANH_CLAMP 10.0f
+#define LN2_HI 0.693145751953125f
+#define LN2_LO 1.428606765330187045e-06f
+#define LOG2E 1.44269504088896341f
+#define ROUND_MAGIC 12582912.0f         /* 1.5 * 2^23: adding and removing it rounds to an integer */
+
+static const float tanh_c[7] = { -1.0f / 3.0f, 2.0f / 15.0f, -17.0f / 315.0f, 62.0f / 2835.0f,
+                                 -1382.0f / 155925.0f, 21844.0f / 6081075.0f, -929569.0f / 638512875.0f };
+static const float exp_c[6] = { 1.0f / 2.0f, 1.0f / 6.0f, 1.0f / 24.0f, 1.0f / 120.0f, 1.0f / 720.0f,
+                                1.0f / 5040.0f };
+
+/* noinline: compiled once, for the base ISA, whoever calls it */
+static __attribute__((noinline)) float softcap_scalar(float x, float cap) {
+        float t = x / cap, a = fabsf(t), z, p, y, k, r, e, big;
+        uint32_t u;
+        int ki;
+
+        if (a < TANH_SMALL) {
+                z = t * t;
+                p = tanh_c[6];
+                for (int i = 5; i >= 0; i--)
+                        p = tanh_c[i] + z * p;
+                return cap * (t + t * (z * p));
+        }
+        if (a > TANH_CLAMP)
+                a = TANH_CLAMP;
+        y = a + a;
+        k = (y * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+        r = (y - k * LN2_HI) - k * LN2_LO;
+        p = exp_c[5];
+        for (int i = 4; i >= 0; i--)
+                p = exp_c[i] + r * p;
+        p = 1.0f + r * (1.0f + r * p);
+        ki = (int) k;
+        u = (uint32_t) (ki + 127) << 23;
+        memcpy(&e, &u, sizeof(e));
+        e = p * e;
+        big = 1.0f - 2.0f / (e + 1.0f);
+        return cap * copysignf(big, t);
+}
+
 /* ---- portable kernels: emulate the AVX2 lane order exactly ---- */
 
 static inline float reduce16(const float a0[8], const float a1[8]) {
@@ -246,6 +293,61 @@ static AVX2 void wdot4_bf16_avx2(const float *xp, const uint16_t *w, uint32_t nw
                 out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];
 }
 #endif
+
+#if HAVE_X86_DISPATCH
+static AVX2 void softcap_avx2(float *v, uint32_t n, float cap) {
+        const __m256 capv = _mm256_set1_ps(cap), sign = _mm256_set1_ps(-0.0f);
+        uint32_t i = 0;
+
+        for (; i + 8 <= n; i += 8) {
+                __m256 t = _mm256_div_ps(_mm256_loadu_ps(v + i), capv);
+                __m256 a = _mm256_andnot_ps(sign, t), z = _mm256_mul_ps(t, t), p, y, k, r, e, big, small;
+                __m256i ki;
+
+                p = _mm256_set1_ps(tanh_c[6]);
+                for (int j = 5; j >= 0; j--)
+                        p = _mm256_add_ps(_mm256_set1_ps(tanh_c[j]), _mm256_mul_ps(z, p));
+                small = _mm256_add_ps(t, _mm256_mul_ps(t, _mm256_mul_ps(z, p)));
+
+                a = _mm256_min_ps(a, _mm256_set1_ps(TANH_CLAMP));
+                y = _mm256_add_ps(a, a);
+                k = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(y, _mm256_set1_ps(LOG2E)),
+                                                _mm256_set1_ps(ROUND_MAGIC)),
+                                  _mm256_set1_ps(ROUND_MAGIC));
+                r = _mm256_sub_ps(_mm256_sub_ps(y, _mm256_mul_ps(k, _mm256_set1_ps(LN2_HI))),
+                                  _mm256_mul_ps(k, _mm256_set1_ps(LN2_LO)));
+                p = _mm256_set1_ps(exp_c[5]);
+                for (int j = 4; j >= 0; j--)
+                        p = _mm256_add_ps(_mm256_set1_ps(exp_c[j]), _mm256_mul_ps(r, p));
+                p = _mm256_add_ps(_mm256_set1_ps(1.0f),
+                                  _mm256_mul_ps(r, _mm256_add_ps(_mm256_set1_ps(1.0f), _mm256_mul_ps(r, p))));
+                ki = _mm256_cvttps_epi32(k);
+                e = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23));
+                e = _mm256_mul_ps(p, e);
+                big = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                                    _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+                big = _mm256_or_ps(big, _mm256_and_ps(sign, t));
+                /* |t| < 0.5: polynomial; else the exp form (a was clamped, t was not) */
+                t = _mm256_blendv_ps(big, small,
+                                     _mm256_cmp_ps(_mm256_andnot_ps(sign, t), _mm256_set1_ps(TANH_SMALL),
+                                                   _CMP_LT_OQ));
+                _mm256_storeu_ps(v + i, _mm256_mul_ps(capv, t));
+        }
+        for (; i < n; i++)
+                v[i] = softcap_scalar(v[i], cap);
+}
+#endif
+
+void cpu_softcap(float *v, uint32_t n, float cap) {
+#if HAVE_X86_DISPATCH
+        if (use_avx2) {
+                softcap_avx2(v, n, cap);
+                return;
+        }
+#endif
+        for (uint32_t i = 0; i < n; i++)
+                v[i] = softcap_scalar(v[i], cap);
+}
 
 void cpu_kernels_init(void) {
 #if HAVE_X86_DISPATCH

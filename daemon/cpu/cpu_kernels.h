@@ -83,5 +83,7 @@ void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint
                   float *out);
 /* dot(x, W[row + i]) for n_rows consecutive weight rows and one prepared activation row: out[i]. */
 void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, const float *x, float *out);
+/* v[i] = cap * tanh(v[i] / cap), bitwise the same on every path and at every position. */
+void cpu_softcap(float *v, uint32_t n, float cap);
 /* Plain float dot product (unprepared vectors), same evaluation order as F32 weights in cpu_dot_rows. */
 float cpu_dot_f32(const float *a, const float *b, uint32_t n);

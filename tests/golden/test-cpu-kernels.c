@@ -163,6 +163,43 @@ static void test_dot_kernels_agree(void **state) {
         check_kernels(CPU_W_F32, 704);
 }
 
+/* the softcap: close to cap * tanh(x / cap), and bitwise the same on every path and position */
+static void test_softcap(void **state) {
+        enum { N = 4099 };
+        static float x[N], a[N], b[N];
+        const float caps[] = { 30.0f, 5.0f, 1.0f };
+
+        for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
+                float cap = caps[c];
+                for (int i = 0; i < N; i++)
+                        x[i] = i < 64 ? ldexpf((float) (i - 32), -(i % 20)) : rng_float(cap * 12.0f);
+                x[7] = 0.0f;
+                x[8] = -0.0f;
+                x[9] = 1e30f;
+                x[10] = -1e30f;
+                x[11] = cap * 0.5f;     /* the branch point */
+                x[12] = nextafterf(cap * 0.5f, 0.0f);
+                memcpy(a, x, sizeof(x));
+                memcpy(b, x, sizeof(x));
+                cpu_kernels_use_simd(false);
+                cpu_softcap(a, N, cap);
+                cpu_kernels_use_simd(true);
+                cpu_softcap(b, N, cap);
+                assert_memory_equal(a, b, sizeof(a));
+                for (int i = 0; i < N; i++) {   /* one at a time: the scalar tail of the SIMD path */
+                        float one = x[i];
+                        cpu_softcap(&one, 1, cap);
+                        assert_memory_equal(&one, &a[i], sizeof(float));
+                }
+                for (int i = 0; i < N; i++) {
+                        double want = cap * tanh((double) x[i] / cap);
+                        assert_true(fabs(a[i] - want) <= 4.0 * ldexp(1.0, -24) * fabs(want) + 1e-30);
+                        assert_true(signbit(a[i]) == signbit(x[i]) || x[i] == 0.0f);
+                }
+                assert_true(a[9] == cap && a[10] == -cap);
+        }
+}
+
 struct pool_ctx {
         atomic_int calls;
         atomic_int per_chunk[64];
@@ -212,6 +249,7 @@ int main(void) {
                 cmocka_unit_test(test_fp8_rounding),
                 cmocka_unit_test(test_quantize_row),
                 cmocka_unit_test(test_dot_kernels_agree),
+                cmocka_unit_test(test_softcap),
                 cmocka_unit_test(test_pool),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
