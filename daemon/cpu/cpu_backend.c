@@ -635,7 +635,7 @@ static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, floa
                 uint32_t mb = job->m - m0 < GEMM_MBLOCK ? job->m - m0 : GEMM_MBLOCK;
 
                 cpu_prepare_rows(w, job->x + (size_t) m0 * w->in, w->in, mb, xp);
-                if (mb < 4) {   /* decode: one activation row against 4 weight rows at a time */
+                if (mb == 1) {  /* one token: one activation row against 4 weight rows at a time */
                         for (uint32_t m = 0; m < mb; m++)
                                 for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
                                         uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;

@@ -216,6 +216,7 @@ static AVX2 void dot4_bf16_avx2(const float *xp, uint32_t ldx, uint32_t nx, cons
         }
         for (; i + 16 <= n; i += 16) {
                 __m256 we, wo;
+                _mm_prefetch((const char *) (w + i + 16 * (size_t) n), _MM_HINT_T0);
                 load_bf16_pairs(w + i, &we, &wo);
                 for (uint32_t r = 0; r < nx; r++) {
                         const float *xr = xp + (size_t) r * ldx + i;
