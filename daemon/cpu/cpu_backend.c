@@ -636,13 +636,12 @@ static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, floa
 
                 cpu_prepare_rows(w, job->x + (size_t) m0 * w->in, w->in, mb, xp);
                 if (mb == 1) {  /* one token: one activation row against 4 weight rows at a time */
-                        for (uint32_t m = 0; m < mb; m++)
-                                for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
-                                        uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
-                                        cpu_dot_wrows(w, (uint32_t) n, nn, xp + (size_t) m * w->in, acc);
-                                        gemm_epilogue(job, m0 + m, n, acc, nn);
-                                        memcpy(job->y + (size_t) (m0 + m) * w->out + n, acc, nn * sizeof(float));
-                                }
+                        for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
+                                uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
+                                cpu_dot_wrows(w, (uint32_t) n, nn, xp, acc);
+                                gemm_epilogue(job, m0, n, acc, nn);
+                                memcpy(job->y + (size_t) m0 * w->out + n, acc, nn * sizeof(float));
+                        }
                         continue;
                 }
                 for (uint64_t n = r0; n < r1; n++) {

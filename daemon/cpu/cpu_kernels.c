@@ -156,143 +156,93 @@ static inline AVX2 float hsum_avx2(__m256 a0, __m256 a1) {
         return _mm_cvtss_f32(r);
 }
 
-static inline AVX2 __m256 load_f32x8(const float *w) {
-        return _mm256_loadu_ps(w);
+/* Loaders of one block of 16 weights as the two accumulators' operands (see the portable kernels). */
+static inline AVX2 void load16_f32(const float *w, __m256 *lo, __m256 *hi) {
+        *lo = _mm256_loadu_ps(w);
+        *hi = _mm256_loadu_ps(w + 8);
 }
 
-/* Up to 4 activation rows against one weight row; each row's arithmetic is identical to the 1-row case. */
-#define DEFINE_AVX2_DOT(NAME, WTYPE, LOADW, LOADS)                                                    \
-        static AVX2 void NAME(const float *x, uint32_t ldx, uint32_t nx, const WTYPE *w, uint32_t n,  \
-                              float *out) {                                                           \
-                __m256 a0[4], a1[4];                                                                  \
-                float tail[4];                                                                        \
-                uint32_t i = 0;                                                                       \
-                for (uint32_t r = 0; r < 4; r++) {                                                    \
-                        a0[r] = _mm256_setzero_ps();                                                  \
-                        a1[r] = _mm256_setzero_ps();                                                  \
-                        tail[r] = 0.0f;                                                               \
-                }                                                                                     \
-                for (; i + 16 <= n; i += 16) {                                                        \
-                        __m256 w0 = LOADW(w + i), w1 = LOADW(w + i + 8);                              \
-                        for (uint32_t r = 0; r < nx; r++) {                                           \
-                                const float *xr = x + (size_t) r * ldx + i;                           \
-                                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), w0, a0[r]);              \
-                                a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), w1, a1[r]);          \
-                        }                                                                             \
-                }                                                                                     \
-                if (i + 8 <= n) {                                                                     \
-                        __m256 w0 = LOADW(w + i);                                                     \
-                        for (uint32_t r = 0; r < nx; r++)                                             \
-                                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (size_t) r * ldx + i), w0, \
-                                                        a0[r]);                                       \
-                        i += 8;                                                                       \
-                }                                                                                     \
-                for (; i < n; i++)                                                                    \
-                        for (uint32_t r = 0; r < nx; r++)                                             \
-                                tail[r] = fmaf(x[(size_t) r * ldx + i], LOADS(w[i]), tail[r]);        \
-                for (uint32_t r = 0; r < nx; r++)                                                     \
-                        out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];                                   \
-        }
-
-DEFINE_AVX2_DOT(dot4_f32_avx2, float, load_f32x8, LOAD_F32)
-
-/* BF16 in pair order (see dot_bf16_portable): even elements are the low halves of 32-bit words. */
-static inline AVX2 void load_bf16_pairs(const uint16_t *w, __m256 *even, __m256 *odd) {
+/* BF16 in pair order: even elements are the low halves of 32-bit words, odd ones the high halves. */
+static inline AVX2 void load16_bf16(const uint16_t *w, __m256 *even, __m256 *odd) {
         __m256i v = _mm256_loadu_si256((const __m256i *) w);
         *even = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
         *odd = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int) 0xffff0000u)));
 }
 
-static AVX2 void dot4_bf16_avx2(const float *xp, uint32_t ldx, uint32_t nx, const uint16_t *w, uint32_t n,
-                                float *out) {
-        __m256 a0[4], a1[4];
-        float tail[4];
-        uint32_t i = 0;
-
-        for (uint32_t r = 0; r < 4; r++) {
-                a0[r] = _mm256_setzero_ps();
-                a1[r] = _mm256_setzero_ps();
-                tail[r] = 0.0f;
+/* F32 weights also take a block of 8 into the first accumulator; BF16 weights leave it to the tail. */
+#define STEP8_F32(w, x, ldx, nrow, a0, i, n)                                                           \
+        if (i + 8 <= n) {                                                                             \
+                for (uint32_t r = 0; r < (nrow); r++)                                                 \
+                        a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x(r) + i), _mm256_loadu_ps(w(r) + i),    \
+                                                a0[r]);                                               \
+                i += 8;                                                                               \
         }
-        for (; i + 16 <= n; i += 16) {
-                __m256 we, wo;
-                _mm_prefetch((const char *) (w + i + 16 * (size_t) n), _MM_HINT_T0);
-                load_bf16_pairs(w + i, &we, &wo);
-                for (uint32_t r = 0; r < nx; r++) {
-                        const float *xr = xp + (size_t) r * ldx + i;
-                        a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), we, a0[r]);
-                        a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), wo, a1[r]);
-                }
-        }
-        for (; i < n; i++)
-                for (uint32_t r = 0; r < nx; r++)
-                        tail[r] = fmaf(xp[(size_t) r * ldx + i], cpu_bf16_to_f32(w[i]), tail[r]);
-        for (uint32_t r = 0; r < nx; r++)
-                out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];
-}
+#define STEP8_NONE(w, x, ldx, nrow, a0, i, n)
 
-/* One activation row against up to 4 consecutive weight rows (decode); per row identical to the above. */
-#define DEFINE_AVX2_WDOT(NAME, WTYPE, LOADW, LOADS)                                                   \
-        static AVX2 void NAME(const float *x, const WTYPE *w, uint32_t nw, uint32_t n, float *out) {  \
+/*
+ * KERNEL_4X: up to 4 activation rows (stride ldx) against one weight row (prefill).
+ * KERNEL_W4: one activation row against up to 4 consecutive weight rows (decode), prefetching the rows
+ * 16 ahead. Per (activation row, weight row) both evaluate exactly the portable kernel's order.
+ */
+#define DEFINE_AVX2_KERNELS(SUFFIX, WTYPE, LOAD16, STEP8, LOADS)                                      \
+        static AVX2 void dot4x_##SUFFIX(const float *xp, uint32_t ldx, uint32_t nx, const WTYPE *w,   \
+                                        uint32_t n, float *out) {                                     \
                 __m256 a0[4], a1[4];                                                                  \
-                float tail[4];                                                                        \
+                float tail[4] = { 0 };                                                                \
                 uint32_t i = 0;                                                                       \
-                for (uint32_t r = 0; r < 4; r++) {                                                    \
-                        a0[r] = _mm256_setzero_ps();                                                  \
-                        a1[r] = _mm256_setzero_ps();                                                  \
-                        tail[r] = 0.0f;                                                               \
-                }                                                                                     \
+                for (uint32_t r = 0; r < 4; r++)                                                      \
+                        a0[r] = a1[r] = _mm256_setzero_ps();                                          \
                 for (; i + 16 <= n; i += 16) {                                                        \
-                        __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);          \
-                        for (uint32_t r = 0; r < nw; r++) {                                           \
-                                const WTYPE *wr = w + (size_t) r * n + i;                             \
-                                _mm_prefetch((const char *) (wr + 16 * (size_t) n), _MM_HINT_T0);      \
-                                a0[r] = _mm256_fmadd_ps(x0, LOADW(wr), a0[r]);                        \
-                                a1[r] = _mm256_fmadd_ps(x1, LOADW(wr + 8), a1[r]);                    \
+                        __m256 lo, hi;                                                                \
+                        _mm_prefetch((const char *) (w + i + 16 * (size_t) n), _MM_HINT_T0);          \
+                        LOAD16(w + i, &lo, &hi);                                                      \
+                        for (uint32_t r = 0; r < nx; r++) {                                           \
+                                const float *xr = xp + (size_t) r * ldx + i;                          \
+                                a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), lo, a0[r]);              \
+                                a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), hi, a1[r]);          \
                         }                                                                             \
                 }                                                                                     \
-                if (i + 8 <= n) {                                                                     \
-                        __m256 x0 = _mm256_loadu_ps(x + i);                                           \
-                        for (uint32_t r = 0; r < nw; r++)                                             \
-                                a0[r] = _mm256_fmadd_ps(x0, LOADW(w + (size_t) r * n + i), a0[r]);    \
-                        i += 8;                                                                       \
+                STEP8(ROW_W0, ROW_X, ldx, nx, a0, i, n)                                               \
+                for (; i < n; i++)                                                                    \
+                        for (uint32_t r = 0; r < nx; r++)                                             \
+                                tail[r] = fmaf(xp[(size_t) r * ldx + i], LOADS(w[i]), tail[r]);       \
+                for (uint32_t r = 0; r < nx; r++)                                                     \
+                        out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];                                   \
+        }                                                                                             \
+        static AVX2 void dotw4_##SUFFIX(const float *xp, const WTYPE *w, uint32_t nw, uint32_t n,     \
+                                        float *out) {                                                 \
+                __m256 a0[4], a1[4];                                                                  \
+                float tail[4] = { 0 };                                                                \
+                uint32_t i = 0;                                                                       \
+                for (uint32_t r = 0; r < 4; r++)                                                      \
+                        a0[r] = a1[r] = _mm256_setzero_ps();                                          \
+                for (; i + 16 <= n; i += 16) {                                                        \
+                        __m256 x0 = _mm256_loadu_ps(xp + i), x1 = _mm256_loadu_ps(xp + i + 8);        \
+                        for (uint32_t r = 0; r < nw; r++) {                                           \
+                                const WTYPE *wr = w + (size_t) r * n + i;                             \
+                                __m256 lo, hi;                                                        \
+                                _mm_prefetch((const char *) (wr + 16 * (size_t) n), _MM_HINT_T0);     \
+                                LOAD16(wr, &lo, &hi);                                                 \
+                                a0[r] = _mm256_fmadd_ps(x0, lo, a0[r]);                               \
+                                a1[r] = _mm256_fmadd_ps(x1, hi, a1[r]);                               \
+                        }                                                                             \
                 }                                                                                     \
+                STEP8(ROW_WR, ROW_X0, 0, nw, a0, i, n)                                                \
                 for (; i < n; i++)                                                                    \
                         for (uint32_t r = 0; r < nw; r++)                                             \
-                                tail[r] = fmaf(x[i], LOADS(w[(size_t) r * n + i]), tail[r]);          \
+                                tail[r] = fmaf(xp[i], LOADS(w[(size_t) r * n + i]), tail[r]);         \
                 for (uint32_t r = 0; r < nw; r++)                                                     \
                         out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];                                   \
         }
 
-DEFINE_AVX2_WDOT(wdot4_f32_avx2, float, load_f32x8, LOAD_F32)
+/* row accessors for STEP8: 4x reads activation row r and the one weight row; w4 the reverse */
+#define ROW_X(r) (xp + (size_t) (r) * ldx)
+#define ROW_W0(r) ((const float *) w)
+#define ROW_X0(r) (xp)
+#define ROW_WR(r) ((const float *) w + (size_t) (r) * n)
 
-static AVX2 void wdot4_bf16_avx2(const float *xp, const uint16_t *w, uint32_t nw, uint32_t n, float *out) {
-        __m256 a0[4], a1[4];
-        float tail[4];
-        uint32_t i = 0;
-
-        for (uint32_t r = 0; r < 4; r++) {
-                a0[r] = _mm256_setzero_ps();
-                a1[r] = _mm256_setzero_ps();
-                tail[r] = 0.0f;
-        }
-        for (; i + 16 <= n; i += 16) {
-                __m256 x0 = _mm256_loadu_ps(xp + i), x1 = _mm256_loadu_ps(xp + i + 8);
-                for (uint32_t r = 0; r < nw; r++) {
-                        const uint16_t *wr = w + (size_t) r * n + i;
-                        __m256 we, wo;
-                        _mm_prefetch((const char *) (wr + 16 * (size_t) n), _MM_HINT_T0);
-                        load_bf16_pairs(wr, &we, &wo);
-                        a0[r] = _mm256_fmadd_ps(x0, we, a0[r]);
-                        a1[r] = _mm256_fmadd_ps(x1, wo, a1[r]);
-                }
-        }
-        for (; i < n; i++)
-                for (uint32_t r = 0; r < nw; r++)
-                        tail[r] = fmaf(xp[i], cpu_bf16_to_f32(w[(size_t) r * n + i]), tail[r]);
-        for (uint32_t r = 0; r < nw; r++)
-                out[r] = hsum_avx2(a0[r], a1[r]) + tail[r];
-}
+DEFINE_AVX2_KERNELS(f32, float, load16_f32, STEP8_F32, LOAD_F32)
+DEFINE_AVX2_KERNELS(bf16, uint16_t, load16_bf16, STEP8_NONE, LOAD_BF16)
 #endif
 
 #if HAVE_X86_DISPATCH
@@ -325,8 +275,8 @@ static AVX2 void softcap_avx2(float *v, uint32_t n, float cap) {
                 ki = _mm256_cvttps_epi32(k);
                 e = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23));
                 e = _mm256_mul_ps(p, e);
-                big = _mm256_sub_ps(_mm256_set1_ps(1.0f),
-                                    _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+                big = _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f)));
+                big = _mm256_sub_ps(_mm256_set1_ps(1.0f), big);
                 big = _mm256_or_ps(big, _mm256_and_ps(sign, t));
                 /* |t| < 0.5: polynomial; else the exp form (a was clamped, t was not) */
                 t = _mm256_blendv_ps(big, small,
@@ -377,10 +327,10 @@ void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint
                 for (uint32_t r = 0; r < n_x; r += 4) {
                         uint32_t nx = n_x - r < 4 ? n_x - r : 4;
                         if (w->type == CPU_W_BF16)
-                                dot4_bf16_avx2(x + (size_t) r * ldx, ldx, nx,
+                                dot4x_bf16(x + (size_t) r * ldx, ldx, nx,
                                                (const uint16_t *) w->w + (size_t) row * n, n, out + r);
                         else
-                                dot4_f32_avx2(x + (size_t) r * ldx, ldx, nx,
+                                dot4x_f32(x + (size_t) r * ldx, ldx, nx,
                                               (const float *) w->w + (size_t) row * n, n, out + r);
                 }
                 return;
@@ -404,10 +354,10 @@ void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, co
                 for (uint32_t r = 0; r < n_rows; r += 4) {
                         uint32_t nw = n_rows - r < 4 ? n_rows - r : 4;
                         if (w->type == CPU_W_BF16)
-                                wdot4_bf16_avx2(x, (const uint16_t *) w->w + (size_t) (row + r) * n, nw, n,
+                                dotw4_bf16(x, (const uint16_t *) w->w + (size_t) (row + r) * n, nw, n,
                                                 out + r);
                         else
-                                wdot4_f32_avx2(x, (const float *) w->w + (size_t) (row + r) * n, nw, n,
+                                dotw4_f32(x, (const float *) w->w + (size_t) (row + r) * n, nw, n,
                                                out + r);
                 }
                 return;
@@ -421,7 +371,7 @@ float cpu_dot_f32(const float *a, const float *b, uint32_t n) {
 #if HAVE_X86_DISPATCH
         if (use_avx2) {
                 float r;
-                dot4_f32_avx2(a, n, 1, b, n, &r);
+                dot4x_f32(a, n, 1, b, n, &r);
                 return r;
         }
 #endif
