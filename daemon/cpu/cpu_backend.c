@@ -79,6 +79,8 @@ struct backend {
         uint32_t full_row, sliding_row; /* floats per position per layer (n_kv * hd) */
         float *kv_full_k, *kv_full_v, *kv_sliding_k, *kv_sliding_v;
         uint64_t kv_bytes, weight_bytes;
+        bool kv_round;                  /* round K/V to kv_dtype (GPU emulation) */
+        enum kv_dtype kv_dtype;
         uint32_t max_num_seqs, max_batched_tokens, max_model_len;
         uint32_t max_q, max_kv;         /* widest q / kv row over all layers */
         uint32_t max_in;                /* widest linear input */
@@ -499,6 +501,8 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
                 }
         }
 
+        b->kv_round = p->cpu_kv_round;
+        b->kv_dtype = p->kv_dtype;
         b->page_size = p->page_size ? p->page_size : DEFAULT_PAGE_SIZE;
         b->max_num_seqs = p->max_num_seqs ? p->max_num_seqs : DEFAULT_MAX_NUM_SEQS;
         b->max_batched_tokens = p->max_batched_tokens ? p->max_batched_tokens : DEFAULT_MAX_BATCHED_TOKENS;
@@ -814,6 +818,13 @@ static void attn_worker(void *vctx, uint32_t chunk, int tid) {
         }
 }
 
+/* What the GPU's cache holds: BF16, or E4M3 with scale 1.0 (backend.h). The step's own keys are rounded
+ * too, as a GPU kernel reads them back from the cache. */
+static void kv_round(float *v, uint32_t n, enum kv_dtype dtype) {
+        for (uint32_t i = 0; i < n; i++)
+                v[i] = dtype == KV_DTYPE_BF16 ? bf16_to_f32(f32_to_bf16(v[i])) : cpu_round_fp8_e4m3(v[i]);
+}
+
 static void kv_store(struct backend *b, const struct cpu_layer *L, const struct step_seq *s) {
         uint32_t row = L->n_kv * L->hd;
 
@@ -863,6 +874,10 @@ static void attention_block(struct backend *b, const struct cpu_layer *L, const 
                                 rmsnorm(kh, kh, L->k_norm, hd, c->rms_norm_eps);
                                 rope(kh, hd, L->inv_freq, p);
                                 rmsnorm(vh, vh, NULL, hd, c->rms_norm_eps);
+                                if (b->kv_round) {
+                                        kv_round(kh, hd, b->kv_dtype);
+                                        kv_round(vh, hd, b->kv_dtype);
+                                }
                         }
                 }
         }

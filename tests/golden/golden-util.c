@@ -111,7 +111,8 @@ int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o
         e.max_seqs = o->max_seqs;
         e.max_len = o->max_len;
         e.pages_per_seq = (o->max_len + B - 1) / B;
-        p.kv_dtype = KV_DTYPE_BF16;
+        p.kv_dtype = o->kv_round ? o->kv_dtype : KV_DTYPE_BF16;
+        p.cpu_kv_round = o->kv_round;
         p.page_size = B;
         p.max_num_seqs = o->max_seqs;
         p.max_batched_tokens = o->max_batched_tokens;

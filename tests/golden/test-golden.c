@@ -281,6 +281,32 @@ static void test_batched_equals_single(void **state) {
         }
 }
 
+/* GPU KV emulation: rounding K/V to BF16 / E4M3 moves the logits a little, never changes the invariants. */
+static void test_kv_rounding(void **state) {
+        const enum kv_dtype dtypes[] = { KV_DTYPE_BF16, KV_DTYPE_FP8 };
+        const double max_rel[] = { 2e-2, 0.3 };
+        float *ref = prompt_logits("tiny-a", "bf16-flat", &default_opts, 0);
+        size_t bytes = prompt_bytes("tiny-a");
+
+        for (size_t i = 0; i < 2; i++) {
+                struct golden_engine_opts o = default_opts;
+                float *one, *chunked;
+                double rel;
+
+                o.kv_round = true;
+                o.kv_dtype = dtypes[i];
+                one = prompt_logits("tiny-a", "bf16-flat", &o, 0);
+                chunked = prompt_logits("tiny-a", "bf16-flat", &o, 3);
+                rel = golden_rel_frobenius(one, ref, bytes / sizeof(float));
+                printf("# tiny-a with %s KV: rel %.3e to float32 KV\n", i ? "FP8" : "BF16", rel);
+                assert_true(rel > 0.0 && rel <= max_rel[i]);
+                assert_memory_equal(one, chunked, bytes);
+                free(one);
+                free(chunked);
+        }
+        free(ref);
+}
+
 static void test_bad_input(void **state) {
         struct golden_engine e = open_engine("tiny-c", "bf16-flat", &default_opts);
         int32_t toks[4] = { 2, 5, 6, 7 };
@@ -342,6 +368,7 @@ int main(void) {
                 cmocka_unit_test(test_page_sizes),
                 cmocka_unit_test(test_threads_and_step_split),
                 cmocka_unit_test(test_batched_equals_single),
+                cmocka_unit_test(test_kv_rounding),
                 cmocka_unit_test(test_bad_input),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,6 +26,7 @@ struct eval_opts {
         uint32_t greedy, bench, page_size, chunk;
         int threads;
         enum kv_dtype kv_dtype;
+        bool kv_dtype_set;
 };
 
 static void usage(FILE *f) {
@@ -37,7 +38,8 @@ static void usage(FILE *f) {
               "  --threads N            CPU backend threads (default: all cores)\n"
               "  --page-size B          KV page size in tokens (default 16)\n"
               "  --chunk N              prefill at most N tokens per step (default 256)\n"
-              "  --kv-dtype bf16|fp8    CUDA KV cache dtype (default bf16; the CPU keeps float32)\n"
+              "  --kv-dtype bf16|fp8    KV cache dtype (CUDA default bf16; the CPU keeps float32 unless given,\n"
+              "                         then rounds K/V as the GPU stores them)\n"
               "  -h, --help\n", f);
 }
 
@@ -134,6 +136,7 @@ static int parse_args(int argc, char **argv, struct eval_opts *o) {
                 case 'p': r = parse_u32(optarg, "--page-size", 1, 4096, &o->page_size); break;
                 case 'c': r = parse_u32(optarg, "--chunk", 1, 1u << 16, &o->chunk); break;
                 case 'k':
+                        o->kv_dtype_set = true;
                         if (strcmp(optarg, "bf16") == 0)
                                 o->kv_dtype = KV_DTYPE_BF16;
                         else if (strcmp(optarg, "fp8") == 0)
@@ -239,6 +242,7 @@ static int run(const struct eval_opts *o) {
         s.n_full = (s.max_len + B - 1) / B;
         ring = (s.model->cfg.sliding_window + B - 1) / B + 1;
         p.kv_dtype = o->kv_dtype;
+        p.cpu_kv_round = o->kv_dtype_set;
         p.page_size = B;
         p.max_num_seqs = 1;
         p.max_batched_tokens = o->chunk;
