@@ -62,7 +62,7 @@ struct gemm_job {
 };
 
 struct backend {
-        const struct model *m;
+        const struct model *m;          /* during create() only: everything is copied, the model may go */
         struct model_config cfg;
         struct cpu_pool *pool;
         uint32_t n_threads;
@@ -86,7 +86,7 @@ struct backend {
         uint32_t max_in;                /* widest linear input */
         float *xprep;                   /* [n_threads][GEMM_MBLOCK][max_in] prepared activations */
         /* step workspace, sized for max_batched_tokens */
-        float *x, *a, *aq, *ascale, *q, *k, *v, *attn, *attnq, *h, *t1, *t2, *t3, *m1, *m2;
+        float *x, *a, *aq, *ascale, *q, *k, *v, *attn, *h, *t1, *t2, *t3, *m1, *m2;
         float *router_logits;
         int32_t *topk_idx;
         float *topk_w;
@@ -269,13 +269,10 @@ static void backend_destroy(struct backend *b) {
         free(b->kv_full_v);
         free(b->kv_sliding_k);
         free(b->kv_sliding_v);
-        float *ws[] = { b->x,      b->a,         b->aq,          b->ascale,
-                        b->q,      b->k,         b->v,           b->attn,
-                        b->attnq,  b->h,         b->t1,          b->t2,
-                        b->t3,     b->m1,        b->m2,          b->router_logits,
-                        b->topk_w, b->pair_z,    b->pair_scale,  b->pair_g,
-                        b->pair_u, b->pair_d,    b->pair_dscale, b->pair_weight,
-                        b->scores, b->logit_rows, b->xprep };
+        float *ws[] = { b->x, b->a, b->aq, b->ascale, b->q, b->k, b->v, b->attn, b->h, b->t1, b->t2, b->t3,
+                        b->m1, b->m2, b->router_logits, b->topk_w, b->pair_z, b->pair_scale, b->pair_g,
+                        b->pair_u, b->pair_d, b->pair_dscale, b->pair_weight, b->scores, b->logit_rows,
+                        b->xprep };
         for (size_t j = 0; j < sizeof(ws) / sizeof(ws[0]); j++)
                 free(ws[j]);
         free(b->topk_idx);
@@ -296,12 +293,15 @@ static int load_layer(struct backend *b, uint32_t li, char **reterr) {
         int r;
 
         L->full = c->layer_type[li] == LAYER_FULL;
+        /* RoPE tables are per layer kind, so the head dim must be the kind's; the KV head count comes from
+         * the loader (full layers use the global count only with k_eq_v, as transformers does) */
         L->hd = L->full ? c->global_head_dim : c->head_dim;
-        L->n_kv = L->full ? c->n_global_kv_heads : c->n_kv_heads;
+        L->n_kv = W->n_kv_heads ? W->n_kv_heads
+                                : (L->full && c->attention_k_eq_v ? c->n_global_kv_heads : c->n_kv_heads);
         if (W->head_dim && W->head_dim != L->hd)
-                L->hd = W->head_dim;
-        if (W->n_kv_heads && W->n_kv_heads != L->n_kv)
-                L->n_kv = W->n_kv_heads;
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: layer %u: head_dim %u disagrees with the config (%u)", li,
+                               W->head_dim, L->hd);
         if (L->hd == 0 || L->hd % 2 || L->n_kv == 0 || c->n_heads % L->n_kv)
                 return set_err(reterr, -EINVAL,
                                "cpu backend: layer %u: bad geometry (%u kv heads of %u, %u heads)", li,
@@ -540,7 +540,6 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
                 b->k = xcalloc(T * b->max_kv, 4, &failed);
                 b->v = xcalloc(T * b->max_kv, 4, &failed);
                 b->attn = xcalloc(T * b->max_q, 4, &failed);
-                b->attnq = xcalloc(T * b->max_q, 4, &failed);
                 b->h = xcalloc(T * H, 4, &failed);
                 b->t1 = xcalloc(T * (I > H ? I : H), 4, &failed);
                 b->t2 = xcalloc(T * (I > H ? I : H), 4, &failed);
