@@ -573,6 +573,7 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         }
         if (p->progress)
                 p->progress(p->progress_userdata, "converting weights", 1.0);
+        b->m = NULL;
         *ret = b;
         return 0;
 }
