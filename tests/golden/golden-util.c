@@ -109,6 +109,7 @@ int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o
                 return r;
         }
         e.max_seqs = o->max_seqs;
+        e.vocab = e.model->cfg.vocab_size;
         e.max_len = o->max_len;
         e.pages_per_seq = (o->max_len + B - 1) / B;
         p.kv_dtype = o->kv_round ? o->kv_dtype : KV_DTYPE_BF16;
@@ -165,7 +166,7 @@ static struct backend_seq seq_for(struct golden_engine *e, uint32_t seq, const i
 
 int golden_run(struct golden_engine *e, uint32_t seq, const int32_t *tokens, uint32_t n, uint32_t pos,
                uint32_t chunk, bool all, float *out) {
-        uint32_t V = e->model->cfg.vocab_size, done = 0;
+        uint32_t V = e->vocab, done = 0;
 
         if (chunk == 0)
                 chunk = n;

@@ -30,7 +30,7 @@ struct golden_engine {
         struct model *model;
         struct backend *be;
         struct backend_capacity cap;
-        uint32_t max_seqs, max_len, pages_per_seq;
+        uint32_t max_seqs, max_len, pages_per_seq, vocab;
         uint32_t *full_pages, *sliding_pages;   /* [max_seqs][...] */
 };
 

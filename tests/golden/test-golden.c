@@ -307,6 +307,24 @@ static void test_kv_rounding(void **state) {
         free(ref);
 }
 
+/* create() copies every weight: the model can be freed before the first forward */
+static void test_model_freed_after_create(void **state) {
+        struct golden_engine e = open_engine("tiny-c", "fp8", &default_opts);
+        struct golden_meta m;
+        float *ref = prompt_logits("tiny-c", "fp8", &default_opts, 0), *got;
+
+        assert_int_equal(golden_meta_load("tiny-c", &m), 0);
+        got = malloc((size_t) m.n_prompt * m.vocab * sizeof(float));
+        assert_non_null(got);
+        e.model = model_free(e.model);
+        assert_int_equal(golden_run(&e, 0, m.prompt, m.n_prompt, 0, 0, true, got), 0);
+        assert_memory_equal(ref, got, (size_t) m.n_prompt * m.vocab * sizeof(float));
+        free(ref);
+        free(got);
+        golden_meta_done(&m);
+        golden_engine_close(&e);
+}
+
 static void test_bad_input(void **state) {
         struct golden_engine e = open_engine("tiny-c", "bf16-flat", &default_opts);
         int32_t toks[4] = { 2, 5, 6, 7 };
@@ -369,6 +387,7 @@ int main(void) {
                 cmocka_unit_test(test_threads_and_step_split),
                 cmocka_unit_test(test_batched_equals_single),
                 cmocka_unit_test(test_kv_rounding),
+                cmocka_unit_test(test_model_freed_after_create),
                 cmocka_unit_test(test_bad_input),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
