@@ -544,6 +544,57 @@ static void test_loader_errors(void **state) {
         }
 }
 
+/* Truncated and mutated files never crash the loader: they fail with a message or load a tokenizer
+ * that works. */
+static void test_loader_robustness(void **state) {
+        char *json = tiny_json(false, true, true, false);
+        size_t len = strlen(json);
+        unsigned seed = 99;
+        char *copy = malloc(len + 1);
+
+        for (size_t cut = 0; cut < len; cut += cut + 300 < len ? 7 : 1) {
+                struct tokenizer *t = NULL;
+                char *err = NULL;
+
+                assert_true(tokenizer_load_buffer(json, cut, "cut.json", &t, &err) < 0);
+                assert_null(t);
+                assert_non_null(err);
+                assert_non_null(strstr(err, "cut.json: "));
+                free(err);
+        }
+        for (int i = 0; i < 400; i++) {
+                static const char alphabet[] = "{}[]\":,0129aZ \\u\xff\x01";
+                struct tokenizer *t = NULL;
+                char *err = NULL;
+                int r;
+
+                memcpy(copy, json, len + 1);
+                for (int k = 0; k < 1 + i % 3; k++) {
+                        seed = seed * 1103515245u + 12345u;
+                        copy[(seed >> 8) % len] = alphabet[(seed >> 20) % (sizeof(alphabet) - 1)];
+                }
+                r = tokenizer_load_buffer(copy, len, "mutated.json", &t, &err);
+                if (r < 0) {
+                        assert_null(t);
+                        assert_non_null(err);
+                        free(err);
+                } else {
+                        int32_t *ids;
+                        size_t n;
+                        char *text;
+
+                        assert_null(err);
+                        assert_int_equal(tokenizer_encode(t, "abc <s> x\xff", 10, true, &ids, &n), 0);
+                        assert_int_equal(tokenizer_decode(t, ids, n, false, &text, &n), 0);
+                        free(ids);
+                        free(text);
+                        tokenizer_free(t);
+                }
+        }
+        free(copy);
+        free(json);
+}
+
 static void test_loader_duplicates(void **state) {
         /* a repeated vocabulary string resolves to its last id; a repeated merge pair takes the later rank
          * (both as HF's hash maps do) */
@@ -1023,6 +1074,7 @@ int main(void) {
                 cmocka_unit_test(test_long_input),
                 cmocka_unit_test(test_append),
                 cmocka_unit_test(test_loader_errors),
+                cmocka_unit_test(test_loader_robustness),
                 cmocka_unit_test(test_loader_duplicates),
                 cmocka_unit_test(test_tiny_decode),
                 /* Gemma 4 against HF tokenizers (npm fixtures) */
