@@ -106,7 +106,8 @@ static void str_index_put(struct tokenizer *t, uint32_t e) {
         }
 }
 
-static int32_t vocab_lookup_hashed(const struct tokenizer *t, const char *s, size_t n, uint64_t h) {
+/* Index of the vocabulary entry whose string is s[0..n) (h = its hash), or -1. */
+static int32_t vocab_find_entry(const struct tokenizer *t, const char *s, size_t n, uint64_t h) {
         uint64_t tag = h >> 32 << 32;
 
         for (size_t i = h & t->vocab.mask;; i = (i + 1) & t->vocab.mask) {
@@ -118,8 +119,14 @@ static int32_t vocab_lookup_hashed(const struct tokenizer *t, const char *s, siz
                 o = (uint32_t)slot - 1;
                 if ((slot & ~0xffffffffull) == tag && t->entries[o].len == n &&
                     memcmp(t->strings + t->entries[o].off, s, n) == 0)
-                        return t->entries[o].id;
+                        return (int32_t)o;
         }
+}
+
+static int32_t vocab_lookup_hashed(const struct tokenizer *t, const char *s, size_t n, uint64_t h) {
+        int32_t e = vocab_find_entry(t, s, n, h);
+
+        return e >= 0 ? t->entries[e].id : -1;
 }
 
 int32_t tok_vocab_lookup(const struct tokenizer *t, const char *s, size_t n) {
@@ -704,8 +711,9 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
         t->merge_left = malloc(cap * sizeof(int32_t));
         t->merge_right = malloc(cap * sizeof(int32_t));
         t->merge_result = malloc(cap * sizeof(int32_t));
+        t->merge_result_entry = malloc(cap * sizeof(uint32_t));
         scratch = malloc(span_len + 1);
-        if (!t->merge_left || !t->merge_right || !t->merge_result || !scratch) {
+        if (!t->merge_left || !t->merge_right || !t->merge_result || !t->merge_result_entry || !scratch) {
                 free(scratch);
                 return -ENOMEM;
         }
@@ -765,7 +773,7 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
                         vocab_prefetch(t, hm);
                         a = vocab_lookup_hashed(t, scratch, la, ha);
                         b = vocab_lookup_hashed(t, scratch + la, lb, hb);
-                        m = vocab_lookup_hashed(t, scratch, la + lb, hm);
+                        m = vocab_find_entry(t, scratch, la + lb, hm);
                 }
                 if (a < 0 || b < 0 || m < 0) {
                         size_t line, col;
@@ -784,7 +792,8 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
                 }
                 t->merge_left[count] = a;
                 t->merge_right[count] = b;
-                t->merge_result[count] = m;
+                t->merge_result_entry[count] = (uint32_t)m;
+                t->merge_result[count] = t->entries[m].id;
                 merge_index_put(&t->merges, a, b, count);
                 if (mixes_char(scratch, la + lb, '\n'))
                         t->split_newlines = false;
@@ -986,6 +995,50 @@ static int check_added(struct load_ctx *c, json_t *list, uint32_t *max_id, size_
         return 0;
 }
 
+/* Fills t->space_block: the characters that some merge result has right before the space symbol. */
+static int find_space_blockers(struct tokenizer *t) {
+        char sym[4];
+        size_t sl;
+
+        t->split_space = false;
+        if (!t->has_normalizer || t->ignore_merges)
+                return 0;
+        sl = utf8_encode(t->norm_to, sym);
+        if (sl == 0 || t->norm_to >= 0x10000 || t->bmp_ids[t->norm_to] < 0)
+                return 0;
+        t->space_block = calloc(0x10000 / 8, 1);
+        if (!t->space_block)
+                return -ENOMEM;
+        for (uint32_t r = 0; r < t->n_merges; r++) {
+                const struct vocab_entry *e = &t->entries[t->merge_result_entry[r]];
+                const uint8_t *p = (const uint8_t *)t->strings + e->off;
+                size_t n = e->len, prev_len = 0;
+
+                for (size_t i = 0; i < n;) {
+                        size_t l = utf8_sequence_len(p + i, n - i);
+
+                        if (l == 0)
+                                l = 1;
+                        if (l == sl && memcmp(p + i, sym, sl) == 0 && prev_len > 0) {
+                                const uint8_t *c = p + i - prev_len;
+
+                                if (!(prev_len == sl && memcmp(c, sym, sl) == 0)) {
+                                        uint32_t cp = utf8_decode(c, prev_len);
+
+                                        if (cp < 0x10000)
+                                                t->space_block[cp >> 3] |= (uint8_t)(1u << (cp & 7));
+                                        else
+                                                t->space_block_high = true;
+                                }
+                        }
+                        prev_len = utf8_sequence_len(p + i, n - i);
+                        i += l;
+                }
+        }
+        t->split_space = true;
+        return 0;
+}
+
 /* Per-id tables: pieces (vocabulary strings, then added contents over them), flags, decoded texts,
  * byte tokens and the one-character lookup table. */
 static int build_id_tables(struct tokenizer *t, json_t *added, size_t vocab_bytes, size_t added_bytes) {
@@ -1104,6 +1157,9 @@ static int build_id_tables(struct tokenizer *t, json_t *added, size_t vocab_byte
                                 t->bmp_ids[cp] = tok_vocab_lookup(t, (const char *)p, n);
                 }
         }
+        k = find_space_blockers(t);
+        if (k < 0)
+                return k;
         /* splitting at newline/tab runs is exact only when the character is a vocabulary token of its
          * own (so no unk fusion crosses the boundary) and the normalizer does not produce or eat it */
         if (t->ignore_merges || t->bmp_ids['\n'] < 0 ||
@@ -1231,6 +1287,8 @@ static int load_from(struct load_ctx *c, char *buf, size_t len, struct tokenizer
                                 goto out;
                         }
         }
+        free(t->merge_result_entry);
+        t->merge_result_entry = NULL;
         *ret = t;
         t = NULL;
         k = 0;
@@ -1298,11 +1356,13 @@ void tokenizer_free(struct tokenizer *t) {
         free(t->entries);
         free(t->vocab.slots);
         free(t->bmp_ids);
+        free(t->space_block);
         free(t->merges.keys);
         free(t->merges.ranks);
         free(t->merge_left);
         free(t->merge_right);
         free(t->merge_result);
+        free(t->merge_result_entry);
         free(t->added.node_token);
         free(t->added.edge_keys);
         free(t->added.edge_child);

@@ -165,7 +165,8 @@ static char *stream_decode(const struct tokenizer *t, const int32_t *ids, size_t
 /* part 1: hand-made tokenizers                                                                      */
 
 /* ids: <unk> 0, <s> 1, a 2, b 3, c 4, ab 5, bc 6, abc 7, ▁ 8, ▁a 9, <0x00>..<0xFF> 10..265, \n 266,
- * \n\n 267, x 268, xx 269, <|t> 270 (special), <|tool> 271 (special), ext 272 (added, not special) */
+ * \n\n 267, x 268, xx 269, <|t> 270 (special), <|tool> 271 (special), ext 272 (added, not special),
+ * d 273, d▁ 274 (the first merge) */
 static const int32_t BYTE0 = 10;
 
 static char *tiny_json(bool legacy_merges, bool byte_fallback, bool fuse_unk, bool ignore_merges) {
@@ -190,16 +191,16 @@ static char *tiny_json(bool legacy_merges, bool byte_fallback, bool fuse_unk, bo
                  fuse_unk ? "true" : "false", byte_fallback ? "true" : "false", ignore_merges ? "true" : "false");
         sb_str(&b, tmp);
         sb_str(&b, "\"vocab\":{\"<unk>\":0,\"<s>\":1,\"a\":2,\"b\":3,\"c\":4,\"ab\":5,\"bc\":6,\"abc\":7,"
-                   "\"\xe2\x96\x81\":8,\"\\u2581a\":9,");
+                   "\"\xe2\x96\x81\":8,\"\\u2581a\":9,\"d\":273,\"d\xe2\x96\x81\":274,");
         for (int i = 0; i < 256; i++) {
                 snprintf(tmp, sizeof(tmp), "\"<0x%02X>\":%d,", i, BYTE0 + i);
                 sb_str(&b, tmp);
         }
         sb_str(&b, "\"\\n\":266,\"\\n\\n\":267,\"x\":268,\"xx\":269,\"<|t>\":270,\"<|tool>\":271},\"merges\":");
         if (legacy_merges)
-                sb_str(&b, "[\"#version: 0.2\",\"a b\",\"b c\",\"ab c\",\"\xe2\x96\x81 a\",\"\\n \\n\",\"x x\"]}}");
+                sb_str(&b, "[\"#version: 0.2\",\"d \xe2\x96\x81\",\"a b\",\"b c\",\"ab c\",\"\xe2\x96\x81 a\",\"\\n \\n\",\"x x\"]}}");
         else
-                sb_str(&b, "[[\"a\",\"b\"],[\"b\",\"c\"],[\"ab\",\"c\"],[\"\xe2\x96\x81\",\"a\"],[\"\\n\",\"\\n\"],"
+                sb_str(&b, "[[\"d\",\"\xe2\x96\x81\"],[\"a\",\"b\"],[\"b\",\"c\"],[\"ab\",\"c\"],[\"\xe2\x96\x81\",\"a\"],[\"\\n\",\"\\n\"],"
                            "[\"x\",\"x\"]]}}");
         return b.p;
 }
@@ -209,7 +210,7 @@ static void test_tiny_merges(void **state) {
                 char *json = tiny_json(legacy, true, true, false);
                 struct tokenizer *t = load_json(json);
 
-                assert_int_equal(tokenizer_vocab_size(t), 273);
+                assert_int_equal(tokenizer_vocab_size(t), 275);
                 ENC_EMPTY(t, "", true);
                 ENC(t, "a", true, 2);
                 ENC(t, "abc", true, 7);                 /* a+b (rank 0), then ab+c (rank 2) */
@@ -220,6 +221,10 @@ static void test_tiny_merges(void **state) {
                 ENC(t, "xxxxx", true, 269, 269, 268);
                 ENC(t, " a", true, 9);                  /* normalizer: space -> U+2581 */
                 ENC(t, "  a", true, 8, 9);
+                /* "d▁" is a merge result, so a word may not be cut between d and a space symbol */
+                ENC(t, "d a", true, 274, 2);
+                ENC(t, "c a", true, 4, 9);
+                ENC(t, "dd  a", true, 273, 274, 9);
                 ENC(t, "\xe2\x96\x81" "a", true, 9);    /* a literal U+2581 is the same symbol */
                 ENC(t, "\n\n\n", true, 267, 266);
                 ENC(t, "a\n\nb", true, 2, 267, 3);
@@ -277,7 +282,7 @@ static void test_tiny_added_tokens(void **state) {
                 assert_memory_equal(p, "\xe2\x96\x81" "a", 4);
                 assert_int_equal(tokenizer_token_to_piece(t, BYTE0 + 13, &p, &n), 0);
                 assert_memory_equal(p, "<0x0D>", 6);
-                assert_int_equal(tokenizer_token_to_piece(t, 273, &p, &n), -EINVAL);
+                assert_int_equal(tokenizer_token_to_piece(t, 275, &p, &n), -EINVAL);
                 assert_int_equal(tokenizer_token_to_piece(t, -5, &p, &n), -EINVAL);
         }
         tokenizer_free(t);
