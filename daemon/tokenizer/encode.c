@@ -8,6 +8,7 @@
  * O(log n) and a 100k-character segment is not quadratic.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -309,6 +310,9 @@ int tokenizer_encode_append(const struct tokenizer *t, const char *text, size_t 
         struct work w = { 0 };
         size_t n0 = out->n, seg = 0, i = 0;
         int k = 0;
+
+        if (len > INT32_MAX / 4)
+                return -E2BIG;          /* symbol positions and heap entries are 32-bit */
 
         while (i < len) {
                 size_t ml = 0;

@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1068,6 +1069,66 @@ static void test_gemma4_streaming_emoji(void **state) {
         free(b.p);
 }
 
+/* The tokenizer is read-only after loading: threads encoding and decoding at once get the same ids as
+ * one thread. */
+struct thread_job {
+        const struct tokenizer *t;
+        json_t *golden;
+        size_t first, step;
+        size_t mismatches;
+};
+
+static void *thread_main(void *arg) {
+        struct thread_job *job = arg;
+
+        for (size_t i = job->first; i < json_array_size(job->golden); i += job->step) {
+                json_t *g = json_array_get(job->golden, i);
+                const char *hex = json_string_value(json_object_get(g, "hex"));
+                json_t *want = json_object_get(g, "ids");
+                size_t n = strlen(hex) / 2, n_ids;
+                char *text = malloc(n + 1);
+                int32_t *ids;
+                char *dec;
+
+                for (size_t j = 0; j < n; j++) {
+                        unsigned v;
+
+                        sscanf(hex + 2 * j, "%2x", &v);
+                        text[j] = (char)v;
+                }
+                if (tokenizer_encode(job->t, text, n, true, &ids, &n_ids) < 0 || n_ids != json_array_size(want)) {
+                        job->mismatches++;
+                } else {
+                        for (size_t j = 0; j < n_ids; j++)
+                                job->mismatches += ids[j] != json_integer_value(json_array_get(want, j));
+                        if (tokenizer_decode(job->t, ids, n_ids, false, &dec, &n) == 0)
+                                free(dec);
+                        else
+                                job->mismatches++;
+                        free(ids);
+                }
+                free(text);
+        }
+        return NULL;
+}
+
+static void test_gemma4_threads(void **state) {
+        const struct tokenizer *t = gemma4();
+        json_t *golden = read_jsonl(".deps/fixtures/tokenizer-golden.jsonl", true);
+        struct thread_job jobs[4];
+        pthread_t th[4];
+
+        for (size_t i = 0; i < 4; i++) {
+                jobs[i] = (struct thread_job){ .t = t, .golden = golden, .first = i, .step = 7 };
+                assert_int_equal(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
+        }
+        for (size_t i = 0; i < 4; i++) {
+                assert_int_equal(pthread_join(th[i], NULL), 0);
+                assert_int_equal(jobs[i].mismatches, 0);
+        }
+        json_decref(golden);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 /* hand-made tokenizers */
@@ -1088,6 +1149,7 @@ int main(void) {
                 cmocka_unit_test(test_gemma4_corpus),
                 cmocka_unit_test(test_gemma4_decode_goldens),
                 cmocka_unit_test(test_gemma4_streaming_emoji),
+                cmocka_unit_test(test_gemma4_threads),
         };
         int failed = cmocka_run_group_tests_name("tokenizer", tests, NULL, teardown_gemma);
 
