@@ -85,6 +85,9 @@ static int check_config(const struct model *m, const struct backend_params *p, c
         if (p->page_size == 0 || p->max_num_seqs == 0 || p->max_batched_tokens == 0 || p->max_model_len == 0)
                 return cuda_errorf(reterr, -EINVAL, "backend: page_size, max_num_seqs, max_batched_tokens and "
                                                     "max_model_len must be positive");
+        if (p->lm_head_bf16 && c->hidden_size % 8 != 0)
+                return cuda_errorf(reterr, -EINVAL, "backend cuda: the BF16 LM head needs hidden_size %% 8 == 0 "
+                                                    "(cuBLASLt), hidden_size is %u", c->hidden_size);
         if (p->weights_bf16)
                 return cuda_errorf(reterr, -EOPNOTSUPP,
                                    "backend cuda: keeping BF16 weights is not implemented; checkpoints are "
@@ -94,8 +97,9 @@ static int check_config(const struct model *m, const struct backend_params *p, c
 
 /* ---- weights ---- */
 
+/* every matrix starts 256-byte aligned (16-byte vector loads) */
 static uint64_t linear_bytes(const struct linear_weight *lw) {
-        return lw->w.data ? (uint64_t) lw->out_features * lw->in_features : 0;
+        return lw->w.data ? ((uint64_t) lw->out_features * lw->in_features + 255) & ~(uint64_t) 255 : 0;
 }
 
 static int upload_weights(struct backend *b, struct uploader *u, char **reterr) {
@@ -114,15 +118,15 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                         wbytes += linear_bytes(lin[i]);
                         sfloats += lin[i]->w.data ? lin[i]->out_features : 0;
                 }
+                if (E)
+                        wbytes += 2 * 256 + (uint64_t) E * 3 * c->moe_intermediate_size * H;
                 for (uint32_t e = 0; e < E; e++) {
-                        wbytes += linear_bytes(&L->expert_gate[e]) + linear_bytes(&L->expert_up[e]) +
-                                  linear_bytes(&L->expert_down[e]);
                         sfloats += L->expert_gate[e].out_features + L->expert_up[e].out_features +
                                    L->expert_down[e].out_features;
                 }
         }
         if (!b->p.lm_head_bf16) {
-                wbytes += (uint64_t) c->vocab_size * H;
+                wbytes += (uint64_t) c->vocab_size * H + 256;
                 sfloats += c->vocab_size;
         }
         wbytes = (wbytes + 255) & ~(uint64_t) 255;
@@ -138,7 +142,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         do {                                                                                                 \
                 (dl)->w = wp;                                                                                \
                 (dl)->scale = sp;                                                                            \
-                wp += (uint64_t) (nrows) * (ncols);                                                          \
+                wp += ((uint64_t) (nrows) * (ncols) + 255) & ~(uint64_t) 255;                                \
                 sp += (nrows);                                                                               \
         } while (0)
 
@@ -191,6 +195,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                 sp += 2 * I;
                         }
                         D->e_gate_up = (struct dev_linear){gw, gs, 2 * I, H, E};
+                        wp = (uint8_t *) (((uintptr_t) wp + 255) & ~(uintptr_t) 255);
                         gw = wp;
                         gs = sp;
                         for (uint32_t e = 0; e < E; e++) {
@@ -202,6 +207,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                 sp += H;
                         }
                         D->e_down = (struct dev_linear){gw, gs, H, I, E};
+                        wp = (uint8_t *) (((uintptr_t) wp + 255) & ~(uintptr_t) 255);
                 }
                 struct {
                         const struct tensor_view *t;

@@ -121,7 +121,8 @@ struct engine {
         uint32_t *full, *sliding;
 };
 
-static int engine_open(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B) {
+static int engine_open_head(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B,
+                            bool head_bf16) {
         struct backend_params p = {0};
         char *err = NULL;
         int r;
@@ -141,6 +142,7 @@ static int engine_open(struct engine *e, const char *ops_name, struct model *m, 
         p.n_sliding_pages = 0;
         p.gpu_fraction = 0.5;
         p.n_threads = 0;
+        p.lm_head_bf16 = head_bf16;
         r = e->ops->create(m, &p, &e->be, &err);
         if (r < 0) {
                 printf("# %s create: %s\n", ops_name, err ? err : strerror(-r));
@@ -156,6 +158,10 @@ static int engine_open(struct engine *e, const char *ops_name, struct model *m, 
         for (uint32_t i = 0; i < e->max_seqs * e->cap.n_sliding_ring; i++)
                 e->sliding[i] = e->cap.n_sliding_pages - 1 - i;
         return 0;
+}
+
+static int engine_open(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B) {
+        return engine_open_head(e, ops_name, m, kv, B, false);
 }
 
 static void engine_close(struct engine *e) {
@@ -299,6 +305,16 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 engine_close(&e16);
         }
 
+        /* 5b. the BF16 copy of the tied head instead of the FP8 one: what the FP8 head costs */
+        if (m->cfg.hidden_size % 8 == 0 && engine_open_head(&e16, "cuda", m, KV_DTYPE_FP8, 4, true) == 0) {
+                r = run_prompt(&e16, 0, f.prompt, S, S, got16, V);
+                snprintf(label, sizeof(label), "%s fp8 ckpt, BF16 LM head, one step vs HF", name);
+                if (r == 0)
+                        compare_ref(label, got16, ref, S, V);
+                printf("# %s: FP8 head vs BF16 head rel %.3e\n", name, r == 0 ? rel_frob(got, got16, n) : INFINITY);
+                engine_close(&e16);
+        }
+
         /* 6. the CPU engine (W8A8 emulation in float32) on the same checkpoint */
         if (engine_open(&ecpu, "cpu", m, KV_DTYPE_BF16, 4) == 0) {
                 r = run_prompt(&ecpu, 0, f.prompt, S, S, cpu, V);
@@ -330,6 +346,46 @@ out:
         free(ref), free(got), free(got2), free(got16), free(cpu);
 }
 
+/* Truncated models (first d layers, then the final norm and head) on both engines: where along the depth
+ * the two engines part. Both read the same weights, so layer d's error is what d layers add. */
+static void depth_scan(const char *root, const char *name) {
+        struct fixture f;
+        struct model *m = NULL;
+        char label[160];
+        if (fixture_load(root, name, &f) < 0)
+                return;
+        char *dir = path_of(root, name, "fp8");
+        int r = model_load(dir, &m, NULL);
+        free(dir);
+        if (r < 0)
+                return;
+        uint32_t S = f.n_prompt < 8 ? f.n_prompt : 8, V = f.vocab, L = m->cfg.n_layers;
+        float *a = malloc(4 * (size_t) S * V), *c = malloc(4 * (size_t) S * V);
+        for (uint32_t d = 1; d <= L; d++) {
+                struct engine eg, ec;
+                m->cfg.n_layers = d;
+                if (engine_open(&eg, "cuda", m, KV_DTYPE_BF16, 4) < 0)
+                        break;
+                if (engine_open(&ec, "cpu", m, KV_DTYPE_BF16, 4) < 0) {
+                        engine_close(&eg);
+                        break;
+                }
+                if (run_prompt(&eg, 0, f.prompt, S, S, a, V) == 0 && run_prompt(&ec, 0, f.prompt, S, S, c, V) == 0)
+                        printf("# %s depth %u: cuda vs cpu first row %.3e, %u rows %.3e\n", name, d,
+                               rel_frob(a, c, V), S, rel_frob(a, c, (size_t) S * V));
+                if (d == 1) {
+                        double e1 = rel_frob(a, c, V);
+                        snprintf(label, sizeof(label), "%s one layer: cuda vs cpu first row", name);
+                        check(label, e1 <= FIRST_ROW_REL, "rel %.3e (tol %.1e)", e1, FIRST_ROW_REL);
+                }
+                engine_close(&eg);
+                engine_close(&ec);
+        }
+        m->cfg.n_layers = L;
+        model_free(m);
+        free(a), free(c);
+}
+
 int main(int argc, char **argv) {
         const char *src = getenv("GEMMA4D_SOURCE_ROOT");
         char root[4096];
@@ -350,6 +406,8 @@ int main(int argc, char **argv) {
                 return 77;
         }
         fclose(fp);
+        depth_scan(root, "tiny-b");
+        depth_scan(root, "tiny-a");
         test_fixture(root, "tiny-c", true);
         test_fixture(root, "tiny-a", true);
         test_fixture(root, "tiny-b", false);
