@@ -187,7 +187,7 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
 
 template <int DPL, bool FP8, bool VEC>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
-        attention_kernel(const uint16_t *q, struct att_ctx c, uint32_t chunk, float *partial, uint16_t *out) {
+        attention_kernel(const uint16_t *q, struct att_ctx c, float *partial, uint16_t *out) {
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
         __shared__ float wacc[ATT_WARPS][DPL * 32];
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -197,7 +197,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int32_t pos0 = c.bt.seq_pos0[seq], row0 = c.bt.seq_row0[seq];
         const int32_t *table = c.bt.tables + c.bt.seq_table0[seq];
         const int32_t lo = c.window ? max(0, qpos - (int32_t) c.window + 1) : 0;
-        const int32_t kb = lo + (int32_t) (split * chunk), ke = min(qpos + 1, kb + (int32_t) chunk);
+        /* this query's keys split evenly over the grid's splits (so the launch shape never depends on the
+         * step's context lengths: decode graphs replay it as captured) */
+        const int32_t chunk = (qpos - lo + (int32_t) gridDim.y) / (int32_t) gridDim.y;
+        const int32_t kb = lo + (int32_t) split * chunk, ke = min(qpos + 1, kb + chunk);
 
         const int valid = VEC ? DPL : max(0, min(DPL, (int) c.d - lane * DPL));
         float qv[DPL], acc[DPL];
@@ -301,17 +304,17 @@ extern "C" size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_
 }
 
 template <int DPL>
-static void launch_att(bool fp8, dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t chunk,
-                       float *partial, uint16_t *out, cudaStream_t stream) {
+static void launch_att(bool fp8, dim3 grid, const uint16_t *q, const struct att_ctx &c, float *partial,
+                       uint16_t *out, cudaStream_t stream) {
         bool vec = c.d % 32 == 0;
         if (fp8 && vec)
-                attention_kernel<DPL, true, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, true, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
         else if (fp8)
-                attention_kernel<DPL, true, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, true, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
         else if (vec)
-                attention_kernel<DPL, false, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, false, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
         else
-                attention_kernel<DPL, false, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, false, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
 }
 
 static struct att_ctx make_ctx(const struct kern_batch *bt, const struct kern_attn_layer *L, const void *k_new,
@@ -352,17 +355,16 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
                 n_split = cap ? (uint32_t) cap : 1;
         if (n_split < 1)
                 n_split = 1;
-        uint32_t chunk = (keys + n_split - 1) / n_split;
         dim3 grid(rows, n_split);
 
         uint32_t dpl = (L->head_dim + 31) / 32;
         dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
         switch (dpl) {
-        case 1: launch_att<1>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 2: launch_att<2>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 4: launch_att<4>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 8: launch_att<8>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 16: launch_att<16>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
+        case 1: launch_att<1>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 2: launch_att<2>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 4: launch_att<4>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 8: launch_att<8>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 16: launch_att<16>(L->kv_fp8, grid, q, c, partial, out, stream); break;
         default: return -EINVAL;
         }
         if (KERN_CHECK_LAUNCH() < 0)

@@ -139,7 +139,7 @@ struct kern_batch {
         const int32_t *seq_row0, *seq_pos0, *seq_ntok, *seq_table0;
         const int32_t *tables;
         uint32_t n_tokens, n_seqs;
-        uint32_t max_keys;              /* largest key count of any query (host-computed) */
+        uint32_t max_keys;              /* bound on any query's key count: picks the split count only */
 };
 
 /* One attention layer's geometry and KV storage. Page pool layout: [n_pages][page_size][n_kv_heads][head_dim]

@@ -6,15 +6,18 @@
  *
  * Why the tolerances are what they are (measured numbers in docs/cuda-backend.md):
  * the CUDA path rounds every activation that HF keeps in BF16 in a BF16 model (norm outputs, GEMM outputs,
- * q/k/v, attention output) to BF16, while the fixtures and the CPU engine are float32 with W8A8 emulation.
- * A BF16 rounding (2^-9) moves about 1 in 30 activations across an E4M3 rounding midpoint, so every row
- * carries a few 1e-3 of relative error from the first token on, and in these tiny random models an
- * occasional router flip changes a row by O(0.1) and later rows through the KV cache. So:
- *   - the first row (no attention history) must agree to FIRST_ROW_REL;
- *   - the whole [seq, vocab] matrix to MATRIX_REL;
- *   - argmax must agree on at least ARGMAX_SHARE of the rows.
+ * q/k/v, attention output, the residual) to BF16, while the fixtures and the CPU engine are float32 with W8A8
+ * emulation, and the LM head is an FP8 copy of the tied embedding. Each of these is a perturbation of the
+ * size of an FP8 rounding somewhere, and these tiny random models amplify such perturbations chaotically
+ * (router flips, then the KV cache): make_golden.py measured how much HF itself moves between its BF16 and
+ * FP8 runs of the same weights (meta.json fp8_vs_bf16_rel: tiny-c 0.06, tiny-a 0.17, tiny-b 0.36). So:
+ *   - one decoder layer (depth scan, the same weights in both engines) must agree with the CPU engine to
+ *     LAYER_REL: no room for chaos there, only FP8/BF16 rounding and the FP8 head;
+ *   - full-depth logits must stay within SENS_FACTOR x the fixture's own sensitivity (at least FLOOR_REL),
+ *     first row and whole matrix;
+ *   - argmax must agree on ARGMAX_SHARE of the rows on fixtures whose sensitivity is below 0.2;
+ *   - greedy ids must match HF on tiny-c and tiny-a.
  * Invariants of the engine itself (chunking, batching) compare the CUDA backend with itself.
- *
  * Exit 77 without a GPU or without the fixtures.
  */
 #include <errno.h>
@@ -28,10 +31,14 @@
 #include "backend.h"
 #include "kernels/selftest.h"
 
-#define FIRST_ROW_REL 5e-2
-#define MATRIX_REL 0.35
+#define LAYER_REL 5e-2
+#define SENS_FACTOR 1.25
+#define FLOOR_REL 0.08
 #define ARGMAX_SHARE 0.75
-#define SELF_REL 5e-2
+#define SELF_REL 1e-3
+
+static double tol_rel = FLOOR_REL;      /* per fixture: max(FLOOR_REL, SENS_FACTOR * fp8_vs_bf16_rel) */
+static bool check_argmax = true;
 
 static int n_fail, n_test;
 
@@ -89,6 +96,9 @@ static int fixture_load(const char *root, const char *name, struct fixture *f) {
         json_t *pr = json_object_get(j, "prompt"), *g = json_object_get(j, "greedy_fp8");
         memset(f, 0, sizeof(*f));
         f->vocab = (uint32_t) json_integer_value(json_object_get(j, "vocab_size"));
+        double sens = json_real_value(json_object_get(j, "fp8_vs_bf16_rel"));
+        tol_rel = SENS_FACTOR * sens > FLOOR_REL ? SENS_FACTOR * sens : FLOOR_REL;
+        check_argmax = sens < 0.2;
         for (size_t i = 0; i < json_array_size(pr) && i < 256; i++)
                 f->prompt[f->n_prompt++] = (int32_t) json_integer_value(json_array_get(pr, i));
         for (size_t i = 0; i < json_array_size(g) && i < 64; i++)
@@ -206,11 +216,13 @@ static void compare_ref(const char *what, const float *got, const float *ref, ui
         }
         printf("# %s: first row %.3e, matrix %.3e, worst row %.3e, argmax %u/%u\n", what, first, all, worst, same, S);
         snprintf(name, sizeof(name), "%s first row", what);
-        check(name, first <= FIRST_ROW_REL, "rel %.3e (tol %.1e)", first, FIRST_ROW_REL);
+        check(name, first <= tol_rel, "rel %.3e (tol %.3f)", first, tol_rel);
         snprintf(name, sizeof(name), "%s matrix", what);
-        check(name, all <= MATRIX_REL, "rel %.3e (tol %.2f)", all, MATRIX_REL);
-        snprintf(name, sizeof(name), "%s argmax rows", what);
-        check(name, same >= ARGMAX_SHARE * S, "share %.3f (min %.2f)", (double) same / S, ARGMAX_SHARE);
+        check(name, all <= tol_rel, "rel %.3e (tol %.3f)", all, tol_rel);
+        if (check_argmax) {
+                snprintf(name, sizeof(name), "%s argmax rows", what);
+                check(name, same >= ARGMAX_SHARE * S, "share %.3f (min %.2f)", (double) same / S, ARGMAX_SHARE);
+        }
 }
 
 static void test_fixture(const char *root, const char *name, bool greedy) {
@@ -301,7 +313,7 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 if (r == 0)
                         compare_ref(label, got16, ref, S, V);
                 snprintf(label, sizeof(label), "%s FP8 KV vs BF16 KV", name);
-                check(label, rk <= MATRIX_REL, "rel %.3e (tol %.2f)", rk, MATRIX_REL);
+                check(label, rk <= tol_rel, "rel %.3e (tol %.3f)", rk, tol_rel);
                 engine_close(&e16);
         }
 
@@ -376,7 +388,7 @@ static void depth_scan(const char *root, const char *name) {
                 if (d == 1) {
                         double e1 = rel_frob(a, c, V);
                         snprintf(label, sizeof(label), "%s one layer: cuda vs cpu first row", name);
-                        check(label, e1 <= FIRST_ROW_REL, "rel %.3e (tol %.1e)", e1, FIRST_ROW_REL);
+                        check(label, e1 <= LAYER_REL, "rel %.3e (tol %.1e)", e1, LAYER_REL);
                 }
                 engine_close(&eg);
                 engine_close(&ec);

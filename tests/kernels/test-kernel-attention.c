@@ -265,6 +265,8 @@ int main(void) {
                 {"tiny full d64 fp8", 4, 1, 64, 8, 0, 8, 1e6f, 1, 1, 0, small, 3},
                 {"tiny sliding d20 window 12 fp8 (unaligned head)", 4, 2, 20, 4, 12, 10, 10000.0f, 0, 1, 1, small, 3},
                 {"tiny full d16 k_eq_v bf16 (unaligned head)", 4, 1, 16, 4, 0, 2, 1e6f, 1, 0, 0, small, 3},
+                {"tiny-b full d40 gqa2 with v_proj fp8", 4, 2, 40, 4, 0, 10, 1e6f, 0, 1, 0, small, 3},
+                {"tiny-b full d40 gqa2 with v_proj bf16", 4, 2, 40, 4, 0, 10, 1e6f, 0, 0, 0, small, 3},
                 {"full d80 fp8 (lane slice of 3)", 4, 2, 80, 16, 0, 10, 1e6f, 0, 1, 0, fl, 4},
         };
 

@@ -204,6 +204,10 @@ int main(void) {
         test_small(3000, 256, 3, 1);
         test_small(200, 100, 3, 0);             /* k not a multiple of 16: unaligned rows */
         test_small(512, 100, 40, 1);
+        test_small(320, 100, 8, 0);             /* tiny-b shapes */
+        test_small(100, 160, 8, 0);
+        test_small(160, 100, 33, 0);
+        test_small(1024, 100, 33, 1);
         KT_OK(kern_blas_create(&b));
         test_blas(b, 4096, 2816, 1);
         test_blas(b, 2816, 4096, 37);
