@@ -101,17 +101,33 @@ static __global__ void __launch_bounds__(MMA_WARPS * 32) fp8_mma_kernel(struct m
 
         const uint32_t n_chunks = (p.k + 63) / 64;
         const bool aligned = p.k % 16 == 0;
-#pragma unroll 2
-        for (uint32_t ch = kw_idx; ch < n_chunks; ch += p.kw) {
-                uint32_t k0 = ch * 64 + tig * 16;
-                uint4 a = ldg16(w0, k0, p.k, aligned, ok0), b = ldg16(w1, k0, p.k, aligned, ok1);
+        /* UNR chunks of weights in flight per lane before the first mma: the decode GEMV is a stream of
+         * weight bytes and needs many outstanding loads per SM */
+        constexpr int UNR = NSUB == 1 ? 4 : 2;
+        for (uint32_t ch0 = kw_idx; ch0 < n_chunks; ch0 += UNR * p.kw) {
+                uint4 a[UNR], b[UNR];
 #pragma unroll
-                for (int s = 0; s < NSUB; s++) {
-                        if (s * 8 >= count)
+                for (int u = 0; u < UNR; u++) {
+                        uint32_t ch = ch0 + u * p.kw;
+                        uint32_t k0 = ch * 64 + tig * 16;
+                        bool cok = ch < n_chunks;
+                        a[u] = ldg16(w0, k0, p.k, aligned, ok0 && cok);
+                        b[u] = ldg16(w1, k0, p.k, aligned, ok1 && cok);
+                }
+#pragma unroll
+                for (int u = 0; u < UNR; u++) {
+                        uint32_t ch = ch0 + u * p.kw;
+                        if (ch >= n_chunks)
                                 break;
-                        uint4 xv = ldg16(xp[s], k0, p.k, aligned, xp[s] != NULL);
-                        mma_e4m3(c[s], a.x, b.x, a.y, b.y, xv.x, xv.y);
-                        mma_e4m3(c[s], a.z, b.z, a.w, b.w, xv.z, xv.w);
+                        uint32_t k0 = ch * 64 + tig * 16;
+#pragma unroll
+                        for (int s = 0; s < NSUB; s++) {
+                                if (s * 8 >= count)
+                                        break;
+                                uint4 xv = ldg16(xp[s], k0, p.k, aligned, xp[s] != NULL);
+                                mma_e4m3(c[s], a[u].x, b[u].x, a[u].y, b[u].y, xv.x, xv.y);
+                                mma_e4m3(c[s], a[u].z, b[u].z, a[u].w, b[u].w, xv.z, xv.w);
+                        }
                 }
         }
 

@@ -55,19 +55,22 @@ int kern_bf16_to_f32(const uint16_t *src, size_t n, float *dst, cudaStream_t str
  * One block per token t:
  *   h = x[t] + bf16(RMSNorm(o[t]; w_post_attn));  x[t] = h   (in place)
  *   dense input   = quant(RMSNorm(h; w_pre_ff))       -> q1, s1
- *   experts input = quant(RMSNorm(h; w_pre_ff2))      -> q2, s2        (when router != NULL)
- *   router: r = bf16(bf16(RMSNorm_noweight(h) * router_scale) * n^-1/2); logits = W_r r (FP32);
- *           softmax over n_experts, top_k, renormalise, * per_expert_scale -> topk_idx, topk_w. */
+ *   when router_scale != NULL (MoE):
+ *   experts input = quant(RMSNorm(h; w_pre_ff2))      -> q2, s2
+ *   router input  = bf16(bf16(RMSNorm_noweight(h) * router_scale) * n^-1/2), written over o[t]. */
+int kern_post_attn(float *x, uint16_t *o, uint32_t n_rows, uint32_t n, float eps, const uint16_t *w_post_attn,
+                   const uint16_t *w_pre_ff, uint8_t *q1, float *s1, const uint16_t *w_pre_ff2, uint8_t *q2,
+                   float *s2, const uint16_t *router_scale, cudaStream_t stream);
+
+/* Router over the router inputs r BF16 [n_rows, n]: logits = W_r r (FP32, into `logits` [n_rows, n_experts],
+ * which is overwritten), softmax over all experts, top_k, renormalise, * per_expert_scale. */
 struct kern_router {
         const uint16_t *proj;           /* BF16 [n_experts, n] */
-        const uint16_t *scale;          /* BF16 [n] */
         const uint16_t *per_expert_scale;       /* BF16 [n_experts] */
         uint32_t n_experts, top_k;
 };
-int kern_post_attn(float *x, const uint16_t *o, uint32_t n_rows, uint32_t n, float eps,
-                   const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1, float *s1,
-                   const uint16_t *w_pre_ff2, uint8_t *q2, float *s2, const struct kern_router *router,
-                   int32_t *topk_idx, float *topk_w, cudaStream_t stream);
+int kern_router(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt, float *logits,
+                int32_t *topk_idx, float *topk_w, cudaStream_t stream);
 
 /* ---- FFN combine (norm.cu) ----
  * One block per token t (m2 terms only when moe_y != NULL):

@@ -21,7 +21,7 @@
 #define PROF_EVENTS 4096
 
 enum {
-        P_START, P_EMBED, P_QKV, P_QKV_POST, P_ATTN, P_KV, P_OQ, P_O, P_POST, P_DGU, P_DACT, P_DDOWN, P_ROUTE,
+        P_START, P_EMBED, P_QKV, P_QKV_POST, P_ATTN, P_KV, P_OQ, P_O, P_POST, P_ROUTER, P_DGU, P_DACT, P_DDOWN, P_ROUTE,
         P_EGU, P_EACT, P_EDOWN, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
 };
 
@@ -49,7 +49,7 @@ struct backend {
 
         /* activations, sized for max_batched_tokens */
         uint32_t t_max, p_max, max_groups;
-        float *x, *att_partial, *a_scale, *s1, *s2, *topk_w, *e_scale, *logits;
+        float *x, *att_partial, *a_scale, *s1, *s2, *topk_w, *e_scale, *logits, *router_logits;
         size_t att_partial_floats;
         uint8_t *aq, *q1, *q2, *act, *e_act;
         uint16_t *qkv, *q, *attn, *o, *gu, *dense_y, *e_gu, *e_y, *final_bf16, *head_tmp;
@@ -78,7 +78,7 @@ struct backend {
 static const char *const prof_names[PROF_CATS] = {
         [P_START] = "(start)", [P_EMBED] = "embed+norm", [P_QKV] = "qkv gemm", [P_QKV_POST] = "q/k/v norm+rope",
         [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
-        [P_POST] = "post-attn+router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
+        [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
         [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
         [P_EDOWN] = "moe down", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
         [P_COPY] = "logits copy",
@@ -421,6 +421,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->s1, (size_t) T * 4},
                 {(void **) &b->s2, (size_t) T * 4},
                 {(void **) &b->topk_w, (size_t) T * KERNELS_MAX_TOPK * 4},
+                {(void **) &b->router_logits, (size_t) T * (c->enable_moe ? c->n_experts : 1) * 4},
                 {(void **) &b->e_scale, (size_t) b->p_max * 4},
                 {(void **) &b->logits, (size_t) head_rows * V * 4},
                 {(void **) &b->aq, (size_t) T * aq_width},
@@ -584,7 +585,7 @@ static void backend_cuda_destroy(struct backend *b) {
                 return;
         if (b->stream)
                 cudaStreamSynchronize(b->stream);
-        void *bufs[] = {b->x, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
+        void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
                         b->n_groups, b->groups, b->meta_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
@@ -724,10 +725,14 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 prof_mark(b, P_OQ);
                 TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
                 prof_mark(b, P_O);
-                struct kern_router rt = {D->router_proj, D->router_scale, D->router_pes, c->n_experts, b->top_k};
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
-                                   b->s2, c->enable_moe ? &rt : NULL, b->topk_idx, b->topk_w, b->stream));
+                                   b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
                 prof_mark(b, P_POST);
+                if (c->enable_moe) {
+                        struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
+                        TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, b->stream));
+                        prof_mark(b, P_ROUTER);
+                }
                 TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
                 prof_mark(b, P_DGU);
                 TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
