@@ -22,7 +22,7 @@ static int set_smem(const void *fn, size_t bytes) {
         return 0;
 }
 
-static __global__ void rmsnorm_rows_kernel(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n,
+static __global__ void __launch_bounds__(1024) rmsnorm_rows_kernel(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n,
                                            float eps, uint8_t *q, float *q_scale, uint16_t *out_bf16) {
         extern __shared__ float sm[];
         float *red = sm, *v = sm + 32;
@@ -58,7 +58,7 @@ extern "C" int kern_rmsnorm_quant(const float *x, const uint16_t *w, uint32_t n_
         return kern_rmsnorm_rows(x, NULL, w, n_rows, n, eps, q, q_scale, NULL, stream);
 }
 
-static __global__ void quant_rows_kernel(const uint16_t *x, uint32_t n, uint8_t *q, float *q_scale) {
+static __global__ void __launch_bounds__(1024) quant_rows_kernel(const uint16_t *x, uint32_t n, uint8_t *q, float *q_scale) {
         __shared__ float red[32];
         const uint16_t *src = x + (size_t) blockIdx.x * n;
         uint8_t *dst = q + (size_t) blockIdx.x * n;
@@ -82,7 +82,7 @@ extern "C" int kern_quant_rows(const uint16_t *x, uint32_t n_rows, uint32_t n, u
         return KERN_CHECK_LAUNCH();
 }
 
-static __global__ void geglu_quant_kernel(const uint16_t *gu, uint32_t n, uint8_t *q, float *q_scale) {
+static __global__ void __launch_bounds__(1024) geglu_quant_kernel(const uint16_t *gu, uint32_t n, uint8_t *q, float *q_scale) {
         extern __shared__ float sm[];
         float *red = sm, *v = sm + 32;
         const uint16_t *g = gu + (size_t) blockIdx.x * 2 * n, *u = g + n;
@@ -106,7 +106,7 @@ extern "C" int kern_geglu_quant(const uint16_t *gu, uint32_t n_rows, uint32_t n,
         return KERN_CHECK_LAUNCH();
 }
 
-static __global__ void embed_kernel(const uint16_t *table, const int32_t *ids, uint32_t n, uint32_t vocab,
+static __global__ void __launch_bounds__(1024) embed_kernel(const uint16_t *table, const int32_t *ids, uint32_t n, uint32_t vocab,
                                     float embed_scale, float *x, const uint16_t *w_norm, float eps, uint8_t *q,
                                     float *q_scale) {
         extern __shared__ float sm[];
@@ -181,7 +181,7 @@ extern "C" int kern_bf16_to_f32(const uint16_t *src, size_t n, float *dst, cudaS
 
 /* ---- post-attention: residual, two FFN input norms, the router ---- */
 
-static __global__ void post_attn_kernel(float *x, uint16_t *o, uint32_t n, float eps,
+static __global__ void __launch_bounds__(1024) post_attn_kernel(float *x, uint16_t *o, uint32_t n, float eps,
                                         const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1,
                                         float *s1, const uint16_t *w_pre_ff2, uint8_t *q2, float *s2,
                                         const uint16_t *router_scale) {
@@ -334,7 +334,7 @@ extern "C" int kern_router(const uint16_t *r, uint32_t n_rows, uint32_t n, const
 
 /* ---- FFN combine ---- */
 
-static __global__ void ffn_combine_kernel(float *x, const uint16_t *dense_y, const uint16_t *moe_y,
+static __global__ void __launch_bounds__(1024) ffn_combine_kernel(float *x, const uint16_t *dense_y, const uint16_t *moe_y,
                                           const float *topk_w, uint32_t top_k, uint32_t n, float eps,
                                           const uint16_t *w_post_ff1, const uint16_t *w_post_ff2,
                                           const uint16_t *w_post_ff, float layer_scalar,
@@ -347,21 +347,21 @@ static __global__ void ffn_combine_kernel(float *x, const uint16_t *dense_y, con
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
                 m1[i] = bf16_bits_to_f32(dense_y[(size_t) t * n + i]);
         if (moe_y) {
-                float wk[KERNELS_MAX_TOPK];
-#pragma unroll
-                for (int j = 0; j < KERNELS_MAX_TOPK; j++)
-                        wk[j] = (uint32_t) j < top_k ? topk_w[t * top_k + j] : 0.0f;
                 const uint16_t *yt = moe_y + (size_t) t * top_k * n;
+                const float *wt = topk_w + (size_t) t * top_k;
                 for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-                        /* all expert rows' loads issued before the sum (independent addresses) */
-                        uint16_t yv[KERNELS_MAX_TOPK];
-#pragma unroll
-                        for (int j = 0; j < KERNELS_MAX_TOPK; j++)
-                                yv[j] = (uint32_t) j < top_k ? yt[(size_t) j * n + i] : 0;
+                        /* eight expert rows' loads issued before their sum (independent addresses) */
                         float acc = 0.0f;
+                        for (uint32_t j0 = 0; j0 < top_k; j0 += 8) {
+                                uint16_t yv[8];
 #pragma unroll
-                        for (int j = 0; j < KERNELS_MAX_TOPK; j++)
-                                acc += wk[j] * bf16_bits_to_f32(yv[j]);
+                                for (int j = 0; j < 8; j++)
+                                        yv[j] = j0 + j < top_k ? yt[(size_t) (j0 + j) * n + i] : 0;
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        if (j0 + j < top_k)
+                                                acc += wt[j0 + j] * bf16_bits_to_f32(yv[j]);
+                        }
                         m2[i] = round_bf16(acc);
                 }
         }
