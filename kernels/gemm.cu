@@ -235,8 +235,8 @@ extern "C" int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uin
 extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
                                        const uint8_t *x, const float *x_scale, uint32_t x_row_div,
                                        const int32_t *pair_rows, const struct kern_gemm_group *groups,
-                                       const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
-                                       cudaStream_t stream) {
+                                       const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows,
+                                       uint16_t *y, cudaStream_t stream) {
         struct mma_params p = {};
 
         if (k == 0 || n_out == 0 || x_row_div == 0)
@@ -256,6 +256,14 @@ extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, u
         p.y = y;
         p.out = KERN_OUT_BF16;
         pick_split(&p, max_groups);
+        /* a group holds at most one pair per token, so with few tokens the accumulators (and the loads kept
+         * in flight) can be sized for max_rows instead of the full 64 */
+        if (max_rows <= 8)
+                return launch_mma<1>(&p, max_groups, stream);
+        if (max_rows <= 16)
+                return launch_mma<2>(&p, max_groups, stream);
+        if (max_rows <= 32)
+                return launch_mma<4>(&p, max_groups, stream);
         return launch_mma<8>(&p, max_groups, stream);
 }
 

@@ -106,11 +106,13 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
 /* Grouped (MoE) variant: groups live on the device; *n_groups (device) says how many of the max_groups
  * are valid. Expert e uses w + e * n_out * k and w_scale + e * n_out. pair_rows[i] is the output row of
  * sorted entry i, x rows are pair_rows[i] / x_row_div (x_row_div = top_k reads the token's row; 1 reads
- * the pair's own row). */
+ * the pair's own row). max_rows bounds every group's count (<= 64; the token count when each token adds at
+ * most one row per expert). */
 int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
                             const uint8_t *x, const float *x_scale, uint32_t x_row_div,
                             const int32_t *pair_rows, const struct kern_gemm_group *groups,
-                            const int32_t *n_groups, uint32_t max_groups, uint16_t *y, cudaStream_t stream);
+                            const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows, uint16_t *y,
+                            cudaStream_t stream);
 
 /* Sort (token, slot) pairs by expert and cut them into groups of at most 64 rows. One block.
  * pair_rows [n_pairs], groups [max_groups = kern_moe_max_groups()], n_groups [1]. */

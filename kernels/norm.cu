@@ -245,12 +245,23 @@ static __global__ void router_logits_kernel(const uint16_t *r, const uint16_t *p
         const uint16_t *a = r + (size_t) t * n, *w = proj + (size_t) e * n;
         float acc = 0.0f;
         if (n % 8 == 0) {
-                for (uint32_t i = lane * 8; i < n; i += 32 * 8) {
-                        uint4 av = *reinterpret_cast<const uint4 *>(a + i), wv = __ldg(reinterpret_cast<const uint4 *>(w + i));
-                        const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av), *wh = reinterpret_cast<const uint16_t *>(&wv);
+                /* four 16-byte loads of the weight row in flight per lane */
+                for (uint32_t i0 = lane * 8; i0 < n; i0 += 4 * 32 * 8) {
+                        uint4 av[4], wv[4];
 #pragma unroll
-                        for (int j = 0; j < 8; j++)
-                                acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
+                        for (int u = 0; u < 4; u++) {
+                                uint32_t i = i0 + u * 32 * 8;
+                                av[u] = i < n ? *reinterpret_cast<const uint4 *>(a + i) : make_uint4(0, 0, 0, 0);
+                                wv[u] = i < n ? __ldg(reinterpret_cast<const uint4 *>(w + i)) : make_uint4(0, 0, 0, 0);
+                        }
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                                const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av[u]);
+                                const uint16_t *wh = reinterpret_cast<const uint16_t *>(&wv[u]);
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
+                        }
                 }
         } else {
                 for (uint32_t i = lane; i < n; i += 32)

@@ -746,13 +746,14 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                            b->stream));
                         prof_mark(b, P_ROUTE);
                         TRY(kern_fp8_linear_grouped(D->e_gate_up.w, D->e_gate_up.scale, 2 * I, H, b->q2, b->s2,
-                                                    b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, b->e_gu,
-                                                    b->stream));
+                                                    b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64,
+                                                    b->e_gu, b->stream));
                         prof_mark(b, P_EGU);
                         TRY(kern_geglu_quant(b->e_gu, P, I, b->e_act, b->e_scale, b->stream));
                         prof_mark(b, P_EACT);
                         TRY(kern_fp8_linear_grouped(D->e_down.w, D->e_down.scale, H, I, b->e_act, b->e_scale, 1,
-                                                    b->pair_rows, b->groups, b->n_groups, maxg, b->e_y, b->stream));
+                                                    b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64, b->e_y,
+                                                    b->stream));
                         prof_mark(b, P_EDOWN);
                 }
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
