@@ -173,6 +173,9 @@ int kern_attention(const uint16_t *q, const void *k_new, const void *v_new, cons
                    const struct kern_attn_layer *L, float *partial, size_t partial_floats, uint16_t *out,
                    cudaStream_t stream);
 size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint32_t head_dim);
+/* Batches with many tokens take a shared-memory tile kernel, the rest a split-K kernel; tests set this to
+ * run the split-K kernel on every batch. */
+extern bool kern_attention_force_split;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an
  * earlier query of the same step still needs). */
 int kern_kv_commit(const void *k_new, const void *v_new, const struct kern_batch *bt,

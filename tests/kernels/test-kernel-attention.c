@@ -272,7 +272,13 @@ int main(void) {
 
         kt_require_gpu();
         kt_seed(3);
-        for (size_t i = 0; i < sizeof(sc) / sizeof(sc[0]); i++)
-                run(&sc[i]);
+        /* every scenario through the default choice (tile kernel for the prefill batches), then through the
+         * split-K kernel alone */
+        for (int forced = 0; forced < 2; forced++) {
+                kern_attention_force_split = forced;
+                printf("# attention kernel: %s\n", forced ? "split-K forced" : "default choice");
+                for (size_t i = 0; i < sizeof(sc) / sizeof(sc[0]); i++)
+                        run(&sc[i]);
+        }
         return kt_finish();
 }
