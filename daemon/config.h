@@ -5,6 +5,7 @@
  * documented default), overridden by command-line flags. See gemma4d.yaml(5).
  */
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -69,8 +70,13 @@ int config_load_file(struct gemma4d_config *c, const char *path, char **reterr);
 int config_load_string(struct gemma4d_config *c, const char *name, const char *yaml, char **reterr);
 
 /* Set one key from a "section.key" name and a string value, as the YAML parser would (used for the
- * command-line overrides). Same error rules. */
+ * command-line overrides). Same error rules for the value; lists take comma-separated values. The checks
+ * that relate several keys are left to config_validate(), so overrides can be applied in any order.
+ * Messages are "key: message". */
 int config_set(struct gemma4d_config *c, const char *key, const char *value, char **reterr);
+/* The checks between keys (e.g. limits.max_batched_tokens >= limits.max_num_seqs); config_load_*() run
+ * them on the result of every file. */
+int config_validate(const struct gemma4d_config *c, char **reterr);
 
 /* Keys whose change needs a restart (model.path, backend, ...): true when old and new differ in any of
  * them; the names are written comma-separated into buf. Used by SIGHUP reload. */
@@ -78,3 +84,13 @@ bool config_restart_keys_changed(const struct gemma4d_config *old, const struct 
                                  char *buf, size_t bufsize);
 
 const char *backend_kind_to_string(enum backend_kind k);
+
+/* True when every key has the same value in a and b. */
+bool config_equal(const struct gemma4d_config *a, const struct gemma4d_config *b);
+/* The effective configuration as YAML that config_load_string() reads back to an equal config (for the
+ * debug log, --check-config and `gemma4ctl config show`). *ret is heap, caller frees. */
+int config_format(const struct gemma4d_config *c, char **ret);
+/* The key table, in file order: names like "limits.max_queue". */
+size_t config_n_keys(void);
+const char *config_key_name(size_t i);      /* NULL past the end */
+bool config_key_is_reloadable(const char *key);  /* false for restart-required and unknown keys */

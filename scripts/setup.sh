@@ -17,6 +17,11 @@ fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
+        # NodeSource's nodejs bundles npm and conflicts with Debian's npm package: a working command is
+        # enough for these two.
+        case "$p" in
+        nodejs|npm) command -v "$p" >/dev/null 2>&1 && continue ;;
+        esac
         if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
                 missing+=("$p")
         fi
