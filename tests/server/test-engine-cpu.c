@@ -157,12 +157,19 @@ static void submit(struct rig *g, uint64_t id, const int32_t *p, uint32_t n, uin
                 fail_msg("submit: %s", err);
 }
 
+/* The reference: the request alone, one at a time through an engine of one slot without a cache. */
+static void solo_on(struct rig *g, const int32_t *p, uint32_t n, uint32_t max_tokens, struct out *ret) {
+        uint64_t id = g->n_done;
+        assert_true(id < MAX_REQS);
+        submit(g, id, p, n, max_tokens, 0);
+        run(g, (uint32_t) id + 1);
+        *ret = g->out[id];
+}
+
 static void solo(const int32_t *p, uint32_t n, uint32_t max_tokens, struct out *ret) {
         struct rig g;
         rig_open(&g, 1, 256, 0, false);
-        submit(&g, 0, p, n, max_tokens, 0);
-        run(&g, 1);
-        *ret = g.out[0];
+        solo_on(&g, p, n, max_tokens, ret);
         rig_close(&g);
 }
 
@@ -186,31 +193,34 @@ static void test_cpu_concurrent(void **state) {
         static int32_t prompts[MAX_REQS][48];
         uint32_t lens[MAX_REQS];
         struct rig g;
-        /* 4 slots, 32-token budget, 40 full pages (160 tokens) for up to 12 x 60 tokens of demand */
-        rig_open(&g, 4, 32, 40, true);
-        for (uint32_t i = 0; i < 12; i++) {
-                lens[i] = 6 + (i * 7) % 40;
+        /* 3 slots, 32-token budget, 16 full pages (64 tokens) for up to 6 x 40 tokens of demand */
+        rig_open(&g, 3, 32, 16, true);
+        for (uint32_t i = 0; i < 6; i++) {
+                lens[i] = 6 + (i * 11) % 26;
                 make_prompt(prompts[i], lens[i], i, vocab);
         }
-        for (uint32_t i = 0; i < 6; i++)
-                submit(&g, i, prompts[i], lens[i], 14, 5);
-        for (int s = 0; s < 6; s++) {
+        for (uint32_t i = 0; i < 3; i++)
+                submit(&g, i, prompts[i], lens[i], 8, 5);
+        for (int s = 0; s < 4; s++) {
                 assert_true(engine_run_step(g.e) >= 0);
                 drain(&g);
         }
-        for (uint32_t i = 6; i < 12; i++)               /* urgent ones overtake the saturated batch */
-                submit(&g, i, prompts[i], lens[i], 14, (int32_t) i - 16);
-        run(&g, 12);
+        for (uint32_t i = 3; i < 6; i++)                /* urgent ones overtake the saturated batch */
+                submit(&g, i, prompts[i], lens[i], 8, (int32_t) i - 16);
+        run(&g, 6);
         struct engine_status st;
         engine_get_status(g.e, &st);
         uint32_t preempted = 0;
-        for (uint32_t i = 0; i < 12; i++) {
+        struct rig alone;
+        rig_open(&alone, 1, 256, 0, false);
+        for (uint32_t i = 0; i < 6; i++) {
                 struct out want;
-                solo(prompts[i], lens[i], 14, &want);
+                solo_on(&alone, prompts[i], lens[i], 8, &want);
                 assert_same(&g.out[i], &want, i);
                 preempted += g.out[i].preempted;
         }
-        print_message("# cpu backend, 12 requests: %llu steps, %u preemptions, prefix hit rate %.2f\n",
+        rig_close(&alone);
+        print_message("# cpu backend, 6 requests: %llu steps, %u preemptions, prefix hit rate %.2f\n",
                       (unsigned long long) st.steps, preempted, st.prefix_hit_rate);
         assert_true(preempted > 0);
         rig_close(&g);
@@ -222,18 +232,18 @@ static void test_cpu_prefix_cache(void **state) {
         make_prompt(p, 30, 77, vocab);
         struct rig g;
         rig_open(&g, 4, 64, 0, true);
-        submit(&g, 0, p, 30, 10, 0);
+        submit(&g, 0, p, 30, 6, 0);
         run(&g, 1);
         uint32_t n = 30;
         memcpy(p + n, g.out[0].toks, sizeof(int32_t) * g.out[0].n);
         n += g.out[0].n;
         make_prompt(p + n, 7, 78, vocab);
         n += 7;
-        submit(&g, 1, p, n, 10, 0);
+        submit(&g, 1, p, n, 6, 0);
         run(&g, 2);
         assert_true(g.out[1].usage.cached_tokens >= 28);
         struct out want;
-        solo(p, n, 10, &want);
+        solo(p, n, 6, &want);
         assert_same(&g.out[1], &want, 1);
         /* greedy logprobs survive the cache bit for bit, too */
         assert_memory_equal(g.out[1].lps, want.lps, sizeof(float) * want.n);
@@ -245,7 +255,7 @@ static void test_cpu_score(void **state) {
         int32_t p[96];
         make_prompt(p, 20, 5, vocab);
         struct out gen;
-        solo(p, 20, 12, &gen);
+        solo(p, 20, 8, &gen);
         memcpy(p + 20, gen.toks, sizeof(int32_t) * gen.n);
         struct rig g;
         rig_open(&g, 2, 64, 0, true);
