@@ -114,7 +114,6 @@ struct engine_event {
         union {
                 struct {
                         uint32_t prompt_tokens;
-                        uint32_t cached_tokens;
                         uint32_t queue_position;        /* waiting requests ahead at submission */
                 } started;
                 /* TOKENS: generated tokens in order (stop ids are not sent; they only end the request).

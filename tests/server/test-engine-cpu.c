@@ -151,6 +151,7 @@ static void submit(struct rig *g, uint64_t id, const int32_t *p, uint32_t n, uin
         rq.params.temperature = 0;
         rq.params.max_tokens = max_tokens;
         rq.params.priority = prio;
+        rq.params.logprobs = 1;
         char err[256];
         int r = engine_submit(g->e, &rq, err, sizeof(err));
         if (r < 0)

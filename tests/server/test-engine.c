@@ -169,6 +169,7 @@ static int submit(struct fixture *f, uint64_t id, const int32_t *prompt, uint32_
         rq.params.temperature = 0;
         rq.params.max_tokens = max_tokens;
         rq.params.priority = prio;
+        rq.params.logprobs = 1;
         char err[256];
         return engine_submit(f->e, &rq, err, sizeof(err));
 }
