@@ -774,7 +774,10 @@ static int engine_step(struct engine *e) {
                 log_error_errno(ret, "engine: backend step failed");
                 fail_plan(e, plan, "the backend failed");
                 if (ret == -EIO) {
+                        /* submitters read it under the inbox lock */
+                        pthread_mutex_lock(&e->in_lock);
                         e->fatal = ret;
+                        pthread_mutex_unlock(&e->in_lock);
                         publish_status(e, now);
                         wake_io(e);
                         return ret;
