@@ -25,6 +25,7 @@ struct ereq {
         uint32_t cap_tokens;
         uint32_t output_tokens;
         uint64_t submit_ns, admitted_ns, first_token_ns;
+        bool snapshot_taken;            /* sliding ring registered since the last (re)admission */
         /* score results */
         int32_t *score_tokens;
         float *score_lp;
@@ -672,6 +673,12 @@ static void process_entry(struct engine *e, const struct sched_entry *en, const 
         }
         if (r->s.kv.n_tokens < r->s.n_tokens)
                 return;         /* mid-prefill: the row is not needed */
+        if (!r->snapshot_taken) {
+                /* prefill done: a later prompt that extends this one (the next turn of a chat) can
+                 * take the sliding window from here */
+                kv_pool_snapshot_sliding(e->pool, &r->s.kv, r->s.tokens);
+                r->snapshot_taken = true;
+        }
 
         /* rows is only read here; the sampler modifies its own copy of the row in place, which is
          * fine: the buffer is rewritten by the next forward */
@@ -754,6 +761,8 @@ static int engine_step(struct engine *e) {
                 struct ereq *r = (struct ereq *) en->req;
                 if (en->admitted && !r->admitted_ns)
                         r->admitted_ns = now;
+                if (en->admitted)
+                        r->snapshot_taken = false;
                 if (r->s.kv.n_tokens < r->s.n_prompt)
                         prefilled += en->n_tokens;
                 e->seqs[i] = (struct backend_seq) {

@@ -643,6 +643,50 @@ static uint64_t run_multiturn(bool cache, uint32_t *ret_cached) {
         return tokens;
 }
 
+/* Like a chat template: the next turn re-renders the previous answer after the model-turn header but
+ * drops the last 4 tokens of the previous prompt (Gemma's empty thought channel), so the shared prefix
+ * ends 4 tokens before the previous prompt's end, not at the end of its sequence. B = 16, W = 64. */
+static uint64_t run_chat(bool cache, uint32_t *ret_cached, uint32_t *ret_hits) {
+        struct fake_params fp = { .page_size = 16, .n_full_pages = 256, .n_sliding_pages = 160, .window = 64,
+                                  .vocab = VOCAB };
+        struct limits l = { .no_prefix_cache = !cache, .max_num_seqs = 8, .max_batched_tokens = 256 };
+        struct fixture *f = fixture_new(&fp, &l);
+        static int32_t conv[8][600];
+        uint32_t len[8], cached = 0, hits = 0;
+        const int32_t tail[4] = { 100, 45518 % VOCAB, 107, 101 };
+        for (uint32_t c = 0; c < 8; c++) {
+                make_prompt(conv[c], 40 + c * 3, c, 20);
+                len[c] = 40 + c * 3;
+                memcpy(conv[c] + len[c], tail, sizeof(tail));
+                len[c] += 4;
+        }
+        uint64_t id = 0;
+        for (uint32_t turn = 0; turn < 4; turn++) {
+                uint64_t first = id;
+                for (uint32_t c = 0; c < 8; c++)
+                        assert_int_equal(submit(f, id++, conv[c], len[c], 12, 0), 0);
+                run_until_done(f, (uint32_t) id);
+                for (uint32_t c = 0; c < 8; c++) {
+                        struct result *r = &f->res[first + c];
+                        cached += r->usage.cached_tokens;
+                        hits += r->usage.cached_tokens > 0;
+                        len[c] -= 4;            /* the history drops the empty thought channel */
+                        memcpy(conv[c] + len[c], r->toks, sizeof(int32_t) * r->n);
+                        len[c] += r->n;
+                        conv[c][len[c]++] = 106;        /* <turn|> */
+                        make_prompt(conv[c] + len[c], 9 + c, 100 + c * 4 + turn, 0);
+                        len[c] += 9 + c;
+                        memcpy(conv[c] + len[c], tail, sizeof(tail));
+                        len[c] += 4;
+                }
+        }
+        uint64_t tokens = fake_backend_tokens(f->b);
+        fixture_free(f);
+        *ret_cached = cached;
+        *ret_hits = hits;
+        return tokens;
+}
+
 static uint64_t run_system_prompt(bool cache, bool one_by_one, uint32_t *ret_cached) {
         struct limits l = { .no_prefix_cache = !cache, .max_num_seqs = 16, .max_batched_tokens = 256 };
         struct fixture *f = fixture_new(NULL, &l);
@@ -670,6 +714,15 @@ static void test_prefix_workloads(void **state) {
                       "(%u cached), %llu without\n", (unsigned long long) on, c_on, (unsigned long long) off);
         assert_true(on < off);
         assert_int_equal(c_off, 0);
+        assert_int_equal(off - on, c_on);
+        uint32_t hits_on, hits_off;
+        on = run_chat(true, &c_on, &hits_on);
+        off = run_chat(false, &c_off, &hits_off);
+        print_message("# chat-template turns (8 conversations x 4 turns, B = 16, W = 64): %llu tokens computed "
+                      "with the prefix cache (%u cached, %u of 24 follow-up turns hit), %llu without\n",
+                      (unsigned long long) on, c_on, hits_on, (unsigned long long) off);
+        assert_true(on < off);
+        assert_true(hits_on >= 18);
         assert_int_equal(off - on, c_on);
         uint64_t at_once = run_system_prompt(true, false, &c_on);
         uint64_t seq = run_system_prompt(true, true, &c_off);
