@@ -543,6 +543,12 @@ void engine_get_pool_params(struct engine *e, struct kv_pool_params *ret) {
         kv_pool_get_params(e->pool, ret);
 }
 
+int engine_check(struct engine *e, char *err, size_t errsize) {
+        if (e->thread_started)
+                return -EBUSY;
+        return kv_pool_check(e->pool, err, errsize);
+}
+
 /* ---- one step ---- */
 
 static bool is_stop_id(const struct engine *e, int32_t t) {

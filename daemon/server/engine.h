@@ -200,5 +200,7 @@ uint64_t engine_last_progress_ns(struct engine *e);
 void engine_test_stall(struct engine *e, uint32_t ms);
 /* Capacity facts for welcome: the KV pool's parameters. */
 void engine_get_pool_params(struct engine *e, struct kv_pool_params *ret);
+/* Tests: check the KV pool's invariants (kv_pool_check). Only while the thread is not started. */
+int engine_check(struct engine *e, char *err, size_t errsize);
 
 uint64_t engine_now_ns(void);

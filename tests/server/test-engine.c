@@ -20,7 +20,7 @@
 
 #define VOCAB 512
 #define MAX_OUT 256
-#define MAX_REQS 80
+#define MAX_REQS 200
 
 static const int32_t stop_ids[3] = { 1, 106, 50 };
 
@@ -736,6 +736,106 @@ static void test_prefix_workloads(void **state) {
         assert_int_equal(none - seq, c_off);
 }
 
+static uint32_t rnd_next(uint64_t *rng, uint32_t n) {
+        *rng = *rng * 6364136223846793005u + 1442695040888963407u;
+        return (uint32_t) ((*rng >> 33) % n);
+}
+
+/* A random mix of submissions (shared prefixes, priorities, deadlines, seeds), cancels, disconnects and
+ * stop requests under slot and page pressure: after every step the pool is consistent and the fake's
+ * checks hold; every greedy request's output is a prefix of its solo reference (equal to it when it
+ * ended by itself); at the end every page is free or cached. */
+static void test_random_mix(void **state) {
+        struct fake_params fp = { .page_size = 4, .n_full_pages = 96, .n_sliding_pages = 48, .window = 16,
+                                  .vocab = VOCAB };
+        struct limits l = { .max_num_seqs = 6, .max_batched_tokens = 40, .max_queue = 12, .aging_ms = 20 };
+        struct fixture *f = fixture_new(&fp, &l);
+        static int32_t prompts[MAX_REQS][64];
+        static uint32_t lens[MAX_REQS], maxt[MAX_REQS];
+        static bool greedy[MAX_REQS], accepted[MAX_REQS];
+        uint64_t rng = 2024;
+        uint32_t next_id = 0, n_accepted = 0, actions = 0, overloaded = 0;
+        char err[256];
+        while (actions < 2000) {
+                uint32_t a = rnd_next(&rng, 100);
+                actions++;
+                for (uint32_t burst = a < 25 ? (rnd_next(&rng, 6) == 0 ? 10 : 1) : 0;
+                     burst > 0 && next_id < MAX_REQS; burst--) {
+                        uint32_t id = next_id++;
+                        lens[id] = 2 + rnd_next(&rng, 50);
+                        maxt[id] = 1 + rnd_next(&rng, 30);
+                        uint32_t salt = rnd_next(&rng, 4), shared = rnd_next(&rng, 3) * 12;
+                        make_prompt(prompts[id], lens[id], salt, shared);
+                        struct engine_request rq = { .conn_id = 1 + id % 3, .req_id = id,
+                                                     .kind = rnd_next(&rng, 10) == 0 ? ENGINE_KIND_SCORE : ENGINE_KIND_GENERATE,
+                                                     .tokens = prompts[id], .n_tokens = lens[id] };
+                        sampling_params_init(&rq.params);
+                        greedy[id] = rnd_next(&rng, 3) != 0 && rq.kind == ENGINE_KIND_GENERATE;
+                        rq.params.temperature = greedy[id] ? 0.0f : 0.8f;
+                        rq.params.top_p = greedy[id] ? 1.0f : 0.9f;
+                        rq.params.seed = id;
+                        rq.params.has_seed = rnd_next(&rng, 2);
+                        rq.params.max_tokens = maxt[id];
+                        rq.params.priority = (int32_t) rnd_next(&rng, 40) - 20;
+                        rq.params.deadline_ms = rnd_next(&rng, 8) == 0 ? 1 + rnd_next(&rng, 20) : 0;
+                        rq.params.logprobs = rnd_next(&rng, 3);
+                        int r = engine_submit(f->e, &rq, err, sizeof(err));
+                        if (r == -EAGAIN) {
+                                overloaded++;
+                        } else {
+                                assert_int_equal(r, 0);
+                                accepted[id] = true;
+                                n_accepted++;
+                        }
+                }
+                if (a < 25) {
+                        continue;
+                } else if (a < 26 && next_id > 0) {
+                        uint32_t id = rnd_next(&rng, next_id);
+                        assert_int_equal(engine_cancel(f->e, 1 + id % 3, id), 0);
+                } else if (a < 28) {
+                        assert_int_equal(engine_cancel_connection(f->e, 1 + rnd_next(&rng, 3)), 0);
+                } else if (a < 32 && next_id > 0) {
+                        uint32_t id = rnd_next(&rng, next_id);
+                        assert_int_equal(engine_request_stop(f->e, 1 + id % 3, id), 0);
+                } else {
+                        step(f);
+                        assert_int_equal(engine_check(f->e, err, sizeof(err)), 0);
+                        if (rnd_next(&rng, 20) == 0)
+                                usleep(2000);   /* let some deadlines pass */
+                }
+        }
+        run_until_done(f, n_accepted);
+        uint32_t full_checks = 0;
+        for (uint32_t id = 0; id < next_id; id++) {
+                struct result *r = &f->res[id];
+                if (!accepted[id] || !greedy[id] || r->error)
+                        continue;
+                assert_true(r->finished);
+                int32_t ref[MAX_OUT];
+                uint32_t n_ref = fake_reference_greedy(&f->fp, prompts[id], lens[id], stop_ids, 3, maxt[id], ref);
+                assert_true(r->n <= n_ref);
+                assert_memory_equal(r->toks, ref, sizeof(int32_t) * r->n);
+                if (r->reason == ENGINE_FINISH_LENGTH || r->reason == ENGINE_FINISH_STOP) {
+                        bool by_stop_id = r->reason == ENGINE_FINISH_STOP && r->usage.output_tokens == n_ref &&
+                                          r->n + 1 == n_ref;
+                        if (r->reason == ENGINE_FINISH_LENGTH || by_stop_id) {
+                                assert_int_equal(r->usage.output_tokens, n_ref);
+                                full_checks++;
+                        }
+                }
+        }
+        struct engine_status st;
+        engine_get_status(f->e, &st);
+        print_message("# random mix: %u actions, %u accepted, %u overloaded, %llu preemptions, %u outputs "
+                      "checked in full\n", actions, n_accepted, overloaded, (unsigned long long) st.preemptions,
+                      full_checks);
+        assert_true(full_checks > 5);
+        assert_pool_empty(f);
+        assert_int_equal(engine_check(f->e, err, sizeof(err)), 0);
+        fixture_free(f);
+}
+
 /* ---- the real thread ---- */
 
 struct waker {
@@ -828,6 +928,7 @@ int main(void) {
                 cmocka_unit_test(test_score),
                 cmocka_unit_test(test_backend_errors),
                 cmocka_unit_test(test_duplicate_id),
+                cmocka_unit_test(test_random_mix),
                 cmocka_unit_test(test_thread),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
