@@ -42,6 +42,14 @@ static inline uint64_t mix64(uint64_t z) {
         return z ^ (z >> 31);
 }
 
+uint32_t kv_pool_sliding_pages_for(uint32_t window, uint32_t page_size, uint32_t max_num_seqs) {
+        if (page_size == 0)
+                return 0;
+        uint64_t ring = ((uint64_t) window + page_size - 1) / page_size + 1;
+        uint64_t n = 2 * ring * max_num_seqs;
+        return n > UINT32_MAX - 1 ? UINT32_MAX - 1 : (uint32_t) n;
+}
+
 uint64_t kv_hash_page(uint64_t parent, const int32_t *tokens, uint32_t n) {
         uint64_t h = mix64(parent ^ ((uint64_t) n << 32));
         for (uint32_t i = 0; i < n; i++)

@@ -118,6 +118,10 @@ int kv_pool_page_info(const struct kv_pool *pool, enum kv_space space, uint32_t 
 /* Check every internal invariant (lists, counts, hash table); 0 or -EUCLEAN with a message in err. */
 int kv_pool_check(const struct kv_pool *pool, char *err, size_t errsize);
 
+/* A sliding space that leaves room for prefix-cache snapshots next to max_num_seqs running rings: twice
+ * max_num_seqs * (ceil(window / B) + 1) pages. For backend_params.n_sliding_pages. */
+uint32_t kv_pool_sliding_pages_for(uint32_t window, uint32_t page_size, uint32_t max_num_seqs);
+
 /* Chained page hash, exposed for tests: h = H(parent, tokens[0, n)). */
 uint64_t kv_hash_page(uint64_t parent, const int32_t *tokens, uint32_t n);
 #define KV_HASH_SEED UINT64_C(0x6a09e667f3bcc908)

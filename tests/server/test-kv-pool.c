@@ -38,6 +38,14 @@ static void assert_pool_ok(struct kv_pool *pool) {
                 fail_msg("pool invariant: %s", err);
 }
 
+static void test_sliding_sizing(void **state) {
+        /* Gemma 4: W = 1024, B = 16 -> ring 65; 64 sequences -> 8,320 pages */
+        assert_int_equal(kv_pool_sliding_pages_for(1024, 16, 64), 2 * 65 * 64);
+        assert_int_equal(kv_pool_sliding_pages_for(8, 4, 3), 2 * 3 * 3);
+        assert_int_equal(kv_pool_sliding_pages_for(10, 4, 1), 2 * 4);
+        assert_int_equal(kv_pool_sliding_pages_for(10, 0, 1), 0);
+}
+
 static void test_bad_params(void **state) {
         struct kv_pool_params p = { .page_size = 0, .n_full_pages = 4, .n_sliding_pages = 4, .n_sliding_ring = 3 };
         struct kv_pool *pool = NULL;
@@ -484,6 +492,7 @@ static void test_property(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_bad_params),
+                cmocka_unit_test(test_sliding_sizing),
                 cmocka_unit_test(test_grow_and_ring),
                 cmocka_unit_test(test_reserve_enospc),
                 cmocka_unit_test(test_prefix_hit),
