@@ -793,6 +793,9 @@ static int engine_step(struct engine *e) {
                         pthread_mutex_lock(&e->in_lock);
                         e->fatal = ret;
                         pthread_mutex_unlock(&e->in_lock);
+                        /* nothing will run again: answer everyone before the daemon exits */
+                        while (e->live)
+                                fail(e, e->live, ENGINE_ERROR_INTERNAL, "the device was lost");
                         publish_status(e, now);
                         wake_io(e);
                         return ret;

@@ -573,16 +573,25 @@ static void test_backend_errors(void **state) {
         assert_int_equal(submit(f, 2, p, 20, 5, 0), 0);
         run_until_done(f, 3);
         check_reference(f, 2, p, 20, 5);
-        /* a lost device (-EIO) is fatal */
+        fixture_free(f);
+
+        /* a lost device (-EIO) is fatal; a request waiting outside the failed step gets an error too */
+        struct limits l1 = { .max_num_seqs = 1 };
+        f = fixture_new(NULL, &l1);
         assert_int_equal(submit(f, 3, p, 20, 50, 0), 0);
+        assert_int_equal(submit(f, 5, p, 20, 50, 19), 0);
+        step(f);
         fake_backend_set_fail(f->b, fake_backend_steps(f->b) + 1, -EIO);
         assert_int_equal(engine_run_step(f->e), -EIO);
         collect(f);
         assert_true(f->res[3].error);
+        assert_true(f->res[5].error);
+        assert_int_equal(f->res[5].error_code, ENGINE_ERROR_INTERNAL);
         struct engine_status st;
         engine_get_status(f->e, &st);
         assert_int_equal(st.fatal, -EIO);
         assert_int_equal(submit(f, 4, p, 20, 5, 0), -ESHUTDOWN);
+        assert_int_equal(engine_run_step(f->e), -EIO);
         fixture_free(f);
 }
 
