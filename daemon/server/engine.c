@@ -488,6 +488,7 @@ static void publish_status(struct engine *e, uint64_t now) {
         memcpy(st.kv, ps.space, sizeof(st.kv));
         st.page_size = e->cap.page_size;
         st.capacity_tokens = (uint64_t) e->cap.n_full_pages * e->cap.page_size;
+        st.max_len = e->max_len;
         uint32_t per_seq = (32768 + e->cap.page_size - 1) / e->cap.page_size;
         uint32_t by_full = e->cap.n_full_pages / per_seq;
         uint32_t by_sliding = e->cap.n_sliding_pages / e->cap.n_sliding_ring;

@@ -150,6 +150,7 @@ struct engine_status {
         struct kv_space_stats kv[_KV_SPACE_MAX];
         uint32_t page_size;
         uint64_t capacity_tokens;       /* full pages * B */
+        uint32_t max_len;               /* longest sequence: min(limits.max_model_len, capacity_tokens) */
         uint32_t seqs_32k;              /* 32K-token sequences that fit */
         double prefix_hit_rate;         /* skipped / offered prompt tokens since start */
         double tokens_per_s;            /* generated tokens/s over the last 10 s */

@@ -503,6 +503,7 @@ static void test_status(void **state) {
         assert_int_equal(f->res[3].queue_position, 3);
         assert_int_equal(st.page_size, 4);
         assert_int_equal(st.capacity_tokens, 512 * 4);
+        assert_int_equal(st.max_len, 1024);
         /* 32K tokens need 8192 pages of 4: none fit this toy pool */
         assert_int_equal(st.seqs_32k, 0);
         assert_true(st.kv[KV_SPACE_FULL].used >= 3);
