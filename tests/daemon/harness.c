@@ -180,8 +180,14 @@ int daemon_start(struct daemon *d, const struct daemon_opts *o) {
                 unsetenv("LISTEN_PID");
                 unsetenv("LISTEN_FDNAMES");
                 unsetenv("JOURNAL_STREAM");
-                for (const char *const *e = o->env; e && *e; e++)
-                        putenv((char *) *e);
+                for (const char *const *e = o->env; e && *e; e++) {
+                        if (strcmp(*e, "WATCHDOG_PID=self") == 0) {
+                                char pid[32];
+                                snprintf(pid, sizeof pid, "%d", (int) getpid());
+                                setenv("WATCHDOG_PID", pid, 1);
+                        } else
+                                putenv((char *) *e);
+                }
                 if (o->listen_fd >= 0 && o->listen_fd != 0) {
                         char pid[32];
                         if (o->listen_fd != 3) {

@@ -34,7 +34,8 @@ struct daemon {
 struct daemon_opts {
         const char *model;              /* model directory */
         const char *yaml;               /* extra configuration text, appended after the harness's keys */
-        const char *const *env;         /* extra "KEY=VALUE" entries, NULL-terminated */
+        const char *const *env;         /* extra "KEY=VALUE" entries, NULL-terminated; "WATCHDOG_PID=self"
+                                         * becomes the daemon's own pid, as systemd sets it */
         int listen_fd;                  /* >= 0: pass as systemd socket (LISTEN_FDS=1, fd 3) */
         bool no_wait;                   /* do not wait for "ready" */
 };
