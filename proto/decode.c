@@ -38,9 +38,9 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
         uint64_t objects = 0;
 
         if (len == 0)
-                return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: empty body");
+                return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: empty body");
         if (!((p[0] >= 0x80 && p[0] <= 0x8f) || p[0] == 0xde || p[0] == 0xdf))
-                return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: top level must be a map");
+                return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: top level must be a map");
 
         remaining[0] = 1;
         for (;;) {
@@ -52,8 +52,9 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                 while (remaining[level] == 0) {
                         if (level == 0) {
                                 if (pos != len)
-                                        return diag_fail(d, PROTO_CODE_BAD_REQUEST,
-                                                         "frame: %zu trailing bytes after the map", len - pos);
+                                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                                                "frame: %zu trailing bytes after the map",
+                                                                len - pos);
                                 return 0;
                         }
                         level--;
@@ -61,9 +62,10 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                 remaining[level]--;
 
                 if (pos >= len)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                                "frame: msgpack data is truncated");
                 if (++objects > PROTO_MAX_OBJECTS)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: more than %u objects",
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: more than %u objects",
                                          PROTO_MAX_OBJECTS);
                 c = p[pos++];
 
@@ -121,8 +123,9 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                                 container = true;
                                 break;
                         default:                                /* 0xc1 is never used */
-                                return diag_fail(d, PROTO_CODE_BAD_REQUEST,
-                                                 "frame: invalid msgpack byte 0x%02x at offset %zu", c, pos - 1);
+                                return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                                        "frame: invalid msgpack byte 0x%02x at offset %zu",
+                                                        c, pos - 1);
                         }
                 }
 
@@ -133,12 +136,13 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
                         continue;
                 }
                 if (count > len - pos)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
                                          "frame: a container of %llu elements does not fit in the frame",
                                          (unsigned long long) count);
                 /* This container sits at depth level + 1 (the top-level map is depth 1). */
                 if (level + 1 > PROTO_MAX_DEPTH)
-                        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: nested deeper than %u levels",
+                        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST,
+                                                "frame: nested deeper than %u levels",
                                          PROTO_MAX_DEPTH);
                 if (count == 0)
                         continue;
@@ -146,7 +150,7 @@ static int scan_body(const uint8_t *p, size_t len, struct proto_diag *d) {
         }
 
 truncated:
-        return diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
+        return proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: msgpack data is truncated");
 }
 
 /* ---- map access ---- */
@@ -173,7 +177,7 @@ static int map_get(struct dec *d, const msgpack_object *map, const char *path, c
                 if (!key_is(&kv->key, key))
                         continue;
                 if (found)
-                        return diag_key(d->diag, path, key, "key given twice");
+                        return proto__diag_key(d->diag, path, key, "key given twice");
                 found = &kv->val;
         }
         *ret = found && found->type != MSGPACK_OBJECT_NIL ? found : NULL;
@@ -181,7 +185,8 @@ static int map_get(struct dec *d, const msgpack_object *map, const char *path, c
 }
 
 /* Returns 1 when present (value written), 0 when absent and optional, or -EBADMSG. */
-static int get_obj(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_obj(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    msgpack_object_type type, const msgpack_object **ret) {
         const msgpack_object *v;
         int r;
@@ -191,18 +196,20 @@ static int get_obj(struct dec *d, const msgpack_object *map, const char *path, c
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         if (v->type != type) {
                 msgpack_object want = { .type = type };
-                return diag_key(d->diag, path, key, "expected %s, got %s", object_kind(&want), object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected %s, got %s", proto__object_kind(&want),
+                                       proto__object_kind(v));
         }
         *ret = v;
         return 1;
 }
 
-static int get_u64(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_u64(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    uint64_t min, uint64_t max, uint64_t *ret) {
         const msgpack_object *v;
         int r;
@@ -212,22 +219,26 @@ static int get_u64(struct dec *d, const msgpack_object *map, const char *path, c
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-                return diag_key(d->diag, path, key, "must be in %llu..%llu, got %lld", (unsigned long long) min,
+                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %lld",
+                                       (unsigned long long) min,
                                 (unsigned long long) max, (long long) v->via.i64);
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-                return diag_key(d->diag, path, key, "expected integer, got %s", object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected integer, got %s",
+                                       proto__object_kind(v));
         if (v->via.u64 < min || v->via.u64 > max)
-                return diag_key(d->diag, path, key, "must be in %llu..%llu, got %llu", (unsigned long long) min,
+                return proto__diag_key(d->diag, path, key, "must be in %llu..%llu, got %llu",
+                                       (unsigned long long) min,
                                 (unsigned long long) max, (unsigned long long) v->via.u64);
         *ret = v->via.u64;
         return 1;
 }
 
-static int get_u32(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_u32(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    uint32_t min, uint32_t max, uint32_t *ret) {
         uint64_t v;
         int r;
@@ -238,7 +249,8 @@ static int get_u32(struct dec *d, const msgpack_object *map, const char *path, c
         return r;
 }
 
-static int get_i32(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_i32(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    int32_t min, int32_t max, int32_t *ret) {
         const msgpack_object *v;
         int64_t x;
@@ -249,20 +261,22 @@ static int get_i32(struct dec *d, const msgpack_object *map, const char *path, c
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
                 if (v->via.u64 > (uint64_t) max)
-                        return diag_key(d->diag, path, key, "must be in %d..%d, got %llu", min, max,
+                        return proto__diag_key(d->diag, path, key, "must be in %d..%d, got %llu", min, max,
                                         (unsigned long long) v->via.u64);
                 x = (int64_t) v->via.u64;
         } else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
                 x = v->via.i64;
         else
-                return diag_key(d->diag, path, key, "expected integer, got %s", object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected integer, got %s",
+                                       proto__object_kind(v));
         if (x < min || x > max)
-                return diag_key(d->diag, path, key, "must be in %d..%d, got %lld", min, max, (long long) x);
+                return proto__diag_key(d->diag, path, key, "must be in %d..%d, got %lld", min, max,
+                                       (long long) x);
         *ret = (int32_t) x;
         return 1;
 }
@@ -279,7 +293,7 @@ static int get_double(struct dec *d, const msgpack_object *map, const char *path
                 return r;
         if (!v) {
                 if (required)
-                        return diag_key(d->diag, path, key, "missing required key");
+                        return proto__diag_key(d->diag, path, key, "missing required key");
                 return 0;
         }
         switch (v->type) {
@@ -294,10 +308,11 @@ static int get_double(struct dec *d, const msgpack_object *map, const char *path
                 x = v->via.f64;
                 break;
         default:
-                return diag_key(d->diag, path, key, "expected a number, got %s", object_kind(v));
+                return proto__diag_key(d->diag, path, key, "expected a number, got %s",
+                                       proto__object_kind(v));
         }
         if (!isfinite(x))
-                return diag_key(d->diag, path, key, "must be a finite number");
+                return proto__diag_key(d->diag, path, key, "must be a finite number");
         *ret = x;
         return 1;
 }
@@ -312,16 +327,17 @@ static int get_bool(struct dec *d, const msgpack_object *map, const char *path, 
         return r;
 }
 
-static int copy_str(struct dec *d, const msgpack_object *v, const char *path, const char *key, size_t max_bytes,
+static int copy_str(struct dec *d, const msgpack_object *v, const char *path, const char *key,
+                    size_t max_bytes,
                     bool allow_empty, char **ret) {
         char *s;
 
         if (v->via.str.size > max_bytes)
-                return diag_key(d->diag, path, key, "longer than %zu bytes", max_bytes);
+                return proto__diag_key(d->diag, path, key, "longer than %zu bytes", max_bytes);
         if (!allow_empty && v->via.str.size == 0)
-                return diag_key(d->diag, path, key, "must not be empty");
+                return proto__diag_key(d->diag, path, key, "must not be empty");
         if (!proto_utf8_valid(v->via.str.ptr, v->via.str.size))
-                return diag_key(d->diag, path, key, "string is not valid UTF-8 or contains NUL");
+                return proto__diag_key(d->diag, path, key, "string is not valid UTF-8 or contains NUL");
         s = malloc(v->via.str.size + 1);
         if (!s)
                 return -ENOMEM;
@@ -331,7 +347,8 @@ static int copy_str(struct dec *d, const msgpack_object *v, const char *path, co
         return 1;
 }
 
-static int get_str(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_str(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    size_t max_bytes, bool allow_empty, char **ret) {
         const msgpack_object *v;
         int r;
@@ -348,9 +365,9 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
         uint32_t n = a->via.array.size;
 
         if (n < min_n)
-                return diag_key(d->diag, path, key, "must have at least %u element(s)", min_n);
+                return proto__diag_key(d->diag, path, key, "must have at least %u element(s)", min_n);
         if (n > PROTO_MAX_TOKEN_IDS)
-                return diag_key(d->diag, path, key, "more than %u token ids", PROTO_MAX_TOKEN_IDS);
+                return proto__diag_key(d->diag, path, key, "more than %u token ids", PROTO_MAX_TOKEN_IDS);
         if (n > 0) {
                 ids = malloc(n * sizeof(*ids));
                 if (!ids)
@@ -361,7 +378,8 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
 
                 if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER || e->via.u64 > PROTO_MAX_TOKEN_ID) {
                         free(ids);
-                        return diag_key(d->diag, path, key, "element %u: expected a token id in 0..%d", i,
+                        return proto__diag_key(d->diag, path, key,
+                                               "element %u: expected a token id in 0..%d", i,
                                         PROTO_MAX_TOKEN_ID);
                 }
                 ids[i] = (int32_t) e->via.u64;
@@ -371,7 +389,8 @@ static int decode_id_array(struct dec *d, const msgpack_object *a, const char *p
         return 1;
 }
 
-static int get_ids(struct dec *d, const msgpack_object *map, const char *path, const char *key, bool required,
+static int get_ids(struct dec *d, const msgpack_object *map, const char *path, const char *key,
+                   bool required,
                    uint32_t min_n, int32_t **ret, uint32_t *ret_n) {
         const msgpack_object *a;
         int r;
@@ -429,21 +448,24 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
                         p.present |= (bit);     \
         } while (0)
 
-        FLAG(PROTO_PARAM_MAX_TOKENS, get_u32(d, m, P, "max_tokens", false, 1, PROTO_MAX_MAX_TOKENS, &p.max_tokens));
+        FLAG(PROTO_PARAM_MAX_TOKENS, get_u32(d, m, P, "max_tokens", false, 1, PROTO_MAX_MAX_TOKENS,
+                                             &p.max_tokens));
         FLAG(PROTO_PARAM_TEMPERATURE, get_double(d, m, P, "temperature", false, &p.temperature));
         FLAG(PROTO_PARAM_TOP_P, get_double(d, m, P, "top_p", false, &p.top_p));
         FLAG(PROTO_PARAM_TOP_K, get_u32(d, m, P, "top_k", false, 0, 1u << 20, &p.top_k));
         FLAG(PROTO_PARAM_MIN_P, get_double(d, m, P, "min_p", false, &p.min_p));
         FLAG(PROTO_PARAM_REPETITION_PENALTY, get_double(d, m, P, "repetition_penalty", false,
                                                          &p.repetition_penalty));
-        FLAG(PROTO_PARAM_PRESENCE_PENALTY, get_double(d, m, P, "presence_penalty", false, &p.presence_penalty));
+        FLAG(PROTO_PARAM_PRESENCE_PENALTY, get_double(d, m, P, "presence_penalty", false,
+                                                      &p.presence_penalty));
         FLAG(PROTO_PARAM_FREQUENCY_PENALTY, get_double(d, m, P, "frequency_penalty", false,
                                                         &p.frequency_penalty));
         FLAG(PROTO_PARAM_SEED, get_u64(d, m, P, "seed", false, 0, UINT64_MAX, &u));
         if (p.present & PROTO_PARAM_SEED)
                 p.seed = u;
         FLAG(PROTO_PARAM_LOGPROBS, get_i32(d, m, P, "logprobs", false, 0, PROTO_MAX_LOGPROBS, &p.logprobs));
-        FLAG(PROTO_PARAM_PRIORITY, get_i32(d, m, P, "priority", false, PROTO_PRIORITY_MIN, PROTO_PRIORITY_MAX,
+        FLAG(PROTO_PARAM_PRIORITY, get_i32(d, m, P, "priority", false, PROTO_PRIORITY_MIN,
+                                           PROTO_PRIORITY_MAX,
                                            &p.priority));
         FLAG(PROTO_PARAM_DEADLINE_MS, get_u32(d, m, P, "deadline_ms", false, 0, PROTO_MAX_DEADLINE_MS,
                                               &p.deadline_ms));
@@ -457,7 +479,7 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
 
                 p.present |= PROTO_PARAM_STOP;
                 if (n > PROTO_MAX_STOP) {
-                        r = diag_key(d->diag, P, "stop", "more than %u stop strings", PROTO_MAX_STOP);
+                        r = proto__diag_key(d->diag, P, "stop", "more than %u stop strings", PROTO_MAX_STOP);
                         goto fail;
                 }
                 if (n > 0) {
@@ -473,7 +495,8 @@ static int decode_params(struct dec *d, const msgpack_object *map, struct proto_
 
                         (void) snprintf(name, sizeof(name), "stop[%u]", i);
                         if (e->type != MSGPACK_OBJECT_STR) {
-                                r = diag_key(d->diag, P, name, "expected string, got %s", object_kind(e));
+                                r = proto__diag_key(d->diag, P, name, "expected string, got %s",
+                                                    proto__object_kind(e));
                                 goto fail;
                         }
                         r = copy_str(d, e, P, name, PROTO_MAX_STOP_BYTES, false, &p.stop[i]);
@@ -508,11 +531,11 @@ static int decode_prompt(struct dec *d, const msgpack_object *map, struct proto_
                 goto fail;
         }
         if (has_text && has_ids) {
-                r = diag_key(d->diag, NULL, "prompt", "give either prompt or prompt_ids, not both");
+                r = proto__diag_key(d->diag, NULL, "prompt", "give either prompt or prompt_ids, not both");
                 goto fail;
         }
         if (!has_text && !has_ids) {
-                r = diag_key(d->diag, NULL, "prompt", "missing required key (or prompt_ids)");
+                r = proto__diag_key(d->diag, NULL, "prompt", "missing required key (or prompt_ids)");
                 goto fail;
         }
         *ret = p;
@@ -531,7 +554,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
         int r;
 
         if (n > PROTO_MAX_TOKEN_IDS)
-                return diag_key(d->diag, NULL, key, "more than %u entries", PROTO_MAX_TOKEN_IDS);
+                return proto__diag_key(d->diag, NULL, key, "more than %u entries", PROTO_MAX_TOKEN_IDS);
         if (n > 0) {
                 lp = calloc(n, sizeof(*lp));
                 if (!lp)
@@ -542,9 +565,10 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 struct proto_token_logprob *t = &lp[done];
                 double x;
 
-                path_index(path, sizeof(path), key, done);
+                proto__path_index(path, sizeof(path), key, done);
                 if (e->type != MSGPACK_OBJECT_MAP) {
-                        r = diag_key(d->diag, NULL, path, "expected map, got %s", object_kind(e));
+                        r = proto__diag_key(d->diag, NULL, path, "expected map, got %s",
+                                            proto__object_kind(e));
                         goto fail;
                 }
                 r = get_i32(d, e, path, "id", true, 0, PROTO_MAX_TOKEN_ID, &t->id);
@@ -554,7 +578,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 if (r < 0)
                         goto fail;
                 if (x > 0 || x < -FLT_MAX) {
-                        r = diag_key(d->diag, path, "logprob", "must be in [-FLT_MAX, 0]");
+                        r = proto__diag_key(d->diag, path, "logprob", "must be in [-FLT_MAX, 0]");
                         goto fail;
                 }
                 t->logprob = (float) x;
@@ -564,7 +588,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                 if (r == 0 || top->via.array.size == 0)
                         continue;
                 if (top->via.array.size > PROTO_MAX_LOGPROBS) {
-                        r = diag_key(d->diag, path, "top", "more than %d entries", PROTO_MAX_LOGPROBS);
+                        r = proto__diag_key(d->diag, path, "top", "more than %d entries",
+                                            PROTO_MAX_LOGPROBS);
                         goto fail;
                 }
                 t->top = calloc(top->via.array.size, sizeof(*t->top));
@@ -579,7 +604,8 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
 
                         (void) snprintf(tpath, sizeof(tpath), "%s.top[%u]", path, i);
                         if (te->type != MSGPACK_OBJECT_MAP) {
-                                r = diag_key(d->diag, NULL, tpath, "expected map, got %s", object_kind(te));
+                                r = proto__diag_key(d->diag, NULL, tpath, "expected map, got %s",
+                                                    proto__object_kind(te));
                                 goto fail;
                         }
                         r = get_i32(d, te, tpath, "id", true, 0, PROTO_MAX_TOKEN_ID, &t->top[i].id);
@@ -589,7 +615,7 @@ static int decode_logprobs(struct dec *d, const msgpack_object *a, const char *k
                         if (r < 0)
                                 goto fail;
                         if (x > 0 || x < -FLT_MAX) {
-                                r = diag_key(d->diag, tpath, "logprob", "must be in [-FLT_MAX, 0]");
+                                r = proto__diag_key(d->diag, tpath, "logprob", "must be in [-FLT_MAX, 0]");
                                 goto fail;
                         }
                         t->top[i].logprob = (float) x;
@@ -625,7 +651,7 @@ static int decode_hello(struct dec *d, const msgpack_object *map, struct proto_h
         if (r < 0)
                 return r;
         if (m.proto != PROTO_VERSION)
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED_VERSION,
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED_VERSION,
                                  "proto: version %u is not supported (this side speaks %u)", m.proto,
                                  PROTO_VERSION);
         r = get_str(d, map, NULL, "client", false, PROTO_MAX_NAME_BYTES, true, &m.client);
@@ -635,21 +661,36 @@ static int decode_hello(struct dec *d, const msgpack_object *map, struct proto_h
         return 0;
 }
 
+/* generate and score share their shape: id, prompt or prompt_ids, params. */
+static int decode_prompt_request(struct dec *d, const msgpack_object *map, uint64_t *ret_id,
+                                 struct proto_prompt *ret_prompt, struct proto_params *ret_params) {
+        struct proto_prompt prompt;
+        uint64_t id;
+        int r;
+
+        r = get_id(d, map, &id);
+        if (r < 0)
+                return r;
+        r = decode_prompt(d, map, &prompt);
+        if (r < 0)
+                return r;
+        r = decode_params(d, map, ret_params);
+        if (r < 0) {
+                proto_prompt_done(&prompt);
+                return r;
+        }
+        *ret_id = id;
+        *ret_prompt = prompt;
+        return 0;
+}
+
 static int decode_generate(struct dec *d, const msgpack_object *map, struct proto_generate *ret) {
         struct proto_generate m = {};
         int r;
 
-        r = get_id(d, map, &m.id);
+        r = decode_prompt_request(d, map, &m.id, &m.prompt, &m.params);
         if (r < 0)
                 return r;
-        r = decode_prompt(d, map, &m.prompt);
-        if (r < 0)
-                return r;
-        r = decode_params(d, map, &m.params);
-        if (r < 0) {
-                proto_generate_done(&m);
-                return r;
-        }
         *ret = m;
         return 0;
 }
@@ -666,14 +707,14 @@ static int decode_chat(struct dec *d, const msgpack_object *map, struct proto_ch
         r = get_json(d, map, "messages", true, MSGPACK_OBJECT_ARRAY, &m.messages);
         if (r < 0)
                 goto fail;
-        r = check_chat_messages(m.messages, d->diag);
+        r = proto__check_chat_messages(m.messages, d->diag);
         if (r < 0)
                 goto fail;
         r = get_json(d, map, "tools", false, MSGPACK_OBJECT_ARRAY, &m.tools);
         if (r < 0)
                 goto fail;
         if (m.tools) {
-                r = check_chat_tools(m.tools, d->diag);
+                r = proto__check_chat_tools(m.tools, d->diag);
                 if (r < 0)
                         goto fail;
         }
@@ -744,17 +785,9 @@ static int decode_score(struct dec *d, const msgpack_object *map, struct proto_s
         struct proto_score m = {};
         int r;
 
-        r = get_id(d, map, &m.id);
+        r = decode_prompt_request(d, map, &m.id, &m.prompt, &m.params);
         if (r < 0)
                 return r;
-        r = decode_prompt(d, map, &m.prompt);
-        if (r < 0)
-                return r;
-        r = decode_params(d, map, &m.params);
-        if (r < 0) {
-                proto_score_done(&m);
-                return r;
-        }
         *ret = m;
         return 0;
 }
@@ -820,7 +853,8 @@ static int decode_delta(struct dec *d, const msgpack_object *map, struct proto_d
         if (r >= 0)
                 r = get_logprobs(d, map, "logprobs", false, &m.logprobs, &m.n_logprobs);
         if (r >= 0 && m.n_logprobs != 0 && m.n_logprobs != m.n_token_ids)
-                r = diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids", m.n_logprobs,
+                r = proto__diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids",
+                                    m.n_logprobs,
                              m.n_token_ids);
         if (r < 0) {
                 proto_delta_done(&m);
@@ -844,7 +878,7 @@ static int decode_tool_call(struct dec *d, const msgpack_object *map, struct pro
         if (r >= 0)
                 r = get_str(d, map, NULL, "arguments", true, SIZE_MAX, false, &m.arguments);
         if (r >= 0)
-                r = check_tool_arguments("arguments", m.arguments, d->diag);
+                r = proto__check_tool_arguments("arguments", m.arguments, d->diag);
         if (r < 0) {
                 proto_tool_call_done(&m);
                 return r;
@@ -857,7 +891,7 @@ static int get_ms(struct dec *d, const msgpack_object *map, const char *key, dou
         int r = get_double(d, map, "timings", key, true, ret);
 
         if (r > 0 && *ret < 0)
-                return diag_key(d->diag, "timings", key, "must be >= 0");
+                return proto__diag_key(d->diag, "timings", key, "must be >= 0");
         return r;
 }
 
@@ -877,14 +911,16 @@ static int decode_finished(struct dec *d, const msgpack_object *map, struct prot
                         memcpy(name, reason->via.str.ptr, reason->via.str.size);
                 m.reason = proto_reason_from_string(name);
                 if (m.reason < 0 || memchr(reason->via.str.ptr, 0, reason->via.str.size)) {
-                        r = diag_key(d->diag, NULL, "reason", "must be stop, length, cancelled, deadline or error");
+                        r = proto__diag_key(d->diag, NULL, "reason",
+                                            "must be stop, length, cancelled, deadline or error");
                         goto fail;
                 }
         }
         TRY(get_obj(d, map, NULL, "usage", true, MSGPACK_OBJECT_MAP, &usage));
         TRY(get_u32(d, usage, "usage", "prompt_tokens", true, 0, UINT32_MAX, &m.usage.prompt_tokens));
         TRY(get_u32(d, usage, "usage", "cached_tokens", true, 0, UINT32_MAX, &m.usage.cached_tokens));
-        TRY(get_u32(d, usage, "usage", "completion_tokens", true, 0, UINT32_MAX, &m.usage.completion_tokens));
+        TRY(get_u32(d, usage, "usage", "completion_tokens", true, 0, UINT32_MAX,
+                    &m.usage.completion_tokens));
         TRY(get_obj(d, map, NULL, "timings", true, MSGPACK_OBJECT_MAP, &timings));
         TRY(get_ms(d, timings, "queue_ms", &m.timings.queue_ms));
         TRY(get_ms(d, timings, "ttft_ms", &m.timings.ttft_ms));
@@ -894,7 +930,8 @@ static int decode_finished(struct dec *d, const msgpack_object *map, struct prot
                 TRY(get_obj(d, map, NULL, "error", true, MSGPACK_OBJECT_MAP, &error));
                 TRY(get_str(d, error, "error", "code", true, PROTO_MAX_NAME_BYTES, false, &code));
                 m.error_code = proto_code_from_string(code);
-                TRY(get_str(d, error, "error", "message", true, PROTO_MAX_MESSAGE_BYTES, true, &m.error_message));
+                TRY(get_str(d, error, "error", "message", true, PROTO_MAX_MESSAGE_BYTES, true,
+                            &m.error_message));
         }
 #undef TRY
         free(code);
@@ -942,7 +979,8 @@ static int decode_status_reply(struct dec *d, const msgpack_object *map, struct 
         return 0;
 }
 
-static int decode_tokenize_reply(struct dec *d, const msgpack_object *map, struct proto_tokenize_reply *ret) {
+static int decode_tokenize_reply(struct dec *d, const msgpack_object *map,
+                                 struct proto_tokenize_reply *ret) {
         struct proto_tokenize_reply m = {};
         int r;
 
@@ -979,7 +1017,8 @@ static int decode_score_reply(struct dec *d, const msgpack_object *map, struct p
         if (r >= 0)
                 r = get_logprobs(d, map, "logprobs", true, &m.logprobs, &m.n_logprobs);
         if (r >= 0 && m.n_logprobs + 1 != m.n_token_ids)
-                r = diag_key(d->diag, NULL, "logprobs", "has %u entries for %u token_ids (want n - 1)",
+                r = proto__diag_key(d->diag, NULL, "logprobs",
+                                    "has %u entries for %u token_ids (want n - 1)",
                              m.n_logprobs, m.n_token_ids);
         if (r < 0) {
                 proto_score_reply_done(&m);
@@ -1015,13 +1054,16 @@ static int decode_map(struct dec *d, const msgpack_object *map, enum direction d
 
         if (type < 0) {
                 if (name[0] && proto_utf8_valid(name, strlen(name)))
-                        return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type '%s'", name);
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
+                        return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED,
+                                                "type: unknown message type '%s'", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
         }
         if (dir == DIR_REQUEST && !proto_type_is_request(type))
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by clients", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED,
+                                        "type: '%s' is not sent by clients", name);
         if (dir == DIR_EVENT && proto_type_is_request(type))
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: '%s' is not sent by the daemon", name);
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED,
+                                        "type: '%s' is not sent by the daemon", name);
 
         *m = (struct proto_msg) { .type = type };
         switch (type) {
@@ -1044,7 +1086,7 @@ static int decode_map(struct dec *d, const msgpack_object *map, enum direction d
         case PROTO_TYPE_DETOKENIZE_REPLY: return decode_detokenize_reply(d, map, &m->detokenize_reply);
         case PROTO_TYPE_SCORE_REPLY:      return decode_score_reply(d, map, &m->score_reply);
         default:
-                return diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
+                return proto__diag_fail(d->diag, PROTO_CODE_UNSUPPORTED, "type: unknown message type");
         }
 }
 
@@ -1068,20 +1110,20 @@ static int decode_dir(const void *body, size_t len, enum direction dir, struct p
                 break;
         case MSGPACK_UNPACK_NOMEM_ERROR:
                 r = -ENOMEM;
-                (void) diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
+                (void) proto__diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
                 goto out;
         default:
                 /* The scan accepted it, so msgpack-c should too; stay safe if they ever disagree. */
-                r = diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: invalid msgpack");
+                r = proto__diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: invalid msgpack");
                 goto out;
         }
         if (up.data.type != MSGPACK_OBJECT_MAP || off != len) {
-                r = diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: not a single msgpack map");
+                r = proto__diag_fail(reterr, PROTO_CODE_BAD_REQUEST, "frame: not a single msgpack map");
                 goto out;
         }
         r = decode_map(&d, &up.data, dir, &m);
         if (r == -ENOMEM)
-                (void) diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
+                (void) proto__diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory decoding a frame");
         if (r >= 0) {
                 *ret = m;
                 r = 0;

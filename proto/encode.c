@@ -31,7 +31,7 @@ static void enc_fail(struct enc *e, int r) {
 static void put_byte(struct enc *e, uint8_t c) {
         if (e->r < 0)
                 return;
-        if (buf_reserve(e->b, 1) < 0) {
+        if (proto__buf_reserve(e->b, 1) < 0) {
                 enc_fail(e, -ENOMEM);
                 return;
         }
@@ -204,8 +204,8 @@ static struct mapw enc_begin(struct enc *e, struct proto_buf *b, enum proto_type
         struct mapw m;
 
         *e = (struct enc) { .b = b, .start = b->len };
-        packer_init_buf(&e->pk, b);
-        if (buf_reserve(b, PROTO_FRAME_HEADER_BYTES) < 0)
+        proto__packer_init_buf(&e->pk, b);
+        if (proto__buf_reserve(b, PROTO_FRAME_HEADER_BYTES) < 0)
                 enc_fail(e, -ENOMEM);
         else
                 b->len += PROTO_FRAME_HEADER_BYTES;
@@ -314,14 +314,19 @@ int proto_encode_hello(struct proto_buf *b, const struct proto_hello *m) {
         return enc_end(&e, &top);
 }
 
-int proto_encode_generate(struct proto_buf *b, const struct proto_generate *m) {
+static int encode_prompt_request(struct proto_buf *b, enum proto_type type, uint64_t id,
+                                 const struct proto_prompt *prompt, const struct proto_params *params) {
         struct enc e;
-        struct mapw top = enc_begin(&e, b, PROTO_TYPE_GENERATE);
+        struct mapw top = enc_begin(&e, b, type);
 
-        put_id(&e, &top, m->id);
-        put_prompt(&e, &top, &m->prompt);
-        put_params(&e, &top, &m->params);
+        put_id(&e, &top, id);
+        put_prompt(&e, &top, prompt);
+        put_params(&e, &top, params);
         return enc_end(&e, &top);
+}
+
+int proto_encode_generate(struct proto_buf *b, const struct proto_generate *m) {
+        return encode_prompt_request(b, PROTO_TYPE_GENERATE, m->id, &m->prompt, &m->params);
 }
 
 int proto_encode_chat(struct proto_buf *b, const struct proto_chat *m) {
@@ -329,7 +334,8 @@ int proto_encode_chat(struct proto_buf *b, const struct proto_chat *m) {
         struct mapw top = enc_begin(&e, b, PROTO_TYPE_CHAT);
 
         put_id(&e, &top, m->id);
-        if (check_chat_messages(m->messages, NULL) < 0 || (m->tools && check_chat_tools(m->tools, NULL) < 0))
+        if (proto__check_chat_messages(m->messages, NULL) < 0 ||
+            (m->tools && proto__check_chat_tools(m->tools, NULL) < 0))
                 enc_fail(&e, -EINVAL);
         put_json(&e, &top, "messages", m->messages);
         if (m->tools)
@@ -379,13 +385,7 @@ int proto_encode_detokenize(struct proto_buf *b, const struct proto_detokenize *
 }
 
 int proto_encode_score(struct proto_buf *b, const struct proto_score *m) {
-        struct enc e;
-        struct mapw top = enc_begin(&e, b, PROTO_TYPE_SCORE);
-
-        put_id(&e, &top, m->id);
-        put_prompt(&e, &top, &m->prompt);
-        put_params(&e, &top, &m->params);
-        return enc_end(&e, &top);
+        return encode_prompt_request(b, PROTO_TYPE_SCORE, m->id, &m->prompt, &m->params);
 }
 
 /* ---- events ---- */
@@ -457,7 +457,7 @@ int proto_encode_tool_call(struct proto_buf *b, const struct proto_tool_call *m)
         if (m->call_id)
                 put_str(&e, &top, "call_id", m->call_id, PROTO_MAX_NAME_BYTES, false);
         put_str(&e, &top, "name", m->name, PROTO_MAX_NAME_BYTES, false);
-        if (!m->arguments || check_tool_arguments("arguments", m->arguments, NULL) < 0)
+        if (!m->arguments || proto__check_tool_arguments("arguments", m->arguments, NULL) < 0)
                 enc_fail(&e, -EINVAL);
         else
                 put_str(&e, &top, "arguments", m->arguments, SIZE_MAX, false);
@@ -497,7 +497,8 @@ int proto_encode_finished(struct proto_buf *b, const struct proto_finished *m) {
                 key(&e, &top, "error");
                 sub = map_open(&e);
                 put_str(&e, &sub, "code", wire_code(m->error_code), PROTO_MAX_NAME_BYTES, false);
-                put_str(&e, &sub, "message", m->error_message ? m->error_message : "", PROTO_MAX_MESSAGE_BYTES,
+                put_str(&e, &sub, "message", m->error_message ? m->error_message : "",
+                        PROTO_MAX_MESSAGE_BYTES,
                         true);
                 map_close(&e, &sub);
         }
@@ -526,7 +527,7 @@ int proto_encode_diag(struct proto_buf *b, const struct proto_diag *d) {
         /* The message may quote peer bytes and is cut at a byte limit: replace anything that is not
          * whole, valid UTF-8 with '?' so the event itself is always valid. */
         for (size_t i = 0; i < n;) {
-                size_t k = utf8_char_len(d->message + i, n - i);
+                size_t k = proto__utf8_char_len(d->message + i, n - i);
 
                 if (k == 0) {
                         message[o++] = '?';

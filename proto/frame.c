@@ -37,7 +37,7 @@ void proto_buf_consume(struct proto_buf *b, size_t n) {
         b->len -= n;
 }
 
-int buf_reserve(struct proto_buf *b, size_t extra) {
+int proto__buf_reserve(struct proto_buf *b, size_t extra) {
         size_t need, cap;
         uint8_t *p;
 
@@ -62,14 +62,14 @@ static int buf_write(void *data, const char *buf, size_t len) {
 
         if (len == 0)
                 return 0;
-        if (buf_reserve(b, len) < 0)
+        if (proto__buf_reserve(b, len) < 0)
                 return -1;
         memcpy(b->data + b->len, buf, len);
         b->len += len;
         return 0;
 }
 
-void packer_init_buf(msgpack_packer *pk, struct proto_buf *b) {
+void proto__packer_init_buf(msgpack_packer *pk, struct proto_buf *b) {
         msgpack_packer_init(pk, b, buf_write);
 }
 
@@ -85,7 +85,7 @@ int proto_frame_append(struct proto_buf *b, const void *body, size_t len) {
 
         if (len > UINT32_MAX)
                 return -EMSGSIZE;
-        r = buf_reserve(b, PROTO_FRAME_HEADER_BYTES + len);
+        r = proto__buf_reserve(b, PROTO_FRAME_HEADER_BYTES + len);
         if (r < 0)
                 return r;
         put_be32(b->data + b->len, (uint32_t) len);
@@ -155,13 +155,17 @@ static int reader_fail(struct proto_reader *r, int error) {
 }
 
 static int reader_sticky_diag(const struct proto_reader *r, struct proto_diag *d) {
+        /* A framing error is tied to no request. */
+        if (d)
+                *d = (struct proto_diag) {};
         if (r->error == -EMSGSIZE)
-                (void) diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE, "frame: length %u exceeds the limit of %u bytes",
+                (void) proto__diag_fail(d, PROTO_CODE_FRAME_TOO_LARGE,
+                                        "frame: length %u exceeds the limit of %u bytes",
                                  r->body_len, r->max_frame);
         else if (r->error == -EBADMSG)
-                (void) diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: zero length");
+                (void) proto__diag_fail(d, PROTO_CODE_BAD_REQUEST, "frame: zero length");
         else
-                (void) diag_fail(d, PROTO_CODE_INTERNAL, "frame: out of memory");
+                (void) proto__diag_fail(d, PROTO_CODE_INTERNAL, "frame: out of memory");
         return r->error;
 }
 

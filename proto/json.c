@@ -46,7 +46,7 @@ static int conv_fail(struct conv *c, const char *fmt, ...) {
         va_start(ap, fmt);
         (void) vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        return diag_key(c->diag, NULL, c->path_len ? c->path : "(value)", "%s", msg);
+        return proto__diag_key(c->diag, NULL, c->path_len ? c->path : "(value)", "%s", msg);
 }
 
 static int conv(struct conv *c, const msgpack_object *o, unsigned depth, json_t **ret) {
@@ -82,7 +82,7 @@ static int conv(struct conv *c, const msgpack_object *o, unsigned depth, json_t 
                 break;
         case MSGPACK_OBJECT_BIN:
         case MSGPACK_OBJECT_EXT:
-                return conv_fail(c, "%s values are not allowed here", object_kind(o));
+                return conv_fail(c, "%s values are not allowed here", proto__object_kind(o));
         case MSGPACK_OBJECT_ARRAY:
                 if (depth >= c->max_depth)
                         return conv_fail(c, "nested deeper than %u levels", c->max_depth);
@@ -115,13 +115,15 @@ static int conv(struct conv *c, const msgpack_object *o, unsigned depth, json_t 
                         json_t *e;
 
                         if (kv->key.type != MSGPACK_OBJECT_STR) {
-                                r = conv_fail(c, "map keys must be strings, got %s", object_kind(&kv->key));
+                                r = conv_fail(c, "map keys must be strings, got %s",
+                                              proto__object_kind(&kv->key));
                                 goto fail;
                         }
                         conv_push(c, NULL, kv->key.via.str.ptr, kv->key.via.str.size, 0, &saved);
                         if (kv->key.via.str.size > PROTO_MAX_NAME_BYTES ||
                             !proto_utf8_valid(kv->key.via.str.ptr, kv->key.via.str.size)) {
-                                r = conv_fail(c, "map key is longer than %u bytes, not UTF-8 or has NUL", PROTO_MAX_NAME_BYTES);
+                                r = conv_fail(c, "map key is longer than %u bytes, not UTF-8 or has NUL",
+                                              PROTO_MAX_NAME_BYTES);
                                 conv_pop(c, saved);
                                 goto fail;
                         }
@@ -143,7 +145,7 @@ static int conv(struct conv *c, const msgpack_object *o, unsigned depth, json_t 
                 }
                 break;
         default:
-                return conv_fail(c, "%s values are not allowed here", object_kind(o));
+                return conv_fail(c, "%s values are not allowed here", proto__object_kind(o));
         }
         if (!j)
                 return -ENOMEM;
@@ -165,7 +167,7 @@ int proto_object_to_json(const msgpack_object *o, unsigned max_depth, const char
         c.path_len = strlen(c.path);
         r = conv(&c, o, 1, &j);
         if (r == -ENOMEM)
-                (void) diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory");
+                (void) proto__diag_fail(reterr, PROTO_CODE_INTERNAL, "out of memory");
         if (r < 0)
                 return r;
         *ret = j;
@@ -245,7 +247,7 @@ static int check_optional_string(const json_t *o, const char *path, const char *
         const json_t *v = json_object_get(o, key);
 
         if (v && !json_is_string(v) && !json_is_null(v))
-                return diag_key(d, path, key, "expected a string");
+                return proto__diag_key(d, path, key, "expected a string");
         return 0;
 }
 
@@ -256,16 +258,10 @@ static int check_array_of_objects(const json_t *o, const char *path, const char 
         if (!v || json_is_null(v))
                 return 0;
         if (!json_is_array(v))
-                return diag_key(d, path, key, "expected an array");
+                return proto__diag_key(d, path, key, "expected an array");
         json_array_foreach(v, i, e)
                 if (!json_is_object(e))
-                        return diag_key(d, path, key, "element %zu: expected a map", i);
-        return 0;
-}
-
-int check_json_string(const char *path, const char *s, struct proto_diag *d) {
-        if (!proto_utf8_valid(s, strlen(s)))
-                return diag_key(d, NULL, path, "string is not valid UTF-8");
+                        return proto__diag_key(d, path, key, "element %zu: expected a map", i);
         return 0;
 }
 
@@ -276,24 +272,24 @@ static int check_content(const json_t *m, const char *path, struct proto_diag *d
         if (!c || json_is_null(c) || json_is_string(c))
                 return 0;
         if (!json_is_array(c))
-                return diag_key(d, path, "content", "expected a string, nil or an array of parts");
+                return proto__diag_key(d, path, "content", "expected a string, nil or an array of parts");
         json_array_foreach(c, i, part) {
                 char p[96];
                 const json_t *t;
 
                 (void) snprintf(p, sizeof(p), "%s.content[%zu]", path, i);
                 if (!json_is_object(part))
-                        return diag_key(d, NULL, p, "expected a map");
+                        return proto__diag_key(d, NULL, p, "expected a map");
                 t = json_object_get(part, "type");
                 if (!t)
-                        return diag_key(d, p, "type", "missing required key");
+                        return proto__diag_key(d, p, "type", "missing required key");
                 if (!json_is_string(t))
-                        return diag_key(d, p, "type", "expected a string");
+                        return proto__diag_key(d, p, "type", "expected a string");
         }
         return 0;
 }
 
-int check_chat_messages(const json_t *messages, struct proto_diag *d) {
+int proto__check_chat_messages(const json_t *messages, struct proto_diag *d) {
         static const char *const string_keys[] = {
                 "tool_call_id", "name", "reasoning_content", "reasoning",
         };
@@ -302,25 +298,25 @@ int check_chat_messages(const json_t *messages, struct proto_diag *d) {
         int r;
 
         if (!json_is_array(messages))
-                return diag_key(d, NULL, "messages", "expected an array");
+                return proto__diag_key(d, NULL, "messages", "expected an array");
         if (json_array_size(messages) == 0)
-                return diag_key(d, NULL, "messages", "must not be empty");
+                return proto__diag_key(d, NULL, "messages", "must not be empty");
         if (json_array_size(messages) > PROTO_MAX_MESSAGES)
-                return diag_key(d, NULL, "messages", "more than %u messages", PROTO_MAX_MESSAGES);
+                return proto__diag_key(d, NULL, "messages", "more than %u messages", PROTO_MAX_MESSAGES);
         json_array_foreach(messages, i, m) {
                 char p[48];
                 const json_t *role;
 
                 (void) snprintf(p, sizeof(p), "messages[%zu]", i);
                 if (!json_is_object(m))
-                        return diag_key(d, NULL, p, "expected a map");
+                        return proto__diag_key(d, NULL, p, "expected a map");
                 role = json_object_get(m, "role");
                 if (!role)
-                        return diag_key(d, p, "role", "missing required key");
+                        return proto__diag_key(d, p, "role", "missing required key");
                 if (!json_is_string(role))
-                        return diag_key(d, p, "role", "expected a string");
+                        return proto__diag_key(d, p, "role", "expected a string");
                 if (json_string_length(role) == 0 || json_string_length(role) > PROTO_MAX_NAME_BYTES)
-                        return diag_key(d, p, "role", "must be 1..%u bytes", PROTO_MAX_NAME_BYTES);
+                        return proto__diag_key(d, p, "role", "must be 1..%u bytes", PROTO_MAX_NAME_BYTES);
                 r = check_content(m, p, d);
                 if (r < 0)
                         return r;
@@ -339,31 +335,32 @@ int check_chat_messages(const json_t *messages, struct proto_diag *d) {
         return 0;
 }
 
-int check_chat_tools(const json_t *tools, struct proto_diag *d) {
+int proto__check_chat_tools(const json_t *tools, struct proto_diag *d) {
         const json_t *t;
         size_t i;
 
         if (!json_is_array(tools))
-                return diag_key(d, NULL, "tools", "expected an array");
+                return proto__diag_key(d, NULL, "tools", "expected an array");
         if (json_array_size(tools) > PROTO_MAX_TOOLS)
-                return diag_key(d, NULL, "tools", "more than %u tools", PROTO_MAX_TOOLS);
+                return proto__diag_key(d, NULL, "tools", "more than %u tools", PROTO_MAX_TOOLS);
         json_array_foreach(tools, i, t)
                 if (!json_is_object(t))
-                        return diag_key(d, NULL, "tools", "element %zu: expected a map", i);
+                        return proto__diag_key(d, NULL, "tools", "element %zu: expected a map", i);
         return 0;
 }
 
-int check_tool_arguments(const char *path, const char *arguments, struct proto_diag *d) {
+int proto__check_tool_arguments(const char *path, const char *arguments, struct proto_diag *d) {
         json_error_t error;
         json_t *j;
         bool object;
 
         j = json_loads(arguments, 0, &error);
         if (!j)
-                return diag_key(d, NULL, path, "not valid JSON (%s at offset %d)", error.text, error.position);
+                return proto__diag_key(d, NULL, path, "not valid JSON (%s at offset %d)", error.text,
+                                       error.position);
         object = json_is_object(j);
         json_decref(j);
         if (!object)
-                return diag_key(d, NULL, path, "must be a JSON object");
+                return proto__diag_key(d, NULL, path, "must be a JSON object");
         return 0;
 }

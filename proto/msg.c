@@ -35,7 +35,8 @@ void proto_params_done(struct proto_params *p) {
 
 static int check_range(struct proto_diag *d, const char *key, double x, double lo, bool lo_open, double hi) {
         if (!isfinite(x) || (lo_open ? !(x > lo) : !(x >= lo)) || !(x <= hi))
-                return diag_key(d, "params", key, "must be in %c%g, %g], got %g", lo_open ? '(' : '[', lo, hi, x);
+                return proto__diag_key(d, "params", key, "must be in %c%g, %g], got %g",
+                                       lo_open ? '(' : '[', lo, hi, x);
         return 0;
 }
 
@@ -44,7 +45,8 @@ int proto_params_validate(const struct proto_params *p, struct proto_diag *reter
         int r = 0;
 
         if (f & PROTO_PARAM_MAX_TOKENS && (p->max_tokens < 1 || p->max_tokens > PROTO_MAX_MAX_TOKENS))
-                return diag_key(reterr, "params", "max_tokens", "must be in 1..%u, got %u", PROTO_MAX_MAX_TOKENS,
+                return proto__diag_key(reterr, "params", "max_tokens", "must be in 1..%u, got %u",
+                                       PROTO_MAX_MAX_TOKENS,
                                 p->max_tokens);
         if (r == 0 && f & PROTO_PARAM_TEMPERATURE)
                 r = check_range(reterr, "temperature", p->temperature, 0, false, 100);
@@ -61,27 +63,34 @@ int proto_params_validate(const struct proto_params *p, struct proto_diag *reter
         if (r < 0)
                 return r;
         if (f & PROTO_PARAM_TOP_K && p->top_k > (1u << 20))
-                return diag_key(reterr, "params", "top_k", "must be in 0..%u, got %u", 1u << 20, p->top_k);
+                return proto__diag_key(reterr, "params", "top_k", "must be in 0..%u, got %u", 1u << 20,
+                                       p->top_k);
         if (f & PROTO_PARAM_LOGPROBS && (p->logprobs < 0 || p->logprobs > PROTO_MAX_LOGPROBS))
-                return diag_key(reterr, "params", "logprobs", "must be in 0..%d, got %d", PROTO_MAX_LOGPROBS,
+                return proto__diag_key(reterr, "params", "logprobs", "must be in 0..%d, got %d",
+                                       PROTO_MAX_LOGPROBS,
                                 p->logprobs);
-        if (f & PROTO_PARAM_PRIORITY && (p->priority < PROTO_PRIORITY_MIN || p->priority > PROTO_PRIORITY_MAX))
-                return diag_key(reterr, "params", "priority", "must be in %d..%d, got %d", PROTO_PRIORITY_MIN,
+        if (f & PROTO_PARAM_PRIORITY &&
+            (p->priority < PROTO_PRIORITY_MIN || p->priority > PROTO_PRIORITY_MAX))
+                return proto__diag_key(reterr, "params", "priority", "must be in %d..%d, got %d",
+                                       PROTO_PRIORITY_MIN,
                                 PROTO_PRIORITY_MAX, p->priority);
         if (f & PROTO_PARAM_DEADLINE_MS && p->deadline_ms > PROTO_MAX_DEADLINE_MS)
-                return diag_key(reterr, "params", "deadline_ms", "must be in 0..%u, got %u", PROTO_MAX_DEADLINE_MS,
+                return proto__diag_key(reterr, "params", "deadline_ms", "must be in 0..%u, got %u",
+                                       PROTO_MAX_DEADLINE_MS,
                                 p->deadline_ms);
         if (f & PROTO_PARAM_STOP) {
                 if (p->n_stop > PROTO_MAX_STOP)
-                        return diag_key(reterr, "params", "stop", "more than %u stop strings", PROTO_MAX_STOP);
+                        return proto__diag_key(reterr, "params", "stop", "more than %u stop strings",
+                                               PROTO_MAX_STOP);
                 if (p->n_stop > 0 && !p->stop)
-                        return diag_key(reterr, "params", "stop", "n_stop without strings");
+                        return proto__diag_key(reterr, "params", "stop", "n_stop without strings");
                 for (uint32_t i = 0; i < p->n_stop; i++) {
                         size_t n = p->stop[i] ? strlen(p->stop[i]) : 0;
 
                         if (n == 0 || n > PROTO_MAX_STOP_BYTES || !proto_utf8_valid(p->stop[i], n))
-                                return diag_key(reterr, "params", "stop",
-                                                "element %u: must be 1..%u bytes of UTF-8", i, PROTO_MAX_STOP_BYTES);
+                                return proto__diag_key(reterr, "params", "stop",
+                                                       "element %u: must be 1..%u bytes of UTF-8", i,
+                                                       PROTO_MAX_STOP_BYTES);
                 }
         }
         return 0;

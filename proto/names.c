@@ -118,7 +118,7 @@ static void diag_vset(struct proto_diag *d, enum proto_code code, const char *pr
         (void) vsnprintf(d->message + n, sizeof(d->message) - n, fmt, ap);
 }
 
-int diag_fail(struct proto_diag *d, enum proto_code code, const char *fmt, ...) {
+int proto__diag_fail(struct proto_diag *d, enum proto_code code, const char *fmt, ...) {
         va_list ap;
 
         if (!d)
@@ -129,31 +129,31 @@ int diag_fail(struct proto_diag *d, enum proto_code code, const char *fmt, ...) 
         return -EBADMSG;
 }
 
-int diag_key(struct proto_diag *d, const char *path, const char *key, const char *fmt, ...) {
+int proto__diag_key(struct proto_diag *d, const char *path, const char *key, const char *fmt, ...) {
         char name[128];
         va_list ap;
 
         if (!d)
                 return -EBADMSG;
-        path_join(name, sizeof(name), path, key);
+        proto__path_join(name, sizeof(name), path, key);
         va_start(ap, fmt);
         diag_vset(d, PROTO_CODE_BAD_REQUEST, name, fmt, ap);
         va_end(ap);
         return -EBADMSG;
 }
 
-void path_join(char *buf, size_t size, const char *path, const char *key) {
+void proto__path_join(char *buf, size_t size, const char *path, const char *key) {
         if (path && *path && key)
                 (void) snprintf(buf, size, "%s.%s", path, key);
         else
                 (void) snprintf(buf, size, "%s", key ? key : path ? path : "");
 }
 
-void path_index(char *buf, size_t size, const char *path, uint32_t i) {
+void proto__path_index(char *buf, size_t size, const char *path, uint32_t i) {
         (void) snprintf(buf, size, "%s[%u]", path ? path : "", i);
 }
 
-const char *object_kind(const msgpack_object *o) {
+const char *proto__object_kind(const msgpack_object *o) {
         switch (o->type) {
         case MSGPACK_OBJECT_NIL:
                 return "nil";
@@ -220,7 +220,7 @@ static size_t utf8_seq(const uint8_t *s, size_t len, bool *ret_partial) {
         return n;
 }
 
-size_t utf8_char_len(const char *s, size_t len) {
+size_t proto__utf8_char_len(const char *s, size_t len) {
         bool partial;
 
         if (len == 0 || s[0] == 0)

@@ -24,6 +24,26 @@
  *     string and array lengths; see PROTO_MAX_*), so a hostile frame cannot exhaust memory.
  *   - Nothing here logs, blocks, or keeps global state; all functions are thread-safe on distinct
  *     objects.
+ *
+ * Typical receive path (the daemon; a client is the same with proto_decode_event):
+ *
+ *     while (len > 0) {
+ *             r = proto_reader_feed(&conn->reader, p, len, &used, &diag);
+ *             p += used, len -= used;
+ *             if (r < 0) {                          // framing lost: report (id 0) and close
+ *                     (void) proto_encode_diag(&conn->out, &diag);
+ *                     close_after_flush(conn);
+ *                     break;
+ *             }
+ *             if (r == 0)
+ *                     break;                        // need more bytes
+ *             frame = proto_reader_frame(&conn->reader, &flen);
+ *             if (proto_decode_request(frame, flen, &msg, &diag) < 0) {
+ *                     (void) proto_encode_diag(&conn->out, &diag);   // error event, id if known
+ *                     continue;                     // the connection stays usable
+ *             }
+ *             handle(conn, &msg);                   // owns msg; proto_msg_done() when finished
+ *     }
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -44,7 +64,7 @@
 #define PROTO_MAX_DEPTH        24u         /* nesting of maps/arrays in a frame; top-level map = 1 */
 #define PROTO_MAX_OBJECTS      (2u << 20)  /* msgpack objects (all nodes) in one frame */
 #define PROTO_MAX_TOKEN_IDS    (1u << 20)  /* prompt_ids, ids, token_ids, score lengths */
-#define PROTO_MAX_TOKEN_ID     INT32_MAX   /* token ids are 0..PROTO_MAX_TOKEN_ID (vocab checked by daemon) */
+#define PROTO_MAX_TOKEN_ID     INT32_MAX   /* token ids are 0..this (the daemon checks the vocabulary) */
 #define PROTO_MAX_MESSAGES     4096u       /* chat messages */
 #define PROTO_MAX_TOOLS        512u        /* chat tools */
 #define PROTO_MAX_STOP         16u         /* stop strings */
@@ -169,7 +189,7 @@ struct proto_params {
         uint64_t seed;               /* meaningful only if present & PROTO_PARAM_SEED; else daemon picks */
         char **stop;                 /* n_stop strings, each 1..PROTO_MAX_STOP_BYTES bytes */
         uint32_t n_stop;             /* 0..PROTO_MAX_STOP */
-        int32_t logprobs;            /* -1 = none (default); 0 = sampled token only; N = plus top N (<= 20) */
+        int32_t logprobs;            /* -1 = none (default); 0 = sampled token only; N: plus top N (<= 20) */
         int32_t priority;            /* -20..19, lower runs first; default 0 */
         uint32_t deadline_ms;        /* 0 = none (default); else 1..PROTO_MAX_DEADLINE_MS after receipt */
         bool stream;                 /* default true; false: one delta with everything before finished */
@@ -186,7 +206,7 @@ int proto_params_validate(const struct proto_params *p, struct proto_diag *reter
 /* ---- client -> daemon ---- */
 
 struct proto_hello {
-        uint32_t proto;              /* required; must equal PROTO_VERSION or decode fails unsupported_version */
+        uint32_t proto;              /* required; != PROTO_VERSION fails decoding (unsupported_version) */
         char *client;                /* optional, <= PROTO_MAX_NAME_BYTES, e.g. "libgemmaclient/0.1.0" */
 };
 
@@ -198,7 +218,7 @@ struct proto_prompt {
 };
 
 struct proto_generate {
-        uint64_t id;                 /* required, >= 1, chosen by the client, unique among its in-flight ids */
+        uint64_t id;                 /* required, >= 1, chosen by the client, unique while in flight */
         struct proto_prompt prompt;
         struct proto_params params;  /* "params": optional map */
 };

@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+/* Device helpers shared by the kernel files. */
+#include <errno.h>
+#include <stdint.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include "kernels.h"
+
+#define KERN_CHECK_LAUNCH() (cudaGetLastError() == cudaSuccess ? 0 : -EIO)
+
+static __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
+        return __uint_as_float((uint32_t) v << 16);
+}
+
+static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float v) {
+        __nv_bfloat16 b = __float2bfloat16_rn(v);
+        return *reinterpret_cast<uint16_t *>(&b);
+}
+
+static __device__ __forceinline__ float round_bf16(float v) {
+        return __bfloat162float(__float2bfloat16_rn(v));
+}
+
+static __device__ __forceinline__ uint8_t f32_to_e4m3(float v) {
+        return (uint8_t) __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+}
+
+static __device__ __forceinline__ float e4m3_to_f32(uint8_t v) {
+        __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t) v, __NV_E4M3);
+        return __half2float(__half(h));
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+}
+
+/* Block-wide sum; `red` holds >= 32 floats; every thread gets the result. */
+static __device__ __forceinline__ float block_sum(float v, float *red) {
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+        v = warp_sum(v);
+        __syncthreads();
+        if (lane == 0)
+                red[warp] = v;
+        __syncthreads();
+        v = lane < nw ? red[lane] : 0.0f;
+        return warp_sum(v);
+}
+
+static __device__ __forceinline__ float block_max(float v, float *red) {
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+        v = warp_max(v);
+        __syncthreads();
+        if (lane == 0)
+                red[warp] = v;
+        __syncthreads();
+        v = lane < nw ? red[lane] : 0.0f;
+        return warp_max(v);
+}
+
+static __device__ __forceinline__ float act_scale(float amax) {
+        return fmaxf(amax / KERNELS_FP8_MAX, 1.0f / (KERNELS_FP8_MAX * 512.0f));
+}
+
+static __device__ __forceinline__ float gelu_tanh(float z) {
+        const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+        return 0.5f * z * (1.0f + tanhf(k0 * (z + k1 * z * z * z)));
+}
+
+/* v (length n, in shared memory) -> RMSNorm with optional weight, rounded to BF16, stored back into dst
+ * (may alias v). Returns nothing; all threads of the block must call. */
+static __device__ __forceinline__ void block_rmsnorm(const float *v, float *dst, const uint16_t *w, uint32_t n,
+                                                     float eps, float *red) {
+        float ss = 0.0f;
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+                ss += v[i] * v[i];
+        ss = block_sum(ss, red);
+        float inv = rsqrtf(ss / (float) n + eps);
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+                float y = v[i] * inv;
+                if (w)
+                        y *= bf16_bits_to_f32(w[i]);
+                dst[i] = round_bf16(y);
+        }
+        __syncthreads();
+}
+
+/* Quantize v (shared memory, length n) per row into q / *scale. All threads call. */
+static __device__ __forceinline__ void block_quant(const float *v, uint32_t n, uint8_t *q, float *scale,
+                                                   float *red) {
+        float amax = 0.0f;
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+                amax = fmaxf(amax, fabsf(v[i]));
+        amax = block_max(amax, red);
+        float s = act_scale(amax);
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+                q[i] = f32_to_e4m3(v[i] / s);
+        if (threadIdx.x == 0)
+                *scale = s;
+}

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#pragma once
+/*
+ * Launchers for the Gemma 4 forward-pass kernels (docs/cuda-backend.md describes the data flow).
+ *
+ * Conventions shared by every launcher:
+ *   - pointers are device pointers; BF16 tensors are passed as uint16_t, FP8 e4m3 as uint8_t;
+ *   - every launcher enqueues on `stream` and returns 0, -EINVAL for a shape the kernel cannot take, or
+ *     -EIO when the launch itself failed (cudaGetLastError); nothing synchronizes;
+ *   - the residual stream is FP32; every tensor handed from one op to the next that HF keeps in BF16
+ *     (norm outputs, GEMM outputs, q/k/v) is rounded to BF16 here too;
+ *   - per-token activation quantization: s = max(amax / 448, 1 / (448 * 512)), q = e4m3_rne_satfinite(v / s).
+ */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KERNELS_FP8_MAX 448.0f
+#define KERNELS_MAX_TOPK 16
+
+/* ---- norms, quantization, element-wise (norm.cu) ---- */
+
+/* q[t] = quant(bf16(RMSNorm_w(x[t]))) for t < n_rows; x FP32 [n_rows, n]. w may be NULL (weight-less). */
+int kern_rmsnorm_quant(const float *x, const uint16_t *w, uint32_t n_rows, uint32_t n, float eps, uint8_t *q,
+                       float *q_scale, cudaStream_t stream);
+/* Same, but the rows to normalise are gathered: row r reads x[rows[r]]. Output BF16 instead of FP8 when
+ * out_bf16 is non-NULL (then q / q_scale are ignored). */
+int kern_rmsnorm_rows(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n_rows, uint32_t n,
+                      float eps, uint8_t *q, float *q_scale, uint16_t *out_bf16, cudaStream_t stream);
+/* Per-row quantization of a BF16 matrix [n_rows, n]. */
+int kern_quant_rows(const uint16_t *x, uint32_t n_rows, uint32_t n, uint8_t *q, float *q_scale,
+                    cudaStream_t stream);
+/* GeGLU then quantize: gu BF16 [n_rows, 2*n] (gate | up); a = bf16(bf16(gelu_tanh(g)) * u) -> FP8 + scale. */
+int kern_geglu_quant(const uint16_t *gu, uint32_t n_rows, uint32_t n, uint8_t *q, float *q_scale,
+                     cudaStream_t stream);
+/* x[t] = bf16(E[ids[t]] * embed_scale) as FP32, then (when w_norm) the first layer's input norm + quant. */
+int kern_embed(const uint16_t *table, const int32_t *ids, uint32_t n_rows, uint32_t n, uint32_t vocab,
+               float embed_scale, float *x, const uint16_t *w_norm, float eps, uint8_t *q, float *q_scale,
+               cudaStream_t stream);
+
+/* Weight quantization (load time), compressed-tensors semantics: s_n = bf16(amax_n / 448) (2^-7 when the
+ * row is zero), q = e4m3(bf16(w / s_n)). src FP32 [n_rows, n]. */
+int kern_quantize_weight_rows(const float *src, uint32_t n_rows, uint32_t n, uint8_t *q, float *scale,
+                              cudaStream_t stream);
+/* BF16 -> FP32 widening, FP32 -> BF16 narrowing (load time). */
+int kern_bf16_to_f32(const uint16_t *src, size_t n, float *dst, cudaStream_t stream);
+
+/* ---- post-attention block (norm.cu) ----
+ * One block per token t:
+ *   h = x[t] + bf16(RMSNorm(o[t]; w_post_attn));  x[t] = h   (in place)
+ *   dense input   = quant(RMSNorm(h; w_pre_ff))       -> q1, s1
+ *   when router_scale != NULL (MoE):
+ *   experts input = quant(RMSNorm(h; w_pre_ff2))      -> q2, s2
+ *   router input  = bf16(bf16(RMSNorm_noweight(h) * router_scale) * n^-1/2), written over o[t]. */
+int kern_post_attn(float *x, uint16_t *o, uint32_t n_rows, uint32_t n, float eps, const uint16_t *w_post_attn,
+                   const uint16_t *w_pre_ff, uint8_t *q1, float *s1, const uint16_t *w_pre_ff2, uint8_t *q2,
+                   float *s2, const uint16_t *router_scale, cudaStream_t stream);
+
+/* Router over the router inputs r BF16 [n_rows, n]: logits = W_r r (FP32, into `logits` [n_rows, n_experts],
+ * which is overwritten), softmax over all experts, top_k, renormalise, * per_expert_scale. */
+struct kern_router {
+        const uint16_t *proj;           /* BF16 [n_experts, n] */
+        const uint16_t *per_expert_scale;       /* BF16 [n_experts] */
+        uint32_t n_experts, top_k;
+};
+int kern_router(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt, float *logits,
+                int32_t *topk_idx, float *topk_w, cudaStream_t stream);
+
+/* ---- FFN combine (norm.cu) ----
+ * One block per token t (m2 terms only when moe_y != NULL):
+ *   m1 = RMSNorm(dense_y[t]; w_post_ff1)
+ *   m2 = RMSNorm(sum_j topk_w[t,j] * moe_y[t*top_k + j]; w_post_ff2)
+ *   x[t] = bf16((h + bf16(RMSNorm(bf16(m1 + m2); w_post_ff))) * layer_scalar)     (h = x[t] on entry)
+ *   then, when w_next: quant(RMSNorm(x[t]; w_next)) -> q, s (the next layer's input). */
+int kern_ffn_combine(float *x, const uint16_t *dense_y, const uint16_t *moe_y, const float *topk_w,
+                     uint32_t top_k, uint32_t n_rows, uint32_t n, float eps, const uint16_t *w_post_ff1,
+                     const uint16_t *w_post_ff2, const uint16_t *w_post_ff, float layer_scalar,
+                     const uint16_t *w_next, uint8_t *q, float *s, cudaStream_t stream);
+
+/* ---- FP8 GEMM (gemm.cu) ---- */
+
+enum kern_out {
+        KERN_OUT_BF16 = 0,              /* y BF16 [rows, n_out] */
+        KERN_OUT_F32_SOFTCAP = 1,       /* y FP32, cap * tanh(y / cap) when cap > 0 */
+};
+
+/* A group of activation rows that share one weight matrix (one expert, or the whole batch of a dense
+ * linear). Rows i in [start, start + count) of the group list read x row x_row[i] (or i when x_row is NULL)
+ * and write output row y_row[i] (or i). */
+struct kern_gemm_group {
+        int32_t expert, start, count;
+};
+
+/* Small-M FP8 linear on tensor cores (mma.sync m16n8k32 e4m3, weights as the M side):
+ * y[r, n] = s_x[xr] * (s_w[n] * sum_k W[n, k] x[xr, k]).  W FP8 [n_out, k] row-major; k % 16 == 0. */
+int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                          const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
+                          cudaStream_t stream);
+
+/* Grouped (MoE) variant: groups live on the device; *n_groups (device) says how many of the max_groups
+ * are valid. Expert e uses w + e * n_out * k and w_scale + e * n_out. pair_rows[i] is the output row of
+ * sorted entry i, x rows are pair_rows[i] / x_row_div (x_row_div = top_k reads the token's row; 1 reads
+ * the pair's own row). max_rows bounds every group's count (<= 64; the token count when each token adds at
+ * most one row per expert). */
+int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
+                            const uint8_t *x, const float *x_scale, uint32_t x_row_div,
+                            const int32_t *pair_rows, const struct kern_gemm_group *groups,
+                            const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows, uint16_t *y,
+                            cudaStream_t stream);
+
+/* Sort (token, slot) pairs by expert and cut them into groups of at most 64 rows. One block.
+ * pair_rows [n_pairs], groups [max_groups = kern_moe_max_groups()], n_groups [1]. */
+int kern_moe_route(const int32_t *topk_idx, uint32_t n_pairs, uint32_t n_experts, int32_t *pair_rows,
+                   struct kern_gemm_group *groups, int32_t *n_groups, cudaStream_t stream);
+uint32_t kern_moe_max_groups(uint32_t n_pairs, uint32_t n_experts);
+
+/* cuBLASLt: E4M3 x E4M3 -> BF16 with OUTER_VEC_32F scales on both sides (per channel, per token). */
+struct kern_blas;
+int kern_blas_create(struct kern_blas **ret);
+void kern_blas_destroy(struct kern_blas *b);
+/* What the last failing cuBLASLt call said (stage, status, shape); "" when nothing failed. */
+const char *kern_blas_last_error(struct kern_blas *b);
+int kern_blas_fp8_linear(struct kern_blas *b, const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
+                         const uint8_t *x, const float *x_scale, uint32_t m, uint16_t *y, cudaStream_t stream);
+/* BF16 x BF16 -> FP32 (the BF16 LM head): y [m, n_out] = x [m, k] W^T. */
+int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
+                              const uint16_t *x, uint32_t m, float *y, cudaStream_t stream);
+/* y = cap * tanh(y / cap) in place (FP32), or widening BF16 -> FP32 with the cap when src != NULL. */
+int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, cudaStream_t stream);
+
+/* ---- attention (attention.cu) ---- */
+
+/* Where the batch's tokens and sequences are (device arrays). Token t belongs to sequence tok_seq[t] and
+ * sits at position tok_pos[t]. Sequence s's new tokens start at batch row seq_row0[s] and position
+ * seq_pos0[s]; its page table is tables[seq_table0[s] ...]. */
+struct kern_batch {
+        const int32_t *tok_seq, *tok_pos;
+        const int32_t *seq_row0, *seq_pos0, *seq_ntok, *seq_table0;
+        const int32_t *tables;
+        uint32_t n_tokens, n_seqs;
+        uint32_t max_keys;              /* bound on any query's key count: picks the split count only */
+};
+
+/* One attention layer's geometry and KV storage. Page pool layout: [n_pages][page_size][n_kv_heads][head_dim]
+ * for K and for V separately; element e4m3 (kv_fp8) or BF16. */
+struct kern_attn_layer {
+        uint32_t n_heads, n_kv_heads, head_dim;
+        bool k_eq_v;                    /* V from the raw K projection (no v rows in qkv) */
+        bool kv_fp8;
+        uint32_t page_size;
+        uint32_t ring;                  /* sliding: pages in the ring; 0 = full layer (linear table) */
+        uint32_t window;                /* 0 = unbounded */
+        float rope_theta;
+        uint32_t rope_pairs;            /* rotated pairs (j < rope_pairs); exponent denominator head_dim */
+        float eps;
+        const uint16_t *q_norm, *k_norm;        /* BF16 [head_dim] */
+        void *k_pages, *v_pages;
+};
+
+/* qkv BF16 [n_tokens, (n_heads + n_kv (+ n_kv)) * d] -> q BF16 [n_tokens, n_heads, d] (normed, roped) and
+ * k_new / v_new [n_tokens, n_kv, d] in the KV dtype (k normed + roped, v weight-less normed). */
+int kern_qkv_post(const uint16_t *qkv, const struct kern_batch *bt, const struct kern_attn_layer *L,
+                  uint16_t *q, void *k_new, void *v_new, cudaStream_t stream);
+/* Attention of every new token over its sequence: old keys from the pages, this step's keys from
+ * k_new / v_new. out BF16 [n_tokens, n_heads * d]. partial: FP32 scratch of kern_attention_partial_floats(). */
+int kern_attention(const uint16_t *q, const void *k_new, const void *v_new, const struct kern_batch *bt,
+                   const struct kern_attn_layer *L, float *partial, size_t partial_floats, uint16_t *out,
+                   cudaStream_t stream);
+size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint32_t head_dim);
+/* Batches with many tokens take a shared-memory tile kernel, the rest a split-K kernel; tests set this to
+ * run the split-K kernel on every batch. */
+extern bool kern_attention_force_split;
+/* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an
+ * earlier query of the same step still needs). */
+int kern_kv_commit(const void *k_new, const void *v_new, const struct kern_batch *bt,
+                   const struct kern_attn_layer *L, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
