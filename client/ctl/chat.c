@@ -32,6 +32,7 @@ struct turn {
         bool done;
         bool printed_reasoning;
         bool printed_content;
+        bool dimmed;                 /* inside the dim span of the thinking */
         bool stream;                 /* print deltas as they come */
         gc_request *req;
         gc_result *result;
@@ -44,11 +45,18 @@ static int turn_cb(gc_request *req, enum gc_event_type type, const gc_event *ev,
         if (type == GC_EVENT_DELTA && t->stream) {
                 const char *reasoning = gc_event_reasoning(ev), *content = gc_event_content(ev);
 
+                /* One dim span for the whole thinking, not one per delta. */
                 if (*reasoning && ch->show_thinking) {
-                        printf("%s%s%s", ch->color ? DIM : "", reasoning, ch->color ? RESET : "");
+                        if (ch->color && !t->dimmed)
+                                fputs(DIM, stdout);
+                        t->dimmed = ch->color;
+                        fputs(reasoning, stdout);
                         t->printed_reasoning = true;
                 }
                 if (*content) {
+                        if (t->dimmed)
+                                fputs(RESET, stdout);
+                        t->dimmed = false;
                         if (t->printed_reasoning && !t->printed_content)
                                 fputs("\n\n", stdout);
                         fputs(content, stdout);
@@ -60,6 +68,9 @@ static int turn_cb(gc_request *req, enum gc_event_type type, const gc_event *ev,
                        gc_event_tool_arguments(ev), ch->color ? RESET : "");
                 fflush(stdout);
         } else if (type == GC_EVENT_FINISHED) {
+                if (t->dimmed)
+                        fputs(RESET, stdout);
+                t->dimmed = false;
                 t->result = gc_event_steal_result(ev);
                 t->done = true;
         }

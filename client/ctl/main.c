@@ -209,7 +209,7 @@ static void print_flat(const char *prefix, json_t *v) {
                 }
                 return;
         }
-        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(6));
 
         if (json_is_string(v))
                 printf("  %-24s %s\n", prefix, json_string_value(v));

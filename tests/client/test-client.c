@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <pty.h>
 
 #include <gemma4/gemmaclient.h>
 
@@ -707,6 +708,119 @@ static void test_status_tokenize_score(void **state) {
         gc_client_free(c);
 }
 
+
+static void test_limits(void **state) {
+        struct server s;
+        struct trace t[3] = {};
+        gc_client *c;
+        gc_result *r;
+        char big[300];
+
+        server_start(&s, "small", "--max-frame", "256", "--max-inflight", "2", NULL);
+        c = connect_to(&s);
+        assert_int_equal(gc_client_info_num(c, 0, GC_INFO_MAX_FRAME_BYTES), 256);
+        /* A request larger than the daemon's frame limit is refused before it is sent. */
+        memset(big, 'a', sizeof(big) - 1);
+        big[sizeof(big) - 1] = 0;
+        assert_int_equal(gc_generate(c, big, NULL, &r), GC_EFRAMETOOLARGE);
+        assert_int_equal(gc_client_inflight(c), 0);
+        /* The connection's max_inflight is 2: the third request in flight is refused as overloaded. */
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(gc_generate_start(c, "busy [slow]", NULL, trace_cb, &t[i], NULL), 0);
+        while (!t[0].done || !t[1].done || !t[2].done)
+                assert_true(gc_client_wait(c, 5000) >= 0);
+        assert_int_equal(t[0].finished_error, 0);
+        assert_int_equal(t[1].finished_error, 0);
+        assert_int_equal(t[2].finished_error, GC_EOVERLOADED);
+        assert_string_equal(t[2].order, "F");
+        gc_client_free(c);
+        server_stop(&s);
+}
+
+/* gemma4ctl chat on a terminal: line editing REPL, /commands, streaming, Ctrl-C cancels the answer only. */
+static void test_ctl_chat_repl(void **state) {
+        static const char *const steps[] = {
+                "hello\r", "/thinking on\r", "again\r", "/set temperature 0.5\r", "/set top_p 7\r", "/set\r",
+                "/save HIST\r", "/reset\r", "/load HIST\r", "/system be brief\r",
+                "long [slow] a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j\r",
+                "\003", "after\r", "/bogus\r", "/quit\r",
+        };
+        char out[65536], hist[128];
+        size_t len = 0;
+        int master, status;
+        pid_t pid;
+
+        snprintf(hist, sizeof(hist), "%s/repl.json", tmpdir);
+        pid = forkpty(&master, NULL, NULL, NULL);
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                unblock_signals();
+                setenv("GEMMA4D_SOCKET", srv.path, 1);
+                setenv("HOME", tmpdir, 1);
+                setenv("TERM", "dumb", 1);
+                execl(ctl_bin, ctl_bin, "chat", (char *) NULL);
+                _exit(127);
+        }
+        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+                char line[256], *at;
+
+                snprintf(line, sizeof(line), "%s", steps[i]);
+                if ((at = strstr(line, "HIST"))) {
+                        char rest[256];
+
+                        snprintf(rest, sizeof(rest), "%s", at + 4);
+                        snprintf(at, sizeof(line) - (size_t) (at - line), "%s%s", hist, rest);
+                }
+                /* Let the answer before a Ctrl-C start streaming; give every other line time to run. */
+                usleep(steps[i][0] == '\003' ? 300000 : 100000);
+                assert_int_equal(write(master, line, strlen(line)), (ssize_t) strlen(line));
+                /* Drain output as we go so the child never blocks on a full pty. */
+                for (;;) {
+                        struct pollfd p = { .fd = master, .events = POLLIN };
+                        ssize_t n;
+
+                        if (poll(&p, 1, 0) <= 0)
+                                break;
+                        n = read(master, out + len, sizeof(out) - 1 - len);
+                        if (n <= 0)
+                                break;
+                        len += (size_t) n;
+                }
+        }
+        for (;;) {
+                struct pollfd p = { .fd = master, .events = POLLIN };
+                ssize_t n;
+
+                if (poll(&p, 1, 5000) <= 0)
+                        break;
+                n = read(master, out + len, sizeof(out) - 1 - len);
+                if (n <= 0)
+                        break;
+                len += (size_t) n;
+        }
+        out[len] = 0;
+        close(master);
+        waitpid(pid, &status, 0);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        assert_non_null(strstr(out, "Connected to main"));
+        assert_non_null(strstr(out, "You said: hello"));
+        assert_non_null(strstr(out, "thinking on"));
+        assert_non_null(strstr(out, "The user wrote 5 bytes."));
+        assert_non_null(strstr(out, "You said: again"));
+        assert_non_null(strstr(out, "bad parameter or value: top_p 7"));
+        assert_non_null(strstr(out, "{\"temperature\":\"0.5\"}"));
+        assert_non_null(strstr(out, "saved 4 messages"));
+        assert_non_null(strstr(out, "conversation cleared"));
+        assert_non_null(strstr(out, "loaded 4 messages"));
+        assert_non_null(strstr(out, "system prompt set"));
+        assert_non_null(strstr(out, "[cancelled]"));
+        /* The long answer was cut (the terminal echoes the question, so look for the whole answer). */
+        assert_null(strstr(out, "You said: long [slow] a b c d e f g h i j k l m n o p q r s t u v w x y z a b c"));
+        assert_non_null(strstr(out, "You said: after"));
+        assert_non_null(strstr(out, "unknown command /bogus"));
+}
+
 /* ---- the man page example ---- */
 
 static char *slurp(const char *path) {
@@ -973,12 +1087,14 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_cancel),
                 cmocka_unit_test(test_nonblocking_poll),
                 cmocka_unit_test(test_free_with_inflight),
+                cmocka_unit_test(test_limits),
                 cmocka_unit_test(test_disconnect_mid_stream),
                 cmocka_unit_test(test_status_tokenize_score),
                 cmocka_unit_test(test_example_runs),
                 cmocka_unit_test(test_ctl_exit_codes),
                 cmocka_unit_test(test_ctl_generate),
                 cmocka_unit_test(test_ctl_chat_pipe),
+                cmocka_unit_test(test_ctl_chat_repl),
                 cmocka_unit_test(test_ctl_status),
                 cmocka_unit_test(test_ctl_tokenize),
                 cmocka_unit_test(test_ctl_bench),

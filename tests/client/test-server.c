@@ -21,9 +21,10 @@
  *   [disconnect]  started, two deltas, then the connection is closed.
  *
  * Options: --socket PATH (required), --name MODEL (welcome model name), --max-inflight N, --delay-ms N,
- * --loading-steps N (the first N status requests report state "loading" with loading {phase, percent}, and
- * generate/chat get not_ready until then), --reject-version (answer hello with unsupported_version and
- * close). Prints "READY" on stdout once listening. SIGTERM/SIGINT end it.
+ * --max-frame N (max_frame_bytes of welcome and of the reader), --loading-steps N (the first N status
+ * requests report state "loading" with loading {phase, percent}, and generate/chat get not_ready until
+ * then), --reject-version (answer hello with unsupported_version and close). Prints "READY" on stdout
+ * once listening. SIGTERM/SIGINT end it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -69,13 +70,13 @@ struct sconn {
 
 static struct {
         const char *socket, *name;
-        uint32_t max_inflight;
+        uint32_t max_inflight, max_frame;
         int delay_ms;
         unsigned loading_steps, status_calls;
         bool reject_version;
         uint64_t started_ms, requests;
         struct sconn conns[MAX_CONNS];
-} S = { .name = "test-model", .max_inflight = 64 };
+} S = { .name = "test-model", .max_inflight = 64, .max_frame = PROTO_DEFAULT_MAX_FRAME };
 
 static volatile sig_atomic_t quit;
 
@@ -534,7 +535,7 @@ static void handle_frame(struct sconn *c, const uint8_t *body, size_t len) {
                         struct proto_welcome w = {
                                 .proto = PROTO_VERSION, .server_version = "0.1.0-test", .model = (char *) S.name,
                                 .architecture = "gemma4", .max_model_len = 8192,
-                                .limits = { .max_frame_bytes = PROTO_DEFAULT_MAX_FRAME, .max_inflight = S.max_inflight,
+                                .limits = { .max_frame_bytes = S.max_frame, .max_inflight = S.max_inflight,
                                             .max_num_seqs = 64, .max_queue = 256 },
                                 .backend = "test", .device = "none", .kv_tokens = 65536, .kv_seqs_32k = 2,
                         };
@@ -673,7 +674,8 @@ int main(int argc, char **argv) {
                 { "socket", required_argument, NULL, 's' }, { "name", required_argument, NULL, 'n' },
                 { "max-inflight", required_argument, NULL, 'm' }, { "delay-ms", required_argument, NULL, 'd' },
                 { "loading-steps", required_argument, NULL, 'l' },
-                { "reject-version", no_argument, NULL, 'R' }, {},
+                { "reject-version", no_argument, NULL, 'R' },
+                { "max-frame", required_argument, NULL, 'F' }, {},
         };
         struct pollfd pfd[MAX_CONNS + 1];
         sigset_t block, waitmask;
@@ -687,13 +689,14 @@ int main(int argc, char **argv) {
                 case 'd': S.delay_ms = atoi(optarg); break;
                 case 'l': S.loading_steps = (unsigned) atoi(optarg); break;
                 case 'R': S.reject_version = true; break;
+                case 'F': S.max_frame = (uint32_t) atoi(optarg); break;
                 default:
                         fprintf(stderr, "usage: test-server --socket PATH [--name M] [--max-inflight N] "
-                                        "[--delay-ms N] [--loading-steps N] [--reject-version]\n");
+                                        "[--delay-ms N] [--loading-steps N] [--reject-version] [--max-frame N]\n");
                         return 2;
                 }
         }
-        if (!S.socket || S.max_inflight == 0) {
+        if (!S.socket || S.max_inflight == 0 || S.max_frame < 64) {
                 fprintf(stderr, "test-server: --socket is required (and --max-inflight must be >= 1)\n");
                 return 2;
         }
@@ -759,7 +762,7 @@ int main(int argc, char **argv) {
                         for (size_t i = 0; fd >= 0 && i < MAX_CONNS; i++)
                                 if (S.conns[i].fd < 0) {
                                         S.conns[i] = (struct sconn) { .fd = fd };
-                                        proto_reader_init(&S.conns[i].reader, 0);
+                                        proto_reader_init(&S.conns[i].reader, S.max_frame);
                                         proto_buf_init(&S.conns[i].out);
                                         fd = -1;
                                 }
