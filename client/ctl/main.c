@@ -155,6 +155,9 @@ out:
 
 /* ---- status ---- */
 
+/* How long status --wait waits for a socket to appear (a daemon starting up). */
+#define WAIT_START_MS (10 * 60 * 1000.0)
+
 static void print_bar(double progress, const char *phase, bool tty) {
         int width = 30, filled;
 
@@ -279,10 +282,32 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         return EXIT_USAGE;
                 }
         }
-        ret = ctl_connect(ctl, &c);
-        if (ret != 0) {
-                json_decref(all);
-                return ret;
+        if (wait) {
+                /*
+                 * A daemon that is starting may not listen yet (gemma4d binds its socket once the
+                 * configuration is loaded; with socket activation it exists from the start): retry.
+                 */
+                const char *path = ctl->socket && *ctl->socket ? ctl->socket : getenv("GEMMA4D_SOCKET");
+                double end = ctl_now_ms() + WAIT_START_MS;
+                bool said = false;
+                int r;
+
+                while ((r = gc_client_new(&c, path, ctl->timeout_ms)) == GC_ENOTRUNNING && ctl_now_ms() < end) {
+                        if (!said && !ctl->json)
+                                fprintf(stderr, "gemma4ctl: waiting for the daemon to listen...\n");
+                        said = true;
+                        usleep(200 * 1000);
+                }
+                if (r < 0) {
+                        json_decref(all);
+                        return ctl_fail("status", r);
+                }
+        } else {
+                ret = ctl_connect(ctl, &c);
+                if (ret != 0) {
+                        json_decref(all);
+                        return ret;
+                }
         }
         for (size_t i = 0; i < gc_client_daemon_count(c); i++) {
                 json_t *st = NULL, *entry;
