@@ -1011,6 +1011,30 @@ static void test_ctl_status(void **state) {
         assert_non_null(strstr(r.out, "loading ["));
         assert_non_null(strstr(r.out, ": ready\n"));
         server_stop(&s);
+
+        /* --wait also waits for a daemon that does not listen yet. */
+        struct server late = { 0 };
+        pid_t pid;
+        int st;
+
+        snprintf(late.path, sizeof(late.path), "%s/late.sock", tmpdir);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                int null = open("/dev/null", O_WRONLY);
+
+                unblock_signals();
+                dup2(null, STDOUT_FILENO);        /* its READY line must not land in the TAP output */
+                usleep(700 * 1000);
+                execl(server_bin, server_bin, "--socket", late.path, "--name", "late", (char *) NULL);
+                _exit(127);
+        }
+        run_cmd(&r, late.path, NULL, 0, CTL("status", "--wait"));
+        kill(pid, SIGTERM);
+        waitpid(pid, &st, 0);
+        assert_int_equal(r.status, 0);
+        assert_non_null(strstr(r.err, "waiting for the daemon to listen"));
+        assert_non_null(strstr(r.out, ": ready\n"));
 }
 
 static void test_ctl_tokenize(void **state) {
