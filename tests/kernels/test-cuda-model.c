@@ -291,6 +291,26 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 free(bl);
         }
 
+        /* 3b. batches the backend must refuse without touching the device, and keep working after */
+        {
+                int32_t bad_tok = (int32_t) V;
+                struct backend_seq s = seq_of(&e, 2, &bad_tok, 1, 0, false);
+                struct backend_batch b = {&s, 1};
+                int rb1 = e.ops->forward(e.be, &b, got2);
+                s = seq_of(&e, 2, f.prompt, 1, 256, false);             /* past max_model_len (256) */
+                int rb2 = e.ops->forward(e.be, &b, got2);
+                s = seq_of(&e, 2, f.prompt, 1, 0, false);
+                s.n_full_pages = 0;                                     /* no page for position 0 */
+                int rb3 = e.ops->forward(e.be, &b, got2);
+                s = seq_of(&e, 2, f.prompt, S, 0, true);
+                int rb4 = e.ops->forward(e.be, &b, got2);
+                double rr = rb4 < 0 ? INFINITY : rel_frob(got2, got, n);
+                snprintf(label, sizeof(label), "%s bad batches refused (-EINVAL), next batch runs", name);
+                check(label, rb1 == -EINVAL && rb2 == -EINVAL && rb3 == -EINVAL && rb4 == 0 &&
+                                     rr <= SELF_REL,
+                      "codes ok, rel %.3e (tol %.1e)", rr, SELF_REL);
+        }
+
         /* 4. greedy continuation after the prompt (shallowest fixture) */
         if (greedy && f.n_greedy) {
                 int32_t tok = (int32_t) argmax(got + (size_t) (S - 1) * V, V), ids[64];
