@@ -15,7 +15,8 @@ if [ "$mode" = pack ]; then
         for l in libuv.so.1 libmsgpackc.so.2 libyaml-0.so.2 libjansson.so.4 libedit.so.2 libbsd.so.0 libmd.so.0; do
                 cp -L "/lib/x86_64-linux-gnu/$l" "$out/lib/"
         done
-        cp .deps/fixtures/tokenizer.json "$out/"
+        gzip -9 -c .deps/fixtures/tokenizer.json > "$out/tokenizer.json.gz"     # the device tool carries 64 MiB
+        strip "$out"/bin/* 2>/dev/null || true
         cp "$0" "$out/gpu-e2e.sh"
         du -sh "$out"
         exit 0
@@ -31,6 +32,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 if [ "${QUICK:-0}" = 1 ]; then S1="-p 8 -o 8"; S64="-c 4 -p 16 -o 8"; S8K="-p 256"; else S1="-p 38 -o 256"; S64="-c 64 -p 256 -o 256"; S8K="-p 8192"; fi
 model=/tmp/g4-26b-fp8
 t0=$(date +%s.%N)
+[ -f tokenizer.json ] || gunzip -k tokenizer.json.gz
 bin/gemma4-mkmodel --preset ${PRESET:-26b-a4b-fp8} --out $model --threads 16 --tokenizer tokenizer.json > "$OUT/mkmodel.log" 2>&1 ||
         { echo "mkmodel failed"; tail -5 "$OUT/mkmodel.log"; exit 1; }
 t1=$(date +%s.%N)
