@@ -828,20 +828,46 @@ static void test_gemma4_special_ids(void **state) {
         ENC(t, "<|turn>user", false, 236820, 236909, 887, 236813, 2364);
 }
 
-static uint8_t *hex_decode(const char *hex, size_t *ret_len) {
-        size_t n = strlen(hex) / 2;
-        uint8_t *out = malloc(n + 1);
+static int hex_nibble(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
 
-        assert_non_null(out);
-        assert_int_equal(strlen(hex) % 2, 0);
+/* NULL for bad hex. No sscanf: the goldens hold millions of hex digits and the suite also runs under
+ * valgrind. No cmocka asserts either: the thread test calls it. */
+static uint8_t *hex_decode_raw(const char *hex, size_t *ret_len) {
+        size_t n = hex ? strlen(hex) / 2 : 0;
+        uint8_t *out;
+
+        if (!hex || strlen(hex) % 2 != 0)
+                return NULL;
+        out = malloc(n + 1);
+        if (!out)
+                return NULL;
         for (size_t i = 0; i < n; i++) {
-                unsigned v;
+                int hi = hex_nibble(hex[2 * i]), lo = hex_nibble(hex[2 * i + 1]);
 
-                assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
-                out[i] = (uint8_t)v;
+                if (hi < 0 || lo < 0) {
+                        free(out);
+                        return NULL;
+                }
+                out[i] = (uint8_t)(hi << 4 | lo);
         }
         out[n] = 0;
         *ret_len = n;
+        return out;
+}
+
+static uint8_t *hex_decode(const char *hex, size_t *ret_len) {
+        uint8_t *out = hex_decode_raw(hex, ret_len);
+
+        if (!out)
+                fail_msg("bad hex string in a fixture: rebuild the fixtures");
         return out;
 }
 
@@ -1083,20 +1109,13 @@ static void *thread_main(void *arg) {
 
         for (size_t i = job->first; i < json_array_size(job->golden); i += job->step) {
                 json_t *g = json_array_get(job->golden, i);
-                const char *hex = json_string_value(json_object_get(g, "hex"));
                 json_t *want = json_object_get(g, "ids");
-                size_t n = strlen(hex) / 2, n_ids;
-                char *text = malloc(n + 1);
+                size_t n, n_ids;
+                char *text = (char *)hex_decode_raw(json_string_value(json_object_get(g, "hex")), &n);
                 int32_t *ids;
                 char *dec;
 
-                for (size_t j = 0; j < n; j++) {
-                        unsigned v;
-
-                        sscanf(hex + 2 * j, "%2x", &v);
-                        text[j] = (char)v;
-                }
-                if (tokenizer_encode(job->t, text, n, true, &ids, &n_ids) < 0 || n_ids != json_array_size(want)) {
+                if (!text || tokenizer_encode(job->t, text, n, true, &ids, &n_ids) < 0 || n_ids != json_array_size(want)) {
                         job->mismatches++;
                 } else {
                         for (size_t j = 0; j < n_ids; j++)
