@@ -1138,7 +1138,7 @@ static void test_gemma4_threads(void **state) {
         pthread_t th[4];
 
         for (size_t i = 0; i < 4; i++) {
-                jobs[i] = (struct thread_job){ .t = t, .golden = golden, .first = i, .step = 7 };
+                jobs[i] = (struct thread_job){ .t = t, .golden = golden, .first = i, .step = 31 };
                 assert_int_equal(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
         }
         for (size_t i = 0; i < 4; i++) {
