@@ -23,6 +23,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "io/daemon.h"
 #include "log.h"
 
 #define EXIT_USAGE 2
@@ -376,6 +377,16 @@ static void log_config(const struct gemma4d_config *cfg) {
         free(text);
 }
 
+/* SIGHUP: the configuration is rebuilt from the same sources as at start. --config - (stdin) cannot be
+ * read twice, so that setup reloads nothing. */
+static int reload_config(void *userdata, struct gemma4d_config *ret) {
+        const struct gemma4d_args *a = userdata;
+        if (a->config_path && strcmp(a->config_path, "-") == 0)
+                return log_error_errno(EOPNOTSUPP, "the configuration came from standard input; "
+                                       "nothing to reload");
+        return config_from_args(a, ret);
+}
+
 int main(int argc, char **argv) {
         struct gemma4d_args args;
         struct gemma4d_config cfg;
@@ -387,18 +398,21 @@ int main(int argc, char **argv) {
         log_set_target(args.log_target);
 
         r = config_from_args(&args, &cfg);
-        args_done(&args);
-        if (r < 0)
+        if (r < 0) {
+                args_done(&args);
                 return EXIT_FAILURE;
+        }
         log_config(&cfg);
 
         if (args.action == ACTION_CHECK_CONFIG) {
                 printf("configuration is valid\n");
                 config_done(&cfg);
+                args_done(&args);
                 return EXIT_SUCCESS;
         }
 
-        /* The server (daemon/server) starts here once it lands. */
+        r = daemon_run(&cfg, reload_config, &args);
         config_done(&cfg);
-        return EXIT_SUCCESS;
+        args_done(&args);
+        return r;
 }

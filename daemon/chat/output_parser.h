@@ -71,7 +71,9 @@ void chat_parser_free(struct chat_parser *p);
 /*
  * Feed one generated token: its id and the text the streaming detokenizer produced for it (may be empty,
  * e.g. for half a UTF-8 character; ignored for special tokens). After a stop, further tokens are ignored.
- * Returns 0, a callback's error, or -ENOMEM.
+ * Returns 0, a callback's error, or -ENOMEM; after an error the parser may only be freed.
+ * Stop strings are matched on text only: one that spells a special token (e.g. "<turn|>") never matches,
+ * the stop ids cover those.
  */
 int chat_parser_feed(struct chat_parser *p, uint32_t token_id, const char *piece, size_t length);
 

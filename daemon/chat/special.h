@@ -33,6 +33,7 @@ enum {
 struct chat_special_token {
         uint32_t id;
         const char *text;
+        size_t length;
 };
 
 extern const struct chat_special_token chat_special_tokens[];

@@ -70,6 +70,10 @@ static void tpl(struct builder *b, const char *s) {
 
         while (i < n) {
                 uint32_t id;
+                const char *lt = memchr(s + i, '<', n - i);
+                if (!lt)
+                        break;
+                i = (size_t) (lt - s);
                 size_t m = chat_special_match(s + i, n - i, &id);
                 if (m == 0) {
                         i++;

@@ -356,6 +356,36 @@ static void test_runs_merge_text(void **state) {
         chat_prompt_done(&p);
 }
 
+/* Spec §3.2 line 1 tokenizes as 2,105,[system\n…],106,[\n],105,[user\nHello.],106,[\n],105,[model\n],100,
+ * [thought\n],101: the specials come from the segments, the text runs from plain BPE. */
+static void test_runs_spec_example(void **state) {
+        static const struct { uint32_t id; const char *text; } want[] = {
+                { 2, NULL }, { 105, NULL }, { 0, "system\nYou are a helpful assistant." }, { 106, NULL },
+                { 0, "\n" }, { 105, NULL }, { 0, "user\nHello." }, { 106, NULL }, { 0, "\n" }, { 105, NULL },
+                { 0, "model\n" }, { 100, NULL }, { 0, "thought\n" }, { 101, NULL },
+        };
+        struct chat_prompt p;
+        struct chat_prompt_run run;
+        size_t cursor = 0, i = 0;
+
+        assert_int_equal(render_req("{\"messages\":[{\"role\":\"system\",\"content\":\"You are a helpful "
+                                    "assistant.\"},{\"role\":\"user\",\"content\":\"Hello.\"}]}", &p, NULL), 0);
+        while (chat_prompt_next_run(&p, &cursor, &run)) {
+                assert_true(i < sizeof(want) / sizeof(want[0]));
+                if (want[i].text) {
+                        assert_false(run.special);
+                        assert_int_equal(run.length, strlen(want[i].text));
+                        assert_memory_equal(run.text, want[i].text, run.length);
+                } else {
+                        assert_true(run.special);
+                        assert_int_equal(run.token_id, want[i].id);
+                }
+                i++;
+        }
+        assert_int_equal(i, sizeof(want) / sizeof(want[0]));
+        chat_prompt_done(&p);
+}
+
 static void test_render_string_and_defaults(void **state) {
         json_t *msgs = parse("[{\"role\":\"user\",\"content\":\"Hi\"}]");
         char *text = NULL;
@@ -532,6 +562,7 @@ int main(void) {
                 cmocka_unit_test(test_injection_user_content),
                 cmocka_unit_test(test_injection_tool_fields),
                 cmocka_unit_test(test_runs_merge_text),
+                cmocka_unit_test(test_runs_spec_example),
                 cmocka_unit_test(test_render_string_and_defaults),
                 cmocka_unit_test(test_case_insensitive_key_order),
                 cmocka_unit_test(test_errors),
