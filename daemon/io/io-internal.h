@@ -120,6 +120,9 @@ struct server {
         uv_signal_t sig_term, sig_int, sig_hup;
         uv_timer_t watchdog_timer, drain_timer;
         uint64_t watchdog_usec;
+        /* Test hooks (environment, read at start; see tests/daemon/harness.h): stall the engine this many
+         * ms at the first request after READY, so the watchdog test sees the pings stop. 0 = off. */
+        uint32_t test_stall_ms;
         uv_thread_t boot_thread;
         bool boot_thread_started;
 

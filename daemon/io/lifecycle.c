@@ -136,6 +136,15 @@ static void boot_thread_main(void *arg) {
                 .progress = backend_progress,
                 .progress_userdata = srv,
         };
+        {
+                /* Test hook: a small full-attention KV space, so tests on the cpu backend (which otherwise
+                 * sizes it for max_num_seqs sequences of max_model_len) can exhaust it. */
+                const char *pages = getenv("GEMMA4D_TEST_KV_FULL_PAGES");
+                if (pages && atoi(pages) > 0) {
+                        bp.n_full_pages = (uint32_t) atoi(pages);
+                        log_warning("test hook GEMMA4D_TEST_KV_FULL_PAGES: %u full KV pages", bp.n_full_pages);
+                }
+        }
         r = b->ops->create(b->model, &bp, &b->backend, &err);
         if (r < 0) {
                 log_error_errno(r, "backend %s: %s", b->ops->name, err ? err : strerror(-r));
@@ -214,6 +223,8 @@ static void on_boot_done(uv_async_t *a) {
                 return;
         }
         srv->engine_ready = true;
+        /* a SIGHUP while loading changed srv->cfg after the boot thread read it */
+        (void) engine_set_admission(srv->boot.engine, srv->cfg.max_queue, srv->cfg.aging_ms);
         if (srv->state == DAEMON_LOADING)
                 srv->state = DAEMON_READY;
         {
@@ -342,6 +353,16 @@ int daemon_run(const struct gemma4d_config *cfg, daemon_reload_fn reload, void *
         srv->start_ns = engine_now_ns();
         srv->exit_status = EXIT_SUCCESS;
         atomic_store(&srv->boot_progress_ns, engine_now_ns());
+        {
+                /* Test hook for the watchdog test (tests/daemon): the first request after READY stalls the
+                 * engine this many ms, so the WATCHDOG=1 pings stop and then resume. */
+                const char *stall = getenv("GEMMA4D_TEST_ENGINE_STALL_MS");
+                if (stall && atoi(stall) > 0) {
+                        srv->test_stall_ms = (uint32_t) atoi(stall);
+                        log_warning("test hook GEMMA4D_TEST_ENGINE_STALL_MS: the first request stalls the "
+                                    "engine %u ms", srv->test_stall_ms);
+                }
+        }
         uv_mutex_init(&srv->boot_lock);
         snprintf(srv->boot_phase, sizeof srv->boot_phase, "starting");
         /* A peer that disconnects mid-write must not kill the daemon. */

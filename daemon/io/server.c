@@ -681,7 +681,8 @@ static void submit_request(struct server *srv, struct req *r, struct proto_msg *
                         .bare_tool_calls = m->type == PROTO_TYPE_CHAT && m->chat.tools &&
                                            json_array_size(m->chat.tools) > 0,
                 };
-                if (detok_stream_new(srv->boot.tokenizer, true, &r->detok) < 0 && srv->boot.tokenizer) {
+                /* A model without tokenizer.json serves prompt_ids only: no text, no detokenizer. */
+                if (srv->boot.tokenizer && detok_stream_new(srv->boot.tokenizer, true, &r->detok) < 0) {
                         free(ids);
                         send_error(c, r->id, PROTO_CODE_INTERNAL, "out of memory");
                         req_remove(srv, r);
@@ -705,6 +706,10 @@ static void submit_request(struct server *srv, struct req *r, struct proto_msg *
                 return;
         }
         r->submitted = true;
+        if (srv->test_stall_ms) {
+                engine_test_stall(srv->boot.engine, srv->test_stall_ms);
+                srv->test_stall_ms = 0;
+        }
 }
 
 static void handle_request(struct conn *c, struct proto_msg *m) {
@@ -1312,6 +1317,8 @@ void server_apply_live_config(struct server *srv, const struct gemma4d_config *n
         }
         c->max_queue = n->max_queue;
         c->aging_ms = n->aging_ms;
+        if (srv->engine_ready)
+                (void) engine_set_admission(srv->boot.engine, n->max_queue, n->aging_ms);
         c->drain_seconds = n->drain_seconds;
         log_set_level(n->log_level);
         for (struct conn *k = srv->conns; k; k = k->next)

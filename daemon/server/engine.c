@@ -77,6 +77,8 @@ struct engine {
         uint32_t in_new;                /* submissions in the inbox */
         uint32_t waiting_published;     /* scheduler's waiting count after the last step */
         bool stopping;
+        bool admission_pending;         /* engine_set_admission values to apply at the next step */
+        uint32_t pending_max_queue, pending_aging_ms;
 
         /* outbox (engine -> I/O thread) */
         pthread_mutex_t out_lock;
@@ -428,11 +430,22 @@ static void apply_submit(struct engine *e, struct ereq *r, uint64_t now) {
 }
 
 static void apply_inbox(struct engine *e, uint64_t now) {
+        bool admission = false;
+        uint32_t aging_ms = 0;
         pthread_mutex_lock(&e->in_lock);
         struct msg *m = e->in_head;
         e->in_head = e->in_tail = NULL;
         e->in_new = 0;
+        if (e->admission_pending) {
+                /* engine_submit reads max_queue under in_lock; the scheduler is ours alone */
+                e->p.max_queue = e->pending_max_queue;
+                e->p.aging_ms = aging_ms = e->pending_aging_ms;
+                e->admission_pending = false;
+                admission = true;
+        }
         pthread_mutex_unlock(&e->in_lock);
+        if (admission)
+                sched_set_aging(e->sched, aging_ms);
         while (m) {
                 struct msg *next = m->next;
                 struct ereq *r;
@@ -531,6 +544,18 @@ void engine_get_status(struct engine *e, struct engine_status *ret) {
 
 uint64_t engine_last_progress_ns(struct engine *e) {
         return atomic_load(&e->last_progress_ns);
+}
+
+int engine_set_admission(struct engine *e, uint32_t max_queue, uint32_t aging_ms) {
+        if (!e || max_queue == 0)
+                return -EINVAL;
+        pthread_mutex_lock(&e->in_lock);
+        e->pending_max_queue = max_queue;
+        e->pending_aging_ms = aging_ms;
+        e->admission_pending = true;
+        pthread_cond_signal(&e->in_cond);
+        pthread_mutex_unlock(&e->in_lock);
+        return 0;
 }
 
 void engine_test_stall(struct engine *e, uint32_t ms) {

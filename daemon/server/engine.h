@@ -197,6 +197,10 @@ struct engine_event *engine_pop_events(struct engine *e);
 void engine_get_status(struct engine *e, struct engine_status *ret);
 /* CLOCK_MONOTONIC ns of the last step or healthy idle wait: the watchdog's liveness signal. */
 uint64_t engine_last_progress_ns(struct engine *e);
+/* Change limits.max_queue and scheduler.aging_ms of a running engine (SIGHUP). Thread-safe; the engine
+ * thread applies them at its next step (submissions see the new max_queue from then on). -EINVAL when
+ * max_queue is 0. */
+int engine_set_admission(struct engine *e, uint32_t max_queue, uint32_t aging_ms);
 /* Test hook: the engine thread sleeps `ms` without progress before its next step. */
 void engine_test_stall(struct engine *e, uint32_t ms);
 /* Capacity facts for welcome: the KV pool's parameters. */

@@ -134,6 +134,10 @@ uint32_t sched_n_waiting(const struct sched *s) {
         return s->waiting.n;
 }
 
+void sched_set_aging(struct sched *s, uint32_t aging_ms) {
+        s->p.aging_ms = aging_ms;
+}
+
 uint32_t sched_n_running(const struct sched *s) {
         return s->running.n;
 }

@@ -99,6 +99,8 @@ int sched_plan(struct sched *s, uint64_t now_ns, struct sched_plan **ret);
 
 int32_t sched_effective_priority(const struct sched *s, const struct sched_req *r, uint64_t now_ns);
 uint32_t sched_n_waiting(const struct sched *s);
+/* Change scheduler.aging_ms (SIGHUP); effective priorities use it from the next plan on. */
+void sched_set_aging(struct sched *s, uint32_t aging_ms);
 uint32_t sched_n_running(const struct sched *s);
 struct sched_req *sched_waiting_at(const struct sched *s, uint32_t i);
 struct sched_req *sched_running_at(const struct sched *s, uint32_t i);
