@@ -777,7 +777,8 @@ static void test_random_mix(void **state) {
                         uint32_t salt = rnd_next(&rng, 4), shared = rnd_next(&rng, 3) * 12;
                         make_prompt(prompts[id], lens[id], salt, shared);
                         struct engine_request rq = { .conn_id = 1 + id % 3, .req_id = id,
-                                                     .kind = rnd_next(&rng, 10) == 0 ? ENGINE_KIND_SCORE : ENGINE_KIND_GENERATE,
+                                                     .kind = rnd_next(&rng, 10) == 0 ? ENGINE_KIND_SCORE :
+                                                                                       ENGINE_KIND_GENERATE,
                                                      .tokens = prompts[id], .n_tokens = lens[id] };
                         sampling_params_init(&rq.params);
                         greedy[id] = rnd_next(&rng, 3) != 0 && rq.kind == ENGINE_KIND_GENERATE;
