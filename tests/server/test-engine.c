@@ -947,6 +947,23 @@ static void test_thread(void **state) {
         age = engine_now_ns() - engine_last_progress_ns(f->e);
         assert_true(age < 700000000u);
 
+        /* a request submitted after engine_test_stall() returns is served only after the stall */
+        uint64_t t0 = engine_now_ns();
+        engine_test_stall(f->e, 600);
+        assert_int_equal(submit(f, 21, prompts[1], 11, 1, 0), 0);
+        while (!f->res[21].finished) {
+                pthread_mutex_lock(&w.lock);
+                while (w.wakes == 0)
+                        if (pthread_cond_timedwait(&w.cond, &w.lock, &deadline) != 0)
+                                break;
+                w.wakes = 0;
+                pthread_mutex_unlock(&w.lock);
+                collect(f);
+                if (engine_now_ns() - t0 > 30000000000ull)
+                        fail_msg("the request after the stall never finished");
+        }
+        assert_true(engine_now_ns() - t0 >= 590000000ull);
+
         /* freeing with requests in flight cancels them cleanly */
         assert_int_equal(submit(f, 20, prompts[0], 10, 200, 0), 0);
         usleep(2000);
