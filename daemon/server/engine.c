@@ -758,10 +758,10 @@ static void maybe_stall(struct engine *e) {
                 ;
 }
 
-static int engine_step(struct engine *e) {
+static int engine_step(struct engine *e, bool threaded) {
         uint64_t now = engine_now_ns();
         apply_inbox(e, now);
-        if (e->thread_started && atomic_load(&e->stall_ms)) {
+        if (threaded && atomic_load(&e->stall_ms)) {
                 maybe_stall(e);
                 now = engine_now_ns();
         }
@@ -865,7 +865,7 @@ int engine_run_step(struct engine *e) {
                 return -EBUSY;
         if (e->fatal)
                 return e->fatal;
-        return engine_step(e);
+        return engine_step(e, false);
 }
 
 /* ---- thread ---- */
@@ -880,7 +880,7 @@ static void *engine_thread(void *arg) {
                 pthread_mutex_unlock(&e->in_lock);
                 if (stopping)
                         break;
-                int r = engine_step(e);
+                int r = engine_step(e, true);
                 if (r < 0) {
                         log_error_errno(r, "engine: fatal backend error, stopping");
                         pthread_mutex_lock(&e->in_lock);
