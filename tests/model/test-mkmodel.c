@@ -43,8 +43,8 @@ static struct model *load(const char *dir) {
         return m;
 }
 
-static void stats(const struct tensor_view *t, uint64_t first, uint64_t n, double *mean, double *sd, double *lo,
-                  double *hi) {
+static void stats(const struct tensor_view *t, uint64_t first, uint64_t n, double *mean, double *sd,
+                  double *lo, double *hi) {
         double s = 0, s2 = 0;
         *lo = INFINITY, *hi = -INFINITY;
         for (uint64_t i = first; i < first + n; i++) {
@@ -131,7 +131,8 @@ static void check_magnitudes(const struct model *m) {
         double mean, sd, lo, hi;
 
         stats(&m->embed_tokens, 0, 1 << 16, &mean, &sd, &lo, &hi);
-        assert_true(fabs(mean) < 0.01 && fabs(sd - 2.0 / sqrt(c->hidden_size)) < 0.1 * (2.0 / sqrt(c->hidden_size)));
+        assert_true(fabs(mean) < 0.01 &&
+                    fabs(sd - 2.0 / sqrt(c->hidden_size)) < 0.1 * (2.0 / sqrt(c->hidden_size)));
         for (uint32_t l = 0; l < c->n_layers; l++) {
                 const struct layer_weights *lw = &m->layers[l];
                 double s = tensor_get_f32(&lw->layer_scalar, 0);
@@ -141,7 +142,8 @@ static void check_magnitudes(const struct model *m) {
                 stats(&lw->q_norm, 0, lw->head_dim, &mean, &sd, &lo, &hi);
                 assert_true(mean > 0.85 && mean < 1.15 && sd > 0.05);
                 stats(&lw->k_norm, 0, lw->head_dim, &mean, &sd, &lo, &hi);
-                assert_true(fabs(mean - 1.5 / sqrt(lw->head_dim)) < 0.3 * 1.5 / sqrt(lw->head_dim) && sd > 0);
+                assert_true(fabs(mean - 1.5 / sqrt(lw->head_dim)) < 0.3 * 1.5 / sqrt(lw->head_dim) &&
+                            sd > 0);
                 stats(&lw->router_per_expert_scale, 0, c->n_experts, &mean, &sd, &lo, &hi);
                 assert_true(lo >= 0.5 && hi <= 1.5 && sd > 0.1);
                 stats(&lw->router_scale, 0, c->hidden_size, &mean, &sd, &lo, &hi);
@@ -160,7 +162,8 @@ static void check_magnitudes(const struct model *m) {
                         }
                 sd = sqrt(s2 / (rows * in));
                 if (fabs(sd * sqrt((double) in) - 1.0) > 0.2)
-                        fail_msg("layer %u expert weight std %g, want about %g", l, sd, 1 / sqrt((double) in));
+                        fail_msg("layer %u expert weight std %g, want about %g", l, sd,
+                                 1 / sqrt((double) in));
         }
 }
 
@@ -306,14 +309,16 @@ static void test_sharded_and_deterministic(void **state) {
                 struct st_file *f = NULL;
                 assert_int_equal(st_file_open(pa, &f, NULL), 0);
                 for (size_t i = 0; i < f->n_tensors; i++) {
-                        assert_string_equal(json_string_value(json_object_get(wm, f->tensors[i].name)), want);
+                        assert_string_equal(json_string_value(json_object_get(wm, f->tensors[i].name)),
+                                            want);
                         total += f->tensors[i].end - f->tensors[i].begin;
                 }
                 /* shards are at most the shard size unless one tensor alone is larger */
                 assert_true(f->n_tensors == 1 || f->size - 8 - f->header_len <= 6000000);
                 st_file_close(f);
         }
-        assert_int_equal(json_integer_value(json_object_get(json_object_get(idx, "metadata"), "total_size")), total);
+        assert_int_equal(json_integer_value(json_object_get(json_object_get(idx, "metadata"), "total_size")),
+                         total);
         json_decref(idx);
         m = load(a);
         assert_int_equal(m->cfg.n_layers, 3);
@@ -343,10 +348,16 @@ static void test_tokenizer_and_errors(void **state) {
         assert_int_equal(system(cmd), 0);
         free(cmd);
         static const char *const bad[] = {
-                "--preset nope --out /tmp/x", "--preset demo", "--out /tmp/x", "--preset demo --out /tmp/x --seed z",
-                "--preset demo --out /tmp/x --layers 0", "--preset demo --out /tmp/x --vocab 10",
-                "--preset demo --out /tmp/x --experts 999", "--preset demo --out /tmp/x extra",
-                "--preset demo --out /nonexistent-dir/sub/x", "--preset demo --config x.json --out /tmp/x",
+                "--preset nope --out /tmp/x",
+                "--preset demo",
+                "--out /tmp/x",
+                "--preset demo --out /tmp/x --seed z",
+                "--preset demo --out /tmp/x --layers 0",
+                "--preset demo --out /tmp/x --vocab 10",
+                "--preset demo --out /tmp/x --experts 999",
+                "--preset demo --out /tmp/x extra",
+                "--preset demo --out /nonexistent-dir/sub/x",
+                "--preset demo --config x.json --out /tmp/x",
                 "--config /nonexistent/config.json --out /tmp/x",
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -376,8 +387,9 @@ static void test_from_config(void **state) {
 
                 if (o->fp8) {
                         /* a linear listed in ignore stays BF16 */
-                        json_array_append_new(json_object_get(json_object_get(cfg, "quantization_config"), "ignore"),
-                                              json_string("model.layers.1.mlp.down_proj"));
+                        json_array_append_new(
+                                json_object_get(json_object_get(cfg, "quantization_config"), "ignore"),
+                                json_string("model.layers.1.mlp.down_proj"));
                 }
                 assert_int_equal(tiny_write_config(dir, cfg), 0);
                 json_decref(cfg);

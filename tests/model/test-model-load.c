@@ -11,11 +11,13 @@
 
 #include "tiny-ckpt.h"
 
-static void check_view_values(const struct tensor_view *v, const char *name, uint64_t first, uint64_t count) {
+static void check_view_values(const struct tensor_view *v, const char *name, uint64_t first,
+                              uint64_t count) {
         for (uint64_t i = 0; i < count; i++) {
                 float want = tiny_value(name, v->dtype, first + i), got = tensor_get_f32(v, i);
                 if (want != got)
-                        fail_msg("%s element %llu: got %g, want %g", v->name, (unsigned long long) i, got, want);
+                        fail_msg("%s element %llu: got %g, want %g", v->name, (unsigned long long) i, got,
+                                 want);
         }
 }
 
@@ -118,7 +120,8 @@ static void check_common(const struct model *m, const struct tiny_opts *o) {
                 assert_string_equal(lw->mlp_down.w.name, name);
                 check_view_values(&lw->mlp_down.w, name, 0, TINY_HIDDEN * TINY_INTER);
                 if (o->fp8) {
-                        assert_int_equal(lw->mlp_down.scale.dtype, o->f32_scale ? TENSOR_DTYPE_F32 : TENSOR_DTYPE_BF16);
+                        assert_int_equal(lw->mlp_down.scale.dtype,
+                                         o->f32_scale ? TENSOR_DTYPE_F32 : TENSOR_DTYPE_BF16);
                         snprintf(name, sizeof(name), "%slayers.%u.mlp.down_proj.weight_scale", p, l);
                         check_view_values(&lw->mlp_down.scale, name, 0, TINY_HIDDEN);
                 }
@@ -141,10 +144,12 @@ static void check_common(const struct model *m, const struct tiny_opts *o) {
                                 snprintf(name, sizeof(name), "%slayers.%u.experts.down_proj", p, l);
                                 check_view_values(&d->w, name, e * gi, gi);
                         } else {
-                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.up_proj.weight", p, l, e);
+                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.up_proj.weight", p, l,
+                                         e);
                                 assert_string_equal(u->w.name, name);
                                 check_view_values(&u->w, name, 0, gi);
-                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.down_proj.weight", p, l, e);
+                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.down_proj.weight", p, l,
+                                         e);
                                 check_view_values(&d->w, name, 0, gi);
                                 assert_int_equal(tensor_present(&d->scale), o->fp8);
                                 if (o->fp8) {
