@@ -651,6 +651,27 @@ static void test_disconnect_mid_stream(void **state) {
         gc_client_free(c);
 }
 
+/* A daemon that sends undecodable bytes: the request fails with GC_EPROTO, nothing crashes or leaks. */
+static void test_broken_daemon(void **state) {
+        static const char *const prompts[] = { "x [garbage]", "x [hugeframe]" };
+
+        for (size_t i = 0; i < 2; i++) {
+                gc_client *c = connect_to(&srv);
+                struct trace t = {};
+                gc_result *r;
+
+                assert_int_equal(gc_generate_stream(c, prompts[i], NULL, trace_cb, &t, &r), GC_EPROTO);
+                assert_string_equal(t.order, "F");
+                assert_int_equal(t.finished_error, GC_EPROTO);
+                assert_false(gc_client_daemon_connected(c, 0));
+                /* The client reconnects for the next request. */
+                assert_int_equal(gc_generate(c, "fine", NULL, &r), 0);
+                assert_string_equal(gc_result_text(r), "You said: fine");
+                gc_result_free(r);
+                gc_client_free(c);
+        }
+}
+
 static void test_status_tokenize_score(void **state) {
         gc_client *c = connect_to(&srv);
         int32_t *ids;
@@ -1113,6 +1134,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_free_with_inflight),
                 cmocka_unit_test(test_limits),
                 cmocka_unit_test(test_disconnect_mid_stream),
+                cmocka_unit_test(test_broken_daemon),
                 cmocka_unit_test(test_status_tokenize_score),
                 cmocka_unit_test(test_example_runs),
                 cmocka_unit_test(test_ctl_exit_codes),

@@ -18,7 +18,8 @@
  *   [deadline]    started, finished with reason deadline;
  *   [tool]        a tool_call event (get_weather {"location": "London"}) before finished;
  *   [slow]        30 ms between events (cancel tests); --delay-ms sets a delay for every request;
- *   [disconnect]  started, two deltas, then the connection is closed.
+ *   [disconnect]  started, two deltas, then the connection is closed;
+ *   [garbage]     a frame whose body is not msgpack; [hugeframe] a 2 GiB length prefix (broken daemon).
  *
  * Options: --socket PATH (required), --name MODEL (welcome model name), --max-inflight N, --delay-ms N,
  * --max-frame N (max_frame_bytes of welcome and of the reader), --loading-steps N (the first N status
@@ -223,6 +224,29 @@ static struct job *script_answer(struct sconn *c, uint64_t id, const char *marke
         }
         if (has(marker_text, "[badrequest]")) {
                 send_error(c, id, PROTO_CODE_BAD_REQUEST, "params.top_p: must be in (0, 1], got 1.5");
+                return NULL;
+        }
+        if (has(marker_text, "[garbage]") || has(marker_text, "[hugeframe]")) {
+                /*
+                 * A broken daemon: a frame whose body is not msgpack, or a length prefix far above any
+                 * reader's limit. The client must fail the request (and the connection), not crash.
+                 */
+                static const uint8_t garbage[] = { 0, 0, 0, 3, 0xc1, 0xc1, 0xc1 };
+                static const uint8_t huge[] = { 0x7f, 0xff, 0xff, 0xff, 0x80 };
+                bool g = has(marker_text, "[garbage]");
+                const uint8_t *bytes = g ? garbage : huge;
+                size_t n = g ? sizeof(garbage) : sizeof(huge);
+                uint8_t *dst;
+
+                if (c->out.cap - c->out.len < n) {
+                        dst = realloc(c->out.data, c->out.len + n);
+                        if (!dst)
+                                die_oom(-ENOMEM);
+                        c->out.data = dst;
+                        c->out.cap = c->out.len + n;
+                }
+                memcpy(c->out.data + c->out.len, bytes, n);
+                c->out.len += n;
                 return NULL;
         }
         if (has(marker_text, "[notready]") || loading()) {
