@@ -758,6 +758,21 @@ static void test_limits(void **state) {
         server_stop(&s);
 }
 
+/* Read what fd has into out[len..cap-1) while it becomes readable within timeout_ms; the new length. */
+static size_t drain(int fd, char *out, size_t cap, size_t len, int timeout_ms) {
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                ssize_t n;
+
+                if (len + 1 >= cap || poll(&p, 1, timeout_ms) <= 0)
+                        return len;
+                n = read(fd, out + len, cap - 1 - len);
+                if (n <= 0)
+                        return len;
+                len += (size_t) n;
+        }
+}
+
 /* gemma4ctl chat on a terminal: line editing REPL, /commands, streaming, Ctrl-C cancels the answer only. */
 static void test_ctl_chat_repl(void **state) {
         static const char *const steps[] = {
@@ -796,29 +811,9 @@ static void test_ctl_chat_repl(void **state) {
                 usleep(steps[i][0] == '\003' ? 300000 : 100000);
                 assert_int_equal(write(master, line, strlen(line)), (ssize_t) strlen(line));
                 /* Drain output as we go so the child never blocks on a full pty. */
-                for (;;) {
-                        struct pollfd p = { .fd = master, .events = POLLIN };
-                        ssize_t n;
-
-                        if (poll(&p, 1, 0) <= 0)
-                                break;
-                        n = read(master, out + len, sizeof(out) - 1 - len);
-                        if (n <= 0)
-                                break;
-                        len += (size_t) n;
-                }
+                len = drain(master, out, sizeof(out), len, 0);
         }
-        for (;;) {
-                struct pollfd p = { .fd = master, .events = POLLIN };
-                ssize_t n;
-
-                if (poll(&p, 1, 5000) <= 0)
-                        break;
-                n = read(master, out + len, sizeof(out) - 1 - len);
-                if (n <= 0)
-                        break;
-                len += (size_t) n;
-        }
+        len = drain(master, out, sizeof(out), len, 5000);     /* until the child closes the pty */
         out[len] = 0;
         close(master);
         waitpid(pid, &status, 0);
