@@ -236,7 +236,7 @@ static void repl_help(void) {
              "  /save FILE           write the conversation as JSON\n"
              "  /load FILE           read a conversation written by /save\n"
              "  /quit                leave (Ctrl-D too)\n"
-             "Ctrl-C cancels the answer being written.");
+             "Ctrl-C cancels the answer being written (at the prompt: the line being typed).");
 }
 
 /* A /command. Returns 1 to leave the REPL, else 0. */
@@ -316,9 +316,23 @@ static int repl(struct chat *ch) {
                gc_client_info_str(ch->client, 0, GC_INFO_MODEL) ? gc_client_info_str(ch->client, 0, GC_INFO_MODEL) : "?",
                gc_client_info_str(ch->client, 0, GC_INFO_BACKEND) ? gc_client_info_str(ch->client, 0, GC_INFO_BACKEND) : "?",
                gc_client_info_str(ch->client, 0, GC_INFO_DEVICE) ? gc_client_info_str(ch->client, 0, GC_INFO_DEVICE) : "?");
-        while ((line = readline("> "))) {
-                char *s = line, *e;
+        for (;;) {
+                char *s, *e;
                 int r;
+
+                /* Ctrl-C at the prompt abandons the line being typed, as in a shell. */
+                ctl_catch_sigint(true);
+                line = readline("> ");
+                if (ctl_interrupted) {
+                        ctl_catch_sigint(false);
+                        free(line);
+                        fputc('\n', stdout);
+                        continue;
+                }
+                ctl_catch_sigint(false);
+                if (!line)
+                        break;
+                s = line;
 
                 while (*s == ' ' || *s == '\t')
                         s++;

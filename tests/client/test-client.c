@@ -779,7 +779,7 @@ static void test_ctl_chat_repl(void **state) {
                 "hello\r", "/thinking on\r", "again\r", "/set temperature 0.5\r", "/set top_p 7\r", "/set\r",
                 "/save HIST\r", "/reset\r", "/load HIST\r", "/system be brief\r",
                 "long [slow] a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j\r",
-                "\003", "after\r", "/bogus\r", "/quit\r",
+                "\003", "half a line\003", "after\r", "/bogus\r", "/quit\r",
         };
         char out[65536], hist[128];
         size_t len = 0;
@@ -808,7 +808,7 @@ static void test_ctl_chat_repl(void **state) {
                         snprintf(at, sizeof(line) - (size_t) (at - line), "%s%s", hist, rest);
                 }
                 /* Let the answer before a Ctrl-C start streaming; give every other line time to run. */
-                usleep(steps[i][0] == '\003' ? 300000 : 100000);
+                usleep(strchr(steps[i], '\003') ? 300000 : 100000);
                 assert_int_equal(write(master, line, strlen(line)), (ssize_t) strlen(line));
                 /* Drain output as we go so the child never blocks on a full pty. */
                 len = drain(master, out, sizeof(out), len, 0);
@@ -834,6 +834,7 @@ static void test_ctl_chat_repl(void **state) {
         /* The long answer was cut (the terminal echoes the question, so look for the whole answer). */
         assert_null(strstr(out, "You said: long [slow] a b c d e f g h i j k l m n o p q r s t u v w x y z a b c"));
         assert_non_null(strstr(out, "You said: after"));
+        assert_null(strstr(out, "You said: half a line"));      /* Ctrl-C at the prompt drops the line */
         assert_non_null(strstr(out, "unknown command /bogus"));
 }
 
