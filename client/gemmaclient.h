@@ -6,7 +6,9 @@
  *
  * A gc_client holds one Unix-socket connection per daemon (one daemon per GPU). gc_client_new() connects
  * to each path and does the hello/welcome handshake. Requests are spread over the connected daemons
- * (the one with the fewest requests in flight).
+ * (the one with the fewest requests in flight); a generate or chat that a daemon refuses as overloaded
+ * is passed on to the next least loaded daemon that has not refused it, and fails with GC_EOVERLOADED
+ * only when all have.
  *
  * Three ways to run a request:
  *   - blocking: gc_generate(), gc_chat(), gc_score(), gc_status(), gc_tokenize(), gc_detokenize() wait

@@ -632,6 +632,52 @@ static void test_multiple_sockets(void **state) {
         server_stop(&a);
 }
 
+
+static int daemon_cb(gc_request *req, enum gc_event_type type, const gc_event *ev, void *userdata) {
+        struct counter *k = userdata;
+
+        if (type == GC_EVENT_FINISHED) {
+                k->finished++;
+                if (gc_result_error(gc_event_result(ev)))
+                        k->errors++;
+                else
+                        k->daemon_hits[gc_request_daemon(req)]++;
+        }
+        return 0;
+}
+
+/* With several daemons, a request an overloaded daemon refuses goes to another one. */
+static void test_overload_failover(void **state) {
+        struct server busy, free_, busy2;
+        struct counter k = {};
+        char paths[400];
+        gc_client *c;
+        gc_result *r;
+
+        server_start(&busy, "busy", "--overloaded", NULL);
+        server_start(&free_, "free", NULL);
+        snprintf(paths, sizeof(paths), "%s:%s", busy.path, free_.path);
+        assert_int_equal(gc_client_new(&c, paths, 5000), 0);
+        for (int i = 0; i < 6; i++)
+                assert_int_equal(gc_generate_start(c, "anyone?", NULL, daemon_cb, &k, NULL), 0);
+        while (k.finished < 6)
+                assert_true(gc_client_wait(c, 5000) >= 0);
+        assert_int_equal(k.errors, 0);
+        assert_int_equal(k.daemon_hits[0], 0);
+        assert_int_equal(k.daemon_hits[1], 6);
+        gc_client_free(c);
+
+        /* When every daemon is overloaded, the caller gets GC_EOVERLOADED. */
+        server_start(&busy2, "busy2", "--overloaded", NULL);
+        snprintf(paths, sizeof(paths), "%s:%s", busy.path, busy2.path);
+        assert_int_equal(gc_client_new(&c, paths, 5000), 0);
+        assert_int_equal(gc_generate(c, "anyone?", NULL, &r), GC_EOVERLOADED);
+        gc_client_free(c);
+        server_stop(&busy2);
+        server_stop(&free_);
+        server_stop(&busy);
+}
+
 static void test_disconnect_mid_stream(void **state) {
         gc_client *c = connect_to(&srv);
         struct trace t = {};
@@ -1118,6 +1164,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_not_running),
                 cmocka_unit_test(test_env_override),
                 cmocka_unit_test(test_multiple_sockets),
+                cmocka_unit_test(test_overload_failover),
                 cmocka_unit_test(test_ctl_version_mismatch),
                 cmocka_unit_test(test_example_matches_man_page),
                 /* These use the server of srv_setup. */

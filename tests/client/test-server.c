@@ -24,8 +24,8 @@
  * Options: --socket PATH (required), --name MODEL (welcome model name), --max-inflight N, --delay-ms N,
  * --max-frame N (max_frame_bytes of welcome and of the reader), --loading-steps N (the first N status
  * requests report state "loading" with loading {phase, percent}, and generate/chat get not_ready until
- * then), --reject-version (answer hello with unsupported_version and close). Prints "READY" on stdout
- * once listening. SIGTERM/SIGINT end it.
+ * then), --reject-version (answer hello with unsupported_version and close), --overloaded (refuse every
+ * generate and chat as overloaded). Prints "READY" on stdout once listening. SIGTERM/SIGINT end it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -74,7 +74,7 @@ static struct {
         uint32_t max_inflight, max_frame;
         int delay_ms;
         unsigned loading_steps, status_calls;
-        bool reject_version;
+        bool reject_version, overloaded;
         uint64_t started_ms, requests;
         struct sconn conns[MAX_CONNS];
 } S = { .name = "test-model", .max_inflight = 64, .max_frame = PROTO_DEFAULT_MAX_FRAME };
@@ -214,7 +214,7 @@ static struct job *script_answer(struct sconn *c, uint64_t id, const char *marke
         struct job *j;
         struct item *it;
 
-        if (has(marker_text, "[overloaded]")) {
+        if (has(marker_text, "[overloaded]") || S.overloaded) {
                 send_error(c, id, PROTO_CODE_OVERLOADED, "queue full (test server)");
                 return NULL;
         }
@@ -699,7 +699,8 @@ int main(int argc, char **argv) {
                 { "max-inflight", required_argument, NULL, 'm' }, { "delay-ms", required_argument, NULL, 'd' },
                 { "loading-steps", required_argument, NULL, 'l' },
                 { "reject-version", no_argument, NULL, 'R' },
-                { "max-frame", required_argument, NULL, 'F' }, {},
+                { "max-frame", required_argument, NULL, 'F' },
+                { "overloaded", no_argument, NULL, 'O' }, {},
         };
         struct pollfd pfd[MAX_CONNS + 1];
         sigset_t block, waitmask;
@@ -714,9 +715,10 @@ int main(int argc, char **argv) {
                 case 'l': S.loading_steps = (unsigned) atoi(optarg); break;
                 case 'R': S.reject_version = true; break;
                 case 'F': S.max_frame = (uint32_t) atoi(optarg); break;
+                case 'O': S.overloaded = true; break;
                 default:
                         fprintf(stderr, "usage: test-server --socket PATH [--name M] [--max-inflight N] "
-                                        "[--delay-ms N] [--loading-steps N] [--reject-version] [--max-frame N]\n");
+                                        "[--delay-ms N] [--loading-steps N] [--reject-version] [--max-frame N] [--overloaded]\n");
                         return 2;
                 }
         }
