@@ -153,6 +153,9 @@ static void boot_thread_main(void *arg) {
                 .weights_bf16 = cfg->weights_bf16,
                 .progress = backend_progress,
                 .progress_userdata = srv,
+                /* room for every running ring plus as many prefix-cache snapshots (docs/scheduler.md) */
+                .n_sliding_pages = kv_pool_sliding_pages_for(b->model->cfg.sliding_window, cfg->kv_page_size,
+                                                             cfg->max_num_seqs),
         };
         {
                 /* Test hook: a small full-attention KV space, so tests on the cpu backend (which otherwise
