@@ -381,6 +381,37 @@ static void test_watchdog(void **state) {
         notify_close(&n);
 }
 
+/* ---- clients connect while the model loads; their requests wait and are served after READY ---- */
+
+static void test_requests_wait_for_boot(void **state) {
+        struct daemon d;
+        (void) state;
+
+        /* the tokenizer (when the fixture is there) makes the boot take seconds */
+        const char *model = h_model("small-tok", "--layers 2 --vocab 512", true);
+        struct daemon_opts o = { .model = model, .yaml = BASE_YAML, .listen_fd = -1, .no_wait = true };
+        assert_int_equal(daemon_start(&d, &o), 0);
+        gc_client *c = NULL;
+        double end = h_now() + h_timeout(60);
+        while (gc_client_new(&c, d.sock, 5000) < 0 && h_now() < end)
+                usleep(5000);
+        assert_non_null(c);
+        int32_t p[12];
+        struct h_req r;
+        h_prompt(p, 12, 21, VOCAB);
+        r = (struct h_req) { .prompt = p, .n_prompt = 12, .max_tokens = 6 };
+        long long waiting = h_status_int(c, "waiting_for_model");
+        assert_int_equal(h_req_start(c, &r), 0);
+        struct h_req *rp[1] = { &r };
+        assert_int_equal(h_run_all(&c, 1, rp, 1, H_BOOT_TIMEOUT_S), 0);
+        print_message("# status while connecting: waiting_for_model %lld (-1: already ready)\n", waiting);
+        assert_int_equal(r.err, 0);
+        assert_true(r.n_tokens > 0 || r.finish == GC_FINISH_STOP);
+        h_req_done(&r);
+        gc_client_free(c);
+        assert_int_equal(daemon_stop(&d), 0);
+}
+
 int main(int argc, char **argv) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_notify_sequence),
@@ -388,6 +419,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_sigterm_drain),
                 cmocka_unit_test(test_sighup_reload),
                 cmocka_unit_test(test_watchdog),
+                cmocka_unit_test(test_requests_wait_for_boot),
         };
         signal(SIGPIPE, SIG_IGN);
         if (argc > 1)
