@@ -52,6 +52,7 @@ struct gc_request {
         enum req_kind kind;
         gc_event_cb cb;
         void *userdata;
+        void *public_userdata;       /* what gc_request_userdata() returns (the caller's, not a waiter) */
         gc_result *result;
         bool cancel_sent;
         bool done;
@@ -778,7 +779,7 @@ static int pick_conn(gc_client *c, ssize_t want, struct conn **ret) {
  * fit the daemon's max_frame_bytes.
  */
 static int request_start(gc_client *c, ssize_t daemon, enum req_kind kind, struct proto_msg *m,
-                         gc_event_cb cb, void *userdata, gc_request **ret) {
+                         gc_event_cb cb, void *userdata, void *public_userdata, gc_request **ret) {
         struct conn *conn;
         gc_request *req;
         size_t old_len;
@@ -824,6 +825,7 @@ static int request_start(gc_client *c, ssize_t daemon, enum req_kind kind, struc
         req->kind = kind;
         req->cb = cb;
         req->userdata = userdata;
+        req->public_userdata = public_userdata;
         req->next = c->reqs;
         c->reqs = req;
         c->n_reqs++;
@@ -866,7 +868,7 @@ GC_EXTERN size_t gc_request_daemon(const gc_request *req) {
 }
 
 GC_EXTERN void *gc_request_userdata(const gc_request *req) {
-        return req ? req->userdata : NULL;
+        return req ? req->public_userdata : NULL;
 }
 
 /* ---- event loop ---- */
@@ -979,7 +981,7 @@ static int run_blocking(gc_client *c, ssize_t daemon, enum req_kind kind, struct
         gc_request *req;
         int r;
 
-        r = request_start(c, daemon, kind, m, waiter_cb, &w, &req);
+        r = request_start(c, daemon, kind, m, waiter_cb, &w, userdata, &req);
         if (r < 0)
                 return r;
         while (!w.done) {
@@ -1031,7 +1033,7 @@ static int start_generate(gc_client *c, const char *prompt, const int32_t *ids, 
         prepare_params(params, stream, &m.generate.params);
         if (blocking)
                 return run_blocking(c, -1, REQ_STREAM, &m, cb, userdata, ret_res);
-        return request_start(c, -1, REQ_STREAM, &m, cb, userdata, ret_req);
+        return request_start(c, -1, REQ_STREAM, &m, cb, userdata, userdata, ret_req);
 }
 
 static int parse_json_array(const char *text, bool optional, json_t **ret) {
@@ -1073,7 +1075,7 @@ static int start_chat(gc_client *c, const char *messages_json, const char *tools
         if (blocking)
                 r = run_blocking(c, -1, REQ_STREAM, &m, cb, userdata, ret_res);
         else
-                r = request_start(c, -1, REQ_STREAM, &m, cb, userdata, ret_req);
+                r = request_start(c, -1, REQ_STREAM, &m, cb, userdata, userdata, ret_req);
         json_decref(messages);
         json_decref(tools);
         return r;

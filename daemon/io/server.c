@@ -941,6 +941,76 @@ void server_on_ready(struct server *srv) {
 
 /* ---- engine events -> protocol events ---- */
 
+/* Length of the well-formed UTF-8 character at s (1..4), or 0 when it is malformed or NUL. */
+static size_t utf8_char_len(const unsigned char *s, size_t n) {
+        size_t len;
+        uint32_t cp;
+        if (s[0] == 0)
+                return 0;
+        if (s[0] < 0x80)
+                return 1;
+        if ((s[0] & 0xE0) == 0xC0) {
+                len = 2;
+                cp = s[0] & 0x1F;
+        } else if ((s[0] & 0xF0) == 0xE0) {
+                len = 3;
+                cp = s[0] & 0x0F;
+        } else if ((s[0] & 0xF8) == 0xF0) {
+                len = 4;
+                cp = s[0] & 0x07;
+        } else
+                return 0;
+        if (len > n)
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((s[i] & 0xC0) != 0x80)
+                        return 0;
+                cp = (cp << 6) | (s[i] & 0x3F);
+        }
+        if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
+            cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+                return 0;
+        return len;
+}
+
+/* Protocol strings are valid UTF-8 without NUL (docs/protocol.md). Model output can hold a NUL byte
+ * (<0x00>) or, in theory, bytes the detokenizer passed through: each such byte becomes U+FFFD, the same
+ * substitution the detokenizer makes for invalid runs. Done in place, growing the buffer as needed. */
+static int utf8_sanitize(char **buf, size_t *len, size_t *cap) {
+        size_t i = 0, bad = 0;
+        char *out;
+        size_t o = 0;
+
+        if (proto_utf8_valid(*buf, *len))
+                return 0;
+        for (i = 0; i < *len;) {
+                size_t l = utf8_char_len((const unsigned char *) *buf + i, *len - i);
+                bad += l == 0;
+                i += l ? l : 1;
+        }
+        out = malloc(*len + 2 * bad + 1);
+        if (!out)
+                return -ENOMEM;
+        for (i = 0; i < *len;) {
+                size_t l = utf8_char_len((const unsigned char *) *buf + i, *len - i);
+                if (l == 0) {
+                        memcpy(out + o, "\xEF\xBF\xBD", 3);
+                        o += 3;
+                        i++;
+                } else {
+                        memcpy(out + o, *buf + i, l);
+                        o += l;
+                        i += l;
+                }
+        }
+        out[o] = '\0';
+        free(*buf);
+        *buf = out;
+        *len = o;
+        *cap = *len + 2 * bad + 1;
+        return 0;
+}
+
 static int parser_event(const struct chat_event *ev, void *userdata) {
         struct req *r = userdata;
         switch (ev->kind) {
@@ -961,6 +1031,11 @@ static int parser_event(const struct chat_event *ev, void *userdata) {
                 if (c && !c->closing) {
                         /* Text before the call goes first, so the client sees the output in order. */
                         if (r->stream && (r->content_len || r->reasoning_len)) {
+                                if (utf8_sanitize(&r->content, &r->content_len, &r->content_cap) < 0 ||
+                                    utf8_sanitize(&r->reasoning, &r->reasoning_len, &r->reasoning_cap) < 0) {
+                                        free(args);
+                                        return -ENOMEM;
+                                }
                                 struct proto_delta d = { .id = r->id, .text = r->content_len ? r->content : NULL,
                                                          .reasoning = r->reasoning_len ? r->reasoning : NULL };
                                 (void) proto_encode_delta(&c->out, &d);
@@ -985,6 +1060,11 @@ static int parser_event(const struct chat_event *ev, void *userdata) {
 
 static void flush_delta(struct req *r) {
         struct conn *c = r->conn;
+        if ((r->content_len && utf8_sanitize(&r->content, &r->content_len, &r->content_cap) < 0) ||
+            (r->reasoning_len && utf8_sanitize(&r->reasoning, &r->reasoning_len, &r->reasoning_cap) < 0)) {
+                r->content_len = r->reasoning_len = 0;
+                send_error(c, r->id, PROTO_CODE_INTERNAL, "out of memory");
+        }
         struct proto_delta d = {
                 .id = r->id,
                 .text = r->content_len ? r->content : NULL,

@@ -85,7 +85,8 @@ static int read_bool(struct cfg_reader *c, json_t *obj, const char *key, bool de
         return 0;
 }
 
-static int read_string(struct cfg_reader *c, json_t *obj, const char *key, const char *def, const char **ret) {
+static int read_string(struct cfg_reader *c, json_t *obj, const char *key, const char *def,
+                       const char **ret) {
         json_t *v = cfg_get(obj, key);
 
         if (!v) {
@@ -150,8 +151,8 @@ static int read_rope(struct cfg_reader *c, json_t *rope, const char *type_key, s
                 return cfg_fail(&sub, -EINVAL, type_key, "missing or not an object");
         snprintf(prefix, sizeof(prefix), "%srope_parameters.%s.", c->prefix, type_key);
         json_object_foreach(obj, key, value) {
-                if (strcmp(key, "rope_type") && strcmp(key, "rope_theta") && strcmp(key, "partial_rotary_factor") &&
-                    strcmp(key, "factor"))
+                if (strcmp(key, "rope_type") && strcmp(key, "rope_theta") &&
+                    strcmp(key, "partial_rotary_factor") && strcmp(key, "factor"))
                         return cfg_fail(&sub, -ENOTSUP, key, "unsupported RoPE parameter");
         }
         r = read_string(&sub, obj, "rope_type", NULL, &kind);
@@ -179,7 +180,8 @@ static int read_rope(struct cfg_reader *c, json_t *rope, const char *type_key, s
                 ret->kind = ROPE_DEFAULT;
         } else if (strcmp(kind, "proportional") == 0) {
                 if (!(partial > 0.0 && partial <= 1.0))
-                        return cfg_fail(&sub, -ERANGE, "partial_rotary_factor", "%g must be in (0, 1]", partial);
+                        return cfg_fail(&sub, -ERANGE, "partial_rotary_factor", "%g must be in (0, 1]",
+                                        partial);
                 ret->kind = ROPE_PROPORTIONAL;
         } else
                 return cfg_fail(&sub, -ENOTSUP, "rope_type", "unsupported rope type '%.64s'", kind);
@@ -219,7 +221,8 @@ static int read_per_layer_config(struct cfg_reader *c, json_t *plc, struct model
                         json_object_foreach(o, k2, v2) {
                                 if (strcmp(k2, "head_dim") && strcmp(k2, "num_key_value_heads")) {
                                         snprintf(field, sizeof(field), "per_layer_config.%s.%.32s", idx, k2);
-                                        return cfg_fail(c, -ENOTSUP, field, "unsupported per-layer override");
+                                        return cfg_fail(c, -ENOTSUP, field,
+                                                        "unsupported per-layer override");
                                 }
                         }
                         struct cfg_reader sub = *c;
@@ -271,9 +274,11 @@ static int check_args(struct cfg_reader *c, json_t *args, const char *key, bool 
         sub.prefix = prefix;
 
         if (!json_is_object(args))
-                return cfg_fail(c, -ENOTSUP, key, "%s", weights ? "missing (not a float-quantized weight scheme)" :
-                                "missing: weight-only FP8 (W8A16) is not supported; need dynamic per-token "
-                                "FP8 activations");
+                return cfg_fail(
+                        c, -ENOTSUP, key, "%s",
+                        weights ? "missing (not a float-quantized weight scheme)"
+                                : "missing: weight-only FP8 (W8A16) is not supported; need dynamic per-token "
+                                  "FP8 activations");
         r = read_u32(&sub, args, "num_bits", true, 0, 0, 64, &bits);
         if (r < 0)
                 return r;
@@ -301,7 +306,8 @@ static int check_args(struct cfg_reader *c, json_t *args, const char *key, bool 
                 return r;
         if (dynamic != !weights)
                 return cfg_fail(&sub, -ENOTSUP, "dynamic", "%s is not supported (need %s)",
-                                dynamic ? "true" : "false", weights ? "static weights" : "dynamic activations");
+                                dynamic ? "true" : "false",
+                                weights ? "static weights" : "dynamic activations");
         if ((v = cfg_get(args, "group_size")))
                 return cfg_fail(&sub, -ENOTSUP, "group_size", "group quantization is not supported");
         if ((v = cfg_get(args, "block_structure")))
@@ -334,7 +340,8 @@ static int read_quant(struct cfg_reader *c, json_t *q, struct quant_config *ret)
         if (r < 0)
                 return r;
         if (!str_is(format, "float-quantized"))
-                return cfg_fail(&sub, -ENOTSUP, "format", "'%.32s' is not supported (need float-quantized)", format);
+                return cfg_fail(&sub, -ENOTSUP, "format", "'%.32s' is not supported (need float-quantized)",
+                                format);
         r = read_string(&sub, q, "quantization_status", "compressed", &status);
         if (r < 0)
                 return r;
@@ -342,7 +349,8 @@ static int read_quant(struct cfg_reader *c, json_t *q, struct quant_config *ret)
                 return cfg_fail(&sub, -ENOTSUP, "quantization_status",
                                 "'%.32s' is not supported (weights must be stored compressed)", status);
         if (cfg_get(q, "kv_cache_scheme"))
-                return cfg_fail(&sub, -ENOTSUP, "kv_cache_scheme", "quantized KV-cache schemes are not supported");
+                return cfg_fail(&sub, -ENOTSUP, "kv_cache_scheme",
+                                "quantized KV-cache schemes are not supported");
         v = cfg_get(q, "sparsity_config");
         if (v && (!json_is_object(v) || json_object_size(v) > 0))
                 return cfg_fail(&sub, -ENOTSUP, "sparsity_config", "sparse checkpoints are not supported");
@@ -361,13 +369,14 @@ static int read_quant(struct cfg_reader *c, json_t *q, struct quant_config *ret)
                 snprintf(prefix, sizeof(prefix), "quantization_config.config_groups.%.64s.", gname);
                 gsub.prefix = prefix;
                 if (!json_is_object(group))
-                        return cfg_fail(&sub, -EINVAL, "config_groups", "group '%.64s' is not an object", gname);
+                        return cfg_fail(&sub, -EINVAL, "config_groups", "group '%.64s' is not an object",
+                                        gname);
                 r = read_string(&gsub, group, "format", "float-quantized", &gformat);
                 if (r < 0)
                         return r;
                 if (!str_is(gformat, "float-quantized"))
-                        return cfg_fail(&gsub, -ENOTSUP, "format", "'%.32s' is not supported (need float-quantized)",
-                                        gformat);
+                        return cfg_fail(&gsub, -ENOTSUP, "format",
+                                        "'%.32s' is not supported (need float-quantized)", gformat);
                 r = check_args(&gsub, cfg_get(group, "weights"), "weights", true);
                 if (r < 0)
                         return r;
@@ -435,16 +444,18 @@ static int read_text_config(struct cfg_reader *c, json_t *root, json_t *text, bo
             (r = read_u32(c, text, "num_attention_heads", true, 0, 1, 1024, &cfg->n_heads)) < 0 ||
             (r = read_u32(c, text, "num_key_value_heads", true, 0, 1, 1024, &cfg->n_kv_heads)) < 0 ||
             (r = read_u32(c, text, "head_dim", true, 0, 2, 4096, &cfg->head_dim)) < 0 ||
-            (r = read_u32(c, text, "intermediate_size", true, 0, 1, 1u << 20, &cfg->intermediate_size)) < 0 ||
+            (r = read_u32(c, text, "intermediate_size", true, 0, 1, 1u << 20, &cfg->intermediate_size)) <
+                    0 ||
             (r = read_u32(c, text, "max_position_embeddings", false, 131072, 1, 1u << 30,
                           &cfg->max_position_embeddings)) < 0 ||
             (r = read_u32(c, text, "sliding_window", false, 512, 1, 1u << 30, &cfg->sliding_window)) < 0)
                 return r;
         if (cfg->head_dim % 2)
-                return cfg_fail(c, -EINVAL, "head_dim", "%u must be even (RoPE rotates pairs)", cfg->head_dim);
+                return cfg_fail(c, -EINVAL, "head_dim", "%u must be even (RoPE rotates pairs)",
+                                cfg->head_dim);
         if (cfg->n_heads % cfg->n_kv_heads)
-                return cfg_fail(c, -EINVAL, "num_key_value_heads", "%u does not divide num_attention_heads %u",
-                                cfg->n_kv_heads, cfg->n_heads);
+                return cfg_fail(c, -EINVAL, "num_key_value_heads",
+                                "%u does not divide num_attention_heads %u", cfg->n_kv_heads, cfg->n_heads);
 
         if ((r = read_double(c, text, "rms_norm_eps", false, 1e-6, &d)) < 0)
                 return r;
@@ -461,18 +472,20 @@ static int read_text_config(struct cfg_reader *c, json_t *root, json_t *text, bo
         if ((r = read_string(c, text, "hidden_activation", "gelu_pytorch_tanh", &s)) < 0)
                 return r;
         if (!str_is(s, "gelu_pytorch_tanh"))
-                return cfg_fail(c, -ENOTSUP, "hidden_activation", "'%.32s' is not supported (need gelu_pytorch_tanh)",
-                                s);
+                return cfg_fail(c, -ENOTSUP, "hidden_activation",
+                                "'%.32s' is not supported (need gelu_pytorch_tanh)", s);
         if ((r = read_u32(c, text, "hidden_size_per_layer_input", false, 256, 0, UINT32_MAX, &u)) < 0)
                 return r;
         if (u != 0)
                 return cfg_fail(c, -ENOTSUP, "hidden_size_per_layer_input",
                                 "%u%s: per-layer embeddings are not supported (need 0)", u,
-                                cfg_get(text, "hidden_size_per_layer_input") ? "" : " (transformers default)");
+                                cfg_get(text, "hidden_size_per_layer_input") ? ""
+                                                                             : " (transformers default)");
         if ((r = read_u32(c, text, "num_kv_shared_layers", false, 0, 0, UINT32_MAX, &u)) < 0)
                 return r;
         if (u != 0)
-                return cfg_fail(c, -ENOTSUP, "num_kv_shared_layers", "%u: KV sharing is not supported (need 0)", u);
+                return cfg_fail(c, -ENOTSUP, "num_kv_shared_layers",
+                                "%u: KV sharing is not supported (need 0)", u);
         if ((r = read_bool(c, text, "use_double_wide_mlp", false, &b)) < 0)
                 return r;
         if (b)
@@ -490,7 +503,8 @@ static int read_text_config(struct cfg_reader *c, json_t *root, json_t *text, bo
         lt = cfg_get(text, "layer_types");
         if (lt) {
                 if (!json_is_array(lt) || json_array_size(lt) != cfg->n_layers)
-                        return cfg_fail(c, -EINVAL, "layer_types", "must list one type per layer (%u)", cfg->n_layers);
+                        return cfg_fail(c, -EINVAL, "layer_types", "must list one type per layer (%u)",
+                                        cfg->n_layers);
                 for (uint32_t l = 0; l < cfg->n_layers; l++) {
                         const char *t = json_string_value(json_array_get(lt, l));
                         if (str_is(t, "sliding_attention"))
@@ -498,8 +512,9 @@ static int read_text_config(struct cfg_reader *c, json_t *root, json_t *text, bo
                         else if (str_is(t, "full_attention"))
                                 cfg->layer_type[l] = LAYER_FULL;
                         else
-                                return cfg_fail(c, -ENOTSUP, "layer_types", "element %u: unsupported layer type '%.32s'",
-                                                l, t ? t : "(not a string)");
+                                return cfg_fail(c, -ENOTSUP, "layer_types",
+                                                "element %u: unsupported layer type '%.32s'", l,
+                                                t ? t : "(not a string)");
                 }
         } else
                 for (uint32_t l = 0; l < cfg->n_layers; l++)
@@ -509,11 +524,13 @@ static int read_text_config(struct cfg_reader *c, json_t *root, json_t *text, bo
         rope = cfg_get(text, "rope_parameters");
         if (rope) {
                 if (!json_is_object(rope))
-                        return cfg_fail(c, -EINVAL, "rope_parameters", "must be an object keyed by layer type");
+                        return cfg_fail(c, -EINVAL, "rope_parameters",
+                                        "must be an object keyed by layer type");
                 if (json_object_get(rope, "rope_type"))
-                        return cfg_fail(c, -ENOTSUP, "rope_parameters",
-                                        "one set for all layers is not supported (need sliding_attention and "
-                                        "full_attention entries)");
+                        return cfg_fail(
+                                c, -ENOTSUP, "rope_parameters",
+                                "one set for all layers is not supported (need sliding_attention and "
+                                "full_attention entries)");
                 cfg->rope_sliding = (struct rope_params) { ROPE_DEFAULT, 10000.0, 1.0 };
                 for (uint32_t l = 0; l < cfg->n_layers; l++)
                         if (cfg->layer_type[l] == LAYER_SLIDING) {
@@ -559,8 +576,10 @@ static int read_text_config(struct cfg_reader *c, json_t *root, json_t *text, bo
         if ((r = read_bool(c, text, "enable_moe_block", false, &cfg->enable_moe)) < 0)
                 return r;
         if (cfg->enable_moe) {
-                if ((r = read_u32(c, text, "num_experts", true, 0, 1, MODEL_MAX_EXPERTS, &cfg->n_experts)) < 0 ||
-                    (r = read_u32(c, text, "top_k_experts", true, 0, 1, cfg->n_experts, &cfg->top_k_experts)) < 0 ||
+                if ((r = read_u32(c, text, "num_experts", true, 0, 1, MODEL_MAX_EXPERTS, &cfg->n_experts)) <
+                            0 ||
+                    (r = read_u32(c, text, "top_k_experts", true, 0, 1, cfg->n_experts,
+                                  &cfg->top_k_experts)) < 0 ||
                     (r = read_u32(c, text, "moe_intermediate_size", true, 0, 1, 1u << 20,
                                   &cfg->moe_intermediate_size)) < 0)
                         return r;
@@ -653,13 +672,6 @@ static void set_model_name(const char *path, struct model_config *cfg) {
 
 int model_config_parse_file(const char *path, struct model_config *ret_cfg, struct quant_config *ret_quant,
                             char **reterr) {
-        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
-        struct model_config *cfg = NULL;
-        struct quant_config quant = { 0 };
-        json_error_t jerr;
-        json_t *root = NULL, *text, *arch, *q;
-        const char *model_type, *arch_name = NULL;
-        bool nested;
         char *buf = NULL;
         size_t len = 0;
         int r;
@@ -667,10 +679,26 @@ int model_config_parse_file(const char *path, struct model_config *ret_cfg, stru
         r = read_file(path, &buf, &len, reterr);
         if (r < 0)
                 return r;
-        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        r = model_config_parse_buffer(path, buf, len, ret_cfg, ret_quant, reterr);
         free(buf);
+        return r;
+}
+
+int model_config_parse_buffer(const char *path, const char *buf, size_t len, struct model_config *ret_cfg,
+                              struct quant_config *ret_quant, char **reterr) {
+        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
+        struct model_config *cfg = NULL;
+        struct quant_config quant = { 0 };
+        json_error_t jerr;
+        json_t *root = NULL, *text, *arch, *q;
+        const char *model_type, *arch_name = NULL;
+        bool nested;
+        int r;
+
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
         if (!root)
-                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line, jerr.text);
+                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line,
+                                   jerr.text);
         cfg = calloc(1, sizeof(*cfg));
         if (!cfg) {
                 r = model_error(reterr, -ENOMEM, "out of memory");
@@ -699,21 +727,23 @@ int model_config_parse_file(const char *path, struct model_config *ret_cfg, stru
                         goto out;
                 }
                 if (arch_name && !str_is(arch_name, "Gemma4ForConditionalGeneration")) {
-                        r = cfg_fail(&c, -ENOTSUP, "architectures",
-                                     "'%.64s' is not supported with a text_config (need Gemma4ForConditionalGeneration)",
-                                     arch_name);
+                        r = cfg_fail(
+                                &c, -ENOTSUP, "architectures",
+                                "'%.64s' is not supported with a text_config (need Gemma4ForConditionalGeneration)",
+                                arch_name);
                         goto out;
                 }
                 if (model_type && !str_is(model_type, "gemma4")) {
-                        r = cfg_fail(&c, -ENOTSUP, "model_type", "'%.32s' is not supported (need gemma4)", model_type);
+                        r = cfg_fail(&c, -ENOTSUP, "model_type", "'%.32s' is not supported (need gemma4)",
+                                     model_type);
                         goto out;
                 }
                 c.prefix = "text_config.";
                 if ((r = read_string(&c, text, "model_type", NULL, &model_type)) < 0)
                         goto out;
                 if (model_type && !str_is(model_type, "gemma4_text")) {
-                        r = cfg_fail(&c, -ENOTSUP, "model_type", "'%.32s' is not supported (need gemma4_text)",
-                                     model_type);
+                        r = cfg_fail(&c, -ENOTSUP, "model_type",
+                                     "'%.32s' is not supported (need gemma4_text)", model_type);
                         goto out;
                 }
                 if (!arch_name)
@@ -721,14 +751,16 @@ int model_config_parse_file(const char *path, struct model_config *ret_cfg, stru
         } else {
                 text = root;
                 if (arch_name && !str_is(arch_name, "Gemma4ForCausalLM")) {
-                        r = cfg_fail(&c, -ENOTSUP, "architectures", "'%.64s' is not supported "
-                                     "(need Gemma4ForCausalLM, or Gemma4ForConditionalGeneration with text_config)",
-                                     arch_name);
+                        r = cfg_fail(
+                                &c, -ENOTSUP, "architectures",
+                                "'%.64s' is not supported "
+                                "(need Gemma4ForCausalLM, or Gemma4ForConditionalGeneration with text_config)",
+                                arch_name);
                         goto out;
                 }
                 if (model_type && !str_is(model_type, "gemma4_text")) {
-                        r = cfg_fail(&c, -ENOTSUP, "model_type", "'%.32s' is not supported (need gemma4_text)",
-                                     model_type);
+                        r = cfg_fail(&c, -ENOTSUP, "model_type",
+                                     "'%.32s' is not supported (need gemma4_text)", model_type);
                         goto out;
                 }
                 if (!arch_name)
@@ -758,4 +790,53 @@ out:
         free(cfg);
         json_decref(root);
         return r;
+}
+
+int model_config_merge_generation(const char *path, struct model_config *cfg, char **reterr) {
+        struct cfg_reader c = { .path = path, .prefix = "", .reterr = reterr };
+        struct model_config merged = *cfg;
+        json_error_t jerr;
+        json_t *root, *eos;
+        char *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        if (access(path, F_OK) < 0)
+                return 0;
+        r = read_file(path, &buf, &len, reterr);
+        if (r < 0)
+                return r;
+        root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+        free(buf);
+        if (!root)
+                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", path, jerr.line,
+                                   jerr.text);
+        if (!json_is_object(root)) {
+                json_decref(root);
+                return model_error(reterr, -EINVAL, "%s: not a JSON object", path);
+        }
+        eos = cfg_get(root, "eos_token_id");
+        if (eos) {
+                r = read_token_ids(&c, eos, "eos_token_id", &merged);
+                if (r >= 0) {
+                        /* config.json's ids first (its first one stays eos_token_id), then the new ones */
+                        struct model_config out = *cfg;
+                        for (uint32_t i = 0; i < merged.n_stop_ids && r >= 0; i++) {
+                                bool dup = false;
+                                for (uint32_t k = 0; k < out.n_stop_ids; k++)
+                                        dup |= out.stop_ids[k] == merged.stop_ids[i];
+                                if (dup)
+                                        continue;
+                                if (out.n_stop_ids == 8)
+                                        r = cfg_fail(&c, -E2BIG, "eos_token_id",
+                                                     "more than 8 stop ids together with config.json's");
+                                else
+                                        out.stop_ids[out.n_stop_ids++] = merged.stop_ids[i];
+                        }
+                        if (r >= 0)
+                                *cfg = out;
+                }
+        }
+        json_decref(root);
+        return r < 0 ? r : 0;
 }

@@ -21,6 +21,13 @@ int model_error(char **reterr, int r, const char *fmt, ...) __attribute__((forma
 
 enum tensor_dtype tensor_dtype_from_name(const char *name);
 
+/* Adds generation_config.json's eos_token_id (an id or a list) to cfg->stop_ids. A missing file is fine;
+ * a malformed one is an error naming it. */
+/* model_config_parse_file on a buffer; name stands for the path in messages and the model name. */
+int model_config_parse_buffer(const char *name, const char *buf, size_t len, struct model_config *ret_cfg,
+                              struct quant_config *ret_quant, char **reterr);
+int model_config_merge_generation(const char *path, struct model_config *cfg, char **reterr);
+
 struct st_tensor {
         char *name;
         enum tensor_dtype dtype;
@@ -38,11 +45,14 @@ struct st_file {
         uint64_t header_len;
         struct st_tensor *tensors;      /* in header order */
         size_t n_tensors;
+        bool mapped;                    /* map is ours to munmap */
 };
 
 /* Maps and validates one .safetensors file. Errors name the file and, where one is at fault, the tensor. */
 int st_file_open(const char *path, struct st_file **ret, char **reterr);
 struct st_file *st_file_close(struct st_file *f);
+/* The same validation of a file image in memory (not copied: data must outlive the result). */
+int st_file_parse(const char *name, const void *data, uint64_t size, struct st_file **ret, char **reterr);
 
 /* ---- writer: shared by gemma4-mkmodel and the tests ---- */
 

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * model_load: config.json + safetensors shards -> struct model. Every tensor the text decoder needs is
- * looked up by its checkpoint name, checked for dtype and shape against the configured geometry, and
- * exposed as a view into the mapping. Tensors of the vision/audio towers are skipped; any other tensor
+ * model_load: config.json (plus generation_config.json's stop ids) + safetensors shards -> struct model.
+ * Every tensor the text decoder needs is looked up by its checkpoint name, checked for dtype and shape
+ * against the configured geometry, and exposed as a view into the mapping. Tensors of the vision/audio towers are skipped; any other tensor
  * the configuration does not explain is an error, because silently ignoring weights gives wrong output.
  */
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,8 @@ static const char *const skipped_prefixes[] = {
 };
 
 static int cmp_tensor_name(const void *a, const void *b) {
-        const struct st_tensor *x = *(const struct st_tensor * const *) a, *y = *(const struct st_tensor * const *) b;
+        const struct st_tensor *x = *(const struct st_tensor *const *) a,
+                               *y = *(const struct st_tensor *const *) b;
         return strcmp(x->name, y->name);
 }
 
@@ -95,9 +97,10 @@ static bool shard_name_ok(const char *s) {
         return *s && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
 }
 
-/* model.safetensors.index.json: open every shard its weight_map names and check that each listed tensor
- * is in the shard the index says. */
-static int open_sharded(struct model_files *mf, const char *dir, const char *index_path, char **reterr) {
+/* model.safetensors.index.json: open every shard its weight_map names. *ret_map keeps the map for
+ * check_weight_map, which runs once the name index exists. */
+static int open_sharded(struct model_files *mf, const char *dir, const char *index_path, json_t **ret_root,
+                        char **reterr) {
         json_error_t jerr;
         json_t *root, *wm;
         const char *key;
@@ -107,48 +110,56 @@ static int open_sharded(struct model_files *mf, const char *dir, const char *ind
 
         root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
         if (!root)
-                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", index_path, jerr.line,
-                                   jerr.text);
+                return model_error(reterr, -EINVAL, "%s: not valid JSON (line %d: %s)", index_path,
+                                   jerr.line, jerr.text);
         wm = json_object_get(root, "weight_map");
         if (!json_is_object(wm) || json_object_size(wm) == 0) {
                 json_decref(root);
-                return model_error(reterr, -EINVAL, "%s: weight_map: missing, empty or not an object", index_path);
+                return model_error(reterr, -EINVAL, "%s: weight_map: missing, empty or not an object",
+                                   index_path);
         }
         json_object_foreach(wm, key, value) {
                 const char *shard = json_string_value(value);
                 bool have = false;
                 if (!shard || !shard_name_ok(shard)) {
-                        r = model_error(reterr, -EINVAL, "%s: weight_map: tensor '%s': shard must be a file name in "
-                                        "the model directory", index_path, key);
+                        r = model_error(reterr, -EINVAL,
+                                        "%s: weight_map: tensor '%s': shard must be a file name in "
+                                        "the model directory",
+                                        index_path, key);
                         break;
                 }
                 snprintf(path, sizeof(path), "%s/%s", dir, shard);
-                for (size_t i = 0; i < mf->n_files && !have; i++)
-                        have = strcmp(mf->files[i]->path, path) == 0;
+                /* Few shards, many tensors: the last one opened is almost always the one named. */
+                for (size_t i = mf->n_files; i > 0 && !have; i--)
+                        have = strcmp(mf->files[i - 1]->path, path) == 0;
                 if (!have && (r = add_file(mf, path, reterr)) < 0)
                         break;
         }
-        if (r >= 0) {
-                /* Check after all shards are open, so the lookup below sees every file. */
-                json_object_foreach(wm, key, value) {
-                        bool found = false;
-                        snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(value));
-                        for (size_t i = 0; i < mf->n_files && !found; i++) {
-                                const struct st_file *f = mf->files[i];
-                                if (strcmp(f->path, path))
-                                        continue;
-                                for (size_t k = 0; k < f->n_tensors && !found; k++)
-                                        found = strcmp(f->tensors[k].name, key) == 0;
-                        }
-                        if (!found) {
-                                r = model_error(reterr, -ENOENT, "%s: tensor '%s' listed in %s is missing from it",
-                                                path, key, index_path);
-                                break;
-                        }
-                }
+        if (r < 0) {
+                json_decref(root);
+                return r;
         }
-        json_decref(root);
-        return r;
+        *ret_root = root;
+        return 0;
+}
+
+/* Each tensor the index lists must be in the shard it names. */
+static int check_weight_map(const struct model_files *mf, const char *dir, const char *index_path,
+                            json_t *root, char **reterr) {
+        json_t *wm = json_object_get(root, "weight_map");
+        const char *key;
+        json_t *value;
+        char path[4096];
+
+        json_object_foreach(wm, key, value) {
+                ssize_t i = find_tensor(mf, key);
+                snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(value));
+                if (i < 0 || strcmp(mf->index[i]->file->path, path) != 0)
+                        return model_error(reterr, -ENOENT,
+                                           "%s: tensor '%s' listed in %s is missing from it", path, key,
+                                           index_path);
+        }
+        return 0;
 }
 
 static int build_index(struct model_files *mf, char **reterr) {
@@ -200,14 +211,15 @@ static int take(struct loader *ld, bool required, struct tensor_view *ret, const
         va_end(ap);
         i = find_tensor(mf, ld->name);
         if (i < 0)
-                return required ? model_error(ld->reterr, -ENOENT, "%s: missing tensor '%s'", ld->m->dir, ld->name)
+                return required ? model_error(ld->reterr, -ENOENT, "%s: missing tensor '%s'", ld->m->dir,
+                                              ld->name)
                                 : 0;
         t = mf->index[i];
         if (t->ndim > 4) {
                 char s[128];
                 format_shape(s, sizeof(s), t->ndim, t->shape);
-                return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': unexpected shape %s", t->file->path,
-                                   t->name, s);
+                return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': unexpected shape %s",
+                                   t->file->path, t->name, s);
         }
         mf->used[i] = true;
         ret->name = t->name;
@@ -225,8 +237,8 @@ static const char *view_path(const struct loader *ld, const struct tensor_view *
         return i >= 0 ? ld->m->files->index[i]->file->path : ld->m->dir;
 }
 
-static int expect_shape(struct loader *ld, const struct tensor_view *v, uint32_t ndim, uint64_t d0, uint64_t d1,
-                        uint64_t d2) {
+static int expect_shape(struct loader *ld, const struct tensor_view *v, uint32_t ndim, uint64_t d0,
+                        uint64_t d1, uint64_t d2) {
         uint64_t want[3] = { d0, d1, d2 };
         char got[128], exp[128];
 
@@ -234,8 +246,8 @@ static int expect_shape(struct loader *ld, const struct tensor_view *v, uint32_t
                 return 0;
         format_shape(got, sizeof(got), v->ndim, v->shape);
         format_shape(exp, sizeof(exp), ndim, want);
-        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': shape %s, expected %s", view_path(ld, v), v->name,
-                           got, exp);
+        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': shape %s, expected %s", view_path(ld, v),
+                           v->name, got, exp);
 }
 
 /* Unquantized float tensors: norms, scalars, router, embedding. */
@@ -246,15 +258,28 @@ static int expect_float(struct loader *ld, const struct tensor_view *v) {
                            "BF16/F16/F32)", view_path(ld, v), v->name);
 }
 
-static int take_vector(struct loader *ld, struct tensor_view *ret, uint64_t n, const char *fmt, const char *a,
-                       uint32_t l) {
+/* Small per-channel tensors (norm weights, scalars, scales) are read once at load: a NaN or Inf there is a
+ * corrupt file, and would otherwise poison every output silently. The big matrices are not scanned. */
+static int expect_finite(struct loader *ld, const struct tensor_view *v) {
+        uint64_t n = v->nbytes / tensor_dtype_size(v->dtype);
+
+        for (uint64_t i = 0; i < n; i++)
+                if (!isfinite(tensor_get_f32(v, i)))
+                        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': element %" PRIu64 " is %g",
+                                           view_path(ld, v), v->name, i, (double) tensor_get_f32(v, i));
+        return 0;
+}
+
+static int take_vector(struct loader *ld, struct tensor_view *ret, uint64_t n, const char *fmt,
+                       const char *a, uint32_t l) {
         int r;
         char suffix[256];
 
         snprintf(suffix, sizeof(suffix), fmt, l, a);
-        if ((r = take(ld, true, ret, "%s", suffix)) < 0 || (r = expect_float(ld, ret)) < 0)
+        if ((r = take(ld, true, ret, "%s", suffix)) < 0 || (r = expect_float(ld, ret)) < 0 ||
+            (r = expect_shape(ld, ret, 1, n, 0, 0)) < 0)
                 return r;
-        return expect_shape(ld, ret, 1, n, 0, 0);
+        return expect_finite(ld, ret);
 }
 
 static bool in_ignore(const struct loader *ld, const char *module) {
@@ -263,10 +288,10 @@ static bool in_ignore(const struct loader *ld, const char *module) {
 }
 
 /* A linear layer "<module>.weight" [out, in], with "<module>.weight_scale" [out, 1] when FP8. */
-static int take_linear(struct loader *ld, bool required, struct linear_weight *ret, uint32_t out, uint32_t in,
-                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static int take_linear(struct loader *ld, bool required, struct linear_weight *ret, uint32_t out, uint32_t in,
-                       const char *fmt, ...) {
+static int take_linear(struct loader *ld, bool required, struct linear_weight *ret, uint32_t out,
+                       uint32_t in, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static int take_linear(struct loader *ld, bool required, struct linear_weight *ret, uint32_t out,
+                       uint32_t in, const char *fmt, ...) {
         char module[400];
         va_list ap;
         int r;
@@ -286,26 +311,37 @@ static int take_linear(struct loader *ld, bool required, struct linear_weight *r
         if (ret->w.dtype == TENSOR_DTYPE_F8_E4M3) {
                 char full[512];
                 if (!ld->m->quant.fp8)
-                        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': F8_E4M3 weight but config.json has "
-                                           "no quantization_config", view_path(ld, &ret->w), ret->w.name);
+                        return model_error(ld->reterr, -EINVAL,
+                                           "%s: tensor '%s': F8_E4M3 weight but config.json has "
+                                           "no quantization_config",
+                                           view_path(ld, &ret->w), ret->w.name);
                 snprintf(full, sizeof(full), "%s%s", ld->prefix, module);
                 if (in_ignore(ld, full))
-                        return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': F8_E4M3 but '%s' is listed in "
-                                           "quantization_config.ignore", view_path(ld, &ret->w), ret->w.name, full);
+                        return model_error(ld->reterr, -EINVAL,
+                                           "%s: tensor '%s': F8_E4M3 but '%s' is listed in "
+                                           "quantization_config.ignore",
+                                           view_path(ld, &ret->w), ret->w.name, full);
                 if (!tensor_present(&ret->scale))
-                        return model_error(ld->reterr, -ENOENT, "%s: missing tensor '%s%s.weight_scale' for the "
-                                           "F8_E4M3 weight '%s'", ld->m->dir, ld->prefix, module, ret->w.name);
+                        return model_error(ld->reterr, -ENOENT,
+                                           "%s: missing tensor '%s%s.weight_scale' for the "
+                                           "F8_E4M3 weight '%s'",
+                                           ld->m->dir, ld->prefix, module, ret->w.name);
                 if (ret->scale.dtype == TENSOR_DTYPE_F8_E4M3)
-                        return model_error(ld->reterr, -ENOTSUP, "%s: tensor '%s': scale dtype F8_E4M3 is not "
-                                           "supported (BF16, F16 or F32)", view_path(ld, &ret->scale),
-                                           ret->scale.name);
+                        return model_error(ld->reterr, -ENOTSUP,
+                                           "%s: tensor '%s': scale dtype F8_E4M3 is not "
+                                           "supported (BF16, F16 or F32)",
+                                           view_path(ld, &ret->scale), ret->scale.name);
                 /* compressed-tensors writes [out, 1]; accept a flat [out] as well. */
                 if (!(ret->scale.ndim == 1 && ret->scale.shape[0] == out) &&
                     (r = expect_shape(ld, &ret->scale, 2, out, 1, 0)) < 0)
                         return r;
+                if ((r = expect_finite(ld, &ret->scale)) < 0)
+                        return r;
         } else if (tensor_present(&ret->scale))
-                return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': a scale for the unquantized %s weight '%s' "
-                                   "(only F8_E4M3 weights carry one)", view_path(ld, &ret->scale), ret->scale.name,
+                return model_error(ld->reterr, -EINVAL,
+                                   "%s: tensor '%s': a scale for the unquantized %s weight '%s' "
+                                   "(only F8_E4M3 weights carry one)",
+                                   view_path(ld, &ret->scale), ret->scale.name,
                                    tensor_dtype_name(ret->w.dtype), ret->w.name);
         ret->out_features = out;
         ret->in_features = in;
@@ -345,16 +381,19 @@ static int take_experts(struct loader *ld, uint32_t l, struct layer_weights *lw)
                 if ((r = take(ld, true, &down, "layers.%u.experts.down_proj", l)) < 0)
                         return r;
                 if (gate_up.dtype == TENSOR_DTYPE_F8_E4M3 || down.dtype == TENSOR_DTYPE_F8_E4M3)
-                        return model_error(ld->reterr, -ENOTSUP, "%s: tensor '%s': fused 3-D F8_E4M3 experts are not "
-                                           "supported (store them per expert)", view_path(ld, &gate_up), gate_up.name);
+                        return model_error(ld->reterr, -ENOTSUP,
+                                           "%s: tensor '%s': fused 3-D F8_E4M3 experts are not "
+                                           "supported (store them per expert)",
+                                           view_path(ld, &gate_up), gate_up.name);
                 if ((r = expect_shape(ld, &gate_up, 3, E, 2ull * I, H)) < 0 ||
                     (r = expect_shape(ld, &down, 3, E, H, I)) < 0)
                         return r;
                 if ((r = take(ld, false, &probe, "layers.%u.experts.0.gate_proj.weight", l)) < 0)
                         return r;
                 if (tensor_present(&probe))
-                        return model_error(ld->reterr, -EINVAL, "%s: both fused '%s' and per-expert '%s' are present",
-                                           ld->m->dir, gate_up.name, probe.name);
+                        return model_error(ld->reterr, -EINVAL,
+                                           "%s: both fused '%s' and per-expert '%s' are present", ld->m->dir,
+                                           gate_up.name, probe.name);
                 for (uint32_t e = 0; e < E; e++) {
                         lw->expert_gate[e].w = slice_rows(&gate_up, (uint64_t) e * 2 * I, I, H);
                         lw->expert_up[e].w = slice_rows(&gate_up, (uint64_t) e * 2 * I + I, I, H);
@@ -370,12 +409,17 @@ static int take_experts(struct loader *ld, uint32_t l, struct layer_weights *lw)
         if ((r = take(ld, false, &down, "layers.%u.experts.down_proj", l)) < 0)
                 return r;
         if (tensor_present(&down))
-                return model_error(ld->reterr, -ENOENT, "%s: missing tensor '%slayers.%u.experts.gate_up_proj' "
-                                   "(its down_proj is present)", ld->m->dir, ld->prefix, l);
+                return model_error(ld->reterr, -ENOENT,
+                                   "%s: missing tensor '%slayers.%u.experts.gate_up_proj' "
+                                   "(its down_proj is present)",
+                                   ld->m->dir, ld->prefix, l);
         for (uint32_t e = 0; e < E; e++) {
-                if ((r = take_linear(ld, true, &lw->expert_gate[e], I, H, "layers.%u.experts.%u.gate_proj", l, e)) < 0 ||
-                    (r = take_linear(ld, true, &lw->expert_up[e], I, H, "layers.%u.experts.%u.up_proj", l, e)) < 0 ||
-                    (r = take_linear(ld, true, &lw->expert_down[e], H, I, "layers.%u.experts.%u.down_proj", l, e)) < 0)
+                if ((r = take_linear(ld, true, &lw->expert_gate[e], I, H, "layers.%u.experts.%u.gate_proj",
+                                     l, e)) < 0 ||
+                    (r = take_linear(ld, true, &lw->expert_up[e], I, H, "layers.%u.experts.%u.up_proj", l,
+                                     e)) < 0 ||
+                    (r = take_linear(ld, true, &lw->expert_down[e], H, I, "layers.%u.experts.%u.down_proj",
+                                     l, e)) < 0)
                         return r;
         }
         lw->experts_fused_on_disk = false;
@@ -404,7 +448,8 @@ static int take_layer(struct loader *ld, uint32_t l) {
         hd = lw->head_dim = full ? c->global_head_dim : c->head_dim;
         qd = c->n_heads * hd;
 
-        for (size_t i = 0; i < 7; i++)
+        /* The last three norms belong to the MoE branch and exist only with enable_moe_block. */
+        for (size_t i = 0; i < (c->enable_moe ? 7u : 4u); i++)
                 if ((r = take_vector(ld, norm_slots[i], H, "layers.%u.%s.weight", hidden_norms[i], l)) < 0)
                         return r;
         if ((r = take_vector(ld, &lw->q_norm, hd, "layers.%u.self_attn.%s.weight", "q_norm", l)) < 0 ||
@@ -418,16 +463,22 @@ static int take_layer(struct loader *ld, uint32_t l) {
         if (!(full && c->attention_k_eq_v) &&
             (r = take_linear(ld, true, &lw->v_proj, kv * hd, H, "layers.%u.self_attn.v_proj", l)) < 0)
                 return r;
-        if ((r = take_linear(ld, true, &lw->mlp_gate, c->intermediate_size, H, "layers.%u.mlp.gate_proj", l)) < 0 ||
-            (r = take_linear(ld, true, &lw->mlp_up, c->intermediate_size, H, "layers.%u.mlp.up_proj", l)) < 0 ||
-            (r = take_linear(ld, true, &lw->mlp_down, H, c->intermediate_size, "layers.%u.mlp.down_proj", l)) < 0)
+        if ((r = take_linear(ld, true, &lw->mlp_gate, c->intermediate_size, H, "layers.%u.mlp.gate_proj",
+                             l)) < 0 ||
+            (r = take_linear(ld, true, &lw->mlp_up, c->intermediate_size, H, "layers.%u.mlp.up_proj", l)) <
+                    0 ||
+            (r = take_linear(ld, true, &lw->mlp_down, H, c->intermediate_size, "layers.%u.mlp.down_proj",
+                             l)) < 0)
                 return r;
 
         if ((r = take(ld, true, &lw->layer_scalar, "layers.%u.layer_scalar", l)) < 0 ||
             (r = expect_float(ld, &lw->layer_scalar)) < 0)
                 return r;
-        if (!(lw->layer_scalar.ndim == 0 || (lw->layer_scalar.ndim == 1 && lw->layer_scalar.shape[0] == 1)) &&
+        if (!(lw->layer_scalar.ndim == 0 ||
+              (lw->layer_scalar.ndim == 1 && lw->layer_scalar.shape[0] == 1)) &&
             (r = expect_shape(ld, &lw->layer_scalar, 1, 1, 0, 0)) < 0)
+                return r;
+        if ((r = expect_finite(ld, &lw->layer_scalar)) < 0)
                 return r;
 
         if (!c->enable_moe)
@@ -435,7 +486,8 @@ static int take_layer(struct loader *ld, uint32_t l) {
         if ((r = take(ld, true, &lw->router_proj, "layers.%u.router.proj.weight", l)) < 0)
                 return r;
         if (lw->router_proj.dtype == TENSOR_DTYPE_F8_E4M3)
-                return model_error(ld->reterr, -ENOTSUP, "%s: tensor '%s': an F8_E4M3 router is not supported (keep "
+                return model_error(ld->reterr, -ENOTSUP,
+                                   "%s: tensor '%s': an F8_E4M3 router is not supported (keep "
                                    "router.proj in BF16 via quantization_config.ignore)",
                                    view_path(ld, &lw->router_proj), lw->router_proj.name);
         if ((r = expect_shape(ld, &lw->router_proj, 2, c->n_experts, H, 0)) < 0 ||
@@ -465,8 +517,10 @@ static int check_unused(struct loader *ld) {
                         continue;
                 if (strcmp(t->name, "lm_head.weight") == 0 && ld->m->cfg.tie_word_embeddings)
                         continue;
-                return model_error(ld->reterr, -EINVAL, "%s: tensor '%s': unexpected for this config.json (not part of "
-                                   "a Gemma 4 text model with this geometry and quantization)", t->file->path, t->name);
+                return model_error(ld->reterr, -EINVAL,
+                                   "%s: tensor '%s': unexpected for this config.json (not part of "
+                                   "a Gemma 4 text model with this geometry and quantization)",
+                                   t->file->path, t->name);
         }
         return 0;
 }
@@ -482,15 +536,19 @@ static int map_tensors(struct loader *ld) {
         else if (find_tensor(mf, "model.embed_tokens.weight") >= 0)
                 ld->prefix = "model.";
         else
-                return model_error(ld->reterr, -ENOENT, "%s: missing tensor 'model.language_model.embed_tokens.weight' "
-                                   "(or 'model.embed_tokens.weight')", m->dir);
+                return model_error(ld->reterr, -ENOENT,
+                                   "%s: missing tensor 'model.language_model.embed_tokens.weight' "
+                                   "(or 'model.embed_tokens.weight')",
+                                   m->dir);
 
         if ((r = take(ld, true, &m->embed_tokens, "embed_tokens.weight")) < 0 ||
             (r = expect_float(ld, &m->embed_tokens)) < 0 ||
             (r = expect_shape(ld, &m->embed_tokens, 2, c->vocab_size, c->hidden_size, 0)) < 0)
                 return r;
-        if ((r = take(ld, true, &m->final_norm, "norm.weight")) < 0 || (r = expect_float(ld, &m->final_norm)) < 0 ||
-            (r = expect_shape(ld, &m->final_norm, 1, c->hidden_size, 0, 0)) < 0)
+        if ((r = take(ld, true, &m->final_norm, "norm.weight")) < 0 ||
+            (r = expect_float(ld, &m->final_norm)) < 0 ||
+            (r = expect_shape(ld, &m->final_norm, 1, c->hidden_size, 0, 0)) < 0 ||
+            (r = expect_finite(ld, &m->final_norm)) < 0)
                 return r;
         if (!c->tie_word_embeddings) {
                 const char *saved = ld->prefix;
@@ -527,6 +585,7 @@ static int sort_ignore(struct loader *ld) {
 
 int model_load(const char *dir, struct model **ret, char **reterr) {
         struct loader ld = { .reterr = reterr };
+        json_t *index_root = NULL;
         struct model *m;
         char path[4096];
         struct stat st;
@@ -550,11 +609,17 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
         r = model_config_parse_file(path, &m->cfg, &m->quant, reterr);
         if (r < 0)
                 goto fail;
+        snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+        r = model_config_merge_generation(path, &m->cfg, reterr);
+        if (r < 0)
+                goto fail;
 
         snprintf(path, sizeof(path), "%s/model.safetensors.index.json", dir);
-        if (stat(path, &st) == 0)
-                r = open_sharded(m->files, dir, path, reterr);
-        else {
+        if (stat(path, &st) == 0) {
+                r = open_sharded(m->files, dir, path, &index_root, reterr);
+                if (r >= 0 && (r = build_index(m->files, reterr)) >= 0)
+                        r = check_weight_map(m->files, dir, path, index_root, reterr);
+        } else {
                 snprintf(path, sizeof(path), "%s/model.safetensors", dir);
                 if (stat(path, &st) < 0) {
                         r = model_error(reterr, -ENOENT, "%s: neither model.safetensors.index.json nor "
@@ -562,14 +627,17 @@ int model_load(const char *dir, struct model **ret, char **reterr) {
                         goto fail;
                 }
                 r = add_file(m->files, path, reterr);
+                if (r >= 0)
+                        r = build_index(m->files, reterr);
         }
-        if (r < 0 || (r = build_index(m->files, reterr)) < 0 || (r = sort_ignore(&ld)) < 0 ||
-            (r = map_tensors(&ld)) < 0)
+        if (r < 0 || (r = sort_ignore(&ld)) < 0 || (r = map_tensors(&ld)) < 0)
                 goto fail;
+        json_decref(index_root);
         free(ld.sorted_ignore);
         *ret = m;
         return 0;
 fail:
+        json_decref(index_root);
         free(ld.sorted_ignore);
         model_free(m);
         return r;

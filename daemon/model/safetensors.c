@@ -27,7 +27,8 @@ int model_error(char **reterr, int r, const char *fmt, ...) {
                 if (vasprintf(&s, fmt, ap) < 0)
                         s = NULL;
                 va_end(ap);
-                free(*reterr);
+                /* Overwrite, never free: callers may pass an uninitialized pointer, and every error
+                 * path sets the message exactly once. */
                 *reterr = s;
         }
         return r;
@@ -39,7 +40,7 @@ struct st_file *st_file_close(struct st_file *f) {
         for (size_t i = 0; i < f->n_tensors; i++)
                 free(f->tensors[i].name);
         free(f->tensors);
-        if (f->map)
+        if (f->map && f->mapped)
                 munmap(f->map, f->size);
         free(f->path);
         free(f);
@@ -67,14 +68,16 @@ static int parse_tensor(struct st_file *f, const char *name, json_t *obj, uint64
         size_t i;
 
         if (!json_is_object(obj))
-                return model_error(reterr, -EINVAL, "%s: tensor '%s': entry is not a JSON object", path, name);
+                return model_error(reterr, -EINVAL, "%s: tensor '%s': entry is not a JSON object", path,
+                                   name);
         jdtype = json_object_get(obj, "dtype");
         jshape = json_object_get(obj, "shape");
         joff = json_object_get(obj, "data_offsets");
         if (!jdtype)
                 return model_error(reterr, -EINVAL, "%s: tensor '%s': missing \"dtype\"", path, name);
         if (!json_is_string(jdtype))
-                return model_error(reterr, -EINVAL, "%s: tensor '%s': \"dtype\" is not a string", path, name);
+                return model_error(reterr, -EINVAL, "%s: tensor '%s': \"dtype\" is not a string", path,
+                                   name);
         if (!jshape)
                 return model_error(reterr, -EINVAL, "%s: tensor '%s': missing \"shape\"", path, name);
         if (!joff)
@@ -86,7 +89,8 @@ static int parse_tensor(struct st_file *f, const char *name, json_t *obj, uint64
                                    json_string_value(jdtype));
 
         if (!json_is_array(jshape))
-                return model_error(reterr, -EINVAL, "%s: tensor '%s': \"shape\" is not an array", path, name);
+                return model_error(reterr, -EINVAL, "%s: tensor '%s': \"shape\" is not an array", path,
+                                   name);
         if (json_array_size(jshape) > ST_MAX_DIMS)
                 return model_error(reterr, -EINVAL, "%s: tensor '%s': %zu dimensions (at most %d supported)",
                                    path, name, json_array_size(jshape), ST_MAX_DIMS);
@@ -104,16 +108,20 @@ static int parse_tensor(struct st_file *f, const char *name, json_t *obj, uint64
                 return model_error(reterr, -EOVERFLOW, "%s: tensor '%s': byte size overflows", path, name);
 
         if (!json_is_array(joff) || json_array_size(joff) != 2 ||
-            json_get_u64(json_array_get(joff, 0), &begin) < 0 || json_get_u64(json_array_get(joff, 1), &end) < 0)
-                return model_error(reterr, -EINVAL,
-                                   "%s: tensor '%s': \"data_offsets\" must be [begin, end] of non-negative integers",
-                                   path, name);
+            json_get_u64(json_array_get(joff, 0), &begin) < 0 ||
+            json_get_u64(json_array_get(joff, 1), &end) < 0)
+                return model_error(
+                        reterr, -EINVAL,
+                        "%s: tensor '%s': \"data_offsets\" must be [begin, end] of non-negative integers",
+                        path, name);
         if (end < begin)
                 return model_error(reterr, -EINVAL, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
                                    "] end before begin", path, name, begin, end);
         if (end > data_size)
-                return model_error(reterr, -EINVAL, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
-                                   "] out of bounds: the data section has %" PRIu64 " bytes (file truncated?)",
+                return model_error(reterr, -EINVAL,
+                                   "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                                   "] out of bounds: the data section has %" PRIu64
+                                   " bytes (file truncated?)",
                                    path, name, begin, end, data_size);
         if (end - begin != nbytes)
                 return model_error(reterr, -EINVAL, "%s: tensor '%s': %s shape needs %" PRIu64
@@ -129,7 +137,8 @@ static int parse_tensor(struct st_file *f, const char *name, json_t *obj, uint64
 }
 
 static int cmp_by_begin(const void *a, const void *b) {
-        const struct st_tensor *x = *(const struct st_tensor * const *) a, *y = *(const struct st_tensor * const *) b;
+        const struct st_tensor *x = *(const struct st_tensor *const *) a,
+                               *y = *(const struct st_tensor *const *) b;
         if (x->begin != y->begin)
                 return x->begin < y->begin ? -1 : 1;
         return x->end < y->end ? -1 : x->end > y->end;
@@ -153,9 +162,11 @@ static int check_overlaps(struct st_file *f, char **reterr) {
                 if (t->begin == t->end)
                         continue;               /* empty tensors occupy no bytes */
                 if (prev && t->begin < prev->end) {
-                        r = model_error(reterr, -EINVAL, "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
-                                        "] overlap tensor '%s' [%" PRIu64 ", %" PRIu64 "]", f->path, t->name,
-                                        t->begin, t->end, prev->name, prev->begin, prev->end);
+                        r = model_error(reterr, -EINVAL,
+                                        "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                                        "] overlap tensor '%s' [%" PRIu64 ", %" PRIu64 "]",
+                                        f->path, t->name, t->begin, t->end, prev->name, prev->begin,
+                                        prev->end);
                         break;
                 }
                 prev = t;
@@ -203,10 +214,26 @@ static int parse_header(struct st_file *f, char **reterr) {
         return check_overlaps(f, reterr);
 }
 
+/* Header length, then the header, of a file already in memory (f->map, f->size >= 8). */
+static int parse_file(struct st_file *f, char **reterr) {
+        uint64_t len = 0;
+
+        for (int i = 7; i >= 0; i--)
+                len = (len << 8) | ((const uint8_t *) f->map)[i];
+        if (len > ST_MAX_HEADER_LEN)
+                return model_error(reterr, -EINVAL,
+                                   "%s: header length %" PRIu64 " exceeds the %llu-byte limit", f->path, len,
+                                   ST_MAX_HEADER_LEN);
+        if (len > f->size - 8)
+                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64
+                                   " exceeds the file size %" PRIu64 " (truncated?)", f->path, len, f->size);
+        f->header_len = len;
+        return parse_header(f, reterr);
+}
+
 int st_file_open(const char *path, struct st_file **ret, char **reterr) {
         struct st_file *f;
         struct stat st;
-        uint64_t len;
         int fd, r;
 
         fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -223,8 +250,9 @@ int st_file_open(const char *path, struct st_file **ret, char **reterr) {
         }
         if (st.st_size < 8) {
                 close(fd);
-                return model_error(reterr, -EINVAL, "%s: truncated: %lld bytes, too short for the header length",
-                                   path, (long long) st.st_size);
+                return model_error(reterr, -EINVAL,
+                                   "%s: truncated: %lld bytes, too short for the header length", path,
+                                   (long long) st.st_size);
         }
         f = calloc(1, sizeof(*f));
         if (!f) {
@@ -241,26 +269,39 @@ int st_file_open(const char *path, struct st_file **ret, char **reterr) {
                 st_file_close(f);
                 return model_error(reterr, r, "%s: mmap failed: %s", path, strerror(-r));
         }
+        f->mapped = true;
         if (!f->path) {
                 st_file_close(f);
                 return model_error(reterr, -ENOMEM, "out of memory");
         }
-        len = 0;
-        for (int i = 7; i >= 0; i--)
-                len = (len << 8) | ((const uint8_t *) f->map)[i];
-        if (len > ST_MAX_HEADER_LEN) {
+        r = parse_file(f, reterr);
+        if (r < 0) {
                 st_file_close(f);
-                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64 " exceeds the %llu-byte limit",
-                                   path, len, ST_MAX_HEADER_LEN);
+                return r;
         }
-        if (len > f->size - 8) {
-                uint64_t size = f->size;
+        *ret = f;
+        return 0;
+}
+
+int st_file_parse(const char *name, const void *data, uint64_t size, struct st_file **ret, char **reterr) {
+        struct st_file *f;
+        int r;
+
+        if (size < 8)
+                return model_error(reterr, -EINVAL,
+                                   "%s: truncated: %" PRIu64 " bytes, too short for the header length", name,
+                                   size);
+        f = calloc(1, sizeof(*f));
+        if (!f)
+                return model_error(reterr, -ENOMEM, "out of memory");
+        f->path = strdup(name);
+        f->map = (void *) data;
+        f->size = size;
+        if (!f->path) {
                 st_file_close(f);
-                return model_error(reterr, -EINVAL, "%s: header length %" PRIu64
-                                   " exceeds the file size %" PRIu64 " (truncated?)", path, len, size);
+                return model_error(reterr, -ENOMEM, "out of memory");
         }
-        f->header_len = len;
-        r = parse_header(f, reterr);
+        r = parse_file(f, reterr);
         if (r < 0) {
                 st_file_close(f);
                 return r;

@@ -25,6 +25,7 @@ struct ereq {
         uint32_t cap_tokens;
         uint32_t output_tokens;
         uint64_t submit_ns, admitted_ns, first_token_ns;
+        bool snapshot_taken;            /* sliding ring registered since the last (re)admission */
         /* score results */
         int32_t *score_tokens;
         float *score_lp;
@@ -500,6 +501,7 @@ static void publish_status(struct engine *e, uint64_t now) {
         memcpy(st.kv, ps.space, sizeof(st.kv));
         st.page_size = e->cap.page_size;
         st.capacity_tokens = (uint64_t) e->cap.n_full_pages * e->cap.page_size;
+        st.max_len = e->max_len;
         uint32_t per_seq = (32768 + e->cap.page_size - 1) / e->cap.page_size;
         uint32_t by_full = e->cap.n_full_pages / per_seq;
         uint32_t by_sliding = e->cap.n_sliding_pages / e->cap.n_sliding_ring;
@@ -565,6 +567,12 @@ void engine_test_stall(struct engine *e, uint32_t ms) {
 
 void engine_get_pool_params(struct engine *e, struct kv_pool_params *ret) {
         kv_pool_get_params(e->pool, ret);
+}
+
+int engine_check(struct engine *e, char *err, size_t errsize) {
+        if (e->thread_started)
+                return -EBUSY;
+        return kv_pool_check(e->pool, err, errsize);
 }
 
 /* ---- one step ---- */
@@ -697,6 +705,12 @@ static void process_entry(struct engine *e, const struct sched_entry *en, const 
         }
         if (r->s.kv.n_tokens < r->s.n_tokens)
                 return;         /* mid-prefill: the row is not needed */
+        if (!r->snapshot_taken) {
+                /* prefill done: a later prompt that extends this one (the next turn of a chat) can
+                 * take the sliding window from here */
+                kv_pool_snapshot_sliding(e->pool, &r->s.kv, r->s.tokens);
+                r->snapshot_taken = true;
+        }
 
         /* rows is only read here; the sampler modifies its own copy of the row in place, which is
          * fine: the buffer is rewritten by the next forward */
@@ -779,6 +793,8 @@ static int engine_step(struct engine *e) {
                 struct ereq *r = (struct ereq *) en->req;
                 if (en->admitted && !r->admitted_ns)
                         r->admitted_ns = now;
+                if (en->admitted)
+                        r->snapshot_taken = false;
                 if (r->s.kv.n_tokens < r->s.n_prompt)
                         prefilled += en->n_tokens;
                 e->seqs[i] = (struct backend_seq) {
@@ -799,7 +815,13 @@ static int engine_step(struct engine *e) {
                 log_error_errno(ret, "engine: backend step failed");
                 fail_plan(e, plan, "the backend failed");
                 if (ret == -EIO) {
+                        /* submitters read it under the inbox lock */
+                        pthread_mutex_lock(&e->in_lock);
                         e->fatal = ret;
+                        pthread_mutex_unlock(&e->in_lock);
+                        /* nothing will run again: answer everyone before the daemon exits */
+                        while (e->live)
+                                fail(e, e->live, ENGINE_ERROR_INTERNAL, "the device was lost");
                         publish_status(e, now);
                         wake_io(e);
                         return ret;

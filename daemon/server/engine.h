@@ -114,7 +114,6 @@ struct engine_event {
         union {
                 struct {
                         uint32_t prompt_tokens;
-                        uint32_t cached_tokens;
                         uint32_t queue_position;        /* waiting requests ahead at submission */
                 } started;
                 /* TOKENS: generated tokens in order (stop ids are not sent; they only end the request).
@@ -151,6 +150,7 @@ struct engine_status {
         struct kv_space_stats kv[_KV_SPACE_MAX];
         uint32_t page_size;
         uint64_t capacity_tokens;       /* full pages * B */
+        uint32_t max_len;               /* longest sequence: min(limits.max_model_len, capacity_tokens) */
         uint32_t seqs_32k;              /* 32K-token sequences that fit */
         double prefix_hit_rate;         /* skipped / offered prompt tokens since start */
         double tokens_per_s;            /* generated tokens/s over the last 10 s */
@@ -205,5 +205,7 @@ int engine_set_admission(struct engine *e, uint32_t max_queue, uint32_t aging_ms
 void engine_test_stall(struct engine *e, uint32_t ms);
 /* Capacity facts for welcome: the KV pool's parameters. */
 void engine_get_pool_params(struct engine *e, struct kv_pool_params *ret);
+/* Tests: check the KV pool's invariants (kv_pool_check). Only while the thread is not started. */
+int engine_check(struct engine *e, char *err, size_t errsize);
 
 uint64_t engine_now_ns(void);

@@ -42,6 +42,14 @@ static inline uint64_t mix64(uint64_t z) {
         return z ^ (z >> 31);
 }
 
+uint32_t kv_pool_sliding_pages_for(uint32_t window, uint32_t page_size, uint32_t max_num_seqs) {
+        if (page_size == 0)
+                return 0;
+        uint64_t ring = ((uint64_t) window + page_size - 1) / page_size + 1;
+        uint64_t n = 2 * ring * max_num_seqs;
+        return n > UINT32_MAX - 1 ? UINT32_MAX - 1 : (uint32_t) n;
+}
+
 uint64_t kv_hash_page(uint64_t parent, const int32_t *tokens, uint32_t n) {
         uint64_t h = mix64(parent ^ ((uint64_t) n << 32));
         for (uint32_t i = 0; i < n; i++)
@@ -160,10 +168,13 @@ static void hash_remove(struct kv_space_state *s, uint32_t id) {
         pg->cached = false;
 }
 
+/* A cached page for this prefix (only an unreferenced one when idle_only). */
 static uint32_t hash_lookup(const struct kv_space_state *s, uint32_t page_size, uint64_t hash,
-                            uint64_t parent, const int32_t *tokens) {
+                            uint64_t parent, const int32_t *tokens, bool idle_only) {
         for (uint32_t id = s->buckets[hash & s->bucket_mask]; id != NONE; id = s->pages[id].hnext) {
                 const struct kv_page *pg = &s->pages[id];
+                if (idle_only && pg->ref > 0)
+                        continue;
                 if (pg->hash == hash && pg->parent == parent &&
                     memcmp(&s->tokens[(uint64_t) id * page_size], tokens, sizeof(int32_t) * page_size) == 0)
                         return id;
@@ -171,10 +182,11 @@ static uint32_t hash_lookup(const struct kv_space_state *s, uint32_t page_size, 
         return NONE;
 }
 
-/* Register page id under hash; false when that prefix is already cached (by another page). */
+/* Register page id under hash. Full pages are shared, so a prefix is cached once (false when another
+ * page has it); sliding pages are moved to one consumer each, so copies are all kept (unique false). */
 static bool hash_insert(struct kv_space_state *s, uint32_t page_size, uint32_t id, uint64_t hash,
-                        uint64_t parent, const int32_t *tokens) {
-        if (hash_lookup(s, page_size, hash, parent, tokens) != NONE)
+                        uint64_t parent, const int32_t *tokens, bool unique) {
+        if (unique && hash_lookup(s, page_size, hash, parent, tokens, false) != NONE)
                 return false;
         struct kv_page *pg = &s->pages[id];
         pg->hash = hash;
@@ -298,12 +310,13 @@ int kv_pool_match_prefix(struct kv_pool *pool, struct kv_seq *seq, const int32_t
         for (uint32_t i = 0; i < max_pages; i++) {
                 const int32_t *pt = tokens + (uint64_t) i * B;
                 uint64_t h = kv_hash_page(parent, pt, B);
-                uint32_t id = hash_lookup(fs, B, h, parent, pt);
+                uint32_t id = hash_lookup(fs, B, h, parent, pt, false);
                 if (id == NONE)
                         break;
                 seq->full_pages[i] = id;
                 seq->hashes[i] = h;
-                pool->scratch[i] = hash_lookup(ss, B, h, parent, pt);
+                /* a snapshot still in its owner's ring (ref > 0) cannot be moved */
+                pool->scratch[i] = hash_lookup(ss, B, h, parent, pt, true);
                 run = pool->scratch[i] != NONE ? run + 1 : 0;
                 if (run >= min_u32(i + 1, R - 1))
                         best_m = i + 1;
@@ -332,10 +345,17 @@ int kv_pool_match_prefix(struct kv_pool *pool, struct kv_seq *seq, const int32_t
 
 void kv_pool_pages_needed(const struct kv_pool *pool, const struct kv_seq *seq, uint32_t n_new,
                           uint32_t *ret_full, uint32_t *ret_sliding) {
+        const uint32_t B = pool->p.page_size, R = pool->p.n_sliding_ring;
         uint32_t pages = pages_for(pool, (uint64_t) seq->n_tokens + n_new);
-        uint32_t ring = min_u32(pages, pool->p.n_sliding_ring);
+        uint32_t ring = min_u32(pages, R);
+        uint32_t replace = 0;
+        if (n_new > 0 && seq->ring && seq->n_tokens % B == 0) {
+                /* a snapshot page in the slot of the new page is replaced, not overwritten */
+                uint32_t id = seq->ring[(seq->n_tokens / B) % R];
+                replace = id != NONE && pool->sp[KV_SPACE_SLIDING].pages[id].cached;
+        }
         *ret_full = pages > seq->n_full ? pages - seq->n_full : 0;
-        *ret_sliding = ring > seq->n_ring_used ? ring - seq->n_ring_used : 0;
+        *ret_sliding = (ring > seq->n_ring_used ? ring - seq->n_ring_used : 0) + replace;
 }
 
 uint32_t kv_pool_available(const struct kv_pool *pool, enum kv_space space) {
@@ -360,16 +380,28 @@ int kv_pool_reserve(struct kv_pool *pool, struct kv_seq *seq, uint32_t n_new) {
         while (seq->n_full < pages)
                 seq->full_pages[seq->n_full++] = page_alloc(pool, &pool->sp[KV_SPACE_FULL]);
         if (n_new > 0) {
-                /* every page index touched by the new positions needs its slot; a slot already held is
-                 * overwritten in place (this sequence owns it alone) */
-                uint32_t first = seq->n_tokens / B, last = pages - 1;
+                /* Every page index touched by the new positions needs its slot. A slot already held
+                 * is overwritten in place (this sequence owns it alone), unless its page is also a
+                 * cached snapshot: then it is replaced by a fresh page when no position of this step
+                 * needs the history it holds (the step starts exactly at that page index, as a decode
+                 * step at a page boundary does), else it leaves the cache. */
+                struct kv_space_state *ss = &pool->sp[KV_SPACE_SLIDING];
+                uint32_t start = seq->n_tokens / B, first = start, last = pages - 1;
+                bool aligned = seq->n_tokens % B == 0;
                 if (last - first + 1 > R)
                         first = last + 1 - R;
                 for (uint32_t j = first; j <= last; j++) {
-                        uint32_t slot = j % R;
-                        if (seq->ring[slot] == NONE) {
-                                seq->ring[slot] = page_alloc(pool, &pool->sp[KV_SPACE_SLIDING]);
+                        uint32_t slot = j % R, id = seq->ring[slot];
+                        if (id == NONE) {
+                                seq->ring[slot] = page_alloc(pool, ss);
                                 seq->n_ring_used++;
+                        } else if (ss->pages[id].cached) {
+                                if (j == start && aligned) {
+                                        page_unref(ss, id);
+                                        seq->ring[slot] = page_alloc(pool, ss);
+                                } else {
+                                        hash_remove(ss, id);
+                                }
                         }
                 }
         }
@@ -392,28 +424,33 @@ int kv_pool_commit(struct kv_pool *pool, struct kv_seq *seq, const int32_t *toke
                 seq->n_hashed++;
                 uint32_t id = seq->full_pages[i];
                 if (pool->p.prefix_cache && !fs->pages[id].cached)
-                        hash_insert(fs, B, id, h, parent, pt);
+                        hash_insert(fs, B, id, h, parent, pt, true);
         }
         return 0;
+}
+
+void kv_pool_snapshot_sliding(struct kv_pool *pool, struct kv_seq *seq, const int32_t *tokens) {
+        const uint32_t B = pool->p.page_size, R = pool->p.n_sliding_ring;
+        struct kv_space_state *ss = &pool->sp[KV_SPACE_SLIDING];
+        if (!pool->p.prefix_cache || !tokens || seq->n_tokens == 0 || !seq->ring)
+                return;
+        /* the complete page indexes still intact in the ring: the last R of them */
+        uint32_t last = (seq->n_tokens - 1) / B;
+        uint32_t first = last + 1 > R ? last + 1 - R : 0;
+        for (uint32_t j = first; j <= last && j < seq->n_hashed; j++) {
+                uint32_t id = seq->ring[j % R];
+                if (id == NONE || ss->pages[id].cached)
+                        continue;
+                uint64_t parent = j ? seq->hashes[j - 1] : KV_HASH_SEED;
+                hash_insert(ss, B, id, seq->hashes[j], parent, tokens + (uint64_t) j * B, false);
+        }
 }
 
 void kv_pool_release(struct kv_pool *pool, struct kv_seq *seq, const int32_t *tokens) {
         const uint32_t B = pool->p.page_size, R = pool->p.n_sliding_ring;
         struct kv_space_state *fs = &pool->sp[KV_SPACE_FULL], *ss = &pool->sp[KV_SPACE_SLIDING];
 
-        /* Sliding: register the complete page indexes still intact in the ring (the last R of them,
-         * the oldest first so that LRU drops them first). */
-        if (pool->p.prefix_cache && tokens && seq->n_tokens > 0 && seq->ring) {
-                uint32_t last = (seq->n_tokens - 1) / B;
-                uint32_t first = last + 1 > R ? last + 1 - R : 0;
-                for (uint32_t j = first; j <= last && j < seq->n_hashed; j++) {
-                        uint32_t id = seq->ring[j % R];
-                        if (id == NONE)
-                                continue;
-                        uint64_t parent = j ? seq->hashes[j - 1] : KV_HASH_SEED;
-                        hash_insert(ss, B, id, seq->hashes[j], parent, tokens + (uint64_t) j * B);
-                }
-        }
+        kv_pool_snapshot_sliding(pool, seq, tokens);
         if (seq->ring) {
                 uint32_t start = seq->n_tokens > 0 ? ((seq->n_tokens - 1) / B + 1) % R : 0;
                 for (uint32_t k = 0; k < R; k++) {

@@ -14,10 +14,13 @@
  *  - A full page is registered under h_i as soon as it is complete; it is shared (reference-counted) by
  *    every sequence whose prefix matches, and when its last reference goes it stays cached,
  *    reclaimable, in LRU order.
- *  - A sliding page is registered when its sequence releases it (finish, cancel, preemption) while it
- *    still holds a complete page index. A hit MOVES it into the new sequence's ring (it is never shared:
- *    ring pages are overwritten in place, and the backend reads a slot's history before writing its new
- *    rows in the same step, so a ring page must belong to one sequence).
+ *  - A sliding page is registered (a "snapshot") when its sequence finishes its prefill
+ *    (kv_pool_snapshot_sliding) and when it releases it (finish, cancel, preemption), while it still
+ *    holds a complete page index. A hit MOVES an unreferenced snapshot into the new sequence's ring: ring
+ *    pages are overwritten in place, and the backend reads a slot's history before writing its new rows
+ *    in the same step, so a ring page is never shared between sequences. A sequence that still holds
+ *    a snapshot page replaces it with a fresh page when it reaches that slot at a page boundary (a
+ *    decode step), so the snapshot survives in the cache; a longer chunk takes it back out of the cache.
  *  A prefix of P = m*B tokens is usable only when full pages 0..m-1 AND the sliding pages of the last
  *  n_ring-1 page indexes before m (all of them when m < n_ring) are cached: the sliding layers' KV of the
  *  last window depends on the whole prefix through the stack of sliding layers, so it cannot be
@@ -96,6 +99,9 @@ int kv_pool_reserve(struct kv_pool *pool, struct kv_seq *seq, uint32_t n_new);
 /* After the backend wrote positions [seq->n_tokens, seq->n_tokens + n_new): advance, and register the
  * full pages completed (tokens = the sequence's whole token array, at least n_tokens + n_new long). */
 int kv_pool_commit(struct kv_pool *pool, struct kv_seq *seq, const int32_t *tokens, uint32_t n_new);
+/* Register the sequence's intact, complete ring pages in the prefix cache while it keeps them (called
+ * when its prefill is done, so that a later prompt extending this one can skip it). */
+void kv_pool_snapshot_sliding(struct kv_pool *pool, struct kv_seq *seq, const int32_t *tokens);
 /* Drop every page of seq (complete pages stay cached when the prefix cache is on); seq becomes empty.
  * tokens: the sequence's token array (at least seq->n_tokens long), to register its sliding pages. */
 void kv_pool_release(struct kv_pool *pool, struct kv_seq *seq, const int32_t *tokens);
@@ -111,6 +117,10 @@ int kv_pool_page_info(const struct kv_pool *pool, enum kv_space space, uint32_t 
                       bool *ret_cached);
 /* Check every internal invariant (lists, counts, hash table); 0 or -EUCLEAN with a message in err. */
 int kv_pool_check(const struct kv_pool *pool, char *err, size_t errsize);
+
+/* A sliding space that leaves room for prefix-cache snapshots next to max_num_seqs running rings: twice
+ * max_num_seqs * (ceil(window / B) + 1) pages. For backend_params.n_sliding_pages. */
+uint32_t kv_pool_sliding_pages_for(uint32_t window, uint32_t page_size, uint32_t max_num_seqs);
 
 /* Chained page hash, exposed for tests: h = H(parent, tokens[0, n)). */
 uint64_t kv_hash_page(uint64_t parent, const int32_t *tokens, uint32_t n);

@@ -203,7 +203,7 @@ static inline float clean(float v) {
         return isnan(v) ? -INFINITY : v;
 }
 
-/* m = max, lse = m + log(sum exp(l - m)) over the vocabulary. */
+/* m = max, lse = m + log(sum exp(l - m)) over the vocabulary (exp in float, the sum in double). */
 static void log_sum_exp(const float *l, uint32_t v, float *ret_max, double *ret_lse) {
         float m = -INFINITY;
         for (uint32_t i = 0; i < v; i++)
@@ -212,7 +212,7 @@ static void log_sum_exp(const float *l, uint32_t v, float *ret_max, double *ret_
         double sum = 0;
         if (m != -INFINITY)
                 for (uint32_t i = 0; i < v; i++)
-                        sum += exp((double) clean(l[i]) - m);
+                        sum += expf(clean(l[i]) - m);
         *ret_max = m;
         *ret_lse = m == -INFINITY ? 0 : m + log(sum);
 }
@@ -285,28 +285,37 @@ int sampler_sample(struct sampler *s, float *l, const int32_t *tokens, uint32_t 
                 for (uint32_t i = 1; i < v; i++)
                         if (l[i] > l[best])
                                 best = i;
-                log_sum_exp(l, v, &m, &lse);
                 r.token = (int32_t) best;
-                r.logprob = (float) (l[best] - lse);
-                fill_top(l, v, lse, p->logprobs, &r);
+                if (p->logprobs > 0) {
+                        log_sum_exp(l, v, &m, &lse);
+                        r.logprob = (float) (l[best] - lse);
+                        fill_top(l, v, lse, p->logprobs, &r);
+                }
                 *ret = r;
                 return 0;
         }
 
         float inv_t = 1.0f / p->temperature;
-        for (uint32_t i = 0; i < v; i++)
+        m = -INFINITY;
+        for (uint32_t i = 0; i < v; i++) {
                 l[i] *= inv_t;
-        log_sum_exp(l, v, &m, &lse);
+                if (l[i] > m)
+                        m = l[i];
+        }
         if (m == -INFINITY) {
                 /* every logit -inf: nothing to rank, fall back to the lowest id */
                 r.token = 0;
                 r.logprob = -INFINITY;
-                fill_top(l, v, lse, p->logprobs, &r);
+                fill_top(l, v, 0, p->logprobs, &r);
                 *ret = r;
                 return 0;
         }
-        for (uint32_t i = 0; i < v; i++)
+        double total_w = 0;
+        for (uint32_t i = 0; i < v; i++) {
                 s->w[i] = expf(l[i] - m);
+                total_w += s->w[i];
+        }
+        lse = m + log(total_w);
 
         /* Candidate set: every token ranking at or before `thr` (none = the whole vocabulary), and with
          * weight >= min_w. */

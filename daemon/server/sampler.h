@@ -15,6 +15,7 @@
  *  3. Temperature T: T == 0 selects greedy decoding: the token with the largest l (lowest id among equal
  *     values); steps 4-7 are skipped and logprobs use T = 1. Otherwise l[t] /= T.
  *  4. Logprobs: logprob[t] = l[t] - m - log(sum_s exp(l[s] - m)), m = max l, over the whole vocabulary,
+ *     (greedy decoding computes them only when logprobs > 0, and reports 0 otherwise),
  *     i.e. the log-softmax of the distribution after penalties and temperature and BEFORE the truncations
  *     of steps 5-6. The top-N list is ordered by (logprob descending, id ascending).
  *  5. Candidate order: tokens are ranked by the key (l[t] descending, t ascending); every truncation keeps
@@ -83,7 +84,7 @@ struct sampler_logprob {
 
 struct sampler_result {
         int32_t token;
-        float logprob;                  /* of the chosen token (step 4) */
+        float logprob;                  /* of the chosen token (step 4); 0 for greedy without logprobs */
         uint32_t n_top;                 /* = params->logprobs */
         struct sampler_logprob top[SAMPLER_MAX_LOGPROBS];
 };

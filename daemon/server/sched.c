@@ -196,16 +196,16 @@ static int preempt(struct sched *s, struct sched_req *r) {
         return 0;
 }
 
-/* The least urgent request of the step's running set that is still running and not scheduled, other
- * than `except`; with `strictly_after_eff`, only one whose effective priority is larger than that. */
-static struct sched_req *pick_victim(struct sched *s, const struct sched_req *except, bool strict,
-                                     int32_t eff) {
+/* The least urgent request of the step's running set that is still running and not scheduled, and
+ * ranks after `c`; with `strict`, only one whose effective priority is larger than c's. */
+static struct sched_req *pick_victim(struct sched *s, const struct sched_req *c, bool strict) {
         for (uint32_t i = s->run_sorted.n; i-- > 0;) {
                 struct sched_req *v = s->run_sorted.v[i];
-                if (v == except || v->state != SCHED_RUNNING || v->scheduled)
+                if (v == c || v->state != SCHED_RUNNING || v->scheduled)
                         continue;
-                if (strict && v->key_eff <= eff)
-                        return NULL;    /* sorted: every earlier one is at least as urgent */
+                /* sorted: every earlier one ranks before this one */
+                if (strict ? v->key_eff <= c->key_eff : !key_before(c, v))
+                        return NULL;
                 return v;
         }
         return NULL;
@@ -245,7 +245,7 @@ static int reserve_with_preemption(struct sched *s, struct sched_req *r, uint32_
                 int ret = kv_pool_reserve(s->pool, &r->kv, n);
                 if (ret != -ENOSPC)
                         return ret;
-                struct sched_req *v = pick_victim(s, r, waiting, r->key_eff);
+                struct sched_req *v = pick_victim(s, r, waiting);
                 if (!v)
                         return -ENOSPC;
                 ret = preempt(s, v);
@@ -308,7 +308,7 @@ int sched_plan(struct sched *s, uint64_t now_ns, struct sched_plan **ret) {
                 if (c->state != SCHED_WAITING || chunk_for(s, c, budget) == 0)
                         continue;       /* a score request over this step's all-logits budget */
                 if (s->running.n >= s->p.max_num_seqs) {
-                        struct sched_req *v = pick_victim(s, c, true, c->key_eff);
+                        struct sched_req *v = pick_victim(s, c, true);
                         if (!v) {
                                 admit = false;
                                 continue;

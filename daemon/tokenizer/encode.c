@@ -8,6 +8,7 @@
  * O(log n) and a 100k-character segment is not quadratic.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -207,9 +208,17 @@ static int add_norm_bytes(struct work *w, const char *p, size_t n) {
 
 enum { CLASS_OTHER, CLASS_NEWLINE, CLASS_TAB };
 
-/* Encodes p[0..n), which contains no added token, as BPE word(s). */
+/* Encodes p[0..n), which contains no added token, as one BPE word, cut where no merge can cross (see
+ * split_newlines and split_space in tokenizer-internal.h) to keep the heaps small. */
+static bool space_blocked(const struct tokenizer *t, int64_t cp) {
+        if (cp >= 0x10000)
+                return t->space_block_high;
+        return t->space_block[cp >> 3] & (1u << (cp & 7));
+}
+
 static int encode_segment(const struct tokenizer *t, const uint8_t *p, size_t n, struct work *w,
                           struct token_ids *out) {
+        int64_t prev_own = -1;  /* previous character, when it is its own vocabulary token */
         int cls = -1;
         int k;
 
@@ -238,6 +247,7 @@ static int encode_segment(const struct tokenizer *t, const uint8_t *p, size_t n,
                                         return k;
                         }
                         cls = CLASS_OTHER;
+                        prev_own = -1;
                         k = id >= 0 ? push_symbol(w, id) : push_unk(t, w);
                         if (k < 0)
                                 return k;
@@ -253,7 +263,9 @@ static int encode_segment(const struct tokenizer *t, const uint8_t *p, size_t n,
                         c = CLASS_NEWLINE;
                 else if (cp == '\t' && t->split_tabs)
                         c = CLASS_TAB;
-                if (c != cls && cls != -1) {
+                if ((c != cls && cls != -1) ||
+                    (t->split_space && cp == t->norm_to && prev_own >= 0 && prev_own != t->norm_to &&
+                     !space_blocked(t, prev_own))) {
                         k = merge_and_emit(t, w, out);
                         if (k < 0)
                                 return k;
@@ -266,6 +278,7 @@ static int encode_segment(const struct tokenizer *t, const uint8_t *p, size_t n,
                                 return k;
                 }
                 id = cp < 0x10000 ? t->bmp_ids[cp] : tok_vocab_lookup(t, enc, el);
+                prev_own = id >= 0 ? (int64_t)cp : -1;
                 if (id >= 0) {
                         k = push_symbol(w, id);
                         w->last_unk = false;
@@ -297,6 +310,9 @@ int tokenizer_encode_append(const struct tokenizer *t, const char *text, size_t 
         struct work w = { 0 };
         size_t n0 = out->n, seg = 0, i = 0;
         int k = 0;
+
+        if (len > INT32_MAX / 4)
+                return -E2BIG;          /* symbol positions and heap entries are 32-bit */
 
         while (i < len) {
                 size_t ml = 0;

@@ -73,6 +73,7 @@ struct tokenizer {
         struct merge_index merges;
         uint32_t n_merges;
         int32_t *merge_left, *merge_right, *merge_result;      /* per rank */
+        uint32_t *merge_result_entry;   /* per rank: vocabulary entry of the result (load time only) */
 
         struct added_trie added;
 
@@ -94,6 +95,14 @@ struct tokenizer {
          * character and runs of everything else are encoded independently (smaller heaps). */
         bool split_newlines;
         bool split_tabs;
+        /* Same idea for word starts: a boundary between a character c (its own vocabulary token, not
+         * the space symbol) and the space symbol U+2581 can be crossed only by a merge result that
+         * contains c followed by U+2581. space_block marks those c (Gemma: only '>', from ">▁</"), so
+         * the segment is cut before every other space symbol that follows a non-space character.
+         * Characters above the BMP are never cut after when space_block_high is set. */
+        bool split_space;
+        bool space_block_high;
+        uint8_t *space_block;           /* bitmap over the BMP */
 };
 
 uint64_t tok_hash_bytes(const void *p, size_t n);

@@ -106,7 +106,8 @@ static void str_index_put(struct tokenizer *t, uint32_t e) {
         }
 }
 
-static int32_t vocab_lookup_hashed(const struct tokenizer *t, const char *s, size_t n, uint64_t h) {
+/* Index of the vocabulary entry whose string is s[0..n) (h = its hash), or -1. */
+static int32_t vocab_find_entry(const struct tokenizer *t, const char *s, size_t n, uint64_t h) {
         uint64_t tag = h >> 32 << 32;
 
         for (size_t i = h & t->vocab.mask;; i = (i + 1) & t->vocab.mask) {
@@ -118,8 +119,14 @@ static int32_t vocab_lookup_hashed(const struct tokenizer *t, const char *s, siz
                 o = (uint32_t)slot - 1;
                 if ((slot & ~0xffffffffull) == tag && t->entries[o].len == n &&
                     memcmp(t->strings + t->entries[o].off, s, n) == 0)
-                        return t->entries[o].id;
+                        return (int32_t)o;
         }
+}
+
+static int32_t vocab_lookup_hashed(const struct tokenizer *t, const char *s, size_t n, uint64_t h) {
+        int32_t e = vocab_find_entry(t, s, n, h);
+
+        return e >= 0 ? t->entries[e].id : -1;
 }
 
 int32_t tok_vocab_lookup(const struct tokenizer *t, const char *s, size_t n) {
@@ -439,157 +446,169 @@ static int read_id(struct jreader *r, uint32_t limit, uint32_t *ret) {
         return 0;
 }
 
+/* Iterating an object or array: container_open() consumes the opening bracket and says whether the
+ * container is empty; container_next(), after each member, consumes ',' (another member follows) or the
+ * closing bracket. */
+static int container_open(struct jreader *r, char open, const char *what, bool *ret_empty) {
+        int k = expect(r, open, what);
+
+        if (k < 0)
+                return k;
+        skip_ws(r);
+        *ret_empty = r->p < r->end && *r->p == (open == '{' ? '}' : ']');
+        if (*ret_empty)
+                r->p++;
+        return 0;
+}
+
+static int container_next(struct jreader *r, char close, const char *where, bool *ret_more) {
+        skip_ws(r);
+        if (r->p < r->end && *r->p == ',') {
+                r->p++;
+                *ret_more = true;
+                return 0;
+        }
+        *ret_more = false;
+        if (r->p >= r->end || *r->p != close) {
+                size_t line, col;
+
+                line_col(r->ctx, r->p, &line, &col);
+                return fail(r->ctx, -EINVAL, "line %zu column %zu: expected ',' or '%c'%s%s", line, col, close,
+                            where ? " in " : "", where ? where : "");
+        }
+        r->p++;
+        return 0;
+}
+
+/* Reads an object key and its ':'. The decoded key goes to key[0..cap) when it fits, else key is "". */
+static int object_key(struct jreader *r, char *key, size_t cap, const char *where) {
+        const char *start;
+        size_t len;
+        int k;
+
+        skip_ws(r);
+        start = r->p;
+        k = read_string(r, NULL, &len);
+        if (k < 0)
+                return k;
+        if (key && cap > 0) {
+                key[0] = 0;
+                if (len < cap) {
+                        struct jreader kr = { .ctx = r->ctx, .p = start, .end = r->p };
+
+                        (void)read_string(&kr, key, NULL);
+                        key[len] = 0;
+                }
+        }
+        return expect(r, ':', where ? where : "expected ':'");
+}
+
 /* Skips any JSON value (loosely: jansson validates what is not vocab/merges afterwards). */
 static int skip_value(struct jreader *r, int depth) {
+        bool empty, more = true;
+        char open;
+        int k;
+
         skip_ws(r);
         if (r->p >= r->end)
                 return fail_at(r->ctx, r->p, "unexpected end of file");
         if (depth > MAX_SCAN_DEPTH)
                 return fail_at(r->ctx, r->p, "nested too deeply");
-        switch (*r->p) {
-        case '"':
+        open = *r->p;
+        if (open == '"')
                 return read_string(r, NULL, NULL);
-        case '{':
-        case '[': {
-                char close = *r->p == '{' ? '}' : ']';
-                bool object = close == '}';
-
-                r->p++;
-                skip_ws(r);
-                if (r->p < r->end && *r->p == close) {
-                        r->p++;
-                        return 0;
-                }
-                for (;;) {
-                        int k;
-
-                        if (object) {
-                                k = read_string(r, NULL, NULL);
-                                if (k < 0)
-                                        return k;
-                                k = expect(r, ':', "expected ':'");
-                                if (k < 0)
-                                        return k;
-                        }
-                        k = skip_value(r, depth + 1);
-                        if (k < 0)
-                                return k;
-                        skip_ws(r);
-                        if (r->p < r->end && *r->p == ',') {
-                                r->p++;
-                                continue;
-                        }
-                        return expect(r, close, object ? "expected ',' or '}'" : "expected ',' or ']'");
-                }
-        }
-        default:
-                if (!strchr("-0123456789tfn", *r->p))
+        if (open != '{' && open != '[') {
+                if (!strchr("-0123456789tfn", open))
                         return fail_at(r->ctx, r->p, "unexpected character");
                 while (r->p < r->end && strchr("+-.0123456789eEtruefalsn", *r->p))
                         r->p++;
                 return 0;
         }
+        k = container_open(r, open, "", &empty);
+        if (k < 0 || empty)
+                return k;
+        while (more) {
+                if (open == '{') {
+                        k = object_key(r, NULL, 0, NULL);
+                        if (k < 0)
+                                return k;
+                }
+                k = skip_value(r, depth + 1);
+                if (k < 0)
+                        return k;
+                k = container_next(r, open == '{' ? '}' : ']', NULL, &more);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
 }
 
 struct span {
         const char *begin, *end;
 };
 
+/* The model object: records where the values of "vocab" and "merges" are. */
+static int scan_model(struct jreader *r, struct span *vocab, struct span *merges) {
+        bool empty, more = true;
+        char key[8];
+        int k = container_open(r, '{', "model must be an object", &empty);
+
+        if (k < 0 || empty)
+                return k;
+        while (more) {
+                struct span *target = NULL;
+
+                k = object_key(r, key, sizeof(key), NULL);
+                if (k < 0)
+                        return k;
+                if (strcmp(key, "vocab") == 0)
+                        target = vocab;
+                else if (strcmp(key, "merges") == 0)
+                        target = merges;
+                skip_ws(r);
+                if (target)
+                        target->begin = r->p;
+                k = skip_value(r, 2);
+                if (k < 0)
+                        return k;
+                if (target)
+                        target->end = r->p;
+                k = container_next(r, '}', "model", &more);
+                if (k < 0)
+                        return k;
+        }
+        return 0;
+}
+
 /* Finds the values of model.vocab and model.merges (the last ones, if keys repeat, as jansson does). */
 static int find_model_spans(struct load_ctx *c, const char *buf, size_t len, struct span *vocab,
                             struct span *merges) {
         struct jreader r = { .ctx = c, .p = buf, .end = buf + len };
-        char key[16];
+        bool empty, more = true;
+        char key[8];
         int k;
 
         *vocab = (struct span){ 0 };
         *merges = (struct span){ 0 };
-        k = expect(&r, '{', "expected a JSON object at the top level");
+        k = container_open(&r, '{', "expected a JSON object at the top level", &empty);
         if (k < 0)
                 return k;
-        skip_ws(&r);
-        if (r.p < r.end && *r.p == '}')
+        if (empty)
                 return fail(c, -EINVAL, "missing \"model\"");
-        for (;;) {
-                const char *kp;
-                size_t kl;
-                bool is_model;
-
-                skip_ws(&r);
-                kp = r.p;
-                k = read_string(&r, NULL, &kl);
-                if (k < 0)
-                        return k;
-                is_model = false;
-                if (kl == 5) {
-                        struct jreader kr = { .ctx = c, .p = kp, .end = r.p };
-
-                        (void)read_string(&kr, key, NULL);
-                        is_model = memcmp(key, "model", 5) == 0;
-                }
-                k = expect(&r, ':', "expected ':'");
+        while (more) {
+                k = object_key(&r, key, sizeof(key), NULL);
                 if (k < 0)
                         return k;
                 skip_ws(&r);
-                if (is_model && r.p < r.end && *r.p == '{') {
-                        r.p++;
-                        skip_ws(&r);
-                        if (r.p < r.end && *r.p == '}') {
-                                r.p++;
-                        } else {
-                                for (;;) {
-                                        struct span *target = NULL;
-
-                                        skip_ws(&r);
-                                        kp = r.p;
-                                        k = read_string(&r, NULL, &kl);
-                                        if (k < 0)
-                                                return k;
-                                        if (kl == 5 || kl == 6) {
-                                                struct jreader kr = { .ctx = c, .p = kp, .end = r.p };
-
-                                                (void)read_string(&kr, key, NULL);
-                                                if (kl == 5 && memcmp(key, "vocab", 5) == 0)
-                                                        target = vocab;
-                                                else if (kl == 6 && memcmp(key, "merges", 6) == 0)
-                                                        target = merges;
-                                        }
-                                        k = expect(&r, ':', "expected ':'");
-                                        if (k < 0)
-                                                return k;
-                                        skip_ws(&r);
-                                        if (target)
-                                                target->begin = r.p;
-                                        k = skip_value(&r, 2);
-                                        if (k < 0)
-                                                return k;
-                                        if (target)
-                                                target->end = r.p;
-                                        skip_ws(&r);
-                                        if (r.p < r.end && *r.p == ',') {
-                                                r.p++;
-                                                continue;
-                                        }
-                                        k = expect(&r, '}', "expected ',' or '}'");
-                                        if (k < 0)
-                                                return k;
-                                        break;
-                                }
-                        }
-                } else {
+                if (strcmp(key, "model") == 0 && r.p < r.end && *r.p == '{')
+                        k = scan_model(&r, vocab, merges);
+                else
                         k = skip_value(&r, 1);
-                        if (k < 0)
-                                return k;
-                }
-                skip_ws(&r);
-                if (r.p < r.end && *r.p == ',') {
-                        r.p++;
-                        continue;
-                }
-                k = expect(&r, '}', "expected ',' or '}'");
                 if (k < 0)
                         return k;
-                break;
+                k = container_next(&r, '}', NULL, &more);
+                if (k < 0)
+                        return k;
         }
         if (!vocab->begin)
                 return fail(c, -EINVAL, "model.vocab is missing");
@@ -611,19 +630,19 @@ static int parse_vocab(struct load_ctx *c, struct tokenizer *t, const struct spa
         struct jreader r = { .ctx = c, .p = s->begin, .end = s->end };
         size_t cap = 0, arena = 0, span_len = (size_t)(s->end - s->begin);
         uint32_t max_id = 0;
+        bool empty, more = true;
         int k;
 
-        if (*r.p != '{')
-                return fail_at(c, r.p, "model.vocab must be an object");
-        r.p++;
+        k = container_open(&r, '{', "model.vocab must be an object", &empty);
+        if (k < 0)
+                return k;
+        if (empty)
+                return fail(c, -EINVAL, "model.vocab is empty");
         /* a decoded string is never longer than its JSON text, so the arena never moves */
         t->strings = malloc(span_len + 1);
         if (!t->strings)
                 return -ENOMEM;
-        skip_ws(&r);
-        if (r.p < r.end && *r.p == '}')
-                return fail(c, -EINVAL, "model.vocab is empty");
-        for (;;) {
+        while (more) {
                 size_t len;
                 uint32_t id = 0;
 
@@ -654,15 +673,9 @@ static int parse_vocab(struct load_ctx *c, struct tokenizer *t, const struct spa
                 arena += len;
                 if (id > max_id)
                         max_id = id;
-                skip_ws(&r);
-                if (r.p < r.end && *r.p == ',') {
-                        r.p++;
-                        continue;
-                }
-                k = expect(&r, '}', "expected ',' or '}' in model.vocab");
+                k = container_next(&r, '}', "model.vocab", &more);
                 if (k < 0)
                         return k;
-                break;
         }
         *ret_max_id = max_id;
         return 0;
@@ -686,11 +699,13 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
         size_t span_len = (size_t)(s->end - s->begin), cap = 0;
         char *scratch = NULL;
         uint32_t count = 0;
+        bool empty, more;
         int k = 0;
 
-        if (*r.p != '[')
-                return fail_at(c, r.p, "model.merges must be an array");
-        r.p++;
+        k = container_open(&r, '[', "model.merges must be an array", &empty);
+        if (k < 0)
+                return k;
+        more = !empty;
         /* an upper bound of the number of merges, to size the hash table once: every pair has at least
          * four quote characters, every legacy string two */
         for (const char *q = r.p; q < r.end; q++)
@@ -704,19 +719,15 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
         t->merge_left = malloc(cap * sizeof(int32_t));
         t->merge_right = malloc(cap * sizeof(int32_t));
         t->merge_result = malloc(cap * sizeof(int32_t));
+        t->merge_result_entry = malloc(cap * sizeof(uint32_t));
         scratch = malloc(span_len + 1);
-        if (!t->merge_left || !t->merge_right || !t->merge_result || !scratch) {
+        if (!t->merge_left || !t->merge_right || !t->merge_result || !t->merge_result_entry || !scratch) {
                 free(scratch);
                 return -ENOMEM;
         }
         t->split_newlines = true;
         t->split_tabs = true;
-        skip_ws(&r);
-        if (r.p < r.end && *r.p == ']') {
-                r.p++;
-                goto done;
-        }
-        for (;;) {
+        while (more) {
                 const char *elem;
                 size_t la, lb;
                 int32_t a, b, m;
@@ -765,7 +776,7 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
                         vocab_prefetch(t, hm);
                         a = vocab_lookup_hashed(t, scratch, la, ha);
                         b = vocab_lookup_hashed(t, scratch + la, lb, hb);
-                        m = vocab_lookup_hashed(t, scratch, la + lb, hm);
+                        m = vocab_find_entry(t, scratch, la + lb, hm);
                 }
                 if (a < 0 || b < 0 || m < 0) {
                         size_t line, col;
@@ -784,7 +795,8 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
                 }
                 t->merge_left[count] = a;
                 t->merge_right[count] = b;
-                t->merge_result[count] = m;
+                t->merge_result_entry[count] = (uint32_t)m;
+                t->merge_result[count] = t->entries[m].id;
                 merge_index_put(&t->merges, a, b, count);
                 if (mixes_char(scratch, la + lb, '\n'))
                         t->split_newlines = false;
@@ -792,15 +804,10 @@ static int parse_merges(struct load_ctx *c, struct tokenizer *t, const struct sp
                         t->split_tabs = false;
                 count++;
         next:
-                skip_ws(&r);
-                if (r.p < r.end && *r.p == ',') {
-                        r.p++;
-                        continue;
-                }
-                k = expect(&r, ']', "expected ',' or ']' in model.merges");
-                break;
+                k = container_next(&r, ']', "model.merges", &more);
+                if (k < 0)
+                        break;
         }
-done:
         free(scratch);
         t->n_merges = count;
         return k;
@@ -986,6 +993,50 @@ static int check_added(struct load_ctx *c, json_t *list, uint32_t *max_id, size_
         return 0;
 }
 
+/* Fills t->space_block: the characters that some merge result has right before the space symbol. */
+static int find_space_blockers(struct tokenizer *t) {
+        char sym[4];
+        size_t sl;
+
+        t->split_space = false;
+        if (!t->has_normalizer || t->ignore_merges)
+                return 0;
+        sl = utf8_encode(t->norm_to, sym);
+        if (sl == 0 || t->norm_to >= 0x10000 || t->bmp_ids[t->norm_to] < 0)
+                return 0;
+        t->space_block = calloc(0x10000 / 8, 1);
+        if (!t->space_block)
+                return -ENOMEM;
+        for (uint32_t r = 0; r < t->n_merges; r++) {
+                const struct vocab_entry *e = &t->entries[t->merge_result_entry[r]];
+                const uint8_t *p = (const uint8_t *)t->strings + e->off;
+                size_t n = e->len, prev_len = 0;
+
+                for (size_t i = 0; i < n;) {
+                        size_t l = utf8_sequence_len(p + i, n - i);
+
+                        if (l == 0)
+                                l = 1;
+                        if (l == sl && memcmp(p + i, sym, sl) == 0 && prev_len > 0) {
+                                const uint8_t *c = p + i - prev_len;
+
+                                if (!(prev_len == sl && memcmp(c, sym, sl) == 0)) {
+                                        uint32_t cp = utf8_decode(c, prev_len);
+
+                                        if (cp < 0x10000)
+                                                t->space_block[cp >> 3] |= (uint8_t)(1u << (cp & 7));
+                                        else
+                                                t->space_block_high = true;
+                                }
+                        }
+                        prev_len = utf8_sequence_len(p + i, n - i);
+                        i += l;
+                }
+        }
+        t->split_space = true;
+        return 0;
+}
+
 /* Per-id tables: pieces (vocabulary strings, then added contents over them), flags, decoded texts,
  * byte tokens and the one-character lookup table. */
 static int build_id_tables(struct tokenizer *t, json_t *added, size_t vocab_bytes, size_t added_bytes) {
@@ -1104,6 +1155,9 @@ static int build_id_tables(struct tokenizer *t, json_t *added, size_t vocab_byte
                                 t->bmp_ids[cp] = tok_vocab_lookup(t, (const char *)p, n);
                 }
         }
+        k = find_space_blockers(t);
+        if (k < 0)
+                return k;
         /* splitting at newline/tab runs is exact only when the character is a vocabulary token of its
          * own (so no unk fusion crosses the boundary) and the normalizer does not produce or eat it */
         if (t->ignore_merges || t->bmp_ids['\n'] < 0 ||
@@ -1231,6 +1285,8 @@ static int load_from(struct load_ctx *c, char *buf, size_t len, struct tokenizer
                                 goto out;
                         }
         }
+        free(t->merge_result_entry);
+        t->merge_result_entry = NULL;
         *ret = t;
         t = NULL;
         k = 0;
@@ -1298,11 +1354,13 @@ void tokenizer_free(struct tokenizer *t) {
         free(t->entries);
         free(t->vocab.slots);
         free(t->bmp_ids);
+        free(t->space_block);
         free(t->merges.keys);
         free(t->merges.ranks);
         free(t->merge_left);
         free(t->merge_right);
         free(t->merge_result);
+        free(t->merge_result_entry);
         free(t->added.node_token);
         free(t->added.edge_keys);
         free(t->added.edge_child);

@@ -38,7 +38,7 @@ struct token_ids {
 /* Encodes text[0..len) (need not be NUL-terminated, may contain NUL and invalid UTF-8) and appends the
  * ids to out. parse_special=true matches the literal text of special tokens (HF behaviour, for trusted
  * text such as a rendered template); false encodes it as ordinary text (for untrusted user content).
- * On failure (-ENOMEM) out->n is unchanged. */
+ * On failure (-ENOMEM, or -E2BIG above 512 MiB of text) out->n is unchanged. */
 int tokenizer_encode_append(const struct tokenizer *t, const char *text, size_t len, bool parse_special,
                             struct token_ids *out);
 /* Same into a new malloc'd array (*ret_ids is NULL when *ret_n is 0). */

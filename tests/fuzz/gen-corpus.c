@@ -5,6 +5,9 @@
  *   gen-corpus DIR     write DIR/fuzz-request/, DIR/fuzz-event/, DIR/fuzz-frame-reader/ (the committed
  *                      corpus is tests/fuzz/corpus; rerun after changing samples or the codec)
  *   gen-corpus --hex   print every sample frame as a markdown section with an exact hex dump
+ *   gen-corpus --check-doc docs/protocol.md
+ *                      exit 1 unless the generated section of that file (between the hex:begin and
+ *                      hex:end markers) is exactly what --hex prints (the test proto-doc-hex)
  *
  * Valid inputs are the samples of tests/proto/samples.c encoded by the codec itself; invalid inputs are
  * each one defect away from valid (truncation, a wrong type, a bad range, bad msgpack, deep nesting,
@@ -221,7 +224,7 @@ static int write_corpus(const char *dir) {
         return r;
 }
 
-static int print_hex(void) {
+static int print_hex(FILE *out) {
         for (unsigned i = 0; i < sample_count(); i++) {
                 struct proto_msg m;
                 struct proto_buf b;
@@ -235,37 +238,101 @@ static int print_hex(void) {
                         proto_buf_done(&b);
                         return r;
                 }
-                printf("#### `%s` (%zu bytes)\n\n```\n", name, b.len);
+                fprintf(out, "#### `%s` (%zu bytes)\n\n```\n", name, b.len);
                 for (size_t off = 0; off < b.len; off += 16) {
-                        printf("%04zx ", off);
+                        fprintf(out, "%04zx ", off);
                         for (size_t k = off; k < off + 16; k++) {
                                 if (k < b.len)
-                                        printf(" %02x", b.data[k]);
+                                        fprintf(out, " %02x", b.data[k]);
                                 else
-                                        printf("   ");
+                                        fprintf(out, "   ");
                         }
-                        printf("  |");
+                        fprintf(out, "  |");
                         for (size_t k = off; k < off + 16 && k < b.len; k++)
-                                putchar(b.data[k] >= 0x20 && b.data[k] < 0x7f ? b.data[k] : '.');
-                        printf("|\n");
+                                fputc(b.data[k] >= 0x20 && b.data[k] < 0x7f ? b.data[k] : '.', out);
+                        fprintf(out, "|\n");
                 }
-                printf("```\n\n");
+                fprintf(out, "```\n\n");
                 proto_buf_done(&b);
         }
         return 0;
 }
 
+#define HEX_BEGIN "<!-- hex:begin (generated, do not edit) -->\n\n"
+#define HEX_END "<!-- hex:end -->"
+
+static int check_doc(const char *path) {
+        char *want = NULL, *doc = NULL, *begin, *end;
+        size_t want_len = 0, doc_len = 0;
+        FILE *f;
+        int r;
+
+        f = open_memstream(&want, &want_len);
+        if (!f)
+                return -errno;
+        r = print_hex(f);
+        if (fclose(f) != 0 && r == 0)
+                r = -EIO;
+        if (r < 0)
+                goto out;
+
+        f = fopen(path, "r");
+        if (!f) {
+                r = -errno;
+                goto out;
+        }
+        {
+                FILE *m = open_memstream(&doc, &doc_len);
+                int c;
+
+                if (!m) {
+                        r = -errno;
+                        fclose(f);
+                        goto out;
+                }
+                while ((c = fgetc(f)) != EOF)
+                        fputc(c, m);
+                fclose(f);
+                if (fclose(m) != 0) {
+                        r = -EIO;
+                        goto out;
+                }
+        }
+        begin = strstr(doc, HEX_BEGIN);
+        end = begin ? strstr(begin, HEX_END) : NULL;
+        if (!begin || !end) {
+                fprintf(stderr, "%s: no generated hex section (markers missing)\n", path);
+                r = 1;
+                goto out;
+        }
+        begin += strlen(HEX_BEGIN);
+        if ((size_t) (end - begin) != want_len || memcmp(begin, want, want_len) != 0) {
+                fprintf(stderr, "%s: the examples are stale; regenerate them with gen-corpus --hex\n", path);
+                r = 1;
+                goto out;
+        }
+        printf("%s: examples match the codec\n", path);
+        r = 0;
+out:
+        free(want);
+        free(doc);
+        return r;
+}
+
 int main(int argc, char **argv) {
         int r;
 
-        if (argc != 2) {
-                fprintf(stderr, "usage: %s DIR | --hex\n", argv[0]);
+        if (argc == 3 && strcmp(argv[1], "--check-doc") == 0)
+                r = check_doc(argv[2]);
+        else if (argc == 2)
+                r = strcmp(argv[1], "--hex") == 0 ? print_hex(stdout) : write_corpus(argv[1]);
+        else {
+                fprintf(stderr, "usage: %s DIR | --hex | --check-doc PROTOCOL_MD\n", argv[0]);
                 return 2;
         }
-        r = strcmp(argv[1], "--hex") == 0 ? print_hex() : write_corpus(argv[1]);
         if (r < 0) {
                 fprintf(stderr, "gen-corpus: %s\n", strerror(-r));
                 return 1;
         }
-        return 0;
+        return r;
 }

@@ -94,7 +94,8 @@ float *golden_read_f32(const char *path, size_t n) {
         return v;
 }
 
-int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o, struct golden_engine *ret) {
+int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o,
+                       struct golden_engine *ret) {
         struct golden_engine e = { 0 };
         struct backend_params p = { 0 };
         char *err = NULL;
@@ -108,9 +109,11 @@ int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o
                 return r;
         }
         e.max_seqs = o->max_seqs;
+        e.vocab = e.model->cfg.vocab_size;
         e.max_len = o->max_len;
         e.pages_per_seq = (o->max_len + B - 1) / B;
-        p.kv_dtype = KV_DTYPE_BF16;
+        p.kv_dtype = o->kv_round ? o->kv_dtype : KV_DTYPE_BF16;
+        p.cpu_kv_round = o->kv_round;
         p.page_size = B;
         p.max_num_seqs = o->max_seqs;
         p.max_batched_tokens = o->max_batched_tokens;
@@ -150,16 +153,20 @@ void golden_engine_close(struct golden_engine *e) {
 
 static struct backend_seq seq_for(struct golden_engine *e, uint32_t seq, const int32_t *tokens, uint32_t n,
                                   uint32_t pos, bool all) {
-        return (struct backend_seq) { .tokens = tokens, .n_tokens = n, .pos = pos,
-                                      .full_pages = e->full_pages + (size_t) seq * e->pages_per_seq,
-                                      .n_full_pages = e->pages_per_seq,
-                                      .sliding_pages = e->sliding_pages + (size_t) seq * e->cap.n_sliding_ring,
-                                      .n_sliding_pages = e->cap.n_sliding_ring, .all_logits = all };
+        return (struct backend_seq){ .tokens = tokens,
+                                     .n_tokens = n,
+                                     .pos = pos,
+                                     .full_pages = e->full_pages + (size_t) seq * e->pages_per_seq,
+                                     .n_full_pages = e->pages_per_seq,
+                                     .sliding_pages =
+                                             e->sliding_pages + (size_t) seq * e->cap.n_sliding_ring,
+                                     .n_sliding_pages = e->cap.n_sliding_ring,
+                                     .all_logits = all };
 }
 
 int golden_run(struct golden_engine *e, uint32_t seq, const int32_t *tokens, uint32_t n, uint32_t pos,
                uint32_t chunk, bool all, float *out) {
-        uint32_t V = e->model->cfg.vocab_size, done = 0;
+        uint32_t V = e->vocab, done = 0;
 
         if (chunk == 0)
                 chunk = n;

@@ -30,13 +30,15 @@ struct golden_engine {
         struct model *model;
         struct backend *be;
         struct backend_capacity cap;
-        uint32_t max_seqs, max_len, pages_per_seq;
+        uint32_t max_seqs, max_len, pages_per_seq, vocab;
         uint32_t *full_pages, *sliding_pages;   /* [max_seqs][...] */
 };
 
 struct golden_engine_opts {
         uint32_t page_size, max_len, max_seqs, max_batched_tokens;
         int n_threads;
+        bool kv_round;                  /* round K/V to kv_dtype (else float32 KV) */
+        enum kv_dtype kv_dtype;
 };
 
 int golden_engine_open(const char *model_dir, const struct golden_engine_opts *o, struct golden_engine *ret);

@@ -39,7 +39,7 @@ static float fp8_reference(float x) {
         if (fabsf(x) >= 448.0f)
                 return copysignf(448.0f, x);
         for (int code = 0; code < 0x7f; code++) {
-                float v = cpu_fp8_e4m3_to_f32((uint8_t) code);
+                float v = fp8_e4m3_to_f32((uint8_t) code);
                 float d = fabsf(fabsf(x) - v);
                 if (d < bestd || (d == bestd && (code & 1) == 0 && (best_code & 1) == 1)) {
                         bestd = d;
@@ -51,19 +51,19 @@ static float fp8_reference(float x) {
 }
 
 static void test_fp8_decode(void **state) {
-        assert_true(cpu_fp8_e4m3_to_f32(0x7e) == 448.0f);
-        assert_true(cpu_fp8_e4m3_to_f32(0xfe) == -448.0f);
-        assert_true(cpu_fp8_e4m3_to_f32(0x01) == ldexpf(1.0f, -9));
-        assert_true(cpu_fp8_e4m3_to_f32(0x08) == ldexpf(1.0f, -6));
-        assert_true(cpu_fp8_e4m3_to_f32(0x38) == 1.0f);
-        assert_true(isnan(cpu_fp8_e4m3_to_f32(0x7f)));
-        assert_true(isnan(cpu_fp8_e4m3_to_f32(0xff)));
+        assert_true(fp8_e4m3_to_f32(0x7e) == 448.0f);
+        assert_true(fp8_e4m3_to_f32(0xfe) == -448.0f);
+        assert_true(fp8_e4m3_to_f32(0x01) == ldexpf(1.0f, -9));
+        assert_true(fp8_e4m3_to_f32(0x08) == ldexpf(1.0f, -6));
+        assert_true(fp8_e4m3_to_f32(0x38) == 1.0f);
+        assert_true(isnan(fp8_e4m3_to_f32(0x7f)));
+        assert_true(isnan(fp8_e4m3_to_f32(0xff)));
 }
 
 static void test_fp8_rounding(void **state) {
         /* every code and every midpoint between neighbours, then random values over the whole range */
         for (int code = 0; code < 0x7e; code++) {
-                float a = cpu_fp8_e4m3_to_f32((uint8_t) code), b = cpu_fp8_e4m3_to_f32((uint8_t) (code + 1));
+                float a = fp8_e4m3_to_f32((uint8_t) code), b = fp8_e4m3_to_f32((uint8_t) (code + 1));
                 float mid = (a + b) / 2.0f;
                 assert_true(cpu_round_fp8_e4m3(a) == a);
                 assert_true(cpu_round_fp8_e4m3(-a) == -a);
@@ -74,6 +74,8 @@ static void test_fp8_rounding(void **state) {
         for (int i = 0; i < 20000; i++) {
                 float x = ldexpf(rng_float(1.0f), (int) (rng_u32() % 24) - 14);
                 assert_true(cpu_round_fp8_e4m3(x) == fp8_reference(x));
+                /* and the loader's encoder agrees */
+                assert_true(cpu_round_fp8_e4m3(x) == fp8_e4m3_to_f32(f32_to_fp8_e4m3(x)));
         }
         assert_true(cpu_round_fp8_e4m3(460.0f) == 448.0f);
         assert_true(cpu_round_fp8_e4m3(-1e30f) == -448.0f);
@@ -95,38 +97,49 @@ static void test_quantize_row(void **state) {
                 assert_true(qz[i] == 0.0f);
 }
 
-/* Every path computes one (row, weight row) dot product in the same order: results are bitwise equal. */
+/* Every path computes one (row, weight row) dot product in the same order: results are bitwise equal
+ * (and close to the exact dot product). */
 static void check_kernels(enum cpu_wtype type, uint32_t in) {
         uint32_t out = 9, nx = 6;
         struct cpu_linear w = { .type = type, .out = out, .in = in };
         float *x = malloc((size_t) nx * in * sizeof(float)), ref[9 * 6], got[9 * 6], wr[9];
+        float *xp = malloc((size_t) nx * in * sizeof(float));
         size_t n = (size_t) out * in;
 
         w.w = malloc(n * (type == CPU_W_BF16 ? 2 : 4));
         assert_non_null(x);
+        assert_non_null(xp);
         assert_non_null(w.w);
         for (size_t i = 0; i < n; i++) {
                 float v = rng_float(1.0f);
                 if (type == CPU_W_BF16)
-                        ((uint16_t *) w.w)[i] = cpu_f32_to_bf16(v);
+                        ((uint16_t *) w.w)[i] = f32_to_bf16(v);
                 else
                         ((float *) w.w)[i] = v;
         }
         for (size_t i = 0; i < (size_t) nx * in; i++)
                 x[i] = rng_float(3.0f);
 
+        cpu_prepare_rows(&w, x, in, nx, xp);
         cpu_kernels_use_simd(false);
         for (uint32_t r = 0; r < out; r++)
-                for (uint32_t m = 0; m < nx; m++)
-                        cpu_dot_rows(&w, r, x + (size_t) m * in, in, 1, &ref[r * nx + m]);
+                for (uint32_t m = 0; m < nx; m++) {
+                        double exact = 0.0;
+                        cpu_dot_rows(&w, r, xp + (size_t) m * in, in, 1, &ref[r * nx + m]);
+                        for (uint32_t k = 0; k < in; k++)
+                                exact += (double) x[(size_t) m * in + k] *
+                                         (type == CPU_W_BF16 ? bf16_to_f32(((uint16_t *) w.w)[(size_t) r * in + k])
+                                                             : ((float *) w.w)[(size_t) r * in + k]);
+                        assert_true(fabs(ref[r * nx + m] - exact) <= 1e-5 * (1.0 + fabs(exact)) * sqrt(in));
+                }
         for (int simd = 0; simd < 2; simd++) {
                 cpu_kernels_use_simd(simd);
                 for (uint32_t r = 0; r < out; r++) {
-                        cpu_dot_rows(&w, r, x, in, nx, &got[r * nx]);
+                        cpu_dot_rows(&w, r, xp, in, nx, &got[r * nx]);
                         assert_memory_equal(&got[r * nx], &ref[r * nx], nx * sizeof(float));
                 }
                 for (uint32_t m = 0; m < nx; m++) {
-                        cpu_dot_wrows(&w, 0, out, x + (size_t) m * in, wr);
+                        cpu_dot_wrows(&w, 0, out, xp + (size_t) m * in, wr);
                         for (uint32_t r = 0; r < out; r++)
                                 assert_memory_equal(&wr[r], &ref[r * nx + m], sizeof(float));
                 }
@@ -136,6 +149,7 @@ static void check_kernels(enum cpu_wtype type, uint32_t in) {
                                 assert_memory_equal(&d, &ref[r * nx], sizeof(float));
                         }
         }
+        free(xp);
         free(x);
         free(w.w);
 }
@@ -149,39 +163,81 @@ static void test_dot_kernels_agree(void **state) {
         check_kernels(CPU_W_F32, 704);
 }
 
-struct pool_ctx {
-        atomic_int calls;
-        int seen[8];
-        uint64_t sum[8];
-};
+/* the softcap: close to cap * tanh(x / cap), and bitwise the same on every path and position */
+static void test_softcap(void **state) {
+        enum { N = 4099 };
+        static float x[N], a[N], b[N];
+        const float caps[] = { 30.0f, 5.0f, 1.0f };
 
-static void pool_fn(void *vctx, int tid, int nt) {
-        struct pool_ctx *c = vctx;
-        uint64_t b, e;
-
-        atomic_fetch_add(&c->calls, 1);
-        c->seen[tid]++;
-        cpu_pool_share(1000, tid, nt, &b, &e);
-        for (uint64_t i = b; i < e; i++)
-                c->sum[tid] += i;
+        for (size_t c = 0; c < sizeof(caps) / sizeof(caps[0]); c++) {
+                float cap = caps[c];
+                for (int i = 0; i < N; i++)
+                        x[i] = i < 64 ? ldexpf((float) (i - 32), -(i % 20)) : rng_float(cap * 12.0f);
+                x[7] = 0.0f;
+                x[8] = -0.0f;
+                x[9] = 1e30f;
+                x[10] = -1e30f;
+                x[11] = cap * 0.5f;     /* the branch point */
+                x[12] = nextafterf(cap * 0.5f, 0.0f);
+                memcpy(a, x, sizeof(x));
+                memcpy(b, x, sizeof(x));
+                cpu_kernels_use_simd(false);
+                cpu_softcap(a, N, cap);
+                cpu_kernels_use_simd(true);
+                cpu_softcap(b, N, cap);
+                assert_memory_equal(a, b, sizeof(a));
+                for (int i = 0; i < N; i++) {   /* one at a time: the scalar tail of the SIMD path */
+                        float one = x[i];
+                        cpu_softcap(&one, 1, cap);
+                        assert_memory_equal(&one, &a[i], sizeof(float));
+                }
+                for (int i = 0; i < N; i++) {
+                        double want = cap * tanh((double) x[i] / cap);
+                        assert_true(fabs(a[i] - want) <= 4.0 * ldexp(1.0, -24) * fabs(want) + 1e-30);
+                        assert_true(signbit(a[i]) == signbit(x[i]) || x[i] == 0.0f);
+                }
+                assert_true(a[9] == cap && a[10] == -cap);
+        }
 }
 
+struct pool_ctx {
+        atomic_int calls;
+        atomic_int per_chunk[64];
+        atomic_uint_fast64_t sum;
+        int n_threads;
+        atomic_int bad_tid;
+};
+
+static void pool_fn(void *vctx, uint32_t chunk, int tid) {
+        struct pool_ctx *c = vctx;
+        uint64_t b, e, s = 0;
+
+        if (tid < 0 || tid >= c->n_threads)
+                atomic_fetch_add(&c->bad_tid, 1);
+        atomic_fetch_add(&c->calls, 1);
+        atomic_fetch_add(&c->per_chunk[chunk], 1);
+        cpu_pool_share(1000, chunk, 64, &b, &e);
+        for (uint64_t i = b; i < e; i++)
+                s += i;
+        atomic_fetch_add(&c->sum, s);
+}
+
+/* every chunk runs exactly once per section, on a valid thread id, whatever the thread count */
 static void test_pool(void **state) {
         for (int n = 1; n <= 4; n++) {
                 struct cpu_pool *p;
-                struct pool_ctx c = { 0 };
-                uint64_t total = 0;
+                struct pool_ctx c = { .n_threads = n };
 
                 assert_int_equal(cpu_pool_new(n, &p), 0);
                 assert_int_equal(cpu_pool_size(p), n);
-                for (int rep = 0; rep < 200; rep++)
-                        cpu_pool_run(p, pool_fn, &c);
-                assert_int_equal(atomic_load(&c.calls), 200 * n);
-                for (int t = 0; t < n; t++) {
-                        assert_int_equal(c.seen[t], 200);
-                        total += c.sum[t];
-                }
-                assert_true(total == 200ull * 999 * 1000 / 2);
+                for (int rep = 0; rep < 300; rep++)
+                        cpu_pool_run(p, pool_fn, &c, 64);
+                cpu_pool_run(p, pool_fn, &c, 0);        /* nothing to do */
+                assert_int_equal(atomic_load(&c.calls), 300 * 64);
+                for (int k = 0; k < 64; k++)
+                        assert_int_equal(atomic_load(&c.per_chunk[k]), 300);
+                assert_true(atomic_load(&c.sum) == 300ull * 999 * 1000 / 2);
+                assert_int_equal(atomic_load(&c.bad_tid), 0);
                 cpu_pool_free(p);
         }
         assert_int_equal(cpu_pool_new(0, &(struct cpu_pool *) { NULL }), -EINVAL);
@@ -193,6 +249,7 @@ int main(void) {
                 cmocka_unit_test(test_fp8_rounding),
                 cmocka_unit_test(test_quantize_row),
                 cmocka_unit_test(test_dot_kernels_agree),
+                cmocka_unit_test(test_softcap),
                 cmocka_unit_test(test_pool),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -43,7 +43,8 @@ static const struct golden_engine_opts default_opts = {
         .page_size = 4, .max_len = 96, .max_seqs = 4, .max_batched_tokens = 256, .n_threads = 2,
 };
 
-static struct golden_engine open_engine(const char *name, const char *layout, const struct golden_engine_opts *o) {
+static struct golden_engine open_engine(const char *name, const char *layout,
+                                        const struct golden_engine_opts *o) {
         struct golden_engine e;
         char *dir = golden_path(name, layout);
 
@@ -245,10 +246,11 @@ static void test_batched_equals_single(void **state) {
                 assert_non_null(single_out);
                 eb = open_engine(name, layout, &default_opts);
                 es = open_engine(name, layout, &default_opts);
-                assert_int_equal(golden_run_batch(&eb, (const int32_t *const *) seqs, n, pos, all, 3, batch_out), 0);
+                assert_int_equal(
+                        golden_run_batch(&eb, (const int32_t *const *) seqs, n, pos, all, 3, batch_out), 0);
                 assert_int_equal(golden_run(&es, 0, seqs[0], n[0], 0, 0, true, single_out), 0);
-                assert_int_equal(golden_run(&es, 1, seqs[1], n[1], 0, 0, false, single_out + (size_t) n[0] * V),
-                                 0);
+                assert_int_equal(
+                        golden_run(&es, 1, seqs[1], n[1], 0, 0, false, single_out + (size_t) n[0] * V), 0);
                 assert_int_equal(golden_run(&es, 2, seqs[2], n[2], 0, 0, true,
                                             single_out + (size_t) (n[0] + 1) * V), 0);
                 assert_memory_equal(batch_out, single_out, rows * V * sizeof(float));
@@ -277,6 +279,50 @@ static void test_batched_equals_single(void **state) {
                 free(single_out);
                 golden_meta_done(&m);
         }
+}
+
+/* GPU KV emulation: rounding K/V to BF16 / E4M3 moves the logits a little, never changes the invariants. */
+static void test_kv_rounding(void **state) {
+        const enum kv_dtype dtypes[] = { KV_DTYPE_BF16, KV_DTYPE_FP8 };
+        const double max_rel[] = { 2e-2, 0.3 };
+        float *ref = prompt_logits("tiny-a", "bf16-flat", &default_opts, 0);
+        size_t bytes = prompt_bytes("tiny-a");
+
+        for (size_t i = 0; i < 2; i++) {
+                struct golden_engine_opts o = default_opts;
+                float *one, *chunked;
+                double rel;
+
+                o.kv_round = true;
+                o.kv_dtype = dtypes[i];
+                one = prompt_logits("tiny-a", "bf16-flat", &o, 0);
+                chunked = prompt_logits("tiny-a", "bf16-flat", &o, 3);
+                rel = golden_rel_frobenius(one, ref, bytes / sizeof(float));
+                printf("# tiny-a with %s KV: rel %.3e to float32 KV\n", i ? "FP8" : "BF16", rel);
+                assert_true(rel > 0.0 && rel <= max_rel[i]);
+                assert_memory_equal(one, chunked, bytes);
+                free(one);
+                free(chunked);
+        }
+        free(ref);
+}
+
+/* create() copies every weight: the model can be freed before the first forward */
+static void test_model_freed_after_create(void **state) {
+        struct golden_engine e = open_engine("tiny-c", "fp8", &default_opts);
+        struct golden_meta m;
+        float *ref = prompt_logits("tiny-c", "fp8", &default_opts, 0), *got;
+
+        assert_int_equal(golden_meta_load("tiny-c", &m), 0);
+        got = malloc((size_t) m.n_prompt * m.vocab * sizeof(float));
+        assert_non_null(got);
+        e.model = model_free(e.model);
+        assert_int_equal(golden_run(&e, 0, m.prompt, m.n_prompt, 0, 0, true, got), 0);
+        assert_memory_equal(ref, got, (size_t) m.n_prompt * m.vocab * sizeof(float));
+        free(ref);
+        free(got);
+        golden_meta_done(&m);
+        golden_engine_close(&e);
 }
 
 static void test_bad_input(void **state) {
@@ -340,6 +386,8 @@ int main(void) {
                 cmocka_unit_test(test_page_sizes),
                 cmocka_unit_test(test_threads_and_step_split),
                 cmocka_unit_test(test_batched_equals_single),
+                cmocka_unit_test(test_kv_rounding),
+                cmocka_unit_test(test_model_freed_after_create),
                 cmocka_unit_test(test_bad_input),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

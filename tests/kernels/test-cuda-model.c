@@ -6,15 +6,18 @@
  *
  * Why the tolerances are what they are (measured numbers in docs/cuda-backend.md):
  * the CUDA path rounds every activation that HF keeps in BF16 in a BF16 model (norm outputs, GEMM outputs,
- * q/k/v, attention output) to BF16, while the fixtures and the CPU engine are float32 with W8A8 emulation.
- * A BF16 rounding (2^-9) moves about 1 in 30 activations across an E4M3 rounding midpoint, so every row
- * carries a few 1e-3 of relative error from the first token on, and in these tiny random models an
- * occasional router flip changes a row by O(0.1) and later rows through the KV cache. So:
- *   - the first row (no attention history) must agree to FIRST_ROW_REL;
- *   - the whole [seq, vocab] matrix to MATRIX_REL;
- *   - argmax must agree on at least ARGMAX_SHARE of the rows.
+ * q/k/v, attention output, the residual) to BF16, while the fixtures and the CPU engine are float32 with W8A8
+ * emulation, and the LM head is an FP8 copy of the tied embedding. Each of these is a perturbation of the
+ * size of an FP8 rounding somewhere, and these tiny random models amplify such perturbations chaotically
+ * (router flips, then the KV cache): make_golden.py measured how much HF itself moves between its BF16 and
+ * FP8 runs of the same weights (meta.json fp8_vs_bf16_rel: tiny-c 0.06, tiny-a 0.17, tiny-b 0.36). So:
+ *   - one decoder layer (depth scan, the same weights in both engines) must agree with the CPU engine to
+ *     LAYER_REL: no room for chaos there, only FP8/BF16 rounding and the FP8 head;
+ *   - full-depth logits must stay within SENS_FACTOR x the fixture's own sensitivity (at least FLOOR_REL),
+ *     first row and whole matrix;
+ *   - argmax must agree on ARGMAX_SHARE of the rows on fixtures whose sensitivity is below 0.2;
+ *   - greedy ids must match HF on tiny-c and tiny-a.
  * Invariants of the engine itself (chunking, batching) compare the CUDA backend with itself.
- *
  * Exit 77 without a GPU or without the fixtures.
  */
 #include <errno.h>
@@ -28,10 +31,14 @@
 #include "backend.h"
 #include "kernels/selftest.h"
 
-#define FIRST_ROW_REL 5e-2
-#define MATRIX_REL 0.35
+#define LAYER_REL 5e-2
+#define SENS_FACTOR 1.25
+#define FLOOR_REL 0.08
 #define ARGMAX_SHARE 0.75
-#define SELF_REL 5e-2
+#define SELF_REL 1e-3
+
+static double tol_rel = FLOOR_REL;      /* per fixture: max(FLOOR_REL, SENS_FACTOR * fp8_vs_bf16_rel) */
+static bool check_argmax = true;
 
 static int n_fail, n_test;
 
@@ -89,6 +96,9 @@ static int fixture_load(const char *root, const char *name, struct fixture *f) {
         json_t *pr = json_object_get(j, "prompt"), *g = json_object_get(j, "greedy_fp8");
         memset(f, 0, sizeof(*f));
         f->vocab = (uint32_t) json_integer_value(json_object_get(j, "vocab_size"));
+        double sens = json_real_value(json_object_get(j, "fp8_vs_bf16_rel"));
+        tol_rel = SENS_FACTOR * sens > FLOOR_REL ? SENS_FACTOR * sens : FLOOR_REL;
+        check_argmax = sens < 0.2;
         for (size_t i = 0; i < json_array_size(pr) && i < 256; i++)
                 f->prompt[f->n_prompt++] = (int32_t) json_integer_value(json_array_get(pr, i));
         for (size_t i = 0; i < json_array_size(g) && i < 64; i++)
@@ -121,7 +131,8 @@ struct engine {
         uint32_t *full, *sliding;
 };
 
-static int engine_open(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B) {
+static int engine_open_head(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B,
+                            bool head_bf16) {
         struct backend_params p = {0};
         char *err = NULL;
         int r;
@@ -141,6 +152,7 @@ static int engine_open(struct engine *e, const char *ops_name, struct model *m, 
         p.n_sliding_pages = 0;
         p.gpu_fraction = 0.5;
         p.n_threads = 0;
+        p.lm_head_bf16 = head_bf16;
         r = e->ops->create(m, &p, &e->be, &err);
         if (r < 0) {
                 printf("# %s create: %s\n", ops_name, err ? err : strerror(-r));
@@ -156,6 +168,10 @@ static int engine_open(struct engine *e, const char *ops_name, struct model *m, 
         for (uint32_t i = 0; i < e->max_seqs * e->cap.n_sliding_ring; i++)
                 e->sliding[i] = e->cap.n_sliding_pages - 1 - i;
         return 0;
+}
+
+static int engine_open(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B) {
+        return engine_open_head(e, ops_name, m, kv, B, false);
 }
 
 static void engine_close(struct engine *e) {
@@ -200,11 +216,13 @@ static void compare_ref(const char *what, const float *got, const float *ref, ui
         }
         printf("# %s: first row %.3e, matrix %.3e, worst row %.3e, argmax %u/%u\n", what, first, all, worst, same, S);
         snprintf(name, sizeof(name), "%s first row", what);
-        check(name, first <= FIRST_ROW_REL, "rel %.3e (tol %.1e)", first, FIRST_ROW_REL);
+        check(name, first <= tol_rel, "rel %.3e (tol %.3f)", first, tol_rel);
         snprintf(name, sizeof(name), "%s matrix", what);
-        check(name, all <= MATRIX_REL, "rel %.3e (tol %.2f)", all, MATRIX_REL);
-        snprintf(name, sizeof(name), "%s argmax rows", what);
-        check(name, same >= ARGMAX_SHARE * S, "share %.3f (min %.2f)", (double) same / S, ARGMAX_SHARE);
+        check(name, all <= tol_rel, "rel %.3e (tol %.3f)", all, tol_rel);
+        if (check_argmax) {
+                snprintf(name, sizeof(name), "%s argmax rows", what);
+                check(name, same >= ARGMAX_SHARE * S, "share %.3f (min %.2f)", (double) same / S, ARGMAX_SHARE);
+        }
 }
 
 static void test_fixture(const char *root, const char *name, bool greedy) {
@@ -295,7 +313,17 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 if (r == 0)
                         compare_ref(label, got16, ref, S, V);
                 snprintf(label, sizeof(label), "%s FP8 KV vs BF16 KV", name);
-                check(label, rk <= MATRIX_REL, "rel %.3e (tol %.2f)", rk, MATRIX_REL);
+                check(label, rk <= tol_rel, "rel %.3e (tol %.3f)", rk, tol_rel);
+                engine_close(&e16);
+        }
+
+        /* 5b. the BF16 copy of the tied head instead of the FP8 one: what the FP8 head costs */
+        if (m->cfg.hidden_size % 8 == 0 && engine_open_head(&e16, "cuda", m, KV_DTYPE_FP8, 4, true) == 0) {
+                r = run_prompt(&e16, 0, f.prompt, S, S, got16, V);
+                snprintf(label, sizeof(label), "%s fp8 ckpt, BF16 LM head, one step vs HF", name);
+                if (r == 0)
+                        compare_ref(label, got16, ref, S, V);
+                printf("# %s: FP8 head vs BF16 head rel %.3e\n", name, r == 0 ? rel_frob(got, got16, n) : INFINITY);
                 engine_close(&e16);
         }
 
@@ -330,6 +358,46 @@ out:
         free(ref), free(got), free(got2), free(got16), free(cpu);
 }
 
+/* Truncated models (first d layers, then the final norm and head) on both engines: where along the depth
+ * the two engines part. Both read the same weights, so layer d's error is what d layers add. */
+static void depth_scan(const char *root, const char *name) {
+        struct fixture f;
+        struct model *m = NULL;
+        char label[160];
+        if (fixture_load(root, name, &f) < 0)
+                return;
+        char *dir = path_of(root, name, "fp8");
+        int r = model_load(dir, &m, NULL);
+        free(dir);
+        if (r < 0)
+                return;
+        uint32_t S = f.n_prompt < 8 ? f.n_prompt : 8, V = f.vocab, L = m->cfg.n_layers;
+        float *a = malloc(4 * (size_t) S * V), *c = malloc(4 * (size_t) S * V);
+        for (uint32_t d = 1; d <= L; d++) {
+                struct engine eg, ec;
+                m->cfg.n_layers = d;
+                if (engine_open(&eg, "cuda", m, KV_DTYPE_BF16, 4) < 0)
+                        break;
+                if (engine_open(&ec, "cpu", m, KV_DTYPE_BF16, 4) < 0) {
+                        engine_close(&eg);
+                        break;
+                }
+                if (run_prompt(&eg, 0, f.prompt, S, S, a, V) == 0 && run_prompt(&ec, 0, f.prompt, S, S, c, V) == 0)
+                        printf("# %s depth %u: cuda vs cpu first row %.3e, %u rows %.3e\n", name, d,
+                               rel_frob(a, c, V), S, rel_frob(a, c, (size_t) S * V));
+                if (d == 1) {
+                        double e1 = rel_frob(a, c, V);
+                        snprintf(label, sizeof(label), "%s one layer: cuda vs cpu first row", name);
+                        check(label, e1 <= LAYER_REL, "rel %.3e (tol %.1e)", e1, LAYER_REL);
+                }
+                engine_close(&eg);
+                engine_close(&ec);
+        }
+        m->cfg.n_layers = L;
+        model_free(m);
+        free(a), free(c);
+}
+
 int main(int argc, char **argv) {
         const char *src = getenv("GEMMA4D_SOURCE_ROOT");
         char root[4096];
@@ -350,6 +418,8 @@ int main(int argc, char **argv) {
                 return 77;
         }
         fclose(fp);
+        depth_scan(root, "tiny-b");
+        depth_scan(root, "tiny-a");
         test_fixture(root, "tiny-c", true);
         test_fixture(root, "tiny-a", true);
         test_fixture(root, "tiny-b", false);

@@ -265,12 +265,20 @@ int main(void) {
                 {"tiny full d64 fp8", 4, 1, 64, 8, 0, 8, 1e6f, 1, 1, 0, small, 3},
                 {"tiny sliding d20 window 12 fp8 (unaligned head)", 4, 2, 20, 4, 12, 10, 10000.0f, 0, 1, 1, small, 3},
                 {"tiny full d16 k_eq_v bf16 (unaligned head)", 4, 1, 16, 4, 0, 2, 1e6f, 1, 0, 0, small, 3},
+                {"tiny-b full d40 gqa2 with v_proj fp8", 4, 2, 40, 4, 0, 10, 1e6f, 0, 1, 0, small, 3},
+                {"tiny-b full d40 gqa2 with v_proj bf16", 4, 2, 40, 4, 0, 10, 1e6f, 0, 0, 0, small, 3},
                 {"full d80 fp8 (lane slice of 3)", 4, 2, 80, 16, 0, 10, 1e6f, 0, 1, 0, fl, 4},
         };
 
         kt_require_gpu();
         kt_seed(3);
-        for (size_t i = 0; i < sizeof(sc) / sizeof(sc[0]); i++)
-                run(&sc[i]);
+        /* every scenario through the default choice (tile kernel for the prefill batches), then through the
+         * split-K kernel alone */
+        for (int forced = 0; forced < 2; forced++) {
+                kern_attention_force_split = forced;
+                printf("# attention kernel: %s\n", forced ? "split-K forced" : "default choice");
+                for (size_t i = 0; i < sizeof(sc) / sizeof(sc[0]); i++)
+                        run(&sc[i]);
+        }
         return kt_finish();
 }

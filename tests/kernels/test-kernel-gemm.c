@@ -154,7 +154,7 @@ static void test_grouped(uint32_t tokens, uint32_t top_k, uint32_t experts, uint
         uint16_t *dy = kt_dev(2 * (size_t) pairs * n);
         KT_OK(kern_moe_route(didx, pairs, experts, drows, dgroups, dng, 0));
         KT_OK(kern_fp8_linear_grouped(L.dw, L.dws, n, k, L.dx, L.dxs, per_pair ? 1 : top_k, drows, dgroups, dng,
-                                      max_groups, dy, 0));
+                                      max_groups, tokens < 64 ? tokens : 64, dy, 0));
         uint16_t *y = kt_down(dy, 2 * (size_t) pairs * n);
         int32_t *rows = kt_down(drows, 4 * pairs), *ng = kt_down(dng, 4);
         struct kern_gemm_group *groups = kt_down(dgroups, sizeof(struct kern_gemm_group) * max_groups);
@@ -204,6 +204,10 @@ int main(void) {
         test_small(3000, 256, 3, 1);
         test_small(200, 100, 3, 0);             /* k not a multiple of 16: unaligned rows */
         test_small(512, 100, 40, 1);
+        test_small(320, 100, 8, 0);             /* tiny-b shapes */
+        test_small(100, 160, 8, 0);
+        test_small(160, 100, 33, 0);
+        test_small(1024, 100, 33, 1);
         KT_OK(kern_blas_create(&b));
         test_blas(b, 4096, 2816, 1);
         test_blas(b, 2816, 4096, 37);
@@ -214,6 +218,8 @@ int main(void) {
         test_grouped(1, 8, 128, 1408, 2816, 0, 0);
         test_grouped(1, 8, 128, 2816, 704, 1, 0);
         test_grouped(37, 8, 128, 1408, 256, 0, 0);
+        test_grouped(5, 8, 128, 1408, 2816, 0, 0);     /* few tokens: narrow accumulators */
+        test_grouped(12, 8, 16, 256, 704, 1, 1);
         test_grouped(300, 2, 8, 96, 128, 0, 1);        /* > 64 pairs per expert: several groups */
         test_grouped(300, 2, 8, 64, 96, 1, 1);
         test_grouped(7, 4, 16, 48, 100, 0, 0);  /* unaligned k */

@@ -60,7 +60,8 @@ static void test_fp8_roundtrip_all(void **state) {
 static void test_fp8_ties_and_neighbours(void **state) {
         for (int c = 0; c < 0x7e; c++) {
                 for (int neg = 0; neg < 2; neg++) {
-                        uint8_t lo = (uint8_t) c | (neg ? 0x80 : 0), hi = (uint8_t) (c + 1) | (neg ? 0x80 : 0);
+                        uint8_t lo = (uint8_t) c | (neg ? 0x80 : 0),
+                                hi = (uint8_t) (c + 1) | (neg ? 0x80 : 0);
                         double a = fp8_reference(lo), b = fp8_reference(hi);
                         float mid = (float) ((a + b) / 2);      /* exact in float */
                         assert_true((double) mid == (a + b) / 2);
@@ -89,7 +90,8 @@ static void test_fp8_saturation_and_specials(void **state) {
         assert_int_equal(f32_to_fp8_e4m3(0x1.8p-10f), 0x01);
         assert_int_equal(f32_to_fp8_e4m3(0x1p-30f), 0x00);
         assert_int_equal(f32_to_fp8_e4m3(-0x1p-30f), 0x80);
-        assert_int_equal(f32_to_fp8_e4m3(0x1.ep-7f), 0x08);     /* 15/16 of 2^-6: rounds up to the smallest normal */
+        assert_int_equal(f32_to_fp8_e4m3(0x1.ep-7f),
+                         0x08); /* 15/16 of 2^-6: rounds up to the smallest normal */
         assert_int_equal(f32_to_fp8_e4m3(1.0f), 0x38);
         assert_int_equal(f32_to_fp8_e4m3(1.0625f), 0x38);       /* tie between 1 and 1.125: even */
         assert_int_equal(f32_to_fp8_e4m3(1.1875f), 0x3a);       /* tie between 1.125 and 1.25: even */

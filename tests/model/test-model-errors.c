@@ -5,6 +5,7 @@
  * loading fails cleanly and that the message names the file, tensor or field at fault.
  */
 #include <errno.h>
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -272,7 +273,8 @@ static void test_random_header_damage(void **state) {
                         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
                         size_t pos = 8 + (size_t) (x % hlen);
                         static const char sub[] = "0123456789[]{}\",:-. eE\\x";
-                        b[pos] = (x >> 32) & 1 ? (uint8_t) sub[(x >> 40) % (sizeof(sub) - 1)] : (uint8_t) (x >> 48);
+                        b[pos] = (x >> 32) & 1 ? (uint8_t) sub[(x >> 40) % (sizeof(sub) - 1)]
+                                               : (uint8_t) (x >> 48);
                 }
                 fp = fopen(f->st, "wb");
                 fwrite(b, 1, (size_t) st.st_size, fp);
@@ -371,12 +373,14 @@ static void test_unexpected_tensors(void **state) {
         write_with(f, &o, NULL, P "layers.2.input_layernorm.weight", TENSOR_DTYPE_BF16, 1, 32, 0, 0);
         expect_fail(f, P "layers.2.input_layernorm.weight", "unexpected", NULL);
         /* a scale next to a BF16 weight */
-        write_with(f, &o, NULL, P "layers.0.mlp.up_proj.weight_scale", TENSOR_DTYPE_BF16, 2, TINY_INTER, 1, 0);
+        write_with(f, &o, NULL, P "layers.0.mlp.up_proj.weight_scale", TENSOR_DTYPE_BF16, 2, TINY_INTER, 1,
+                   0);
         expect_fail(f, P "layers.0.mlp.up_proj.weight_scale", "unquantized", NULL);
         /* both expert layouts at once */
         write_with(f, &o, NULL, P "layers.0.experts.0.gate_proj.weight", TENSOR_DTYPE_BF16, 2, 16, 32, 0);
         expect_fail(f, P "layers.0.experts.0.gate_proj.weight", "both", NULL);
-        write_with(f, &split, NULL, P "layers.0.experts.7.gate_proj.weight", TENSOR_DTYPE_BF16, 2, 16, 32, 0);
+        write_with(f, &split, NULL, P "layers.0.experts.7.gate_proj.weight", TENSOR_DTYPE_BF16, 2, 16, 32,
+                   0);
         expect_fail(f, P "layers.0.experts.7.gate_proj.weight", "unexpected", NULL);
 }
 
@@ -400,6 +404,44 @@ static void test_dtype_misuse(void **state) {
         t = P "layers.0.mlp.up_proj.weight_scale";
         write_with(f, &fp8, t, t, TENSOR_DTYPE_F8_E4M3, 2, TINY_INTER, 1, 0);
         expect_fail(f, t, "scale dtype", NULL);
+}
+
+/* Overwrites element idx of a tensor in a written file with raw bytes. */
+static void poke(const char *path, const char *tensor, uint64_t offset_bytes, const void *bytes, size_t n) {
+        struct st_file *sf = NULL;
+        long off = -1;
+
+        assert_int_equal(st_file_open(path, &sf, NULL), 0);
+        for (size_t i = 0; i < sf->n_tensors; i++)
+                if (strcmp(sf->tensors[i].name, tensor) == 0)
+                        off = (long) (8 + sf->header_len + sf->tensors[i].begin + offset_bytes);
+        st_file_close(sf);
+        assert_true(off >= 0);
+        patch_bytes(path, off, bytes, n);
+}
+
+/* NaN or Inf in a norm, scalar or scale: a corrupt file, named with the element. */
+static void test_non_finite(void **state) {
+        struct fixture *f = *state;
+        const uint16_t nan_bf16 = 0x7fc0, inf_bf16 = 0xff80;
+        const float inf_f32 = INFINITY;
+
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "layers.1.post_feedforward_layernorm.weight", 2 * 7, &nan_bf16, 2);
+        expect_fail(f, "model.safetensors", P "layers.1.post_feedforward_layernorm.weight",
+                    "element 7 is nan", NULL);
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "layers.0.layer_scalar", 0, &inf_bf16, 2);
+        expect_fail(f, P "layers.0.layer_scalar", "element 0 is -inf", NULL);
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "norm.weight", 2 * 31, &nan_bf16, 2);
+        expect_fail(f, P "norm.weight", "element 31", NULL);
+        write_good(f, &(struct tiny_opts) { .fp8 = true, .f32_scale = true });
+        poke(f->st, P "layers.0.experts.3.down_proj.weight_scale", 4 * 5, &inf_f32, 4);
+        expect_fail(f, P "layers.0.experts.3.down_proj.weight_scale", "element 5 is inf", NULL);
+        write_good(f, &(struct tiny_opts) { 0 });
+        poke(f->st, P "layers.0.router.per_expert_scale", 2, &nan_bf16, 2);
+        expect_fail(f, P "layers.0.router.per_expert_scale", "element 1", NULL);
 }
 
 static void add_to_ignore(json_t *cfg, const char *module) {
@@ -484,10 +526,15 @@ static void test_shard_errors(void **state) {
         /* The same tensor in two shards */
         write_good(f, &o);
         snprintf(path, sizeof(path), "%s/model-00001-of-00002.safetensors", f->dir);
-        write_raw(path, "{\"" P "norm.weight\": {\"dtype\": \"BF16\", \"shape\": [32], \"data_offsets\": [0, 64]}}", 64);
+        write_raw(path,
+                  "{\"" P
+                  "norm.weight\": {\"dtype\": \"BF16\", \"shape\": [32], \"data_offsets\": [0, 64]}}",
+                  64);
         snprintf(path, sizeof(path), "%s/model-00002-of-00002.safetensors", f->dir);
-        write_raw(path, "{\"" P "norm.weight\": {\"dtype\": \"BF16\", \"shape\": [32], \"data_offsets\": [0, 64]},"
-                        " \"x\": {\"dtype\": \"BF16\", \"shape\": [1], \"data_offsets\": [64, 66]}}", 66);
+        write_raw(path,
+                  "{\"" P "norm.weight\": {\"dtype\": \"BF16\", \"shape\": [32], \"data_offsets\": [0, 64]},"
+                  " \"x\": {\"dtype\": \"BF16\", \"shape\": [1], \"data_offsets\": [64, 66]}}",
+                  66);
         write_index(f, "{\"weight_map\": {\"" P "norm.weight\": \"model-00001-of-00002.safetensors\","
                        " \"x\": \"model-00002-of-00002.safetensors\"}}");
         expect_fail(f, P "norm.weight", "appears in both", NULL);
@@ -536,7 +583,8 @@ static json_t *target(json_t *cfg, enum where w) {
 }
 
 static const struct cfg_case cfg_cases[] = {
-        { TEXT, "hidden_size_per_layer_input", "256", "text_config.hidden_size_per_layer_input", "per-layer" },
+        { TEXT, "hidden_size_per_layer_input", "256", "text_config.hidden_size_per_layer_input",
+          "per-layer" },
         { TEXT, "hidden_size_per_layer_input", NULL, "text_config.hidden_size_per_layer_input", "default" },
         { TEXT, "num_kv_shared_layers", "2", "text_config.num_kv_shared_layers", NULL },
         { TEXT, "use_double_wide_mlp", "true", "text_config.use_double_wide_mlp", NULL },
@@ -556,14 +604,16 @@ static const struct cfg_case cfg_cases[] = {
         { TEXT, "layer_types", "[\"sliding_attention\"]", "text_config.layer_types", "one type per layer" },
         { TEXT, "layer_types", "[\"sliding_attention\", \"chunked_attention\"]", "text_config.layer_types",
           "chunked_attention" },
-        { TEXT, "rope_parameters", "{\"rope_type\": \"default\", \"rope_theta\": 10000}", "text_config.rope_parameters",
-          NULL },
-        { TEXT, "rope_parameters", "{\"sliding_attention\": {\"rope_type\": \"default\", \"rope_theta\": 10000}}",
+        { TEXT, "rope_parameters", "{\"rope_type\": \"default\", \"rope_theta\": 10000}",
+          "text_config.rope_parameters", NULL },
+        { TEXT, "rope_parameters",
+          "{\"sliding_attention\": {\"rope_type\": \"default\", \"rope_theta\": 10000}}",
           "text_config.rope_parameters.full_attention", "missing" },
-        { ROPE_FULL, "rope_type", "\"yarn\"", "text_config.rope_parameters.full_attention.rope_type", "yarn" },
+        { ROPE_FULL, "rope_type", "\"yarn\"", "text_config.rope_parameters.full_attention.rope_type",
+          "yarn" },
         { ROPE_FULL, "rope_theta", NULL, "text_config.rope_parameters.full_attention.rope_theta", NULL },
-        { ROPE_FULL, "partial_rotary_factor", "1.5", "text_config.rope_parameters.full_attention.partial_rotary_factor",
-          NULL },
+        { ROPE_FULL, "partial_rotary_factor", "1.5",
+          "text_config.rope_parameters.full_attention.partial_rotary_factor", NULL },
         { ROPE_FULL, "factor", "8.0", "text_config.rope_parameters.full_attention.factor", NULL },
         { ROPE_FULL, "original_max_position_embeddings", "8192",
           "text_config.rope_parameters.full_attention.original_max_position_embeddings", NULL },
@@ -571,9 +621,11 @@ static const struct cfg_case cfg_cases[] = {
         { TEXT, "num_global_key_value_heads", "3", "text_config.num_global_key_value_heads", "divide" },
         { TEXT, "per_layer_config", "{\"1\": {\"head_dim\": 32, \"sliding_window\": 4}}",
           "text_config.per_layer_config.1.sliding_window", NULL },
-        { TEXT, "per_layer_config", "{\"0\": {\"head_dim\": 32}}", "text_config.per_layer_config.0", "sliding" },
+        { TEXT, "per_layer_config", "{\"0\": {\"head_dim\": 32}}", "text_config.per_layer_config.0",
+          "sliding" },
         { TEXT, "per_layer_config", "{\"7\": {\"head_dim\": 32}}", "text_config.per_layer_config.7", NULL },
-        { TEXT, "per_layer_config", "{\"1\": {\"head_dim\": \"x\"}}", "text_config.per_layer_config.1.head_dim", NULL },
+        { TEXT, "per_layer_config", "{\"1\": {\"head_dim\": \"x\"}}",
+          "text_config.per_layer_config.1.head_dim", NULL },
         { TEXT, "per_layer_config", "[]", "text_config.per_layer_config", NULL },
         { TEXT, "num_experts", NULL, "text_config.num_experts: missing", NULL },
         { TEXT, "num_experts", "1000", "text_config.num_experts", "out of range" },
@@ -596,7 +648,8 @@ static const struct cfg_case cfg_cases[] = {
         { QUANT, "format", "\"int-quantized\"", "quantization_config.format", NULL },
         { QUANT, "quantization_status", "\"frozen\"", "quantization_config.quantization_status", NULL },
         { QUANT, "kv_cache_scheme", "{\"num_bits\": 8}", "quantization_config.kv_cache_scheme", NULL },
-        { QUANT, "sparsity_config", "{\"format\": \"sparse-24\"}", "quantization_config.sparsity_config", NULL },
+        { QUANT, "sparsity_config", "{\"format\": \"sparse-24\"}", "quantization_config.sparsity_config",
+          NULL },
         { QUANT, "config_groups", "{}", "quantization_config.config_groups", NULL },
         { QUANT, "ignore", "\"lm_head\"", "quantization_config.ignore", NULL },
         { QUANT, "ignore", "[1]", "quantization_config.ignore", NULL },
@@ -613,7 +666,8 @@ static const struct cfg_case cfg_cases[] = {
         { QINPUT, "strategy", "\"tensor\"", "config_groups.group_0.input_activations.strategy", NULL },
         { QGROUP, "input_activations", NULL, "config_groups.group_0.input_activations", "W8A16" },
         { QGROUP, "weights", NULL, "config_groups.group_0.weights", NULL },
-        { QGROUP, "output_activations", "{\"num_bits\": 8}", "config_groups.group_0.output_activations", NULL },
+        { QGROUP, "output_activations", "{\"num_bits\": 8}", "config_groups.group_0.output_activations",
+          NULL },
         { QGROUP, "format", "\"naive-quantized\"", "config_groups.group_0.format", NULL },
 };
 
@@ -712,7 +766,8 @@ static void test_config_variants(void **state) {
         json_object_set_new(text, "num_global_key_value_heads", json_integer(2));
         json_object_set_new(text, "eos_token_id", json_pack("[i,i]", 1, 106 % TINY_VOCAB));
         json_object_del(j, "eos_token_id");
-        json_object_set_new(text, "layer_types", json_pack("[s,s]", "sliding_attention", "sliding_attention"));
+        json_object_set_new(text, "layer_types",
+                            json_pack("[s,s]", "sliding_attention", "sliding_attention"));
         json_object_set_new(text, "final_logit_softcapping", json_null());
         snprintf(path, sizeof(path), "%s/config.json", f->dir);
         assert_int_equal(json_dump_file(j, path, 0), 0);
@@ -722,8 +777,51 @@ static void test_config_variants(void **state) {
         assert_int_equal(cfg.global_head_dim, TINY_GHEAD_DIM);
         assert_int_equal(cfg.n_stop_ids, 2);
         assert_int_equal(cfg.stop_ids[1], 106 % TINY_VOCAB);
-        assert_int_equal(cfg.layer_type[1], LAYER_FULL);        /* last layer forced to full, as in transformers */
+        assert_int_equal(cfg.layer_type[1], LAYER_FULL); /* last layer forced to full, as in transformers */
         assert_true(cfg.final_logit_softcapping == 0.0f);
+}
+
+static void write_gen_config(struct fixture *f, const char *json) {
+        char path[1100];
+        FILE *fp;
+        snprintf(path, sizeof(path), "%s/generation_config.json", f->dir);
+        fp = fopen(path, "w");
+        fputs(json, fp);
+        fclose(fp);
+}
+
+/* generation_config.json adds stop ids (transformers' converter puts <|tool_response> only there). */
+static void test_generation_config(void **state) {
+        struct fixture *f = *state;
+        struct model *m = NULL;
+        char *err = NULL;
+
+        write_good(f, &(struct tiny_opts) { 0 });
+        write_gen_config(f, "{\"bos_token_id\": 2, \"eos_token_id\": [1, 6, 50, 9], \"top_k\": 64}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.eos_token_id, 1);
+        assert_int_equal(m->cfg.n_stop_ids, 5);
+        static const int32_t want[5] = { 1, 6, 5, 50, 9 };
+        for (int i = 0; i < 5; i++)
+                assert_int_equal(m->cfg.stop_ids[i], want[i]);
+        model_free(m);
+        write_gen_config(f, "{\"eos_token_id\": 7}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.n_stop_ids, 4);
+        model_free(m);
+        write_gen_config(f, "{\"eos_token_id\": null}");
+        assert_int_equal(model_load(f->dir, &m, &err), 0);
+        assert_int_equal(m->cfg.n_stop_ids, 3);
+        model_free(m);
+
+        write_gen_config(f, "{\"eos_token_id\": [1, 99]}");
+        expect_fail(f, "generation_config.json: eos_token_id", "outside the vocabulary", NULL);
+        write_gen_config(f, "{\"eos_token_id\": [10, 11, 12, 13, 14, 15, 16]}");
+        expect_fail(f, "generation_config.json: eos_token_id", "more than 8", NULL);
+        write_gen_config(f, "{\"eos_token_id\": ");
+        expect_fail(f, "generation_config.json", "not valid JSON", NULL);
+        write_gen_config(f, "[]");
+        expect_fail(f, "generation_config.json", "not a JSON object", NULL);
 }
 
 int main(void) {
@@ -744,6 +842,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unexpected_tensors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_dtype_misuse, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fp8_in_ignore, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_non_finite, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_untied_lm_head, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_shard_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_weights, setup, teardown),
@@ -751,6 +850,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_config_file_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_defaults, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_config_variants, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_generation_config, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,11 +11,13 @@
 
 #include "tiny-ckpt.h"
 
-static void check_view_values(const struct tensor_view *v, const char *name, uint64_t first, uint64_t count) {
+static void check_view_values(const struct tensor_view *v, const char *name, uint64_t first,
+                              uint64_t count) {
         for (uint64_t i = 0; i < count; i++) {
                 float want = tiny_value(name, v->dtype, first + i), got = tensor_get_f32(v, i);
                 if (want != got)
-                        fail_msg("%s element %llu: got %g, want %g", v->name, (unsigned long long) i, got, want);
+                        fail_msg("%s element %llu: got %g, want %g", v->name, (unsigned long long) i, got,
+                                 want);
         }
 }
 
@@ -118,7 +120,8 @@ static void check_common(const struct model *m, const struct tiny_opts *o) {
                 assert_string_equal(lw->mlp_down.w.name, name);
                 check_view_values(&lw->mlp_down.w, name, 0, TINY_HIDDEN * TINY_INTER);
                 if (o->fp8) {
-                        assert_int_equal(lw->mlp_down.scale.dtype, o->f32_scale ? TENSOR_DTYPE_F32 : TENSOR_DTYPE_BF16);
+                        assert_int_equal(lw->mlp_down.scale.dtype,
+                                         o->f32_scale ? TENSOR_DTYPE_F32 : TENSOR_DTYPE_BF16);
                         snprintf(name, sizeof(name), "%slayers.%u.mlp.down_proj.weight_scale", p, l);
                         check_view_values(&lw->mlp_down.scale, name, 0, TINY_HIDDEN);
                 }
@@ -141,10 +144,12 @@ static void check_common(const struct model *m, const struct tiny_opts *o) {
                                 snprintf(name, sizeof(name), "%slayers.%u.experts.down_proj", p, l);
                                 check_view_values(&d->w, name, e * gi, gi);
                         } else {
-                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.up_proj.weight", p, l, e);
+                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.up_proj.weight", p, l,
+                                         e);
                                 assert_string_equal(u->w.name, name);
                                 check_view_values(&u->w, name, 0, gi);
-                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.down_proj.weight", p, l, e);
+                                snprintf(name, sizeof(name), "%slayers.%u.experts.%u.down_proj.weight", p, l,
+                                         e);
                                 check_view_values(&d->w, name, 0, gi);
                                 assert_int_equal(tensor_present(&d->scale), o->fp8);
                                 if (o->fp8) {
@@ -232,6 +237,31 @@ static void test_weight_bytes(void **state) {
         done(m, dir);
 }
 
+/* A dense model (no MoE branch), k_eq_v off (full layers keep v_proj), untied lm_head. */
+static void test_dense_untied(void **state) {
+        char *dir;
+        struct tiny_opts o = { .dense = true, .no_k_eq_v = true, .untied = true, .flat = true };
+        struct model *m = load_ok(&o, &dir);
+
+        assert_false(m->cfg.enable_moe);
+        assert_false(m->cfg.attention_k_eq_v);
+        assert_false(m->cfg.tie_word_embeddings);
+        assert_string_equal(m->lm_head.name, "lm_head.weight");
+        check_view_values(&m->lm_head, "lm_head.weight", 0, TINY_VOCAB * TINY_HIDDEN);
+        for (uint32_t l = 0; l < TINY_LAYERS; l++) {
+                const struct layer_weights *lw = &m->layers[l];
+                assert_true(tensor_present(&lw->v_proj.w));
+                assert_int_equal(lw->v_proj.out_features, lw->n_kv_heads * lw->head_dim);
+                assert_true(tensor_present(&lw->post_feedforward_layernorm));
+                assert_false(tensor_present(&lw->pre_feedforward_layernorm_2));
+                assert_false(tensor_present(&lw->post_feedforward_layernorm_1));
+                assert_false(tensor_present(&lw->router_proj));
+                assert_null(lw->expert_gate);
+        }
+        assert_int_equal(m->layers[1].head_dim, TINY_GHEAD_DIM);
+        done(m, dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_nested_fused_bf16),
@@ -244,6 +274,7 @@ int main(void) {
                 cmocka_unit_test(test_per_layer_config),
                 cmocka_unit_test(test_vision_and_lm_head_skipped),
                 cmocka_unit_test(test_weight_bytes),
+                cmocka_unit_test(test_dense_untied),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -118,10 +118,10 @@ void tiny_tensors_free(struct tiny_tensors *tt) {
         memset(tt, 0, sizeof(*tt));
 }
 
-static int add(struct tiny_tensors *tt, enum tensor_dtype dt, uint32_t ndim, uint64_t a, uint64_t b, uint64_t c,
-               const char *fmt, ...) __attribute__((format(printf, 7, 8)));
-static int add(struct tiny_tensors *tt, enum tensor_dtype dt, uint32_t ndim, uint64_t a, uint64_t b, uint64_t c,
-               const char *fmt, ...) {
+static int add(struct tiny_tensors *tt, enum tensor_dtype dt, uint32_t ndim, uint64_t a, uint64_t b,
+               uint64_t c, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+static int add(struct tiny_tensors *tt, enum tensor_dtype dt, uint32_t ndim, uint64_t a, uint64_t b,
+               uint64_t c, const char *fmt, ...) {
         uint64_t shape[3] = { a, b, c };
         char name[256];
         va_list ap;
@@ -134,11 +134,12 @@ static int add(struct tiny_tensors *tt, enum tensor_dtype dt, uint32_t ndim, uin
 
 static int add_linear(struct tiny_tensors *tt, const struct tiny_opts *o, const char *p, uint64_t out,
                       uint64_t in, const char *module) {
-        int r = add(tt, o->fp8 ? TENSOR_DTYPE_F8_E4M3 : TENSOR_DTYPE_BF16, 2, out, in, 0, "%s%s.weight", p, module);
+        int r = add(tt, o->fp8 ? TENSOR_DTYPE_F8_E4M3 : TENSOR_DTYPE_BF16, 2, out, in, 0, "%s%s.weight", p,
+                    module);
         if (r < 0 || !o->fp8)
                 return r;
-        return add(tt, o->f32_scale ? TENSOR_DTYPE_F32 : TENSOR_DTYPE_BF16, 2, out, 1, 0, "%s%s.weight_scale", p,
-                   module);
+        return add(tt, o->f32_scale ? TENSOR_DTYPE_F32 : TENSOR_DTYPE_BF16, 2, out, 1, 0,
+                   "%s%s.weight_scale", p, module);
 }
 
 int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
@@ -158,7 +159,7 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
         for (unsigned l = 0; l < TINY_LAYERS; l++) {
                 bool full = l == TINY_LAYERS - 1;
                 uint64_t hd = full ? TINY_GHEAD_DIM : TINY_HEAD_DIM, kv = full ? TINY_GKV : TINY_KV;
-                for (size_t i = 0; i < 7; i++)
+                for (size_t i = 0; i < (o->dense ? 4u : 7u); i++)
                         r |= add(tt, bf, 1, TINY_HIDDEN, 0, 0, "%slayers.%u.%s.weight", p, l, norms[i]);
                 r |= add(tt, bf, 1, hd, 0, 0, "%slayers.%u.self_attn.q_norm.weight", p, l);
                 r |= add(tt, bf, 1, hd, 0, 0, "%slayers.%u.self_attn.k_norm.weight", p, l);
@@ -166,7 +167,7 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
                 r |= add_linear(tt, o, p, TINY_HEADS * hd, TINY_HIDDEN, m);
                 snprintf(m, sizeof(m), "layers.%u.self_attn.k_proj", l);
                 r |= add_linear(tt, o, p, kv * hd, TINY_HIDDEN, m);
-                if (!full) {
+                if (!full || o->no_k_eq_v) {
                         snprintf(m, sizeof(m), "layers.%u.self_attn.v_proj", l);
                         r |= add_linear(tt, o, p, kv * hd, TINY_HIDDEN, m);
                 }
@@ -178,10 +179,12 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
                 r |= add_linear(tt, o, p, TINY_INTER, TINY_HIDDEN, m);
                 snprintf(m, sizeof(m), "layers.%u.mlp.down_proj", l);
                 r |= add_linear(tt, o, p, TINY_HIDDEN, TINY_INTER, m);
+                r |= add(tt, bf, 1, 1, 0, 0, "%slayers.%u.layer_scalar", p, l);
+                if (o->dense)
+                        continue;
                 r |= add(tt, bf, 2, TINY_EXPERTS, TINY_HIDDEN, 0, "%slayers.%u.router.proj.weight", p, l);
                 r |= add(tt, bf, 1, TINY_HIDDEN, 0, 0, "%slayers.%u.router.scale", p, l);
                 r |= add(tt, bf, 1, TINY_EXPERTS, 0, 0, "%slayers.%u.router.per_expert_scale", p, l);
-                r |= add(tt, bf, 1, 1, 0, 0, "%slayers.%u.layer_scalar", p, l);
                 if (o->split_experts || o->fp8) {
                         for (unsigned e = 0; e < TINY_EXPERTS; e++) {
                                 snprintf(m, sizeof(m), "layers.%u.experts.%u.gate_proj", l, e);
@@ -192,14 +195,15 @@ int tiny_build_tensors(const struct tiny_opts *o, struct tiny_tensors *tt) {
                                 r |= add_linear(tt, o, p, TINY_HIDDEN, TINY_MOE_INTER, m);
                         }
                 } else {
-                        r |= add(tt, bf, 3, TINY_EXPERTS, 2 * TINY_MOE_INTER, TINY_HIDDEN, "%slayers.%u.experts.gate_up_proj",
-                                 p, l);
-                        r |= add(tt, bf, 3, TINY_EXPERTS, TINY_HIDDEN, TINY_MOE_INTER, "%slayers.%u.experts.down_proj", p, l);
+                        r |= add(tt, bf, 3, TINY_EXPERTS, 2 * TINY_MOE_INTER, TINY_HIDDEN,
+                                 "%slayers.%u.experts.gate_up_proj", p, l);
+                        r |= add(tt, bf, 3, TINY_EXPERTS, TINY_HIDDEN, TINY_MOE_INTER,
+                                 "%slayers.%u.experts.down_proj", p, l);
                 }
         }
         if (o->vision && !o->flat)
                 r |= add(tt, bf, 2, TINY_HIDDEN, 8, 0, "model.embed_vision.embedding_projection.weight");
-        if (o->lm_head)
+        if (o->lm_head || o->untied)
                 r |= add(tt, bf, 2, TINY_VOCAB, TINY_HIDDEN, 0, "lm_head.weight");
         if (r) {
                 tiny_tensors_free(tt);
@@ -236,25 +240,32 @@ static json_t *quant_block(const char *prefix) {
 }
 
 json_t *tiny_config(const struct tiny_opts *o) {
-        json_t *text = json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:f,s:i,s:i,s:[s,s],s:b,s:f,s:b,s:i,s:i,s:i,"
-                                 "s:i,s:i,s:b,s:i,s:i,s:i,s:b,s:s}",
-                                 "vocab_size", TINY_VOCAB, "hidden_size", TINY_HIDDEN,
-                                 "num_hidden_layers", TINY_LAYERS, "num_attention_heads", TINY_HEADS,
-                                 "num_key_value_heads", TINY_KV, "head_dim", TINY_HEAD_DIM,
-                                 "intermediate_size", TINY_INTER, "hidden_activation", "gelu_pytorch_tanh",
-                                 "rms_norm_eps", 1e-6, "sliding_window", 8, "max_position_embeddings", 4096,
-                                 "layer_types", "sliding_attention", "full_attention",
-                                 "attention_k_eq_v", 1, "final_logit_softcapping", 30.0,
-                                 "enable_moe_block", 1, "num_experts", TINY_EXPERTS, "top_k_experts", TINY_TOPK,
-                                 "moe_intermediate_size", TINY_MOE_INTER, "hidden_size_per_layer_input", 0,
-                                 "num_kv_shared_layers", 0, "use_double_wide_mlp", 0,
-                                 "bos_token_id", 2, "pad_token_id", 0, "eos_token_id", 1,
-                                 "tie_word_embeddings", 1, "model_type", "gemma4_text");
-        json_t *rope = json_pack("{s:{s:s,s:f},s:{s:s,s:f,s:f}}",
-                                 "sliding_attention", "rope_type", "default", "rope_theta", 10000.0,
-                                 "full_attention", "rope_type", "proportional", "partial_rotary_factor", 0.25,
-                                 "rope_theta", 1000000.0);
+        json_t *text = json_pack(
+                "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:s,s:f,s:i,s:i,s:[s,s],s:b,s:f,s:b,s:i,s:i,s:i,"
+                "s:i,s:i,s:b,s:i,s:i,s:i,s:b,s:s}",
+                "vocab_size", TINY_VOCAB, "hidden_size", TINY_HIDDEN, "num_hidden_layers", TINY_LAYERS,
+                "num_attention_heads", TINY_HEADS, "num_key_value_heads", TINY_KV, "head_dim", TINY_HEAD_DIM,
+                "intermediate_size", TINY_INTER, "hidden_activation", "gelu_pytorch_tanh", "rms_norm_eps",
+                1e-6, "sliding_window", 8, "max_position_embeddings", 4096, "layer_types",
+                "sliding_attention", "full_attention", "attention_k_eq_v", 1, "final_logit_softcapping",
+                30.0, "enable_moe_block", 1, "num_experts", TINY_EXPERTS, "top_k_experts", TINY_TOPK,
+                "moe_intermediate_size", TINY_MOE_INTER, "hidden_size_per_layer_input", 0,
+                "num_kv_shared_layers", 0, "use_double_wide_mlp", 0, "bos_token_id", 2, "pad_token_id", 0,
+                "eos_token_id", 1, "tie_word_embeddings", 1, "model_type", "gemma4_text");
+        json_t *rope = json_pack("{s:{s:s,s:f},s:{s:s,s:f,s:f}}", "sliding_attention", "rope_type",
+                                 "default", "rope_theta", 10000.0, "full_attention", "rope_type",
+                                 "proportional", "partial_rotary_factor", 0.25, "rope_theta", 1000000.0);
         json_object_set_new(text, "rope_parameters", rope);
+        if (o->dense) {
+                json_object_set_new(text, "enable_moe_block", json_false());
+                json_object_set_new(text, "num_experts", json_null());
+                json_object_set_new(text, "top_k_experts", json_null());
+                json_object_set_new(text, "moe_intermediate_size", json_null());
+        }
+        if (o->no_k_eq_v)
+                json_object_set_new(text, "attention_k_eq_v", json_false());
+        if (o->untied)
+                json_object_set_new(text, "tie_word_embeddings", json_false());
         if (o->per_layer_config)
                 json_object_set_new(text, "per_layer_config",
                                     json_pack("{s:{s:i,s:i}}", "1", "head_dim", TINY_GHEAD_DIM,
@@ -269,11 +280,11 @@ json_t *tiny_config(const struct tiny_opts *o) {
                         json_object_set_new(text, "quantization_config", quant_block("model."));
                 return text;
         }
-        json_t *root = json_pack("{s:[s],s:s,s:o,s:[i,i,i],s:b,s:i,s:{s:i,s:s}}",
-                                 "architectures", "Gemma4ForConditionalGeneration", "model_type", "gemma4",
-                                 "text_config", text, "eos_token_id", 1, 6, 5, "tie_word_embeddings", 1,
-                                 "image_token_id", 60, "vision_config", "hidden_size", 8, "model_type",
-                                 "gemma4_vision");
+        json_t *root =
+                json_pack("{s:[s],s:s,s:o,s:[i,i,i],s:b,s:i,s:{s:i,s:s}}", "architectures",
+                          "Gemma4ForConditionalGeneration", "model_type", "gemma4", "text_config", text,
+                          "eos_token_id", 1, 6, 5, "tie_word_embeddings", !o->untied, "image_token_id", 60,
+                          "vision_config", "hidden_size", 8, "model_type", "gemma4_vision");
         if (o->fp8)
                 json_object_set_new(root, "quantization_config", quant_block("model.language_model."));
         return root;
@@ -298,8 +309,9 @@ int tiny_write_tensors(const char *dir, const struct tiny_opts *o, struct tiny_t
         json_t *wm = json_object(), *idx;
         uint64_t total = 0;
         for (size_t i = 0; i < tt->n; i++)
-                json_object_set_new(wm, tt->t[i].name, json_string(i < half ? "model-00001-of-00002.safetensors"
-                                                                            : "model-00002-of-00002.safetensors"));
+                json_object_set_new(wm, tt->t[i].name,
+                                    json_string(i < half ? "model-00001-of-00002.safetensors"
+                                                         : "model-00002-of-00002.safetensors"));
         snprintf(path, sizeof(path), "%s/model-00001-of-00002.safetensors", dir);
         r = st_write_file(path, tt->t, half, NULL);
         if (r >= 0) {

@@ -34,7 +34,10 @@ struct tiny_opts {
         bool sharded;           /* two shards + model.safetensors.index.json */
         bool per_layer_config;  /* full-layer geometry as transformers 5.17's per_layer_config */
         bool vision;            /* add a vision tensor (skipped by the loader) */
-        bool lm_head;           /* add lm_head.weight (ignored: tied) */
+        bool lm_head;           /* add lm_head.weight (ignored when tied) */
+        bool dense;             /* enable_moe_block false: no router, experts or MoE norms */
+        bool no_k_eq_v;         /* attention_k_eq_v false: full layers have a v_proj */
+        bool untied;            /* tie_word_embeddings false (with lm_head) */
 };
 
 json_t *tiny_config(const struct tiny_opts *o);

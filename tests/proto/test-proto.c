@@ -658,6 +658,98 @@ static void test_reject_events(void **state) {
                       "token_ids");
 }
 
+/* printf into a fresh buffer (the JSON texts below hold long generated strings). */
+static char *fmt_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt_json(const char *fmt, ...) {
+        va_list ap;
+        char *s;
+
+        va_start(ap, fmt);
+        assert_true(vasprintf(&s, fmt, ap) >= 0);
+        va_end(ap);
+        return s;
+}
+
+static char *repeat(const char *piece, unsigned n, const char *sep) {
+        size_t lp = strlen(piece), ls = strlen(sep);
+        char *s = malloc(n * (lp + ls) + 1), *p = s;
+
+        assert_non_null(s);
+        for (unsigned i = 0; i < n; i++) {
+                memcpy(p, piece, lp);
+                p += lp;
+                if (i + 1 < n) {
+                        memcpy(p, sep, ls);
+                        p += ls;
+                }
+        }
+        *p = 0;
+        return s;
+}
+
+static void test_reject_lengths(void **state) {
+        char *name257 = repeat("n", 257, ""), *name256 = repeat("n", 256, ""), *msg4097 = repeat("m", 4097, "");
+        char *msgs4097 = repeat("{\"role\":\"user\"}", 4097, ","), *tools513 = repeat("{}", 513, ",");
+        char *j;
+
+#define CHECK(expr) do { j = (expr); } while (0)
+        CHECK(fmt_json("{\"type\":\"hello\",\"proto\":1,\"client\":\"%s\"}", name257));
+        expect_reject(j, REQ, BAD, "client");
+        free(j);
+        CHECK(fmt_json("{\"type\":\"hello\",\"proto\":1,\"client\":\"%s\"}", name256));
+        expect_accept(j, REQ);
+        free(j);
+        CHECK(fmt_json("{\"type\":\"chat\",\"id\":1,\"messages\":[{\"role\":\"%s\"}]}", name257));
+        expect_reject(j, REQ, BAD, "messages[0].role");
+        free(j);
+        {
+                /* A 257-byte map key inside a message (proto_pack_json refuses to write one). */
+                msgpack_sbuffer sb;
+                msgpack_packer pk;
+
+                msgpack_sbuffer_init(&sb);
+                msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+                msgpack_pack_map(&pk, 3);
+                msgpack_pack_str_with_body(&pk, "type", 4);
+                msgpack_pack_str_with_body(&pk, "chat", 4);
+                msgpack_pack_str_with_body(&pk, "id", 2);
+                msgpack_pack_uint8(&pk, 1);
+                msgpack_pack_str_with_body(&pk, "messages", 8);
+                msgpack_pack_array(&pk, 1);
+                msgpack_pack_map(&pk, 2);
+                msgpack_pack_str_with_body(&pk, "role", 4);
+                msgpack_pack_str_with_body(&pk, "user", 4);
+                msgpack_pack_str_with_body(&pk, name257, 257);
+                msgpack_pack_nil(&pk);
+                expect_reject_bytes(sb.data, sb.size, REQ, BAD, "messages[0].nnn", "long key");
+                msgpack_sbuffer_destroy(&sb);
+        }
+        CHECK(fmt_json("{\"type\":\"chat\",\"id\":1,\"messages\":[%s]}", msgs4097));
+        expect_reject(j, REQ, BAD, "messages");
+        free(j);
+        CHECK(fmt_json("{\"type\":\"chat\",\"id\":1,\"messages\":[{\"role\":\"user\"}],\"tools\":[%s]}",
+                       tools513));
+        expect_reject(j, REQ, BAD, "tools");
+        free(j);
+        CHECK(fmt_json("{\"type\":\"error\",\"id\":0,\"code\":\"internal\",\"message\":\"%s\"}", msg4097));
+        expect_reject(j, EVT, BAD, "message");
+        free(j);
+        CHECK(fmt_json("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"name\":\"%s\",\"arguments\":\"{}\"}",
+                       name257));
+        expect_reject(j, EVT, BAD, "name");
+        free(j);
+#undef CHECK
+        expect_reject("{\"type\":\"tool_call\",\"id\":1,\"index\":0,\"call_id\":\"\",\"name\":\"f\","
+                      "\"arguments\":\"{}\"}", EVT, BAD, "call_id");
+        expect_reject("{\"type\":\"a_type_name_much_longer_than_any_real_one\",\"id\":1}", ANY,
+                      PROTO_CODE_UNSUPPORTED, "type");
+        free(name257);
+        free(name256);
+        free(msg4097);
+        free(msgs4097);
+        free(tools513);
+}
+
 /* Forward compatibility: an error code this version does not know decodes as UNKNOWN. */
 static void test_unknown_error_code(void **state) {
         struct proto_buf b;
@@ -1160,6 +1252,7 @@ int main(void) {
                 cmocka_unit_test(test_reject_chat),
                 cmocka_unit_test(test_reject_small_requests),
                 cmocka_unit_test(test_reject_events),
+                cmocka_unit_test(test_reject_lengths),
                 cmocka_unit_test(test_unknown_error_code),
                 cmocka_unit_test(test_reject_bad_msgpack),
                 cmocka_unit_test(test_reject_in_chat_json),

@@ -20,7 +20,7 @@
 
 #define VOCAB 512
 #define MAX_OUT 256
-#define MAX_REQS 80
+#define MAX_REQS 200
 
 static const int32_t stop_ids[3] = { 1, 106, 50 };
 
@@ -169,6 +169,7 @@ static int submit(struct fixture *f, uint64_t id, const int32_t *prompt, uint32_
         rq.params.temperature = 0;
         rq.params.max_tokens = max_tokens;
         rq.params.priority = prio;
+        rq.params.logprobs = 1;
         char err[256];
         return engine_submit(f->e, &rq, err, sizeof(err));
 }
@@ -502,6 +503,7 @@ static void test_status(void **state) {
         assert_int_equal(f->res[3].queue_position, 3);
         assert_int_equal(st.page_size, 4);
         assert_int_equal(st.capacity_tokens, 512 * 4);
+        assert_int_equal(st.max_len, 1024);
         /* 32K tokens need 8192 pages of 4: none fit this toy pool */
         assert_int_equal(st.seqs_32k, 0);
         assert_true(st.kv[KV_SPACE_FULL].used >= 3);
@@ -572,16 +574,25 @@ static void test_backend_errors(void **state) {
         assert_int_equal(submit(f, 2, p, 20, 5, 0), 0);
         run_until_done(f, 3);
         check_reference(f, 2, p, 20, 5);
-        /* a lost device (-EIO) is fatal */
+        fixture_free(f);
+
+        /* a lost device (-EIO) is fatal; a request waiting outside the failed step gets an error too */
+        struct limits l1 = { .max_num_seqs = 1 };
+        f = fixture_new(NULL, &l1);
         assert_int_equal(submit(f, 3, p, 20, 50, 0), 0);
+        assert_int_equal(submit(f, 5, p, 20, 50, 19), 0);
+        step(f);
         fake_backend_set_fail(f->b, fake_backend_steps(f->b) + 1, -EIO);
         assert_int_equal(engine_run_step(f->e), -EIO);
         collect(f);
         assert_true(f->res[3].error);
+        assert_true(f->res[5].error);
+        assert_int_equal(f->res[5].error_code, ENGINE_ERROR_INTERNAL);
         struct engine_status st;
         engine_get_status(f->e, &st);
         assert_int_equal(st.fatal, -EIO);
         assert_int_equal(submit(f, 4, p, 20, 5, 0), -ESHUTDOWN);
+        assert_int_equal(engine_run_step(f->e), -EIO);
         fixture_free(f);
 }
 
@@ -642,6 +653,50 @@ static uint64_t run_multiturn(bool cache, uint32_t *ret_cached) {
         return tokens;
 }
 
+/* Like a chat template: the next turn re-renders the previous answer after the model-turn header but
+ * drops the last 4 tokens of the previous prompt (Gemma's empty thought channel), so the shared prefix
+ * ends 4 tokens before the previous prompt's end, not at the end of its sequence. B = 16, W = 64. */
+static uint64_t run_chat(bool cache, uint32_t *ret_cached, uint32_t *ret_hits) {
+        struct fake_params fp = { .page_size = 16, .n_full_pages = 256, .n_sliding_pages = 160, .window = 64,
+                                  .vocab = VOCAB };
+        struct limits l = { .no_prefix_cache = !cache, .max_num_seqs = 8, .max_batched_tokens = 256 };
+        struct fixture *f = fixture_new(&fp, &l);
+        static int32_t conv[8][600];
+        uint32_t len[8], cached = 0, hits = 0;
+        const int32_t tail[4] = { 100, 45518 % VOCAB, 107, 101 };
+        for (uint32_t c = 0; c < 8; c++) {
+                make_prompt(conv[c], 40 + c * 3, c, 20);
+                len[c] = 40 + c * 3;
+                memcpy(conv[c] + len[c], tail, sizeof(tail));
+                len[c] += 4;
+        }
+        uint64_t id = 0;
+        for (uint32_t turn = 0; turn < 4; turn++) {
+                uint64_t first = id;
+                for (uint32_t c = 0; c < 8; c++)
+                        assert_int_equal(submit(f, id++, conv[c], len[c], 12, 0), 0);
+                run_until_done(f, (uint32_t) id);
+                for (uint32_t c = 0; c < 8; c++) {
+                        struct result *r = &f->res[first + c];
+                        cached += r->usage.cached_tokens;
+                        hits += r->usage.cached_tokens > 0;
+                        len[c] -= 4;            /* the history drops the empty thought channel */
+                        memcpy(conv[c] + len[c], r->toks, sizeof(int32_t) * r->n);
+                        len[c] += r->n;
+                        conv[c][len[c]++] = 106;        /* <turn|> */
+                        make_prompt(conv[c] + len[c], 9 + c, 100 + c * 4 + turn, 0);
+                        len[c] += 9 + c;
+                        memcpy(conv[c] + len[c], tail, sizeof(tail));
+                        len[c] += 4;
+                }
+        }
+        uint64_t tokens = fake_backend_tokens(f->b);
+        fixture_free(f);
+        *ret_cached = cached;
+        *ret_hits = hits;
+        return tokens;
+}
+
 static uint64_t run_system_prompt(bool cache, bool one_by_one, uint32_t *ret_cached) {
         struct limits l = { .no_prefix_cache = !cache, .max_num_seqs = 16, .max_batched_tokens = 256 };
         struct fixture *f = fixture_new(NULL, &l);
@@ -670,6 +725,15 @@ static void test_prefix_workloads(void **state) {
         assert_true(on < off);
         assert_int_equal(c_off, 0);
         assert_int_equal(off - on, c_on);
+        uint32_t hits_on, hits_off;
+        on = run_chat(true, &c_on, &hits_on);
+        off = run_chat(false, &c_off, &hits_off);
+        print_message("# chat-template turns (8 conversations x 4 turns, B = 16, W = 64): %llu tokens computed "
+                      "with the prefix cache (%u cached, %u of 24 follow-up turns hit), %llu without\n",
+                      (unsigned long long) on, c_on, hits_on, (unsigned long long) off);
+        assert_true(on < off);
+        assert_true(hits_on >= 18);
+        assert_int_equal(off - on, c_on);
         uint64_t at_once = run_system_prompt(true, false, &c_on);
         uint64_t seq = run_system_prompt(true, true, &c_off);
         uint32_t c_none;
@@ -680,6 +744,106 @@ static void test_prefix_workloads(void **state) {
                       (unsigned long long) none);
         assert_true(at_once <= none);
         assert_int_equal(none - seq, c_off);
+}
+
+static uint32_t rnd_next(uint64_t *rng, uint32_t n) {
+        *rng = *rng * 6364136223846793005u + 1442695040888963407u;
+        return (uint32_t) ((*rng >> 33) % n);
+}
+
+/* A random mix of submissions (shared prefixes, priorities, deadlines, seeds), cancels, disconnects and
+ * stop requests under slot and page pressure: after every step the pool is consistent and the fake's
+ * checks hold; every greedy request's output is a prefix of its solo reference (equal to it when it
+ * ended by itself); at the end every page is free or cached. */
+static void test_random_mix(void **state) {
+        struct fake_params fp = { .page_size = 4, .n_full_pages = 96, .n_sliding_pages = 48, .window = 16,
+                                  .vocab = VOCAB };
+        struct limits l = { .max_num_seqs = 6, .max_batched_tokens = 40, .max_queue = 12, .aging_ms = 20 };
+        struct fixture *f = fixture_new(&fp, &l);
+        static int32_t prompts[MAX_REQS][64];
+        static uint32_t lens[MAX_REQS], maxt[MAX_REQS];
+        static bool greedy[MAX_REQS], accepted[MAX_REQS];
+        uint64_t rng = 2024;
+        uint32_t next_id = 0, n_accepted = 0, actions = 0, overloaded = 0;
+        char err[256];
+        while (actions < 2000) {
+                uint32_t a = rnd_next(&rng, 100);
+                actions++;
+                for (uint32_t burst = a < 25 ? (rnd_next(&rng, 6) == 0 ? 10 : 1) : 0;
+                     burst > 0 && next_id < MAX_REQS; burst--) {
+                        uint32_t id = next_id++;
+                        lens[id] = 2 + rnd_next(&rng, 50);
+                        maxt[id] = 1 + rnd_next(&rng, 30);
+                        uint32_t salt = rnd_next(&rng, 4), shared = rnd_next(&rng, 3) * 12;
+                        make_prompt(prompts[id], lens[id], salt, shared);
+                        struct engine_request rq = { .conn_id = 1 + id % 3, .req_id = id,
+                                                     .kind = rnd_next(&rng, 10) == 0 ? ENGINE_KIND_SCORE : ENGINE_KIND_GENERATE,
+                                                     .tokens = prompts[id], .n_tokens = lens[id] };
+                        sampling_params_init(&rq.params);
+                        greedy[id] = rnd_next(&rng, 3) != 0 && rq.kind == ENGINE_KIND_GENERATE;
+                        rq.params.temperature = greedy[id] ? 0.0f : 0.8f;
+                        rq.params.top_p = greedy[id] ? 1.0f : 0.9f;
+                        rq.params.seed = id;
+                        rq.params.has_seed = rnd_next(&rng, 2);
+                        rq.params.max_tokens = maxt[id];
+                        rq.params.priority = (int32_t) rnd_next(&rng, 40) - 20;
+                        rq.params.deadline_ms = rnd_next(&rng, 8) == 0 ? 1 + rnd_next(&rng, 20) : 0;
+                        rq.params.logprobs = rnd_next(&rng, 3);
+                        int r = engine_submit(f->e, &rq, err, sizeof(err));
+                        if (r == -EAGAIN) {
+                                overloaded++;
+                        } else {
+                                assert_int_equal(r, 0);
+                                accepted[id] = true;
+                                n_accepted++;
+                        }
+                }
+                if (a < 25) {
+                        continue;
+                } else if (a < 26 && next_id > 0) {
+                        uint32_t id = rnd_next(&rng, next_id);
+                        assert_int_equal(engine_cancel(f->e, 1 + id % 3, id), 0);
+                } else if (a < 28) {
+                        assert_int_equal(engine_cancel_connection(f->e, 1 + rnd_next(&rng, 3)), 0);
+                } else if (a < 32 && next_id > 0) {
+                        uint32_t id = rnd_next(&rng, next_id);
+                        assert_int_equal(engine_request_stop(f->e, 1 + id % 3, id), 0);
+                } else {
+                        step(f);
+                        assert_int_equal(engine_check(f->e, err, sizeof(err)), 0);
+                        if (rnd_next(&rng, 20) == 0)
+                                usleep(2000);   /* let some deadlines pass */
+                }
+        }
+        run_until_done(f, n_accepted);
+        uint32_t full_checks = 0;
+        for (uint32_t id = 0; id < next_id; id++) {
+                struct result *r = &f->res[id];
+                if (!accepted[id] || !greedy[id] || r->error)
+                        continue;
+                assert_true(r->finished);
+                int32_t ref[MAX_OUT];
+                uint32_t n_ref = fake_reference_greedy(&f->fp, prompts[id], lens[id], stop_ids, 3, maxt[id], ref);
+                assert_true(r->n <= n_ref);
+                assert_memory_equal(r->toks, ref, sizeof(int32_t) * r->n);
+                if (r->reason == ENGINE_FINISH_LENGTH || r->reason == ENGINE_FINISH_STOP) {
+                        bool by_stop_id = r->reason == ENGINE_FINISH_STOP && r->usage.output_tokens == n_ref &&
+                                          r->n + 1 == n_ref;
+                        if (r->reason == ENGINE_FINISH_LENGTH || by_stop_id) {
+                                assert_int_equal(r->usage.output_tokens, n_ref);
+                                full_checks++;
+                        }
+                }
+        }
+        struct engine_status st;
+        engine_get_status(f->e, &st);
+        print_message("# random mix: %u actions, %u accepted, %u overloaded, %llu preemptions, %u outputs "
+                      "checked in full\n", actions, n_accepted, overloaded, (unsigned long long) st.preemptions,
+                      full_checks);
+        assert_true(full_checks > 5);
+        assert_pool_empty(f);
+        assert_int_equal(engine_check(f->e, err, sizeof(err)), 0);
+        fixture_free(f);
 }
 
 /* ---- the real thread ---- */
@@ -774,6 +938,7 @@ int main(void) {
                 cmocka_unit_test(test_score),
                 cmocka_unit_test(test_backend_errors),
                 cmocka_unit_test(test_duplicate_id),
+                cmocka_unit_test(test_random_mix),
                 cmocka_unit_test(test_thread),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -105,6 +105,9 @@ static void test_greedy(void **state) {
         struct sampling_params p = params(0);
         struct sampler_result r;
         assert_int_equal(sample(s, l, 6, &p, NULL, 0, 0, &r), 1);     /* tie: lowest id */
+        assert_true(r.logprob == 0);                                    /* not requested */
+        p.logprobs = 1;
+        assert_int_equal(sample(s, l, 6, &p, NULL, 0, 0, &r), 1);
         /* logprob = log softmax at T = 1, NaN counted as -inf */
         double z = exp(0.5) + exp(2.0) * 2 + exp(-1.0) + exp(1.0);
         assert_float_equal(r.logprob, 2.0 - log(z), 1e-5);

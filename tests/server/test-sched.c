@@ -339,6 +339,34 @@ static void test_score_budget(void **state) {
         world_done(&w);
 }
 
+/* Regression: a running request short of pages never preempts a more urgent one that merely got no
+ * tokens in this step (a score request behind an even more urgent one's all-logits budget). */
+static void test_victim_ranks_after(void **state) {
+        struct world w;
+        world_init(&w, 6, 16, 8, 256, 0);
+        struct req a, b, s1;
+        req_init(&a, 0, 40, 1);
+        req_init(&b, 5, 8, 2);
+        req_init(&s1, -10, 20, 3);
+        a.s.kind = SCHED_KIND_SCORE;
+        s1.s.kind = SCHED_KIND_SCORE;
+        assert_int_equal(sched_add(w.sched, &a.s, 0), 0);
+        assert_int_equal(sched_add(w.sched, &b.s, 0), 0);
+        struct sched_plan *p = step(&w, 1);
+        assert_true(in_plan(p, &a) && in_plan(p, &b));
+        assert_int_equal(sched_add(w.sched, &s1.s, 2), 0);
+        p = step(&w, 3);
+        assert_true(in_plan(p, &s1));
+        assert_false(in_plan(p, &a));           /* no all-logits budget left, still running */
+        assert_int_equal(a.s.state, SCHED_RUNNING);
+        assert_int_equal(p->n_preempted, 1);
+        assert_ptr_equal(p->preempted[0], &b.s);        /* b steps aside; a is more urgent */
+        req_done(&w, &a);
+        req_done(&w, &b);
+        req_done(&w, &s1);
+        world_done(&w);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_priority_order),
@@ -350,6 +378,7 @@ int main(void) {
                 cmocka_unit_test(test_running_out_of_pages),
                 cmocka_unit_test(test_head_of_line),
                 cmocka_unit_test(test_score_budget),
+                cmocka_unit_test(test_victim_ranks_after),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -170,7 +170,8 @@ def main():
               "<|turn>model\n<|channel>thought\n<channel|>",
               "<table>x</table>", "\n", "\n\n", "\t", "\r", "\r\n", " \n ", "▁", "▁▁ ▁", "a▁b", " ▁ ",
               "<|image|><|image>", "<|image><|image|><image|>", "<<|turn>>", "<|turn><|turn>", "<bos><bos>",
-              "<|\"|><|\"|>", "<|\"|", "<turn|", "x<eos>y", "<pad><mask><unk>", "<|tool_response|>"]:
+              "<|\"|><|\"|>", "<|\"|", "<turn|", "x<eos>y", "<pad><mask><unk>", "<|tool_response|>",
+              "<b> </b>", "a> </b", "x >  </y", "<td> </td> <td>  </td>", ">", "> ", " >", "> <", ">\u2581</"]:
         add("fixed", s)
     for s in SPECIALS + NEAR_SPECIALS:
         add("special-literal", s)

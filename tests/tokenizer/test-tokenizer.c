@@ -13,6 +13,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -165,7 +166,8 @@ static char *stream_decode(const struct tokenizer *t, const int32_t *ids, size_t
 /* part 1: hand-made tokenizers                                                                      */
 
 /* ids: <unk> 0, <s> 1, a 2, b 3, c 4, ab 5, bc 6, abc 7, ▁ 8, ▁a 9, <0x00>..<0xFF> 10..265, \n 266,
- * \n\n 267, x 268, xx 269, <|t> 270 (special), <|tool> 271 (special), ext 272 (added, not special) */
+ * \n\n 267, x 268, xx 269, <|t> 270 (special), <|tool> 271 (special), ext 272 (added, not special),
+ * d 273, d▁ 274 (the first merge) */
 static const int32_t BYTE0 = 10;
 
 static char *tiny_json(bool legacy_merges, bool byte_fallback, bool fuse_unk, bool ignore_merges) {
@@ -190,16 +192,16 @@ static char *tiny_json(bool legacy_merges, bool byte_fallback, bool fuse_unk, bo
                  fuse_unk ? "true" : "false", byte_fallback ? "true" : "false", ignore_merges ? "true" : "false");
         sb_str(&b, tmp);
         sb_str(&b, "\"vocab\":{\"<unk>\":0,\"<s>\":1,\"a\":2,\"b\":3,\"c\":4,\"ab\":5,\"bc\":6,\"abc\":7,"
-                   "\"\xe2\x96\x81\":8,\"\\u2581a\":9,");
+                   "\"\xe2\x96\x81\":8,\"\\u2581a\":9,\"d\":273,\"d\xe2\x96\x81\":274,");
         for (int i = 0; i < 256; i++) {
                 snprintf(tmp, sizeof(tmp), "\"<0x%02X>\":%d,", i, BYTE0 + i);
                 sb_str(&b, tmp);
         }
         sb_str(&b, "\"\\n\":266,\"\\n\\n\":267,\"x\":268,\"xx\":269,\"<|t>\":270,\"<|tool>\":271},\"merges\":");
         if (legacy_merges)
-                sb_str(&b, "[\"#version: 0.2\",\"a b\",\"b c\",\"ab c\",\"\xe2\x96\x81 a\",\"\\n \\n\",\"x x\"]}}");
+                sb_str(&b, "[\"#version: 0.2\",\"d \xe2\x96\x81\",\"a b\",\"b c\",\"ab c\",\"\xe2\x96\x81 a\",\"\\n \\n\",\"x x\"]}}");
         else
-                sb_str(&b, "[[\"a\",\"b\"],[\"b\",\"c\"],[\"ab\",\"c\"],[\"\xe2\x96\x81\",\"a\"],[\"\\n\",\"\\n\"],"
+                sb_str(&b, "[[\"d\",\"\xe2\x96\x81\"],[\"a\",\"b\"],[\"b\",\"c\"],[\"ab\",\"c\"],[\"\xe2\x96\x81\",\"a\"],[\"\\n\",\"\\n\"],"
                            "[\"x\",\"x\"]]}}");
         return b.p;
 }
@@ -209,7 +211,7 @@ static void test_tiny_merges(void **state) {
                 char *json = tiny_json(legacy, true, true, false);
                 struct tokenizer *t = load_json(json);
 
-                assert_int_equal(tokenizer_vocab_size(t), 273);
+                assert_int_equal(tokenizer_vocab_size(t), 275);
                 ENC_EMPTY(t, "", true);
                 ENC(t, "a", true, 2);
                 ENC(t, "abc", true, 7);                 /* a+b (rank 0), then ab+c (rank 2) */
@@ -220,6 +222,10 @@ static void test_tiny_merges(void **state) {
                 ENC(t, "xxxxx", true, 269, 269, 268);
                 ENC(t, " a", true, 9);                  /* normalizer: space -> U+2581 */
                 ENC(t, "  a", true, 8, 9);
+                /* "d▁" is a merge result, so a word may not be cut between d and a space symbol */
+                ENC(t, "d a", true, 274, 2);
+                ENC(t, "c a", true, 4, 9);
+                ENC(t, "dd  a", true, 273, 274, 9);
                 ENC(t, "\xe2\x96\x81" "a", true, 9);    /* a literal U+2581 is the same symbol */
                 ENC(t, "\n\n\n", true, 267, 266);
                 ENC(t, "a\n\nb", true, 2, 267, 3);
@@ -277,7 +283,7 @@ static void test_tiny_added_tokens(void **state) {
                 assert_memory_equal(p, "\xe2\x96\x81" "a", 4);
                 assert_int_equal(tokenizer_token_to_piece(t, BYTE0 + 13, &p, &n), 0);
                 assert_memory_equal(p, "<0x0D>", 6);
-                assert_int_equal(tokenizer_token_to_piece(t, 273, &p, &n), -EINVAL);
+                assert_int_equal(tokenizer_token_to_piece(t, 275, &p, &n), -EINVAL);
                 assert_int_equal(tokenizer_token_to_piece(t, -5, &p, &n), -EINVAL);
         }
         tokenizer_free(t);
@@ -542,6 +548,57 @@ static void test_loader_errors(void **state) {
                 assert_true(tokenizer_load("/", &t, NULL) < 0);
                 assert_null(t);
         }
+}
+
+/* Truncated and mutated files never crash the loader: they fail with a message or load a tokenizer
+ * that works. */
+static void test_loader_robustness(void **state) {
+        char *json = tiny_json(false, true, true, false);
+        size_t len = strlen(json);
+        unsigned seed = 99;
+        char *copy = malloc(len + 1);
+
+        for (size_t cut = 0; cut < len; cut += cut + 300 < len ? 7 : 1) {
+                struct tokenizer *t = NULL;
+                char *err = NULL;
+
+                assert_true(tokenizer_load_buffer(json, cut, "cut.json", &t, &err) < 0);
+                assert_null(t);
+                assert_non_null(err);
+                assert_non_null(strstr(err, "cut.json: "));
+                free(err);
+        }
+        for (int i = 0; i < 400; i++) {
+                static const char alphabet[] = "{}[]\":,0129aZ \\u\xff\x01";
+                struct tokenizer *t = NULL;
+                char *err = NULL;
+                int r;
+
+                memcpy(copy, json, len + 1);
+                for (int k = 0; k < 1 + i % 3; k++) {
+                        seed = seed * 1103515245u + 12345u;
+                        copy[(seed >> 8) % len] = alphabet[(seed >> 20) % (sizeof(alphabet) - 1)];
+                }
+                r = tokenizer_load_buffer(copy, len, "mutated.json", &t, &err);
+                if (r < 0) {
+                        assert_null(t);
+                        assert_non_null(err);
+                        free(err);
+                } else {
+                        int32_t *ids;
+                        size_t n;
+                        char *text;
+
+                        assert_null(err);
+                        assert_int_equal(tokenizer_encode(t, "abc <s> x\xff", 10, true, &ids, &n), 0);
+                        assert_int_equal(tokenizer_decode(t, ids, n, false, &text, &n), 0);
+                        free(ids);
+                        free(text);
+                        tokenizer_free(t);
+                }
+        }
+        free(copy);
+        free(json);
 }
 
 static void test_loader_duplicates(void **state) {
@@ -1012,6 +1069,66 @@ static void test_gemma4_streaming_emoji(void **state) {
         free(b.p);
 }
 
+/* The tokenizer is read-only after loading: threads encoding and decoding at once get the same ids as
+ * one thread. */
+struct thread_job {
+        const struct tokenizer *t;
+        json_t *golden;
+        size_t first, step;
+        size_t mismatches;
+};
+
+static void *thread_main(void *arg) {
+        struct thread_job *job = arg;
+
+        for (size_t i = job->first; i < json_array_size(job->golden); i += job->step) {
+                json_t *g = json_array_get(job->golden, i);
+                const char *hex = json_string_value(json_object_get(g, "hex"));
+                json_t *want = json_object_get(g, "ids");
+                size_t n = strlen(hex) / 2, n_ids;
+                char *text = malloc(n + 1);
+                int32_t *ids;
+                char *dec;
+
+                for (size_t j = 0; j < n; j++) {
+                        unsigned v;
+
+                        sscanf(hex + 2 * j, "%2x", &v);
+                        text[j] = (char)v;
+                }
+                if (tokenizer_encode(job->t, text, n, true, &ids, &n_ids) < 0 || n_ids != json_array_size(want)) {
+                        job->mismatches++;
+                } else {
+                        for (size_t j = 0; j < n_ids; j++)
+                                job->mismatches += ids[j] != json_integer_value(json_array_get(want, j));
+                        if (tokenizer_decode(job->t, ids, n_ids, false, &dec, &n) == 0)
+                                free(dec);
+                        else
+                                job->mismatches++;
+                        free(ids);
+                }
+                free(text);
+        }
+        return NULL;
+}
+
+static void test_gemma4_threads(void **state) {
+        const struct tokenizer *t = gemma4();
+        json_t *golden = read_jsonl(".deps/fixtures/tokenizer-golden.jsonl", true);
+        struct thread_job jobs[4];
+        pthread_t th[4];
+
+        for (size_t i = 0; i < 4; i++) {
+                jobs[i] = (struct thread_job){ .t = t, .golden = golden, .first = i, .step = 7 };
+                assert_int_equal(pthread_create(&th[i], NULL, thread_main, &jobs[i]), 0);
+        }
+        for (size_t i = 0; i < 4; i++) {
+                assert_int_equal(pthread_join(th[i], NULL), 0);
+                assert_int_equal(jobs[i].mismatches, 0);
+        }
+        json_decref(golden);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 /* hand-made tokenizers */
@@ -1023,6 +1140,7 @@ int main(void) {
                 cmocka_unit_test(test_long_input),
                 cmocka_unit_test(test_append),
                 cmocka_unit_test(test_loader_errors),
+                cmocka_unit_test(test_loader_robustness),
                 cmocka_unit_test(test_loader_duplicates),
                 cmocka_unit_test(test_tiny_decode),
                 /* Gemma 4 against HF tokenizers (npm fixtures) */
@@ -1031,6 +1149,7 @@ int main(void) {
                 cmocka_unit_test(test_gemma4_corpus),
                 cmocka_unit_test(test_gemma4_decode_goldens),
                 cmocka_unit_test(test_gemma4_streaming_emoji),
+                cmocka_unit_test(test_gemma4_threads),
         };
         int failed = cmocka_run_group_tests_name("tokenizer", tests, NULL, teardown_gemma);
 

@@ -26,6 +26,7 @@ struct eval_opts {
         uint32_t greedy, bench, page_size, chunk;
         int threads;
         enum kv_dtype kv_dtype;
+        bool kv_dtype_set;
 };
 
 static void usage(FILE *f) {
@@ -37,7 +38,8 @@ static void usage(FILE *f) {
               "  --threads N            CPU backend threads (default: all cores)\n"
               "  --page-size B          KV page size in tokens (default 16)\n"
               "  --chunk N              prefill at most N tokens per step (default 256)\n"
-              "  --kv-dtype bf16|fp8    KV cache dtype for the CUDA backend (default bf16; CPU keeps float32)\n"
+              "  --kv-dtype bf16|fp8    KV cache dtype (CUDA default bf16; the CPU keeps float32 unless given,\n"
+              "                         then rounds K/V as the GPU stores them)\n"
               "  -h, --help\n", f);
 }
 
@@ -68,7 +70,8 @@ static int parse_ids(const char *s, int32_t **ret, uint32_t *ret_n) {
                 errno = 0;
                 v = strtoll(p, &end, 10);
                 if (errno || end == p || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
-                        fprintf(stderr, "gemma4-eval: --ids: bad id list '%s' (want comma-separated ids >= 0)\n", s);
+                        fprintf(stderr,
+                                "gemma4-eval: --ids: bad id list '%s' (want comma-separated ids >= 0)\n", s);
                         free(ids);
                         return -EINVAL;
                 }
@@ -101,17 +104,18 @@ static int parse_ids(const char *s, int32_t **ret, uint32_t *ret_n) {
 
 static int parse_args(int argc, char **argv, struct eval_opts *o) {
         static const struct option longopts[] = {
-                { "model", required_argument, NULL, 'm' },       { "backend", required_argument, NULL, 'b' },
-                { "ids", required_argument, NULL, 'i' },         { "dump-logits", required_argument, NULL, 'd' },
-                { "greedy", required_argument, NULL, 'g' },      { "bench", required_argument, NULL, 'B' },
-                { "threads", required_argument, NULL, 't' },     { "page-size", required_argument, NULL, 'p' },
-                { "chunk", required_argument, NULL, 'c' },       { "kv-dtype", required_argument, NULL, 'k' },
-                { "help", no_argument, NULL, 'h' },              { 0 },
+                { "model", required_argument, NULL, 'm' },   { "backend", required_argument, NULL, 'b' },
+                { "ids", required_argument, NULL, 'i' },     { "dump-logits", required_argument, NULL, 'd' },
+                { "greedy", required_argument, NULL, 'g' },  { "bench", required_argument, NULL, 'B' },
+                { "threads", required_argument, NULL, 't' }, { "page-size", required_argument, NULL, 'p' },
+                { "chunk", required_argument, NULL, 'c' },   { "kv-dtype", required_argument, NULL, 'k' },
+                { "help", no_argument, NULL, 'h' },          { 0 },
         };
         uint32_t v;
         int c, r;
 
-        *o = (struct eval_opts) { .backend = "cpu", .page_size = 16, .chunk = 256, .kv_dtype = KV_DTYPE_BF16 };
+        *o = (struct eval_opts) { .backend = "cpu", .page_size = 16, .chunk = 256,
+                                  .kv_dtype = KV_DTYPE_BF16 };
         while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
                 r = 0;
                 switch (c) {
@@ -132,12 +136,14 @@ static int parse_args(int argc, char **argv, struct eval_opts *o) {
                 case 'p': r = parse_u32(optarg, "--page-size", 1, 4096, &o->page_size); break;
                 case 'c': r = parse_u32(optarg, "--chunk", 1, 1u << 16, &o->chunk); break;
                 case 'k':
+                        o->kv_dtype_set = true;
                         if (strcmp(optarg, "bf16") == 0)
                                 o->kv_dtype = KV_DTYPE_BF16;
                         else if (strcmp(optarg, "fp8") == 0)
                                 o->kv_dtype = KV_DTYPE_FP8;
                         else {
-                                fprintf(stderr, "gemma4-eval: --kv-dtype: '%s' is not bf16 or fp8\n", optarg);
+                                fprintf(stderr, "gemma4-eval: --kv-dtype: '%s' is not bf16 or fp8\n",
+                                        optarg);
                                 r = -EINVAL;
                         }
                         break;
@@ -227,7 +233,8 @@ static int run(const struct eval_opts *o) {
         V = s.model->cfg.vocab_size;
         for (uint32_t i = 0; i < o->n_ids; i++)
                 if ((uint32_t) o->ids[i] >= V) {
-                        fprintf(stderr, "gemma4-eval: --ids: id %d is outside the vocabulary (%u)\n", o->ids[i], V);
+                        fprintf(stderr, "gemma4-eval: --ids: id %d is outside the vocabulary (%u)\n",
+                                o->ids[i], V);
                         r = -EINVAL;
                         goto out;
                 }
@@ -235,6 +242,7 @@ static int run(const struct eval_opts *o) {
         s.n_full = (s.max_len + B - 1) / B;
         ring = (s.model->cfg.sliding_window + B - 1) / B + 1;
         p.kv_dtype = o->kv_dtype;
+        p.cpu_kv_round = o->kv_dtype_set;
         p.page_size = B;
         p.max_num_seqs = 1;
         p.max_batched_tokens = o->chunk;
@@ -266,13 +274,14 @@ static int run(const struct eval_opts *o) {
 
         {
                 double t0 = now_s(), t1;
-                r = step(&s, o->ids, o->n_ids, 0, true, logits);
+                /* every row only when they are dumped; otherwise the last row, as a server prefill */
+                r = step(&s, o->ids, o->n_ids, 0, o->dump_path != NULL, logits);
                 if (r < 0)
                         goto out;
                 t1 = now_s();
                 if (o->bench)
-                        fprintf(stderr, "prefill: %u tokens in %.3f s = %.1f tokens/s (%s)\n", o->n_ids, t1 - t0,
-                                o->n_ids / (t1 - t0), s.cap.device);
+                        fprintf(stderr, "prefill: %u tokens in %.3f s = %.1f tokens/s (%s)\n", o->n_ids,
+                                t1 - t0, o->n_ids / (t1 - t0), s.cap.device);
         }
         if (o->dump_path) {
                 f = fopen(o->dump_path, "wb");
@@ -285,7 +294,7 @@ static int run(const struct eval_opts *o) {
                 }
                 f = NULL;
         }
-        memcpy(last, logits + (size_t) (o->n_ids - 1) * V, (size_t) V * sizeof(float));
+        memcpy(last, logits + (o->dump_path ? (size_t) (o->n_ids - 1) * V : 0), (size_t) V * sizeof(float));
         if (o->greedy || o->bench) {
                 uint32_t pos = o->n_ids;
                 double t0 = now_s(), c0 = cpu_s(), t1, c1;
@@ -305,7 +314,8 @@ static int run(const struct eval_opts *o) {
                         printf("\n");
                 /* CPU time shows what the wall clock hides on a shared machine */
                 if (o->bench && extra > 1)
-                        fprintf(stderr, "decode: %u tokens in %.3f s = %.1f tokens/s, %.2f ms CPU/token (%s)\n",
+                        fprintf(stderr,
+                                "decode: %u tokens in %.3f s = %.1f tokens/s, %.2f ms CPU/token (%s)\n",
                                 extra - 1, t1 - t0, (extra - 1) / (t1 - t0), (c1 - c0) * 1e3 / (extra - 1),
                                 s.cap.device);
         }

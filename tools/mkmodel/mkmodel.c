@@ -40,6 +40,10 @@ struct geometry {
         uint32_t max_pos;
         uint32_t full_every;    /* every n-th layer is full attention (and always the last) */
         bool fp8;
+        /* --config: the geometry of a given config.json instead of a preset */
+        const struct model_config *cfg;
+        const struct quant_config *quant;
+        bool flat, no_k_eq_v, no_moe, untied;
 };
 
 static const struct geometry presets[] = {
@@ -181,33 +185,76 @@ static int add_tensor(struct gen *G, enum tensor_dtype dt, enum fill fill, float
         return 0;
 }
 
+static bool is_full_layer(const struct geometry *g, uint32_t l) {
+        if (g->cfg)
+                return g->cfg->layer_type[l] == LAYER_FULL;
+        return l == g->layers - 1 || (l + 1) % g->full_every == 0;
+}
+
+static bool ignored(const struct geometry *g, const char *module) {
+        for (uint32_t i = 0; g->quant && i < g->quant->n_ignore; i++)
+                if (strcmp(g->quant->ignore[i], module) == 0)
+                        return true;
+        return false;
+}
+
 /* A linear layer: BF16 N(0, 1/in), or FP8 codes + BF16 [out, 1] scales. */
 static int add_linear(struct gen *G, uint64_t out, uint64_t in, const char *module) {
         float std = (float) (1.0 / sqrt((double) in));
         int r;
 
-        if (!G->g->fp8)
-                return add_tensor(G, TENSOR_DTYPE_BF16, FILL_NORMAL, std, 0, 2, out, in, 0, "%s.weight", module);
+        if (!G->g->fp8 || ignored(G->g, module))
+                return add_tensor(G, TENSOR_DTYPE_BF16, FILL_NORMAL, std, 0, 2, out, in, 0, "%s.weight",
+                                  module);
         r = add_tensor(G, TENSOR_DTYPE_F8_E4M3, FILL_FP8, 0, 0, 2, out, in, 0, "%s.weight", module);
         if (r < 0)
                 return r;
-        return add_tensor(G, TENSOR_DTYPE_BF16, FILL_FP8_SCALE, std, 0, 2, out, 1, 0, "%s.weight_scale", module);
+        return add_tensor(G, TENSOR_DTYPE_BF16, FILL_FP8_SCALE, std, 0, 2, out, 1, 0, "%s.weight_scale",
+                          module);
 }
 
-static bool is_full_layer(const struct geometry *g, uint32_t l) {
-        return l == g->layers - 1 || (l + 1) % g->full_every == 0;
+/* Router and experts of layer l: fused 3-D BF16 experts as released, or per-expert FP8 linears. */
+static int add_moe(struct gen *G, const char *P, uint32_t l) {
+        const struct geometry *g = G->g;
+        const enum tensor_dtype bf = TENSOR_DTYPE_BF16;
+        uint32_t H = g->hidden, I = g->moe_inter;
+        char m[160];
+        int r = 0;
+
+        r |= add_tensor(G, bf, FILL_NORMAL, 1.0f, 0, 2, g->experts, H, 0, "%slayers.%u.router.proj.weight",
+                        P, l);
+        r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.3f, 1, H, 0, 0, "%slayers.%u.router.scale", P, l);
+        r |= add_tensor(G, bf, FILL_UNIFORM, 0.5f, 1.5f, 1, g->experts, 0, 0,
+                        "%slayers.%u.router.per_expert_scale", P, l);
+        if (!g->fp8) {
+                r |= add_tensor(G, bf, FILL_NORMAL, (float) (1.0 / sqrt(H)), 0, 3, g->experts, 2ull * I, H,
+                                "%slayers.%u.experts.gate_up_proj", P, l);
+                r |= add_tensor(G, bf, FILL_NORMAL, (float) (1.0 / sqrt(I)), 0, 3, g->experts, H, I,
+                                "%slayers.%u.experts.down_proj", P, l);
+                return r;
+        }
+        for (uint32_t e = 0; e < g->experts; e++) {
+                snprintf(m, sizeof(m), "%slayers.%u.experts.%u.gate_proj", P, l, e);
+                r |= add_linear(G, I, H, m);
+                snprintf(m, sizeof(m), "%slayers.%u.experts.%u.up_proj", P, l, e);
+                r |= add_linear(G, I, H, m);
+                snprintf(m, sizeof(m), "%slayers.%u.experts.%u.down_proj", P, l, e);
+                r |= add_linear(G, H, I, m);
+        }
+        return r;
 }
 
 static int build_tensor_list(struct gen *G) {
         const struct geometry *g = G->g;
-        const char *P = "model.language_model.";
+        const char *P = g->flat ? "model." : "model.language_model.";
         const enum tensor_dtype bf = TENSOR_DTYPE_BF16;
         uint32_t H = g->hidden;
         char m[160];
         int r = 0;
 
         /* Module order, as transformers walks the model when it fills shards. */
-        r |= add_tensor(G, bf, FILL_NORMAL, (float) (2.0 / sqrt(H)), 0, 2, g->vocab, H, 0, "%sembed_tokens.weight", P);
+        r |= add_tensor(G, bf, FILL_NORMAL, (float) (2.0 / sqrt(H)), 0, 2, g->vocab, H, 0,
+                        "%sembed_tokens.weight", P);
         for (uint32_t l = 0; l < g->layers && r == 0; l++) {
                 bool full = is_full_layer(g, l);
                 uint32_t hd = full ? g->ghead_dim : g->head_dim, kv = full ? g->gkv : g->kv;
@@ -218,53 +265,48 @@ static int build_tensor_list(struct gen *G) {
                 r |= add_linear(G, (uint64_t) g->heads * hd, H, m);
                 snprintf(m, sizeof(m), "%slayers.%u.self_attn.k_proj", P, l);
                 r |= add_linear(G, (uint64_t) kv * hd, H, m);
-                if (!full) {
+                if (!full || g->no_k_eq_v) {
                         snprintf(m, sizeof(m), "%slayers.%u.self_attn.v_proj", P, l);
                         r |= add_linear(G, (uint64_t) kv * hd, H, m);
                 }
                 snprintf(m, sizeof(m), "%slayers.%u.self_attn.o_proj", P, l);
                 r |= add_linear(G, H, (uint64_t) g->heads * hd, m);
-                r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.2f, 1, hd, 0, 0, "%slayers.%u.self_attn.q_norm.weight", P, l);
-                r |= add_tensor(G, bf, FILL_AROUND, kmean, 0.25f, 1, hd, 0, 0, "%slayers.%u.self_attn.k_norm.weight",
-                                P, l);
+                r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.2f, 1, hd, 0, 0,
+                                "%slayers.%u.self_attn.q_norm.weight", P, l);
+                r |= add_tensor(G, bf, FILL_AROUND, kmean, 0.25f, 1, hd, 0, 0,
+                                "%slayers.%u.self_attn.k_norm.weight", P, l);
                 snprintf(m, sizeof(m), "%slayers.%u.mlp.gate_proj", P, l);
                 r |= add_linear(G, g->inter, H, m);
                 snprintf(m, sizeof(m), "%slayers.%u.mlp.up_proj", P, l);
                 r |= add_linear(G, g->inter, H, m);
                 snprintf(m, sizeof(m), "%slayers.%u.mlp.down_proj", P, l);
                 r |= add_linear(G, H, g->inter, m);
-                r |= add_tensor(G, bf, FILL_NORMAL, 1.0f, 0, 2, g->experts, H, 0, "%slayers.%u.router.proj.weight", P, l);
-                r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.3f, 1, H, 0, 0, "%slayers.%u.router.scale", P, l);
-                r |= add_tensor(G, bf, FILL_UNIFORM, 0.5f, 1.5f, 1, g->experts, 0, 0,
-                                "%slayers.%u.router.per_expert_scale", P, l);
-                if (g->fp8) {
-                        for (uint32_t e = 0; e < g->experts; e++) {
-                                snprintf(m, sizeof(m), "%slayers.%u.experts.%u.gate_proj", P, l, e);
-                                r |= add_linear(G, g->moe_inter, H, m);
-                                snprintf(m, sizeof(m), "%slayers.%u.experts.%u.up_proj", P, l, e);
-                                r |= add_linear(G, g->moe_inter, H, m);
-                                snprintf(m, sizeof(m), "%slayers.%u.experts.%u.down_proj", P, l, e);
-                                r |= add_linear(G, H, g->moe_inter, m);
-                        }
-                } else {
-                        r |= add_tensor(G, bf, FILL_NORMAL, (float) (1.0 / sqrt(H)), 0, 3, g->experts, 2ull * g->moe_inter,
-                                        H, "%slayers.%u.experts.gate_up_proj", P, l);
-                        r |= add_tensor(G, bf, FILL_NORMAL, (float) (1.0 / sqrt(g->moe_inter)), 0, 3, g->experts, H,
-                                        g->moe_inter, "%slayers.%u.experts.down_proj", P, l);
-                }
+                if (!g->no_moe)
+                        r |= add_moe(G, P, l);
                 static const char *const norms[] = {
-                        "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                        "post_feedforward_layernorm", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2",
+                        "input_layernorm",
+                        "post_attention_layernorm",
+                        "pre_feedforward_layernorm",
+                        "post_feedforward_layernorm",
+                        "post_feedforward_layernorm_1",
+                        "post_feedforward_layernorm_2",
                         "pre_feedforward_layernorm_2",
                 };
-                for (size_t i = 0; i < sizeof(norms) / sizeof(norms[0]); i++)
-                        r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.25f, 1, H, 0, 0, "%slayers.%u.%s.weight", P, l,
-                                        norms[i]);
-                r |= add_tensor(G, bf, FILL_UNIFORM, 0.1f, 0.9f, 1, 1, 0, 0, "%slayers.%u.layer_scalar", P, l);
+                /* the last three norms belong to the MoE branch */
+                for (size_t i = 0; i < (g->no_moe ? 4u : 7u); i++)
+                        r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.25f, 1, H, 0, 0, "%slayers.%u.%s.weight",
+                                        P, l, norms[i]);
+                r |= add_tensor(G, bf, FILL_UNIFORM, 0.1f, 0.9f, 1, 1, 0, 0, "%slayers.%u.layer_scalar", P,
+                                l);
         }
         r |= add_tensor(G, bf, FILL_AROUND, 1.0f, 0.25f, 1, H, 0, 0, "%snorm.weight", P);
+        if (g->untied)
+                r |= add_tensor(G, bf, FILL_NORMAL, (float) (2.0 / sqrt(H)), 0, 2, g->vocab, H, 0,
+                                "lm_head.weight");
         /* The vision tower's input projection: skipped by text-only loaders, present in the real files. */
-        r |= add_tensor(G, bf, FILL_NORMAL, 0.02f, 0, 2, H, 1152, 0, "model.embed_vision.embedding_projection.weight");
+        if (!g->flat)
+                r |= add_tensor(G, bf, FILL_NORMAL, 0.02f, 0, 2, H, 1152, 0,
+                                "model.embed_vision.embedding_projection.weight");
         return r ? -ENOMEM : 0;
 }
 
@@ -292,8 +334,9 @@ static json_t *quant_json(const struct geometry *g) {
                                    "actorder", "block_structure", "dynamic", 1, "group_size", "num_bits", 8,
                                    "observer", "observer_kwargs", "scale_dtype", "strategy", "token",
                                    "symmetric", 1, "type", "float", "zp_dtype");
-        json_t *group = json_pack("{s:s,s:o,s:n,s:[s],s:o}", "format", "float-quantized", "input_activations",
-                                  args_a, "output_activations", "targets", "Linear", "weights", args_w);
+        json_t *group =
+                json_pack("{s:s,s:o,s:n,s:[s],s:o}", "format", "float-quantized", "input_activations",
+                          args_a, "output_activations", "targets", "Linear", "weights", args_w);
         return json_pack("{s:{s:o},s:s,s:n,s:o,s:n,s:s,s:s,s:{},s:{},s:s}",
                          "config_groups", "group_0", group, "format", "float-quantized",
                          "global_compression_ratio", "ignore", ignore, "kv_cache_scheme",
@@ -318,21 +361,20 @@ static int write_configs(const struct geometry *g, const char *dir) {
         int r;
 
         for (uint32_t l = 0; l < g->layers; l++)
-                json_array_append_new(layer_types,
-                                      json_string(is_full_layer(g, l) ? "full_attention" : "sliding_attention"));
-        text = json_pack("{s:b,s:f,s:b,s:i,s:s,s:b,s:i,s:f,s:i,s:i,s:s,s:i,s:i,s:f,s:i,s:o,s:i,s:s,s:i,s:i,s:i,"
-                         "s:i,s:i,s:i,s:i,s:i}",
-                         "attention_bias", 0, "attention_dropout", 0.0, "attention_k_eq_v", 1, "bos_token_id", 2,
-                         "dtype", "bfloat16", "enable_moe_block", 1, "eos_token_id", 1,
-                         "final_logit_softcapping", 30.0, "global_head_dim", g->ghead_dim, "head_dim", g->head_dim,
-                         "hidden_activation", "gelu_pytorch_tanh", "hidden_size", g->hidden,
-                         "hidden_size_per_layer_input", 0, "initializer_range", 0.02,
-                         "intermediate_size", g->inter, "layer_types", layer_types,
-                         "max_position_embeddings", g->max_pos, "model_type", "gemma4_text",
-                         "moe_intermediate_size", g->moe_inter, "num_attention_heads", g->heads,
-                         "num_experts", g->experts, "num_global_key_value_heads", g->gkv,
-                         "num_hidden_layers", g->layers, "num_key_value_heads", g->kv,
-                         "num_kv_shared_layers", 0, "pad_token_id", 0);
+                json_array_append_new(layer_types, json_string(is_full_layer(g, l) ? "full_attention"
+                                                                                   : "sliding_attention"));
+        text = json_pack(
+                "{s:b,s:f,s:b,s:i,s:s,s:b,s:i,s:f,s:i,s:i,s:s,s:i,s:i,s:f,s:i,s:o,s:i,s:s,s:i,s:i,s:i,"
+                "s:i,s:i,s:i,s:i,s:i}",
+                "attention_bias", 0, "attention_dropout", 0.0, "attention_k_eq_v", 1, "bos_token_id", 2,
+                "dtype", "bfloat16", "enable_moe_block", 1, "eos_token_id", 1, "final_logit_softcapping",
+                30.0, "global_head_dim", g->ghead_dim, "head_dim", g->head_dim, "hidden_activation",
+                "gelu_pytorch_tanh", "hidden_size", g->hidden, "hidden_size_per_layer_input", 0,
+                "initializer_range", 0.02, "intermediate_size", g->inter, "layer_types", layer_types,
+                "max_position_embeddings", g->max_pos, "model_type", "gemma4_text", "moe_intermediate_size",
+                g->moe_inter, "num_attention_heads", g->heads, "num_experts", g->experts,
+                "num_global_key_value_heads", g->gkv, "num_hidden_layers", g->layers, "num_key_value_heads",
+                g->kv, "num_kv_shared_layers", 0, "pad_token_id", 0);
         json_object_set_new(text, "rms_norm_eps", json_real(1e-6));
         json_object_set_new(text, "rope_parameters", rope_json());
         json_object_set_new(text, "sliding_window", json_integer(g->window));
@@ -343,32 +385,33 @@ static int write_configs(const struct geometry *g, const char *dir) {
         json_object_set_new(text, "use_double_wide_mlp", json_false());
         json_object_set_new(text, "vocab_size", json_integer(g->vocab));
         json_object_set_new(text, "vocab_size_per_layer_input", json_integer(g->vocab));
-        vision = json_pack("{s:b,s:f,s:s,s:i,s:s,s:i,s:f,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:f,s:{s:s,s:f},s:b,s:b}",
-                           "attention_bias", 0, "attention_dropout", 0.0, "dtype", "bfloat16", "head_dim", 72,
-                           "hidden_activation", "gelu_pytorch_tanh", "hidden_size", 1152, "initializer_range", 0.02,
-                           "intermediate_size", 4304, "max_position_embeddings", 131072, "model_type",
-                           "gemma4_vision", "num_attention_heads", 16, "num_hidden_layers", 27,
-                           "num_key_value_heads", 16, "patch_size", 16, "pooling_kernel_size", 3, "rms_norm_eps",
-                           1e-6, "rope_parameters", "rope_type", "default", "rope_theta", 100.0, "standardize", 1,
-                           "use_clipped_linears", 0);
+        vision = json_pack(
+                "{s:b,s:f,s:s,s:i,s:s,s:i,s:f,s:i,s:i,s:s,s:i,s:i,s:i,s:i,s:i,s:f,s:{s:s,s:f},s:b,s:b}",
+                "attention_bias", 0, "attention_dropout", 0.0, "dtype", "bfloat16", "head_dim", 72,
+                "hidden_activation", "gelu_pytorch_tanh", "hidden_size", 1152, "initializer_range", 0.02,
+                "intermediate_size", 4304, "max_position_embeddings", 131072, "model_type", "gemma4_vision",
+                "num_attention_heads", 16, "num_hidden_layers", 27, "num_key_value_heads", 16, "patch_size",
+                16, "pooling_kernel_size", 3, "rms_norm_eps", 1e-6, "rope_parameters", "rope_type",
+                "default", "rope_theta", 100.0, "standardize", 1, "use_clipped_linears", 0);
         json_object_set_new(vision, "position_embedding_size", json_integer(10240));
-        root = json_pack("{s:[s],s:n,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:[i,i,i],s:i,s:f,s:s,s:o,s:b,s:s,s:i,s:o,s:i}",
-                         "architectures", "Gemma4ForConditionalGeneration", "audio_config", "audio_token_id", 258881,
-                         "boa_token_id", 256000, "boi_token_id", 255999, "dtype", "bfloat16",
-                         "eoa_token_id", 258883, "eoa_token_index", 258883, "eoi_token_id", 258882,
-                         "eos_token_id", 1, 106, 50, "image_token_id", 258880, "initializer_range", 0.02,
-                         "model_type", "gemma4", "text_config", text, "tie_word_embeddings", 1,
-                         "transformers_version", "5.17.0", "video_token_id", 258884, "vision_config", vision,
-                         "vision_soft_tokens_per_image", 280);
+        root = json_pack(
+                "{s:[s],s:n,s:i,s:i,s:i,s:s,s:i,s:i,s:i,s:[i,i,i],s:i,s:f,s:s,s:o,s:b,s:s,s:i,s:o,s:i}",
+                "architectures", "Gemma4ForConditionalGeneration", "audio_config", "audio_token_id", 258881,
+                "boa_token_id", 256000, "boi_token_id", 255999, "dtype", "bfloat16", "eoa_token_id", 258883,
+                "eoa_token_index", 258883, "eoi_token_id", 258882, "eos_token_id", 1, 106, 50,
+                "image_token_id", 258880, "initializer_range", 0.02, "model_type", "gemma4", "text_config",
+                text, "tie_word_embeddings", 1, "transformers_version", "5.17.0", "video_token_id", 258884,
+                "vision_config", vision, "vision_soft_tokens_per_image", 280);
         if (g->fp8)
                 json_object_set_new(root, "quantization_config", quant_json(g));
         r = write_json(dir, "config.json", root);
         if (r < 0)
                 return r;
         return write_json(dir, "generation_config.json",
-                          json_pack("{s:i,s:b,s:[i,i,i],s:i,s:f,s:i,s:f,s:s}", "bos_token_id", 2, "do_sample", 1,
-                                    "eos_token_id", 1, 106, 50, "pad_token_id", 0, "temperature", 1.0, "top_k", 64,
-                                    "top_p", 0.95, "transformers_version", "5.17.0"));
+                          json_pack("{s:i,s:b,s:[i,i,i],s:i,s:f,s:i,s:f,s:s}", "bos_token_id", 2,
+                                    "do_sample", 1, "eos_token_id", 1, 106, 50, "pad_token_id", 0,
+                                    "temperature", 1.0, "top_k", 64, "top_p", 0.95, "transformers_version",
+                                    "5.17.0"));
 }
 
 /* ---- data ---- */
@@ -394,7 +437,8 @@ static int build_bf16_tables(struct gen *G) {
         return 0;
 }
 
-static void fill_chunk(const struct gen *G, const struct gen_tensor *t, const struct chunk *c, uint8_t *buf) {
+static void fill_chunk(const struct gen *G, const struct gen_tensor *t, const struct chunk *c,
+                       uint8_t *buf) {
         uint64_t s = G->seed ^ ((uint64_t) c->tensor * 0x632be59bd9b4e019ull) ^ ((uint64_t) c->index << 32);
         struct rng r = { splitmix64(&s) | 1 };
         uint16_t *h = (uint16_t *) buf;
@@ -426,7 +470,8 @@ static void fill_chunk(const struct gen *G, const struct gen_tensor *t, const st
         case FILL_FP8_SCALE:
                 for (; i < n; i++) {
                         float z = G->normal_table[rng_next(&r) >> 48];
-                        h[i] = f32_to_bf16(t->a * 4.5f / 448.0f * (1.0f + 0.1f * fmaxf(-3.0f, fminf(3.0f, z))));
+                        h[i] = f32_to_bf16(t->a * 4.5f / 448.0f *
+                                           (1.0f + 0.1f * fmaxf(-3.0f, fminf(3.0f, z))));
                 }
                 break;
         case FILL_AROUND:
@@ -549,7 +594,8 @@ static int layout_and_open(struct gen *G, const char *dir, uint64_t *ret_total) 
                 free(ot);
         }
         if (r == 0 && G->n_shards > 1) {
-                json_t *idx = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t) total, "weight_map", wm);
+                json_t *idx = json_pack("{s:{s:I},s:o}", "metadata", "total_size", (json_int_t) total,
+                                        "weight_map", wm);
                 r = write_json(dir, "model.safetensors.index.json", idx);
                 snprintf(path, sizeof(path), "%s/model.safetensors", dir);
                 unlink(path);           /* a stale single file would shadow nothing, but confuses people */
@@ -632,8 +678,11 @@ static double now_s(void) {
 
 static void usage(FILE *f) {
         fprintf(f, "Usage: gemma4-mkmodel --preset demo|26b-a4b-fp8|26b-a4b-bf16 --out DIR [options]\n"
+                   "       gemma4-mkmodel --config config.json --out DIR [options]\n"
                    "Writes a synthetic Gemma 4 checkpoint with random weights.\n\n"
                    "  --preset NAME      geometry and format (docs/model-loading.md lists them)\n"
+                   "  --config FILE      instead, the geometry, layout and format of this config.json\n"
+                   "                     (copied as is; FP8 when it has a quantization_config)\n"
                    "  --out DIR          output directory (created if missing; files in it are replaced)\n"
                    "  --seed N           random seed (default 1)\n"
                    "  --tokenizer FILE   tokenizer.json to copy (default: $GEMMA4D_TOKENIZER_JSON, then\n"
@@ -643,6 +692,7 @@ static void usage(FILE *f) {
                    "  --experts N        experts per layer instead of the preset's (tests only)\n"
                    "  --threads N        writer threads (default: all online CPUs)\n"
                    "  --shard-size BYTES largest shard before a new one starts (default 5000000000)\n"
+                   "  --verify           load the result with the daemon's loader and report\n"
                    "  --sync             fdatasync the shards before exiting\n"
                    "  -h, --help         this text\n");
 }
@@ -659,20 +709,29 @@ static const char *pick_tokenizer(const char *arg, char *buf, size_t len) {
 
 int main(int argc, char **argv) {
         static const struct option opts[] = {
-                { "preset", required_argument, NULL, 'p' },   { "out", required_argument, NULL, 'o' },
-                { "seed", required_argument, NULL, 's' },     { "tokenizer", required_argument, NULL, 't' },
-                { "layers", required_argument, NULL, 'l' },   { "threads", required_argument, NULL, 'j' },
-                { "vocab", required_argument, NULL, 'v' },    { "experts", required_argument, NULL, 'e' },
+                { "preset", required_argument, NULL, 'p' },
+                { "config", required_argument, NULL, 'c' },
+                { "out", required_argument, NULL, 'o' },
+                { "seed", required_argument, NULL, 's' },
+                { "tokenizer", required_argument, NULL, 't' },
+                { "layers", required_argument, NULL, 'l' },
+                { "threads", required_argument, NULL, 'j' },
+                { "vocab", required_argument, NULL, 'v' },
+                { "experts", required_argument, NULL, 'e' },
                 { "shard-size", required_argument, NULL, 'z' },
-                { "sync", no_argument, NULL, 'S' },           { "help", no_argument, NULL, 'h' },
+                { "sync", no_argument, NULL, 'S' },
+                { "verify", no_argument, NULL, 'V' },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
-        const char *preset = NULL, *out = NULL, *tok_arg = NULL, *tok;
+        const char *preset = NULL, *out = NULL, *tok_arg = NULL, *config = NULL, *tok;
+        struct model_config mcfg;
+        struct quant_config mquant = { 0 };
         struct geometry g;
         struct gen G = { 0 };
         unsigned long long seed = 1, shard_bytes = DEFAULT_SHARD_BYTES;
         long layers = 0, vocab = 0, experts = 0, threads = sysconf(_SC_NPROCESSORS_ONLN);
-        bool do_sync = false, found = false;
+        bool do_sync = false, verify = false, found = false;
         char tokbuf[PATH_MAX], path[PATH_MAX];
         uint64_t total = 0;
         pthread_t *tids = NULL;
@@ -684,6 +743,9 @@ int main(int argc, char **argv) {
                 switch (c) {
                 case 'p':
                         preset = optarg;
+                        break;
+                case 'c':
+                        config = optarg;
                         break;
                 case 'o':
                         out = optarg;
@@ -712,7 +774,8 @@ int main(int argc, char **argv) {
                                 w++;
                         long v = strtol(optarg, &end, 10);
                         if (*end || !*optarg || v < (c == 'v' ? 256 : 1) || v > lim[w].max) {
-                                fprintf(stderr, "gemma4-mkmodel: --%s: bad value: %s\n", lim[w].name, optarg);
+                                fprintf(stderr, "gemma4-mkmodel: --%s: bad value: %s\n", lim[w].name,
+                                        optarg);
                                 return 2;
                         }
                         *(c == 'l' ? &layers : c == 'j' ? &threads : c == 'v' ? &vocab : &experts) = v;
@@ -729,6 +792,9 @@ int main(int argc, char **argv) {
                 case 'S':
                         do_sync = true;
                         break;
+                case 'V':
+                        verify = true;
+                        break;
                 case 'h':
                         usage(stdout);
                         return 0;
@@ -737,17 +803,56 @@ int main(int argc, char **argv) {
                         return 2;
                 }
         }
-        if (optind < argc || !preset || !out) {
+        if (optind < argc || !!preset == !!config || !out) {
                 usage(stderr);
                 return 2;
         }
-        for (size_t i = 0; i < sizeof(presets) / sizeof(presets[0]); i++)
+        if (config) {
+                char *err = NULL;
+                if (layers || vocab || experts) {
+                        fprintf(stderr,
+                                "gemma4-mkmodel: --layers, --vocab and --experts apply to presets only\n");
+                        return 2;
+                }
+                if (model_config_parse_file(config, &mcfg, &mquant, &err) < 0) {
+                        fprintf(stderr, "gemma4-mkmodel: %s\n", err ? err : config);
+                        free(err);
+                        return 1;
+                }
+                g = (struct geometry){
+                        .preset = "config",
+                        .vocab = mcfg.vocab_size,
+                        .hidden = mcfg.hidden_size,
+                        .layers = mcfg.n_layers,
+                        .heads = mcfg.n_heads,
+                        .kv = mcfg.n_kv_heads,
+                        .head_dim = mcfg.head_dim,
+                        .gkv = mcfg.n_global_kv_heads,
+                        .ghead_dim = mcfg.global_head_dim,
+                        .window = mcfg.sliding_window,
+                        .inter = mcfg.intermediate_size,
+                        .experts = mcfg.n_experts,
+                        .topk = mcfg.top_k_experts,
+                        .moe_inter = mcfg.moe_intermediate_size,
+                        .max_pos = mcfg.max_position_embeddings,
+                        .fp8 = mquant.fp8,
+                        .cfg = &mcfg,
+                        .quant = &mquant,
+                        .flat = strcmp(mcfg.architecture, "Gemma4ForCausalLM") == 0,
+                        .no_k_eq_v = !mcfg.attention_k_eq_v,
+                        .no_moe = !mcfg.enable_moe,
+                        .untied = !mcfg.tie_word_embeddings,
+                };
+                found = true;
+        }
+        for (size_t i = 0; preset && i < sizeof(presets) / sizeof(presets[0]); i++)
                 if (strcmp(presets[i].preset, preset) == 0) {
                         g = presets[i];
                         found = true;
                 }
         if (!found) {
-                fprintf(stderr, "gemma4-mkmodel: unknown preset '%s' (demo, 26b-a4b-fp8, 26b-a4b-bf16)\n", preset);
+                fprintf(stderr, "gemma4-mkmodel: unknown preset '%s' (demo, 26b-a4b-fp8, 26b-a4b-bf16)\n",
+                        preset);
                 return 2;
         }
         if (layers)
@@ -774,7 +879,12 @@ int main(int argc, char **argv) {
         r = build_tensor_list(&G);
         if (r == 0)
                 r = build_bf16_tables(&G);
-        if (r == 0)
+        if (r == 0 && config) {
+                snprintf(path, sizeof(path), "%s/config.json", out);
+                r = copy_file(config, path);
+                if (r < 0)
+                        fprintf(stderr, "gemma4-mkmodel: copying %s: %s\n", config, strerror(-r));
+        } else if (r == 0)
                 r = write_configs(&g, out);
         if (r == 0)
                 r = layout_and_open(&G, out, &total);
@@ -815,18 +925,34 @@ int main(int argc, char **argv) {
                         if (r < 0)
                                 fprintf(stderr, "gemma4-mkmodel: copying %s: %s\n", tok, strerror(-r));
                 } else
-                        fprintf(stderr, "gemma4-mkmodel: note: no tokenizer.json found (--tokenizer, "
-                                        "$GEMMA4D_TOKENIZER_JSON or .deps/fixtures/tokenizer.json); none written\n");
+                        fprintf(stderr,
+                                "gemma4-mkmodel: note: no tokenizer.json found (--tokenizer, "
+                                "$GEMMA4D_TOKENIZER_JSON or .deps/fixtures/tokenizer.json); none written\n");
         }
         if (r == 0)
                 printf("%s: %zu tensors, %.3f GB in %u file%s, %.2f s (%.2f GB/s, %ld threads)\n", out, G.n,
-                       total / 1e9, G.n_shards, G.n_shards > 1 ? "s" : "", t1 - t0, total / 1e9 / (t1 - t0), threads);
+                       total / 1e9, G.n_shards, G.n_shards > 1 ? "s" : "", t1 - t0, total / 1e9 / (t1 - t0),
+                       threads);
 
+        if (r == 0 && verify) {
+                struct model *m = NULL;
+                char *err = NULL;
+                double t2 = now_s();
+                r = model_load(out, &m, &err);
+                if (r < 0)
+                        fprintf(stderr, "gemma4-mkmodel: verify: %s\n", err ? err : strerror(-r));
+                else
+                        printf("%s: verified: model_load mapped %.3f GB of text weights in %.3f s\n", out,
+                               m->weight_bytes / 1e9, now_s() - t2);
+                model_free(m);
+                free(err);
+        }
         for (size_t i = 0; i < G.n; i++) {
                 if (G.t[i].owns_table)
                         free(G.t[i].table);
                 free(G.t[i].name);
         }
+        quant_config_done(&mquant);
         free(G.t);
         free(G.fds);
         free(G.chunks);

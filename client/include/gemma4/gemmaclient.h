@@ -1,0 +1,1 @@
+../../gemmaclient.h
