@@ -149,7 +149,10 @@ int daemon_start(struct daemon *d, const struct daemon_opts *o) {
         snprintf(d->dir, sizeof d->dir, "%s/d%u", h_tmpdir(), seq++);
         if (mkdir(d->dir, 0700) < 0)
                 return -errno;
-        snprintf(d->sock, sizeof d->sock, "%s/s.sock", d->dir);
+        if (o->socket_path)
+                snprintf(d->sock, sizeof d->sock, "%s", o->socket_path);
+        else
+                snprintf(d->sock, sizeof d->sock, "%s/s.sock", d->dir);
         snprintf(d->log, sizeof d->log, "%s/gemma4d.log", d->dir);
         snprintf(d->config, sizeof d->config, "%s/gemma4d.yaml", d->dir);
         f = fopen(d->config, "w");

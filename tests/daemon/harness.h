@@ -38,6 +38,7 @@ struct daemon_opts {
                                          * becomes the daemon's own pid, as systemd sets it */
         int listen_fd;                  /* >= 0: pass as systemd socket (LISTEN_FDS=1, fd 3) */
         bool no_wait;                   /* do not wait for "ready" */
+        const char *socket_path;        /* NULL: <dir>/s.sock */
 };
 
 /* The model cache: a directory with tiny models written once per test program. */

@@ -412,6 +412,91 @@ static void test_requests_wait_for_boot(void **state) {
         assert_int_equal(daemon_stop(&d), 0);
 }
 
+/* ---- socket.path: a live daemon keeps it, a stale file is replaced ---- */
+
+static void test_socket_path(void **state) {
+        struct daemon a, b;
+        char path[400];
+        struct stat st;
+        (void) state;
+
+        snprintf(path, sizeof path, "%s/shared.sock", h_tmpdir());
+        struct daemon_opts o = { .model = h_small_model(), .yaml = BASE_YAML, .listen_fd = -1, .socket_path = path };
+        assert_int_equal(daemon_start(&a, &o), 0);
+        /* a second daemon on the same path refuses to start and leaves the first one alone */
+        o.no_wait = true;
+        assert_int_equal(daemon_start(&b, &o), 0);
+        assert_int_equal(daemon_wait_exit(&b, 60), 0);
+        assert_int_not_equal(b.exit_status, 0);
+        assert_true(daemon_log_contains(&b, "another daemon is listening there"));
+        b.exit_status = 0;
+        (void) daemon_stop(&b);
+        gc_client *c = h_connect(&a);
+        gc_client_free(c);
+        /* killed without a chance to clean up: the socket file stays behind ... */
+        daemon_kill(&a, SIGKILL);
+        assert_int_equal(daemon_wait_exit(&a, 30), 0);
+        a.exit_status = 0;
+        (void) daemon_stop(&a);
+        assert_int_equal(stat(path, &st), 0);
+        /* ... and the next daemon replaces the stale file */
+        o.no_wait = false;
+        assert_int_equal(daemon_start(&b, &o), 0);
+        c = h_connect(&b);
+        gc_client_free(c);
+        assert_int_equal(daemon_stop(&b), 0);
+        /* a clean stop removes its own socket file */
+        assert_int_equal(stat(path, &st), -1);
+}
+
+/* ---- a second SIGTERM during the drain exits at once; SIGTERM while loading exits 0 ---- */
+
+static void test_sigterm_twice_and_while_loading(void **state) {
+        struct daemon d;
+        int32_t p[16];
+        struct h_req r;
+        (void) state;
+
+        struct daemon_opts o = { .model = h_small_model(), .listen_fd = -1,
+                                 .yaml = "limits:\n  max_model_len: 2048\n  max_num_seqs: 2\n"
+                                         "  max_batched_tokens: 512\nshutdown:\n  drain_seconds: 600\n" };
+        assert_int_equal(daemon_start(&d, &o), 0);
+        gc_client *c = h_connect(&d);
+        h_prompt(p, 16, 3, VOCAB);
+        r = (struct h_req) { .prompt = p, .n_prompt = 16, .max_tokens = 2000 };
+        assert_int_equal(h_req_start(c, &r), 0);
+        double end = h_now() + h_timeout(30);
+        while (!r.t_first && h_now() < end)
+                (void) gc_client_wait(c, 10);
+        daemon_kill(&d, SIGTERM);
+        assert_true(wait_log(&d, "draining", 30) == 0);
+        /* the drain would wait 600 s for the long request; the second signal ends it */
+        double t = h_now();
+        daemon_kill(&d, SIGTERM);
+        assert_int_equal(daemon_wait_exit(&d, 60), 0);
+        print_message("# exited %.2f s after the second SIGTERM\n", h_now() - t);
+        assert_int_equal(d.exit_status, 0);
+        struct h_req *rp[1] = { &r };
+        assert_int_equal(h_run_all(&c, 1, rp, 1, 30), 0);
+        assert_true(r.err != 0);        /* cancelled or disconnected, never a success */
+        h_req_done(&r);
+        gc_client_free(c);
+        assert_int_equal(daemon_stop(&d), 0);
+
+        /* SIGTERM while the model loads (the tokenizer makes that take a moment) */
+        const char *model = h_model("small-tok2", "--layers 2 --vocab 512", true);
+        struct daemon_opts o2 = { .model = model, .yaml = BASE_YAML, .listen_fd = -1, .no_wait = true };
+        assert_int_equal(daemon_start(&d, &o2), 0);
+        struct stat st;
+        end = h_now() + h_timeout(30);
+        while (stat(d.sock, &st) < 0 && h_now() < end)
+                usleep(2000);
+        daemon_kill(&d, SIGTERM);
+        assert_int_equal(daemon_wait_exit(&d, 120), 0);
+        assert_int_equal(d.exit_status, 0);
+        assert_int_equal(daemon_stop(&d), 0);
+}
+
 int main(int argc, char **argv) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_notify_sequence),
@@ -420,6 +505,8 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_sighup_reload),
                 cmocka_unit_test(test_watchdog),
                 cmocka_unit_test(test_requests_wait_for_boot),
+                cmocka_unit_test(test_socket_path),
+                cmocka_unit_test(test_sigterm_twice_and_while_loading),
         };
         signal(SIGPIPE, SIG_IGN);
         if (argc > 1)
