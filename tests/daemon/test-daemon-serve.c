@@ -367,7 +367,10 @@ static void test_deadline(void **state) {
                 h_req_done(&ref);
         }
         double alone_ms = (ref.t_end - ref.t_start) * 1000;
-        uint32_t deadline = (uint32_t) (alone_ms / 4);
+        /* far below the time alone, so a noisy machine cannot make the second run finish in time */
+        uint32_t deadline = (uint32_t) (alone_ms / 8);
+        if (deadline > 100)
+                deadline = 100;
         if (deadline < 1)
                 deadline = 1;
         r = (struct h_req) { .prompt = p, .n_prompt = 16, .max_tokens = 239, .deadline_ms = deadline };
