@@ -647,41 +647,6 @@ static void test_limits(void **state) {
 
 /* ---- protocol edge cases on raw connections ---- */
 
-/* Next event of the connection (decoded into m, caller frees with proto_msg_done): its type, 0 on EOF. */
-static int next_event(int fd, struct proto_msg *m) {
-        uint8_t *body = NULL;
-        ssize_t n = raw_read_frame(fd, &body, 60);
-        struct proto_diag diag = { 0 };
-        if (n <= 0)
-                return (int) n;
-        int r = proto_decode_event(body, (size_t) n, m, &diag);
-        free(body);
-        if (r < 0)
-                fail_msg("undecodable event: %s", diag.message);
-        return m->type;
-}
-
-/* Read events until the FINISHED or ERROR of request id; returns the type and fills *code / *reason. */
-static int wait_request_end(int fd, uint64_t id, int *code, int *reason, uint32_t *n_tokens) {
-        struct proto_msg m;
-        for (;;) {
-                int t = next_event(fd, &m);
-                if (t <= 0)
-                        return t;
-                if (t == PROTO_TYPE_DELTA && m.delta.id == id && n_tokens)
-                        *n_tokens += m.delta.n_token_ids;
-                if ((t == PROTO_TYPE_FINISHED && m.finished.id == id) || (t == PROTO_TYPE_ERROR && m.error.id == id)) {
-                        if (code)
-                                *code = t == PROTO_TYPE_ERROR ? (int) m.error.code : 0;
-                        if (reason)
-                                *reason = t == PROTO_TYPE_FINISHED ? (int) m.finished.reason : -1;
-                        proto_msg_done(&m);
-                        return t;
-                }
-                proto_msg_done(&m);
-        }
-}
-
 static void send_msg(int fd, const struct proto_msg *msg, bool bytewise) {
         struct proto_buf b;
         proto_buf_init(&b);
@@ -722,7 +687,7 @@ static void test_protocol_edges(void **state) {
         struct proto_msg out = { .type = PROTO_TYPE_HELLO,
                                  .hello = { .proto = PROTO_VERSION, .client = (char *) "bytewise" } };
         send_msg(fd, &out, true);
-        assert_int_equal(next_event(fd, &m), PROTO_TYPE_WELCOME);
+        assert_int_equal(raw_next_event(fd, &m), PROTO_TYPE_WELCOME);
         proto_msg_done(&m);
         out = (struct proto_msg) { .type = PROTO_TYPE_GENERATE,
                                    .generate = { .id = 5, .prompt = { .ids = p, .n_ids = 8 } } };
@@ -731,7 +696,7 @@ static void test_protocol_edges(void **state) {
         out.generate.params.logprobs = -1;
         send_msg(fd, &out, true);
         n_tok = 0;
-        assert_int_equal(wait_request_end(fd, 5, &code, &reason, &n_tok), PROTO_TYPE_FINISHED);
+        assert_int_equal(raw_wait_request_end(fd, 5, &code, &reason, &n_tok), PROTO_TYPE_FINISHED);
         assert_true(reason == PROTO_REASON_LENGTH || reason == PROTO_REASON_STOP);
 
         /* a second hello: handshake error, the connection stays */
@@ -745,16 +710,16 @@ static void test_protocol_edges(void **state) {
         /* cancel it: finished with reason cancelled, and its pages are freed */
         out = (struct proto_msg) { .type = PROTO_TYPE_CANCEL, .cancel = { .id = 7 } };
         send_msg(fd, &out, false);
-        assert_int_equal(wait_request_end(fd, 7, &code, &reason, NULL), PROTO_TYPE_FINISHED);
+        assert_int_equal(raw_wait_request_end(fd, 7, &code, &reason, NULL), PROTO_TYPE_FINISHED);
         assert_int_equal(reason, PROTO_REASON_CANCELLED);
 
         /* a prompt longer than max_model_len: too_long; token ids outside the vocabulary: bad_request */
         raw_generate(fd, 8, p, 300, 4);
-        assert_int_equal(wait_request_end(fd, 8, &code, &reason, NULL), PROTO_TYPE_ERROR);
+        assert_int_equal(raw_wait_request_end(fd, 8, &code, &reason, NULL), PROTO_TYPE_ERROR);
         assert_int_equal(code, PROTO_CODE_TOO_LONG);
         int32_t bad[3] = { 5, VOCAB + 7, 9 };
         raw_generate(fd, 9, bad, 3, 4);
-        assert_int_equal(wait_request_end(fd, 9, &code, &reason, NULL), PROTO_TYPE_ERROR);
+        assert_int_equal(raw_wait_request_end(fd, 9, &code, &reason, NULL), PROTO_TYPE_ERROR);
         assert_int_equal(code, PROTO_CODE_BAD_REQUEST);
         /* a message type that is not a request: unsupported */
         out = (struct proto_msg) { .type = PROTO_TYPE_FINISHED, .finished = { .id = 10, .reason = PROTO_REASON_STOP } };
@@ -762,7 +727,7 @@ static void test_protocol_edges(void **state) {
         assert_true(raw_expect_error(fd, 30) > 0);
         /* still served on the same connection */
         raw_generate(fd, 11, p, 8, 3);
-        assert_int_equal(wait_request_end(fd, 11, &code, &reason, NULL), PROTO_TYPE_FINISHED);
+        assert_int_equal(raw_wait_request_end(fd, 11, &code, &reason, NULL), PROTO_TYPE_FINISHED);
         close(fd);
 
         gc_client *c = h_connect(&d);

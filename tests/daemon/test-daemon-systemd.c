@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "proto.h"
 
 #define VOCAB 512
 #define BASE_YAML "limits:\n  max_model_len: 256\n  max_num_seqs: 4\n  max_batched_tokens: 256\n"
@@ -137,6 +138,16 @@ static void test_socket_activation(void **state) {
         assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
         assert_int_equal(listen(fd, 16), 0);
 
+        /* a client connects and sends its request before the daemon even runs: it waits in the backlog */
+        struct sockaddr_un ca = sa;
+        int early = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(early >= 0);
+        assert_int_equal(connect(early, (struct sockaddr *) &ca, sizeof ca), 0);
+        raw_hello(early);
+        int32_t ep[10];
+        h_prompt(ep, 10, 6, VOCAB);
+        raw_generate(early, 1, ep, 10, 5);
+
         struct daemon_opts o = { .model = h_small_model(), .yaml = BASE_YAML, .listen_fd = fd, .no_wait = true };
         assert_int_equal(daemon_start(&d, &o), 0);
         close(fd);      /* the daemon has its own copy, as under systemd */
@@ -148,6 +159,16 @@ static void test_socket_activation(void **state) {
         /* it did not bind socket.path itself */
         assert_int_equal(stat(own, &st), -1);
 
+        {
+                struct proto_msg m;
+                int code = -1, reason = -1;
+                uint32_t n_tok = 0;
+                assert_int_equal(raw_next_event(early, &m), PROTO_TYPE_WELCOME);
+                proto_msg_done(&m);
+                assert_int_equal(raw_wait_request_end(early, 1, &code, &reason, &n_tok), PROTO_TYPE_FINISHED);
+                assert_true(reason == PROTO_REASON_LENGTH || reason == PROTO_REASON_STOP);
+                close(early);
+        }
         gc_client *c = h_connect(&d);
         int32_t p[12];
         struct h_req r;
@@ -252,7 +273,7 @@ static void test_sighup_reload(void **state) {
                 "limits:\n  max_model_len: 256\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
                 "  max_inflight_per_connection: 1\n  max_queue: 100\nlog:\n  level: info\n";
         static const char *good_b =
-                "limits:\n  max_model_len: 256\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
+                "limits:\n  max_model_len: 128\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
                 "  max_inflight_per_connection: 8\n  max_queue: 100\nlog:\n  level: debug\n";
         static const char *good_c =
                 "limits:\n  max_model_len: 256\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
@@ -270,8 +291,12 @@ static void test_sighup_reload(void **state) {
         write_config(&d, good_b);
         daemon_kill(&d, SIGHUP);
         assert_int_equal(wait_log(&d, "configuration reloaded", 30), 0);
+        /* max_model_len needs a restart: named in the log, not applied */
+        assert_true(daemon_log_contains(&d, "need a restart"));
+        assert_true(daemon_log_contains(&d, "limits.max_model_len"));
         assert_int_equal(count_overloaded(c, 3, 8), 0);
         gc_client *c2 = h_connect(&d);          /* its hello is logged at debug level */
+        assert_int_equal(gc_client_info_num(c2, 0, GC_INFO_MAX_MODEL_LEN), 256);
         assert_int_equal(wait_log(&d, "debug:", 30), 0);
         gc_client_free(c2);
 
