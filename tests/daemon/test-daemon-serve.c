@@ -725,6 +725,37 @@ static void test_protocol_edges(void **state) {
         out = (struct proto_msg) { .type = PROTO_TYPE_FINISHED, .finished = { .id = 10, .reason = PROTO_REASON_STOP } };
         send_msg(fd, &out, false);
         assert_true(raw_expect_error(fd, 30) > 0);
+        /* score by ids: a reply with every prompt token and one logprob for each after the first, with top-3 */
+        out = (struct proto_msg) { .type = PROTO_TYPE_SCORE, .score = { .id = 12, .prompt = { .ids = p, .n_ids = 20 } } };
+        out.score.params.present = PROTO_PARAM_LOGPROBS;
+        out.score.params.logprobs = 3;
+        send_msg(fd, &out, false);
+        {
+                bool replied = false;
+                for (;;) {
+                        int t = raw_next_event(fd, &m);
+                        assert_true(t > 0);
+                        if (t == PROTO_TYPE_SCORE_REPLY && m.score_reply.id == 12) {
+                                assert_int_equal(m.score_reply.n_token_ids, 20);
+                                assert_memory_equal(m.score_reply.token_ids, p, 20 * sizeof(int32_t));
+                                assert_int_equal(m.score_reply.n_logprobs, 19);
+                                for (uint32_t i = 0; i < 19; i++) {
+                                        assert_int_equal(m.score_reply.logprobs[i].id, p[i + 1]);
+                                        assert_true(m.score_reply.logprobs[i].logprob <= 0);
+                                        assert_int_equal(m.score_reply.logprobs[i].n_top, 3);
+                                }
+                                replied = true;
+                        }
+                        bool end = (t == PROTO_TYPE_FINISHED && m.finished.id == 12) ||
+                                   (t == PROTO_TYPE_ERROR && m.error.id == 12);
+                        if (end)
+                                assert_int_equal(t, PROTO_TYPE_FINISHED);
+                        proto_msg_done(&m);
+                        if (end)
+                                break;
+                }
+                assert_true(replied);
+        }
         /* still served on the same connection */
         raw_generate(fd, 11, p, 8, 3);
         assert_int_equal(raw_wait_request_end(fd, 11, &code, &reason, NULL), PROTO_TYPE_FINISHED);

@@ -424,6 +424,24 @@ static void test_requests_wait_for_boot(void **state) {
         int32_t p[12];
         struct h_req r;
         h_prompt(p, 12, 21, VOCAB);
+        /* another client queues requests while loading, cancels one and disconnects with the others */
+        int fd = raw_connect(&d);
+        assert_true(fd >= 0);
+        raw_hello(fd);
+        for (uint64_t id = 1; id <= 3; id++)
+                raw_generate(fd, id, p, 12, 50);
+        {
+                struct proto_buf b;
+                struct proto_cancel cn = { .id = 2 };
+                proto_buf_init(&b);
+                assert_int_equal(proto_encode_cancel(&b, &cn), 0);
+                assert_int_equal(raw_send_all(fd, b.data, b.len), 0);
+                proto_buf_done(&b);
+                int reason = -1;
+                assert_int_equal(raw_wait_request_end(fd, 2, NULL, &reason, NULL), PROTO_TYPE_FINISHED);
+                assert_int_equal(reason, PROTO_REASON_CANCELLED);
+        }
+        close(fd);
         r = (struct h_req) { .prompt = p, .n_prompt = 12, .max_tokens = 6 };
         long long waiting = h_status_int(c, "waiting_for_model");
         assert_int_equal(h_req_start(c, &r), 0);
@@ -432,6 +450,7 @@ static void test_requests_wait_for_boot(void **state) {
         print_message("# status while connecting: waiting_for_model %lld (-1: already ready)\n", waiting);
         assert_int_equal(r.err, 0);
         assert_true(r.n_tokens > 0 || r.finish == GC_FINISH_STOP);
+        assert_int_equal(h_wait_idle(c, 30), 0);
         h_req_done(&r);
         gc_client_free(c);
         assert_int_equal(daemon_stop(&d), 0);
