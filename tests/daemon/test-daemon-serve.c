@@ -183,10 +183,11 @@ static void preemption_case(const char *yaml, const char *const *env, int n_low,
         run_alone(c, ref, (size_t) n);
         for (int i = 0; i < n_low; i++)
                 assert_int_equal(h_req_start(c, &run[i]), 0);
-        /* let the low-priority work fill the slots / pages and generate a bit */
+        /* let the low-priority work take every slot it can and generate a bit */
         double end = h_now() + h_timeout(30);
-        while (h_status_int(cu, "running") < 1 && h_now() < end)
+        while (h_status_int(cu, "running") < n_low && h_now() < end)
                 (void) gc_client_wait(c, 5);
+        assert_int_equal(h_status_int(cu, "running"), n_low);
         for (int k = 0; k < 5; k++)
                 (void) gc_client_wait(c, 5);
         assert_int_equal(h_req_start(cu, &run[n_low]), 0);
@@ -218,11 +219,51 @@ static void test_preempt_slots(void **state) {
 }
 
 static void test_preempt_pages(void **state) {
-        /* 12 pages of 16 tokens for 4 sequences of up to 128 tokens: they run out as the sequences grow */
+        /* 12 pages of 16 tokens for 5 sequences of up to 128 tokens: they run out as the sequences grow,
+         * while the 8 running slots never do */
         static const char *const env[] = { "GEMMA4D_TEST_KV_FULL_PAGES=12", NULL };
         (void) state;
-        preemption_case("limits:\n  max_model_len: 128\n  max_num_seqs: 4\n  max_batched_tokens: 128\n", env, 4,
+        preemption_case("limits:\n  max_model_len: 128\n  max_num_seqs: 8\n  max_batched_tokens: 128\n", env, 4,
                         100, 60);
+}
+
+/* ---- no preemption without a reason: max_num_seqs equal sequences fit the KV pool ---- */
+
+static void test_no_needless_preemption(void **state) {
+        struct daemon d;
+        int32_t p[2][24];
+        struct h_req ref[2], run[2];
+        struct h_req *rp[2];
+        (void) state;
+
+        /* Regression: the sliding space was sized max_num_seqs rings without room for the prefix cache's
+         * snapshot pages, so two sequences at max_num_seqs 2 preempted each other over and over. */
+        start(&d, "limits:\n  max_model_len: 256\n  max_num_seqs: 2\n  max_batched_tokens: 256\n", NULL);
+        gc_client *c = h_connect(&d);
+        for (int i = 0; i < 2; i++) {
+                h_prompt(p[i], 24, 300 + (uint32_t) i, VOCAB);
+                ref[i] = (struct h_req) { .prompt = p[i], .n_prompt = 24, .max_tokens = 200, .priority = 10 };
+                run[i] = ref[i];
+                rp[i] = &run[i];
+        }
+        run_alone(c, ref, 2);          /* leaves cached prefixes and sliding snapshots behind */
+        for (int i = 0; i < 2; i++)
+                assert_int_equal(h_req_start(c, &run[i]), 0);
+        assert_int_equal(h_run_all(&c, 1, rp, 2, H_REQUEST_TIMEOUT_S), 0);
+        for (int i = 0; i < 2; i++) {
+                assert_int_equal(run[i].err, 0);
+                check_same(&run[i], &ref[i], "request", (size_t) i);
+                if (run[i].preempted)
+                        fail_msg("request %d was preempted %u times with nothing more urgent waiting", i,
+                                 run[i].preempted);
+        }
+        assert_int_equal(h_status_int(c, "preemptions"), 0);
+        for (int i = 0; i < 2; i++) {
+                h_req_done(&run[i]);
+                h_req_done(&ref[i]);
+        }
+        gc_client_free(c);
+        stop(&d);
 }
 
 /* ---- overload: a full queue answers `overloaded` at once ---- */
@@ -773,6 +814,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_priority_overtakes),
                 cmocka_unit_test(test_preempt_slots),
                 cmocka_unit_test(test_preempt_pages),
+                cmocka_unit_test(test_no_needless_preemption),
                 cmocka_unit_test(test_overload),
                 cmocka_unit_test(test_disconnect_frees_pages),
                 cmocka_unit_test(test_slow_reader),
