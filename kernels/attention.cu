@@ -482,8 +482,10 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         uint32_t dpl = (L->head_dim + 31) / 32;
         dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
         uint32_t group = L->n_heads / L->n_kv_heads;
-        /* many queries: the shared-memory tile kernel (K/V read once per 16 query-head pairs) */
-        if (bt->n_tokens >= 2 * (TILE_PAIRS / (group < TILE_PAIRS ? group : TILE_PAIRS)) && group <= TILE_PAIRS &&
+        /* prefill-like batches (several queries per sequence): the shared-memory tile kernel, K/V read once per
+         * 16 query-head pairs; decode batches (one query per sequence) would leave its warps idle */
+        uint32_t qt = TILE_PAIRS / (group < TILE_PAIRS ? group : TILE_PAIRS);
+        if (group <= TILE_PAIRS && bt->n_tokens >= 2 * qt && bt->n_tokens >= qt * bt->n_seqs &&
             !kern_attention_force_split) {
                 switch (dpl) {
                 case 1: return launch_tile<1>(L->kv_fp8, bt->n_tokens, q, c, out, stream);

@@ -5,6 +5,8 @@
 #   tokenizer.json                 Gemma 4 tokenizer derived from Google's Gemma 3 one (spec §5)
 #   tokenizer-golden.jsonl         HF tokenizers@0.23.2 ids for every line of tests/tokenizer/corpus.jsonl
 #   tokenizer-decode-golden.jsonl  HF decode of random id sequences (byte-token runs, special tokens)
+#   tokenizer-gemma3-golden.jsonl  HF ids of the corpus with the original Gemma 3 file (6,415 added
+#                                  tokens, most not special: a compatibility check of the same code)
 # Idempotent: does nothing when every output is newer than every input. No tokenizer data lives in git.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +20,7 @@ corpus=$root/tests/tokenizer/corpus.jsonl
 tok=$out_dir/tokenizer.json
 golden=$out_dir/tokenizer-golden.jsonl
 decode_golden=$out_dir/tokenizer-decode-golden.jsonl
+gemma3_golden=$out_dir/tokenizer-gemma3-golden.jsonl
 
 die() {
         echo "make-tokenizer-fixtures: ERROR: $*" >&2
@@ -59,4 +62,10 @@ if up_to_date "$golden" && up_to_date "$decode_golden"; then
         echo "make-tokenizer-fixtures: goldens are up to date"
 else
         node "$script" goldens "$tok" "$corpus" "$golden" "$decode_golden"
+fi
+
+if up_to_date "$gemma3_golden"; then
+        echo "make-tokenizer-fixtures: Gemma 3 goldens are up to date"
+else
+        node "$script" goldens "$src" "$corpus" "$gemma3_golden" -
 fi

@@ -1067,7 +1067,7 @@ static void ffn_block(struct backend *b, const struct cpu_layer *L, uint32_t T) 
 static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T,
                      float *logits) {
         const struct model_config *c = &b->cfg;
-        uint32_t H = c->hidden_size, V = c->vocab_size, n_rows = 0;
+        uint32_t H = c->hidden_size, V = c->vocab_size, n_rows = 0, first_row = 0;
 
         for (uint32_t si = 0; si < n_seqs; si++)
                 for (uint32_t i = 0; i < seqs[si].n; i++) {
@@ -1087,34 +1087,27 @@ static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_
                 attention_block(b, &b->layers[li], seqs, n_seqs, T);
                 ffn_block(b, &b->layers[li], T);
         }
-        /* final norm of the rows that need logits, then the LM head in one GEMM */
+        /* final norm of the rows that need logits, then the LM head in one GEMM; the step's rows are
+         * consecutive in the output, from the first sequence that has any */
         for (uint32_t si = 0; si < n_seqs; si++) {
                 const struct step_seq *s = &seqs[si];
-                uint32_t first = s->logits == 2 ? 0 : s->n - 1;
                 if (!s->logits)
                         continue;
-                for (uint32_t i = first; i < s->n; i++)
+                if (!n_rows)
+                        first_row = s->out_row;
+                for (uint32_t i = s->logits == 2 ? 0 : s->n - 1; i < s->n; i++)
                         rmsnorm(b->logit_rows + (size_t) n_rows++ * H, b->x + (size_t) (s->tok0 + i) * H,
                                 b->final_norm, H, c->rms_norm_eps);
         }
-        if (!n_rows)
-                return;
-        {
-                float *out = logits + (size_t) seqs[0].out_row * V;
-                struct gemm_job job = { .x = b->logit_rows, .m = n_rows, .w = &b->lm_head, .y = out };
-                float cap = c->final_logit_softcapping;
-                for (uint32_t si = 0; si < n_seqs; si++)
-                        if (seqs[si].logits) {
-                                out = logits + (size_t) seqs[si].out_row * V;
-                                job.y = out;
-                                break;
-                        }
-                job.softcap = cap;
+        if (n_rows) {
+                struct gemm_job job = { .x = b->logit_rows, .m = n_rows, .w = &b->lm_head,
+                                        .y = logits + (size_t) first_row * V,
+                                        .softcap = c->final_logit_softcapping };
                 run_gemms(b, &job, 1);
         }
 }
 
-static int validate_seq(const struct backend *b, const struct backend_seq *s, uint32_t si) {
+static int validate_seq(const struct backend *b, const struct backend_seq *s) {
         const struct model_config *c = &b->cfg;
         uint32_t B = b->page_size, end;
 
@@ -1144,7 +1137,6 @@ static int validate_seq(const struct backend *b, const struct backend_seq *s, ui
                         if (s->sliding_pages[i] >= b->n_sliding_pages)
                                 return -EINVAL;
         }
-        (void) si;
         return 0;
 }
 
@@ -1157,7 +1149,7 @@ static int cpu_forward(struct backend *b, const struct backend_batch *batch, flo
         if (batch->n_seqs > b->max_num_seqs)
                 return -E2BIG;
         for (uint32_t si = 0; si < batch->n_seqs; si++) {
-                int r = validate_seq(b, &batch->seqs[si], si);
+                int r = validate_seq(b, &batch->seqs[si]);
                 if (r < 0)
                         return r;
         }

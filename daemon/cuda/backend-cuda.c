@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,8 @@
 #include "cuda-profile.h"
 #include "log.h"
 
-#define SMALL_M_MAX 64          /* up to this many rows the mma small-M kernel beats cuBLASLt (gpubench) */
+#define SMALL_M_MAX 8           /* up to this many rows the mma small-M kernel; beyond, cuBLASLt (measured: at 64
+                                 * rows the small-M kernel ran qkv in 58 us/layer, far above cuBLASLt's ~11-20) */
 #define HEAD_CHUNK 256          /* logits rows per LM-head launch */
 #define PROF_EVENTS 4096
 
@@ -641,44 +643,63 @@ static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *
         return 0;
 }
 
+/* A batch the backend cannot run is refused before anything reaches the device; the log says why (the
+ * engine builds batches, so any of these is an engine bug, not a client's). */
+static int bad_batch(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int bad_batch(const char *fmt, ...) {
+        char msg[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        log_error("backend cuda: batch refused: %s", msg);
+        return -EINVAL;
+}
+
 static int validate_batch(struct backend *b, const struct backend_batch *batch, uint32_t *ret_tokens) {
         uint32_t T = 0, B = b->p.page_size;
         size_t meta = 0;
 
         if (!batch || batch->n_seqs == 0 || batch->n_seqs > b->p.max_num_seqs)
-                return -EINVAL;
+                return bad_batch("%u sequences (1..%u)", batch ? batch->n_seqs : 0, b->p.max_num_seqs);
         for (uint32_t s = 0; s < batch->n_seqs; s++) {
                 const struct backend_seq *q = &batch->seqs[s];
                 uint64_t end = (uint64_t) q->pos + q->n_tokens;
                 if (q->n_tokens == 0 || !q->tokens || end > b->p.max_model_len)
-                        return -EINVAL;
+                        return bad_batch("sequence %u: %u tokens at position %u (max_model_len %u)", s, q->n_tokens,
+                                         q->pos, b->p.max_model_len);
                 for (uint32_t i = 0; i < q->n_tokens; i++)
                         if (q->tokens[i] < 0 || (uint32_t) q->tokens[i] >= b->cfg.vocab_size)
-                                return -EINVAL;
+                                return bad_batch("sequence %u: token id %d outside the vocabulary (%u)", s,
+                                                 q->tokens[i], b->cfg.vocab_size);
                 uint64_t need_full = (end + B - 1) / B;
                 if (b->n_full_layers) {
                         if (!q->full_pages || q->n_full_pages < need_full)
-                                return -EINVAL;
+                                return bad_batch("sequence %u: %u full pages for %llu positions", s,
+                                                 q->n_full_pages, (unsigned long long) end);
                         for (uint64_t i = 0; i < need_full; i++)
                                 if (q->full_pages[i] >= b->cap.n_full_pages)
-                                        return -EINVAL;
+                                        return bad_batch("sequence %u: full page id %u (pool %u)", s,
+                                                         q->full_pages[i], b->cap.n_full_pages);
                 }
                 if (b->n_sliding_layers) {
                         uint64_t need = need_full < b->ring ? need_full : b->ring;
                         if (!q->sliding_pages || q->n_sliding_pages < need)
-                                return -EINVAL;
+                                return bad_batch("sequence %u: %u sliding pages, %llu needed", s,
+                                                 q->n_sliding_pages, (unsigned long long) need);
                         for (uint64_t i = 0; i < need; i++)
                                 if (q->sliding_pages[i] >= b->cap.n_sliding_pages)
-                                        return -EINVAL;
+                                        return bad_batch("sequence %u: sliding page id %u (pool %u)", s,
+                                                         q->sliding_pages[i], b->cap.n_sliding_pages);
                 }
                 T += q->n_tokens;
                 meta += need_full + b->ring;
         }
         if (T > b->t_max)
-                return -EINVAL;
+                return bad_batch("%u tokens (max_batched_tokens %u)", T, b->t_max);
         meta += (size_t) T * 5 + (size_t) batch->n_seqs * 8;
         if (meta > b->meta_cap)
-                return -EINVAL;
+                return bad_batch("page tables too long (%zu entries, room for %zu)", meta, b->meta_cap);
         *ret_tokens = T;
         return 0;
 }

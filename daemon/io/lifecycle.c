@@ -22,6 +22,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "build-config.h"
+#include "chat/special.h"
 #include "io-internal.h"
 #include "log.h"
 
@@ -86,6 +87,14 @@ static int warm_up(struct engine *e, const struct model *m) {
         return done ? 0 : log_error_errno(ETIMEDOUT, "warm-up did not finish");
 }
 
+static int special_lookup(void *userdata, const char *text, uint32_t *ret_id) {
+        int id = tokenizer_id_for(userdata, text);
+        if (id < 0)
+                return id;
+        *ret_id = (uint32_t) id;
+        return 0;
+}
+
 static void boot_thread_main(void *arg) {
         struct server *srv = arg;
         struct boot_result *b = &srv->boot;
@@ -108,6 +117,15 @@ static void boot_thread_main(void *arg) {
                         r = tokenizer_load(tok_path, &b->tokenizer, &err);
                         if (r < 0) {
                                 log_error_errno(r, "%s", err ? err : strerror(-r));
+                                goto fail;
+                        }
+                        /* The template and the output parser hard-code Gemma 4's control-token ids; a
+                         * tokenizer that disagrees would produce wrong prompts silently. */
+                        const char *bad = NULL;
+                        r = chat_special_verify(special_lookup, b->tokenizer, &bad);
+                        if (r < 0) {
+                                log_error_errno(r, "%s: special token '%s' does not have its Gemma 4 id",
+                                                tok_path, bad ? bad : "?");
                                 goto fail;
                         }
                 } else
@@ -135,6 +153,9 @@ static void boot_thread_main(void *arg) {
                 .weights_bf16 = cfg->weights_bf16,
                 .progress = backend_progress,
                 .progress_userdata = srv,
+                /* room for every running ring plus as many prefix-cache snapshots (docs/scheduler.md) */
+                .n_sliding_pages = kv_pool_sliding_pages_for(b->model->cfg.sliding_window, cfg->kv_page_size,
+                                                             cfg->max_num_seqs),
         };
         /* With the prefix cache, sliding pages kept as snapshots sit next to the running rings: size the
          * sliding space as the KV pool needs it, or max_num_seqs sequences would preempt each other. */

@@ -747,9 +747,24 @@ static void fail_plan(struct engine *e, const struct sched_plan *plan, const cha
         }
 }
 
-static int engine_step(struct engine *e) {
+/* The stall test hook: sleep without progress. Checked again right after the inbox is applied, so that
+ * a request submitted after engine_test_stall() returned is never served before the stall. */
+static void maybe_stall(struct engine *e) {
+        uint32_t stall = atomic_exchange(&e->stall_ms, 0);
+        if (!stall)
+                return;
+        struct timespec ts = { stall / 1000, (long) (stall % 1000) * 1000000L };
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+                ;
+}
+
+static int engine_step(struct engine *e, bool threaded) {
         uint64_t now = engine_now_ns();
         apply_inbox(e, now);
+        if (threaded && atomic_load(&e->stall_ms)) {
+                maybe_stall(e);
+                now = engine_now_ns();
+        }
         for (struct ereq *r = e->live; r;) {
                 struct ereq *rn = r->next;
                 if (r->params.deadline_ms &&
@@ -850,7 +865,7 @@ int engine_run_step(struct engine *e) {
                 return -EBUSY;
         if (e->fatal)
                 return e->fatal;
-        return engine_step(e);
+        return engine_step(e, false);
 }
 
 /* ---- thread ---- */
@@ -858,19 +873,14 @@ int engine_run_step(struct engine *e) {
 static void *engine_thread(void *arg) {
         struct engine *e = arg;
         for (;;) {
-                uint32_t stall = atomic_exchange(&e->stall_ms, 0);
-                if (stall) {
-                        struct timespec ts = { stall / 1000, (long) (stall % 1000) * 1000000L };
-                        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-                                ;
-                }
+                maybe_stall(e);
                 atomic_store(&e->last_progress_ns, engine_now_ns());
                 pthread_mutex_lock(&e->in_lock);
                 bool stopping = e->stopping;
                 pthread_mutex_unlock(&e->in_lock);
                 if (stopping)
                         break;
-                int r = engine_step(e);
+                int r = engine_step(e, true);
                 if (r < 0) {
                         log_error_errno(r, "engine: fatal backend error, stopping");
                         pthread_mutex_lock(&e->in_lock);

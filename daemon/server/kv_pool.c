@@ -563,7 +563,8 @@ int kv_pool_check(const struct kv_pool *pool, char *err, size_t errsize) {
                 uint32_t in_table = 0;
                 for (uint32_t b = 0; b <= s->bucket_mask; b++)
                         for (uint32_t id = s->buckets[b]; id != NONE; id = s->pages[id].hnext) {
-                                CHECK(id < s->n && s->pages[id].cached && (s->pages[id].hash & s->bucket_mask) == b,
+                                CHECK(id < s->n && s->pages[id].cached &&
+                                      (s->pages[id].hash & s->bucket_mask) == b,
                                       "space %d: hash bucket %u holds page %u wrongly", sp, b, id);
                                 CHECK(++in_table <= s->n, "space %d: hash chain loops", sp);
                         }

@@ -272,8 +272,7 @@ int sampler_sample(struct sampler *s, float *l, const int32_t *tokens, uint32_t 
         if (!l || (n_prompt + n_generated > 0 && !tokens) || p->logprobs > SAMPLER_MAX_LOGPROBS)
                 return -EINVAL;
 
-        for (uint32_t i = 0; i < v; i++)
-                l[i] = clean(l[i]);
+        /* NaN stays NaN through the penalties and is read as -inf everywhere after */
         apply_penalties(s, l, tokens, n_prompt, n_generated, p);
 
         struct sampler_result r = { 0 };
@@ -281,14 +280,18 @@ int sampler_sample(struct sampler *s, float *l, const int32_t *tokens, uint32_t 
         double lse;
 
         if (p->temperature == 0.0f) {
+                /* one read-only pass: NaN never compares greater, ties keep the lowest id */
                 uint32_t best = 0;
-                for (uint32_t i = 1; i < v; i++)
-                        if (l[i] > l[best])
+                float best_v = -INFINITY;
+                for (uint32_t i = 0; i < v; i++)
+                        if (l[i] > best_v) {
+                                best_v = l[i];
                                 best = i;
+                        }
                 r.token = (int32_t) best;
                 if (p->logprobs > 0) {
                         log_sum_exp(l, v, &m, &lse);
-                        r.logprob = (float) (l[best] - lse);
+                        r.logprob = (float) (clean(l[best]) - lse);
                         fill_top(l, v, lse, p->logprobs, &r);
                 }
                 *ret = r;
@@ -298,7 +301,7 @@ int sampler_sample(struct sampler *s, float *l, const int32_t *tokens, uint32_t 
         float inv_t = 1.0f / p->temperature;
         m = -INFINITY;
         for (uint32_t i = 0; i < v; i++) {
-                l[i] *= inv_t;
+                l[i] = clean(l[i]) * inv_t;
                 if (l[i] > m)
                         m = l[i];
         }
@@ -324,16 +327,28 @@ int sampler_sample(struct sampler *s, float *l, const int32_t *tokens, uint32_t 
         bool use_k = p->top_k > 0 && (uint32_t) p->top_k < v;
         bool use_p = p->top_p < 1.0f;
         if (use_k || use_p) {
-                for (uint32_t i = 0; i < v; i++)
-                        s->idx[i] = i;
                 if (use_k) {
+                        for (uint32_t i = 0; i < v; i++)
+                                s->idx[i] = i;
                         n_cand = (uint32_t) p->top_k;
                         select_best_k(l, s->idx, v, n_cand);
+                } else {
+                        /* Top-p alone: tokens of weight below tau = (1 - p) * total / V hold less than
+                         * (1 - p) of the mass together and rank after every heavier token, so the
+                         * nucleus lies among the heavier ones: select there only. */
+                        float tau = (float) ((1.0 - p->top_p) * total_w / v * 0.999);
+                        n_cand = 0;
+                        for (uint32_t i = 0; i < v; i++)
+                                if (s->w[i] >= tau)
+                                        s->idx[n_cand++] = i;
                 }
                 if (use_p) {
                         double total = 0;
-                        for (uint32_t i = 0; i < n_cand; i++)
-                                total += s->w[s->idx[i]];
+                        if (use_k)
+                                for (uint32_t i = 0; i < n_cand; i++)
+                                        total += s->w[s->idx[i]];
+                        else
+                                total = total_w;
                         n_cand = select_mass(l, s->w, s->idx, n_cand, (double) p->top_p * total);
                 }
                 thr = s->idx[0];

@@ -1177,11 +1177,16 @@ static int read_file(struct load_ctx *c, const char *path, char **ret, size_t *r
 
         if (fd < 0)
                 return fail(c, -errno, "cannot open: %s", strerror(errno));
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size > MAX_FILE_BYTES) {
-                int r = errno && !S_ISREG(st.st_mode) ? -EINVAL : -EFBIG;
+        if (fstat(fd, &st) < 0) {
+                int r = -errno;
 
                 close(fd);
-                return fail(c, r, "not a regular file of at most %u bytes", MAX_FILE_BYTES);
+                return fail(c, r, "cannot stat: %s", strerror(-r));
+        }
+        if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > MAX_FILE_BYTES) {
+                close(fd);
+                return fail(c, S_ISREG(st.st_mode) ? -EFBIG : -EINVAL, "not a regular file of at most %u bytes",
+                            MAX_FILE_BYTES);
         }
         buf = malloc((size_t)st.st_size + 1);
         if (!buf) {

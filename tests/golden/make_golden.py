@@ -73,6 +73,16 @@ CONFIGS = [
          sliding_window=6, intermediate_size=64, num_experts=4, top_k_experts=3, moe_intermediate_size=16,
          final_logit_softcapping=10.0, partial_rotary_factor=0.25, theta_s=10000.0, theta_f=1000000.0,
          seq_len=48, n_greedy=12),
+    # dims that are not multiples of 16 (kernel tails), GQA groups of 2 on both kinds, own v_proj on full
+    # layers, and an extra FP8 checkpoint in the flat layout with F32 weight scales
+    dict(name="tiny-d", seed=44, vocab_size=768, hidden_size=144, num_hidden_layers=5,
+         layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention",
+                      "full_attention"],
+         num_attention_heads=6, num_key_value_heads=3, head_dim=24,
+         global_head_dim=48, num_global_key_value_heads=3, attention_k_eq_v=False,
+         sliding_window=10, intermediate_size=112, num_experts=12, top_k_experts=3, moe_intermediate_size=40,
+         final_logit_softcapping=15.0, partial_rotary_factor=0.5, theta_s=10000.0, theta_f=1000000.0,
+         seq_len=36, n_greedy=12, fp8_flat_f32_scale=True),
 ]
 
 
@@ -293,13 +303,15 @@ def is_quantized_linear(name):
     return name.endswith("_proj.weight") and ".layers." in name and "router." not in name
 
 
-def build_fp8(sd, c, tc, d):
-    """Write the FP8 checkpoint; return the dequantized state dict (flat names) for the reference."""
+def build_fp8(sd, c, tc, d, flat=False, f32_scale=False):
+    """Write the FP8 checkpoint (nested layout, or flat with flat=True; weight_scale BF16 as llm-compressor
+    writes it, or F32 with f32_scale=True); return the dequantized state dict (flat names)."""
     os.makedirs(d, exist_ok=True)
     out, deq = {}, {}
     MI = c["moe_intermediate_size"]
+    prefix = "model." if flat else "model.language_model."
     for k, v in sd.items():
-        nk = "model.language_model." + k[len("model."):]
+        nk = prefix + k[len("model."):]
         if k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj"):
             base = nk[: -len("gate_up_proj")] if k.endswith("gate_up_proj") else nk[: -len("down_proj")]
             deq_full = torch.empty_like(v)
@@ -327,6 +339,8 @@ def build_fp8(sd, c, tc, d):
         else:
             out[nk] = v.to(torch.bfloat16).contiguous()
             deq[k] = v.clone()
+    if f32_scale:
+        out = {k: (t.float() if k.endswith("weight_scale") else t) for k, t in out.items()}
     save_file(out, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
     args_w = {"actorder": None, "block_structure": None, "dynamic": False, "group_size": None, "num_bits": 8,
               "observer": "memoryless_minmax", "observer_kwargs": {}, "scale_dtype": None, "strategy": "channel",
@@ -338,11 +352,16 @@ def build_fp8(sd, c, tc, d):
                                            "output_activations": None, "targets": ["Linear"],
                                            "weights": args_w}},
              "format": "float-quantized", "global_compression_ratio": None,
-             "ignore": ["lm_head"] + ["model.language_model.layers.%d.router.proj" % i
+             "ignore": ["lm_head"] + ["%slayers.%d.router.proj" % (prefix, i)
                                       for i in range(c["num_hidden_layers"])],
              "kv_cache_scheme": None, "quant_method": "compressed-tensors", "quantization_status": "compressed",
              "sparsity_config": {}, "transform_config": {}, "version": "0.0.0-gemma4d-golden"}
-    write_config(os.path.join(d, "config.json"), nested_config(tc, quant))
+    if flat:
+        cfg = flat_config(tc)
+        cfg["quantization_config"] = quant
+    else:
+        cfg = nested_config(tc, quant)
+    write_config(os.path.join(d, "config.json"), cfg)
     n_fp8 = sum(1 for t in out.values() if t.dtype == torch.float8_e4m3fn)
     print("  fp8: %d tensors, %d in F8_E4M3" % (len(out), n_fp8), flush=True)
     return deq
@@ -479,6 +498,10 @@ def make_one(c, out_dir, attempt):
 
     # FP8 variant: dequantized weights + fake-quantized activations
     deq = build_fp8(sd, c, tc, os.path.join(d, "fp8"))
+    if c.get("fp8_flat_f32_scale"):
+        deq_flat = build_fp8(sd, c, tc, os.path.join(d, "fp8-flat"), flat=True, f32_scale=True)
+        for k in deq:
+            require(torch.equal(deq[k], deq_flat[k]), "fp8-flat dequantizes %s differently" % k)
     model.load_state_dict(deq, strict=False)
     n_hooks = install_w8a8(model)
     print("  W8A8 emulation: %d linear hooks" % n_hooks, flush=True)
@@ -498,7 +521,8 @@ def make_one(c, out_dir, attempt):
             "argmax_margin_bf16": margin_bf16, "argmax_margin_fp8": margin_fp8,
             "router_gap_bf16": gap_bf16, "router_gap_fp8": gap_fp8, "fp8_vs_bf16_rel": rel,
             "transformers_version": transformers.__version__, "torch_version": torch.__version__,
-            "config": {k: v for k, v in c.items() if k not in ("name",)}}
+            "config": {k: v for k, v in c.items() if k not in ("name",)},
+            "fp8_layouts": ["fp8"] + (["fp8-flat"] if c.get("fp8_flat_f32_scale") else [])}
     write_config(os.path.join(d, "meta.json"), meta)
     return margin_bf16, gap_bf16, margin_fp8, gap_fp8, tc, ids, ref
 

@@ -56,7 +56,7 @@ static struct golden_engine open_engine(const char *name, const char *layout,
 
 static void test_against_hf(void **state) {
         const struct hf_case *c = *state;
-        bool fp8 = strcmp(c->layout, "fp8") == 0;
+        bool fp8 = strncmp(c->layout, "fp8", 3) == 0;
         struct golden_meta m;
         struct golden_engine e;
         float *want, *got, *last;
@@ -369,6 +369,7 @@ static struct hf_case cases[] = {
         { "tiny-a", "bf16-nested" }, { "tiny-a", "bf16-flat" }, { "tiny-a", "fp8" },
         { "tiny-b", "bf16-nested" }, { "tiny-b", "bf16-flat" }, { "tiny-b", "fp8" },
         { "tiny-c", "bf16-nested" }, { "tiny-c", "bf16-flat" }, { "tiny-c", "fp8" },
+        { "tiny-d", "bf16-nested" }, { "tiny-d", "bf16-flat" }, { "tiny-d", "fp8" }, { "tiny-d", "fp8-flat" },
 };
 
 int main(void) {
@@ -382,6 +383,10 @@ int main(void) {
                 cmocka_unit_test_prestate(test_against_hf, &cases[6]),
                 cmocka_unit_test_prestate(test_against_hf, &cases[7]),
                 cmocka_unit_test_prestate(test_against_hf, &cases[8]),
+                cmocka_unit_test_prestate(test_against_hf, &cases[9]),
+                cmocka_unit_test_prestate(test_against_hf, &cases[10]),
+                cmocka_unit_test_prestate(test_against_hf, &cases[11]),
+                cmocka_unit_test_prestate(test_against_hf, &cases[12]),
                 cmocka_unit_test(test_chunked_prefill),
                 cmocka_unit_test(test_page_sizes),
                 cmocka_unit_test(test_threads_and_step_split),

@@ -17,7 +17,8 @@
  *     first row and whole matrix;
  *   - argmax must agree on ARGMAX_SHARE of the rows on fixtures whose sensitivity is below 0.2;
  *   - greedy ids must match HF on tiny-c and tiny-a.
- * Invariants of the engine itself (chunking, batching) compare the CUDA backend with itself.
+ * Invariants of the engine itself (chunking, batching) compare the CUDA backend with itself: identical logits
+ * where both runs take the same kernels, the fixture's sensitivity where the GEMM path differs.
  * Exit 77 without a GPU or without the fixtures.
  */
 #include <errno.h>
@@ -261,11 +262,16 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
         }
         compare_ref(label, got, ref, S, V);
 
-        /* 2. chunked prefill (chunks of 7, pages of 4: chunks cross pages and the ring) vs one step */
+        /* 2. chunked prefill (chunks of 7, pages of 4: chunks cross pages and the ring) vs one step. Chunks of
+         * 7 rows take the small-M GEMM, the whole prompt takes cuBLASLt (more than 8 rows), which sums in
+         * another order: a last-bit BF16 difference, then an FP8 rounding flip, then this model's chaos
+         * (measured on H100: tiny-c 6.4e-2, tiny-a 1.2e-1). When hidden % 16 != 0 both take the small-M
+         * kernel and the logits must be identical (tiny-b: 0). */
         r = run_prompt(&e, 1, f.prompt, S, 7, got2, V);
         double rc = r < 0 ? INFINITY : rel_frob(got2, got, n);
+        double tol_chunk = m->cfg.hidden_size % 16 != 0 ? SELF_REL : tol_rel;
         snprintf(label, sizeof(label), "%s chunked prefill (7) vs one step", name);
-        check(label, rc <= SELF_REL, "rel %.3e (tol %.1e)", rc, SELF_REL);
+        check(label, rc <= tol_chunk, "rel %.3e (tol %.1e)", rc, tol_chunk);
 
         /* 3. a batch: slot 2 decodes its last prompt token while slot 3 prefills the whole prompt */
         {
@@ -283,6 +289,26 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 snprintf(label, sizeof(label), "%s mixed batch: prefill rows vs one step", name);
                 check(label, r2 <= SELF_REL, "rel %.3e (tol %.1e)", r2, SELF_REL);
                 free(bl);
+        }
+
+        /* 3b. batches the backend must refuse without touching the device, and keep working after */
+        {
+                int32_t bad_tok = (int32_t) V;
+                struct backend_seq s = seq_of(&e, 2, &bad_tok, 1, 0, false);
+                struct backend_batch b = {&s, 1};
+                int rb1 = e.ops->forward(e.be, &b, got2);
+                s = seq_of(&e, 2, f.prompt, 1, 256, false);             /* past max_model_len (256) */
+                int rb2 = e.ops->forward(e.be, &b, got2);
+                s = seq_of(&e, 2, f.prompt, 1, 0, false);
+                s.n_full_pages = 0;                                     /* no page for position 0 */
+                int rb3 = e.ops->forward(e.be, &b, got2);
+                s = seq_of(&e, 2, f.prompt, S, 0, true);
+                int rb4 = e.ops->forward(e.be, &b, got2);
+                double rr = rb4 < 0 ? INFINITY : rel_frob(got2, got, n);
+                snprintf(label, sizeof(label), "%s bad batches refused (-EINVAL), next batch runs", name);
+                check(label, rb1 == -EINVAL && rb2 == -EINVAL && rb3 == -EINVAL && rb4 == 0 &&
+                                     rr <= SELF_REL,
+                      "codes ok, rel %.3e (tol %.1e)", rr, SELF_REL);
         }
 
         /* 4. greedy continuation after the prompt (shallowest fixture) */

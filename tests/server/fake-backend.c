@@ -21,7 +21,8 @@ struct backend {
         uint32_t ring;
         struct kv_row *full, *sliding;
         uint64_t *full_stamp, *sliding_stamp;   /* step that last claimed a page for writing */
-        uint64_t steps, tokens;
+        uint64_t steps, tokens, forward_ns;
+        float *base_row;                /* fast mode */
         uint32_t max_seqs;
         char error[512];
 };
@@ -77,6 +78,19 @@ int fake_backend_new(const struct fake_params *p, struct backend **ret) {
                 b->full[i] = (struct kv_row) { .pos = -1 };
         for (uint64_t i = 0; i < (uint64_t) p->n_sliding_pages * p->page_size; i++)
                 b->sliding[i] = (struct kv_row) { .pos = -1 };
+        if (p->fast) {
+                b->base_row = malloc(sizeof(float) * p->vocab);
+                if (!b->base_row) {
+                        fake_backend_ops.destroy(b);
+                        return -ENOMEM;
+                }
+                /* peaked like a language model's row: most logits near 0, a few up to 24 */
+                fill_logits(p->vocab, STATE_SEED, 0, b->base_row);
+                for (uint32_t v = 0; v < p->vocab; v++) {
+                        float u = b->base_row[v] / 8.0f, u2 = u * u, u4 = u2 * u2, u8 = u4 * u4;
+                        b->base_row[v] = 24.0f * u8 * u8 - 2.0f;
+                }
+        }
         *ret = b;
         return 0;
 }
@@ -95,6 +109,7 @@ static void fake_destroy(struct backend *b) {
         free(b->sliding);
         free(b->full_stamp);
         free(b->sliding_stamp);
+        free(b->base_row);
         free(b);
 }
 
@@ -186,11 +201,57 @@ static int check_seq(struct backend *b, uint32_t si, const struct backend_seq *s
         return 0;
 }
 
+static uint64_t mono_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+/* Benchmark mode: the state chain only, and cheap logits. */
+static int fast_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
+        uint64_t row = 0;
+        for (uint32_t si = 0; si < batch->n_seqs; si++) {
+                const struct backend_seq *s = &batch->seqs[si];
+                uint64_t state = s->pos ? full_row(b, s, s->pos - 1)->state : STATE_SEED;
+                for (uint32_t t = 0; t < s->n_tokens; t++) {
+                        uint64_t p = s->pos + t;
+                        state = next_state(state, s->tokens[t]);
+                        struct kv_row kr = { .pos = (int64_t) p, .token = s->tokens[t], .state = state };
+                        *full_row(b, s, p) = kr;
+                        *sliding_row(b, s, p) = kr;
+                        if (s->all_logits || t + 1 == s->n_tokens) {
+                                float *out = logits + (row++) * b->p.vocab;
+                                memcpy(out, b->base_row, sizeof(float) * b->p.vocab);
+                                out[state % b->p.vocab] += 10.0f;
+                        }
+                }
+                b->tokens += s->n_tokens;
+        }
+        return 0;
+}
+
+static int fake_forward_checked(struct backend *b, const struct backend_batch *batch, float *logits);
+
 static int fake_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
-        const uint32_t W = b->p.window;
+        uint64_t t0 = mono_ns();
+        int r;
         b->steps++;
         if (b->p.fail_at_step && b->steps == b->p.fail_at_step)
-                return b->p.fail_error ? b->p.fail_error : -EIO;
+                r = b->p.fail_error ? b->p.fail_error : -EIO;
+        else if (b->p.fast)
+                r = fast_forward(b, batch, logits);
+        else
+                r = fake_forward_checked(b, batch, logits);
+        if (b->p.step_delay_us) {
+                struct timespec ts = { 0, (long) b->p.step_delay_us * 1000L };
+                nanosleep(&ts, NULL);
+        }
+        b->forward_ns += mono_ns() - t0;
+        return r;
+}
+
+static int fake_forward_checked(struct backend *b, const struct backend_batch *batch, float *logits) {
+        const uint32_t W = b->p.window;
         if (batch->n_seqs > b->max_seqs)
                 b->max_seqs = batch->n_seqs;
         for (uint32_t si = 0; si < batch->n_seqs; si++) {
@@ -254,6 +315,10 @@ uint64_t fake_backend_steps(struct backend *b) {
 
 uint64_t fake_backend_tokens(struct backend *b) {
         return b->tokens;
+}
+
+uint64_t fake_backend_forward_ns(struct backend *b) {
+        return b->forward_ns;
 }
 
 uint32_t fake_backend_max_seqs(struct backend *b) {

@@ -28,7 +28,10 @@ struct fake_params {
         /* step of forward() that fails with fail_error (0 = never), for error-path tests */
         uint64_t fail_at_step;
         int fail_error;
-        uint32_t step_delay_us;         /* sleep per step (thread tests) */
+        uint32_t step_delay_us;         /* sleep per step */
+        /* Benchmark mode: no checks, logits = a fixed random row plus a bump at a token derived from the
+         * prefix state (still a pure function of the tokens); forward time is accumulated. */
+        bool fast;
 };
 
 extern const struct backend_ops fake_backend_ops;
@@ -40,6 +43,7 @@ uint64_t fake_backend_steps(struct backend *b);
 uint64_t fake_backend_tokens(struct backend *b);       /* tokens computed (prefill + decode) */
 uint32_t fake_backend_max_seqs(struct backend *b);     /* most sequences seen in one step */
 void fake_backend_set_fail(struct backend *b, uint64_t at_step, int error);
+uint64_t fake_backend_forward_ns(struct backend *b);   /* time spent inside forward() */
 
 /* The greedy continuation the fake model gives a prompt, computed directly (no engine): the oracle for
  * "same output as run alone". Stops at a stop id (included in out) or after max_tokens. */

@@ -308,6 +308,35 @@ static void test_preempt_slots(void **state) {
         }
 }
 
+/* An urgent request overtakes a saturated batch: with every slot decoding and a queue of waiting
+ * requests, its first token comes out of the very next step (its prompt fits the token budget). */
+static void test_urgent_ttft(void **state) {
+        struct limits l = { .max_num_seqs = 8, .max_batched_tokens = 64, .no_stops = true };
+        struct fixture *f = fixture_new(NULL, &l);
+        static int32_t p[30][24];
+        for (uint32_t i = 0; i < 28; i++) {
+                make_prompt(p[i], 24, i, 0);
+                assert_int_equal(submit(f, i, p[i], 24, 200, 10), 0);
+        }
+        for (int s = 0; s < 8; s++)
+                step(f);
+        struct engine_status st;
+        engine_get_status(f->e, &st);
+        assert_int_equal(st.running, 8);
+        assert_int_equal(st.queued, 20);
+        make_prompt(p[29], 24, 29, 0);
+        assert_int_equal(submit(f, 29, p[29], 24, 3, -20), 0);
+        step(f);
+        assert_int_equal(f->res[29].n, 1);
+        engine_get_status(f->e, &st);
+        assert_int_equal(st.preemptions, 1);
+        for (int s = 0; s < 2; s++)
+                step(f);
+        assert_true(f->res[29].finished);       /* 3 tokens in 3 steps */
+        assert_int_equal(f->res[29].reason, ENGINE_FINISH_LENGTH);
+        fixture_free(f);
+}
+
 /* Preemption when KV pages are the limit (slots to spare). */
 static void test_preempt_pages(void **state) {
         struct fake_params fp = { .page_size = 4, .n_full_pages = 24, .n_sliding_pages = 40, .window = 16,
@@ -777,7 +806,8 @@ static void test_random_mix(void **state) {
                         uint32_t salt = rnd_next(&rng, 4), shared = rnd_next(&rng, 3) * 12;
                         make_prompt(prompts[id], lens[id], salt, shared);
                         struct engine_request rq = { .conn_id = 1 + id % 3, .req_id = id,
-                                                     .kind = rnd_next(&rng, 10) == 0 ? ENGINE_KIND_SCORE : ENGINE_KIND_GENERATE,
+                                                     .kind = rnd_next(&rng, 10) == 0 ? ENGINE_KIND_SCORE :
+                                                                                       ENGINE_KIND_GENERATE,
                                                      .tokens = prompts[id], .n_tokens = lens[id] };
                         sampling_params_init(&rq.params);
                         greedy[id] = rnd_next(&rng, 3) != 0 && rq.kind == ENGINE_KIND_GENERATE;
@@ -917,6 +947,23 @@ static void test_thread(void **state) {
         age = engine_now_ns() - engine_last_progress_ns(f->e);
         assert_true(age < 700000000u);
 
+        /* a request submitted after engine_test_stall() returns is served only after the stall */
+        uint64_t t0 = engine_now_ns();
+        engine_test_stall(f->e, 600);
+        assert_int_equal(submit(f, 21, prompts[1], 11, 1, 0), 0);
+        while (!f->res[21].finished) {
+                pthread_mutex_lock(&w.lock);
+                while (w.wakes == 0)
+                        if (pthread_cond_timedwait(&w.cond, &w.lock, &deadline) != 0)
+                                break;
+                w.wakes = 0;
+                pthread_mutex_unlock(&w.lock);
+                collect(f);
+                if (engine_now_ns() - t0 > 30000000000ull)
+                        fail_msg("the request after the stall never finished");
+        }
+        assert_true(engine_now_ns() - t0 >= 590000000ull);
+
         /* freeing with requests in flight cancels them cleanly */
         assert_int_equal(submit(f, 20, prompts[0], 10, 200, 0), 0);
         usleep(2000);
@@ -929,6 +976,7 @@ int main(void) {
                 cmocka_unit_test(test_concurrent_64),
                 cmocka_unit_test(test_preempt_slots),
                 cmocka_unit_test(test_preempt_pages),
+                cmocka_unit_test(test_urgent_ttft),
                 cmocka_unit_test(test_prefix_cache),
                 cmocka_unit_test(test_prefix_workloads),
                 cmocka_unit_test(test_cancel),

@@ -9,10 +9,11 @@
 //       (special, normalized false) and drops the post-processor that adds <bos>. Then checks the result
 //       against the spec's golden vectors with Hugging Face tokenizers and fails loudly on any difference.
 //
-//   node fixtures.cjs goldens TOKENIZER_JSON CORPUS_JSONL OUT_GOLDEN_JSONL OUT_DECODE_JSONL
-//       Encodes every corpus entry with tokenizers@0.23.2 (specials parsed, and specials as plain text)
-//       and decodes the ids back; writes one JSON line per corpus entry. Also writes decode goldens for
-//       random id sequences (byte-token runs, valid and invalid UTF-8, special tokens).
+//   node fixtures.cjs goldens TOKENIZER_JSON CORPUS_JSONL OUT_GOLDEN_JSONL OUT_DECODE_JSONL|-
+//       Encodes every corpus entry with tokenizers@0.23.2 (specials parsed, and with no added tokens at
+//       all, which for Gemma 4 - all 24 are special - is "specials as plain text") and decodes the ids
+//       back; writes one JSON line per corpus entry. Also writes decode goldens for random id sequences
+//       (byte-token runs, valid and invalid UTF-8, special tokens) unless OUT_DECODE_JSONL is "-".
 'use strict';
 
 const fs = require('fs');
@@ -247,6 +248,10 @@ async function goldens(tokPath, corpusPath, outPath, outDecodePath) {
         fs.writeFileSync(tmp, out.join('\n') + '\n');
         fs.renameSync(tmp, outPath);
 
+        if (outDecodePath === '-') {
+                process.stderr.write(`fixtures.cjs: wrote ${out.length} encode goldens to ${outPath}\n`);
+                return;
+        }
         const dout = [];
         for (const ids of randomDecodeSequences(400)) {
                 const full = await tok.decode(ids, false);
