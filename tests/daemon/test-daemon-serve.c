@@ -758,6 +758,11 @@ static void test_protocol_edges(void **state) {
         raw_generate(fd, 8, p, 300, 4);
         assert_int_equal(raw_wait_request_end(fd, 8, &code, &reason, NULL), PROTO_TYPE_ERROR);
         assert_int_equal(code, PROTO_CODE_TOO_LONG);
+        /* regression: a short prompt whose max_tokens does not fit max_model_len (256) is too_long up
+         * front, not cut short later (docs/protocol.md "too_long") */
+        raw_generate(fd, 11, p, 20, 240);
+        assert_int_equal(raw_wait_request_end(fd, 11, &code, &reason, NULL), PROTO_TYPE_ERROR);
+        assert_int_equal(code, PROTO_CODE_TOO_LONG);
         int32_t bad[3] = { 5, VOCAB + 7, 9 };
         raw_generate(fd, 9, bad, 3, 4);
         assert_int_equal(raw_wait_request_end(fd, 9, &code, &reason, NULL), PROTO_TYPE_ERROR);
