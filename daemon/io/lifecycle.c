@@ -157,11 +157,6 @@ static void boot_thread_main(void *arg) {
                 .n_sliding_pages = kv_pool_sliding_pages_for(b->model->cfg.sliding_window, cfg->kv_page_size,
                                                              cfg->max_num_seqs),
         };
-        /* With the prefix cache, sliding pages kept as snapshots sit next to the running rings: size the
-         * sliding space as the KV pool needs it, or max_num_seqs sequences would preempt each other. */
-        if (cfg->prefix_cache && b->model->cfg.sliding_window > 0)
-                bp.n_sliding_pages = kv_pool_sliding_pages_for(b->model->cfg.sliding_window, cfg->kv_page_size,
-                                                               cfg->max_num_seqs);
         {
                 /* Test hook: a small full-attention KV space, so tests on the cpu backend (which otherwise
                  * sizes it for max_num_seqs sequences of max_model_len) can exhaust it. */
