@@ -126,6 +126,21 @@ static void req_remove(struct server *srv, struct req *r) {
         req_free(r);
 }
 
+/* Take a request that waits for the model out of the boot queue. */
+static void pending_unlink(struct server *srv, struct req *r) {
+        struct req **p = &srv->pending_head, *prev = NULL;
+        while (*p && *p != r) {
+                prev = *p;
+                p = &(*p)->pending_next;
+        }
+        if (!*p)
+                return;
+        *p = r->pending_next;
+        if (srv->pending_tail == r)
+                srv->pending_tail = prev;
+        srv->n_pending--;
+}
+
 /* ---- writing ---- */
 
 struct write_req {
@@ -211,18 +226,7 @@ static void conn_close(struct conn *c) {
                 struct req *r = c->reqs;
                 req_detach_conn(r);
                 if (!r->submitted) {
-                        /* still in the boot queue: unlink it there */
-                        struct req **p = &srv->pending_head, *prev = NULL;
-                        while (*p && *p != r) {
-                                prev = *p;
-                                p = &(*p)->pending_next;
-                        }
-                        if (*p) {
-                                *p = r->pending_next;
-                                if (srv->pending_tail == r)
-                                        srv->pending_tail = prev;
-                                srv->n_pending--;
-                        }
+                        pending_unlink(srv, r);
                         req_remove(srv, r);
                 }
         }
@@ -843,17 +847,7 @@ static void handle_cancel(struct conn *c, const struct proto_cancel *m) {
                 return;         /* finished already, or never existed: cancel is idempotent */
         if (!r->submitted) {
                 struct proto_finished f = { .id = r->id, .reason = PROTO_REASON_CANCELLED };
-                struct req **p = &srv->pending_head, *prev = NULL;
-                while (*p && *p != r) {
-                        prev = *p;
-                        p = &(*p)->pending_next;
-                }
-                if (*p) {
-                        *p = r->pending_next;
-                        if (srv->pending_tail == r)
-                                srv->pending_tail = prev;
-                        srv->n_pending--;
-                }
+                pending_unlink(srv, r);
                 (void) proto_encode_finished(&c->out, &f);
                 req_remove(srv, r);
                 return;
