@@ -63,10 +63,16 @@ struct backend {
         int32_t *meta_h, *meta_d;
         size_t meta_cap;                /* int32 entries */
 
-        /* decode graphs: one per batch size T (all sequences one token), captured on first use */
+        /* greedy steps (forward_greedy): the argmax of each sequence's row, on the device */
+        bool greedy_on;                 /* GEMMA4D_CUDA_NO_GREEDY=1 turns it off */
+        int32_t *argmax_d, *argmax_h;   /* [max_num_seqs]; argmax_h page-locked */
+
+        /* decode graphs: one per batch size T (all sequences one token), captured on first use; the
+         * greedy variant ends with the argmax instead of leaving the logits for a copy */
         bool use_graphs;
         uint32_t graph_max;
         cudaGraphExec_t *graphs;        /* [graph_max + 1] */
+        cudaGraphExec_t *greedy_graphs; /* [graph_max + 1] */
 
         /* profiling (GEMMA4D_CUDA_PROFILE=1): events between ops, summed per category */
         bool prof;
@@ -459,6 +465,9 @@ static int alloc_activations(struct backend *b, char **reterr) {
         if (!cuda_ok(cudaMallocHost((void **) &b->meta_h, b->meta_cap * 4)) ||
             dev_alloc((void **) &b->meta_d, b->meta_cap * 4) < 0)
                 return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate batch metadata");
+        if (!cuda_ok(cudaMallocHost((void **) &b->argmax_h, (size_t) b->p.max_num_seqs * 4)) ||
+            dev_alloc((void **) &b->argmax_d, (size_t) b->p.max_num_seqs * 4) < 0)
+                return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate greedy token buffers");
         return 0;
 }
 
@@ -567,7 +576,9 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 b->graph_max = b->t_max;
         b->use_graphs = !b->prof && !(getenv("GEMMA4D_CUDA_GRAPHS") && strcmp(getenv("GEMMA4D_CUDA_GRAPHS"), "0") == 0);
         b->graphs = calloc(b->graph_max + 1, sizeof(*b->graphs));
-        if (!b->graphs) {
+        b->greedy_graphs = calloc(b->graph_max + 1, sizeof(*b->greedy_graphs));
+        b->greedy_on = !(getenv("GEMMA4D_CUDA_NO_GREEDY") && strcmp(getenv("GEMMA4D_CUDA_NO_GREEDY"), "0") != 0);
+        if (!b->graphs || !b->greedy_graphs) {
                 r = cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate decode graph buffers");
                 goto fail;
         }
@@ -590,17 +601,23 @@ static void backend_cuda_destroy(struct backend *b) {
         void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
-                        b->n_groups, b->groups, b->meta_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
+                        b->n_groups, b->groups, b->meta_d, b->argmax_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
                         b->head_bf16_own};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 if (bufs[i])
                         cudaFree(bufs[i]);
         if (b->meta_h)
                 cudaFreeHost(b->meta_h);
+        if (b->argmax_h)
+                cudaFreeHost(b->argmax_h);
         for (uint32_t i = 0; b->graphs && i <= b->graph_max; i++)
                 if (b->graphs[i])
                         cudaGraphExecDestroy(b->graphs[i]);
+        for (uint32_t i = 0; b->greedy_graphs && i <= b->graph_max; i++)
+                if (b->greedy_graphs[i])
+                        cudaGraphExecDestroy(b->greedy_graphs[i]);
         free(b->graphs);
+        free(b->greedy_graphs);
         for (uint32_t i = 0; i < PROF_EVENTS; i++)
                 if (b->prof_ev[i])
                         cudaEventDestroy(b->prof_ev[i]);
@@ -788,8 +805,10 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
 
 /* Final norm + LM head + softcap for n_rows gathered rows into dst (host memory). When `capture` is set the
  * rows fit one chunk and stay in b->logits: the caller copies them out after the graph ran (straight into
- * its buffer, which is fastest when that buffer is page-locked). */
-static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, float *dst, bool capture) {
+ * its buffer, which is fastest when that buffer is page-locked). With `argmax` nothing is copied: each
+ * chunk's rows are reduced to their greedy token in b->argmax_d, which the caller copies out. */
+static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, float *dst, bool capture,
+                   bool argmax) {
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, V = c->vocab_size;
         float cap = c->final_logit_softcapping;
@@ -817,6 +836,11 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         TRY(kern_softcap(NULL, b->logits, (size_t) nr * V, cap, b->stream));
                 }
                 prof_mark(b, P_HEAD);
+                if (argmax) {
+                        TRY(kern_argmax_rows(b->logits, nr, V, b->argmax_d + r0, b->stream));
+                        prof_mark(b, P_COPY);
+                        continue;
+                }
                 if (capture)
                         return 0;
                 if (!cuda_ok(cudaMemcpyAsync(dst + (size_t) r0 * V, b->logits, (size_t) nr * V * 4,
@@ -830,7 +854,7 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
 
 /* The device work of one step: metadata upload, layers, head. */
 static int enqueue_step(struct backend *b, uint32_t T, uint32_t n_rows, size_t n_meta, const int32_t *off,
-                        uint32_t max_full, uint32_t max_win, float *dst, bool capture) {
+                        uint32_t max_full, uint32_t max_win, float *dst, bool capture, bool argmax) {
         int32_t *d = b->meta_d;
         uint32_t S = (uint32_t) off[7];
         if (!cuda_ok(cudaMemcpyAsync(b->meta_d, b->meta_h, n_meta * 4, cudaMemcpyHostToDevice, b->stream)))
@@ -841,12 +865,22 @@ static int enqueue_step(struct backend *b, uint32_t T, uint32_t n_rows, size_t n
         bt_slide.seq_table0 = d + off[9];
         bt_slide.max_keys = max_win;
         TRY(run_layers(b, T, d + off[0], &bt_full, &bt_slide));
-        return lm_head(b, d + off[3], n_rows, dst, capture);
+        return lm_head(b, d + off[3], n_rows, dst, capture, argmax);
 }
 
-static int backend_cuda_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
+/* The greedy tokens of a step (enqueued on the stream) to the caller, through the page-locked buffer. */
+static int fetch_tokens(struct backend *b, uint32_t S, int32_t *ret_tokens) {
+        if (!cuda_ok(cudaMemcpyAsync(b->argmax_h, b->argmax_d, (size_t) S * 4, cudaMemcpyDeviceToHost, b->stream)) ||
+            !cuda_ok(cudaStreamSynchronize(b->stream)))
+                return -EIO;
+        memcpy(ret_tokens, b->argmax_h, (size_t) S * 4);
+        return 0;
+}
+
+/* One step: logits to the host (forward), or with ret_tokens each sequence's greedy token (forward_greedy). */
+static int cuda_step(struct backend *b, const struct backend_batch *batch, float *logits, int32_t *ret_tokens) {
         uint32_t T = 0, S, n_rows, max_pos = 0, max_win = 0;
-        bool decode = true;
+        bool decode = true, argmax = ret_tokens != NULL;
         int r;
 
         if (b->lost)
@@ -855,6 +889,8 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
                 return r;
         S = batch->n_seqs;
         n_rows = backend_rows_for(batch);
+        if (argmax && n_rows != S)
+                return bad_batch("forward_greedy with all_logits sequences");
 
         /* pack: tokens | tok_seq | tok_pos | rows | seq_row0 | seq_pos0 | seq_ntok | tab0_full | tab0_slide |
          *       tables (offsets depend on T and S only, so a decode graph keeps seeing the right places) */
@@ -908,7 +944,8 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
                 return -EINVAL;
 
         if (decode && b->use_graphs && !b->prof && T <= b->graph_max) {
-                if (!b->graphs[T]) {
+                cudaGraphExec_t *slot = argmax ? &b->greedy_graphs[T] : &b->graphs[T];
+                if (!*slot) {
                         /* capture with shape bounds instead of this step's lengths; the metadata copy takes
                          * its largest size so any later step of T sequences fits */
                         size_t meta_max = b->meta_cap;
@@ -919,7 +956,7 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
                         cudaGraphExec_t ex = NULL;
                         if (!cuda_ok(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeRelaxed)))
                                 goto no_graph;
-                        r = enqueue_step(b, T, n_rows, meta_max, off, full_bound, win_bound, NULL, true);
+                        r = enqueue_step(b, T, n_rows, meta_max, off, full_bound, win_bound, NULL, true, argmax);
                         cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
                         if (r < 0 || ce != cudaSuccess || !cuda_ok(cudaGraphInstantiate(&ex, g, 0))) {
                                 if (g)
@@ -928,10 +965,16 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
                                 goto no_graph;
                         }
                         cudaGraphDestroy(g);
-                        b->graphs[T] = ex;
+                        *slot = ex;
                 }
-                if (!cuda_ok(cudaGraphLaunch(b->graphs[T], b->stream)) ||
-                    !cuda_ok(cudaMemcpyAsync(logits, b->logits, (size_t) n_rows * b->cfg.vocab_size * sizeof(float),
+                if (!cuda_ok(cudaGraphLaunch(*slot, b->stream)))
+                        goto lost;
+                if (argmax) {
+                        if (fetch_tokens(b, S, ret_tokens) < 0)
+                                goto lost;
+                        return 0;
+                }
+                if (!cuda_ok(cudaMemcpyAsync(logits, b->logits, (size_t) n_rows * b->cfg.vocab_size * sizeof(float),
                                              cudaMemcpyDeviceToHost, b->stream)) ||
                     !cuda_ok(cudaStreamSynchronize(b->stream)))
                         goto lost;
@@ -941,10 +984,12 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
                 b->use_graphs = false;
         }
         prof_mark(b, P_START);
-        r = enqueue_step(b, T, n_rows, n_meta, off, max_pos, max_win, logits, false);
+        r = enqueue_step(b, T, n_rows, n_meta, off, max_pos, max_win, logits, false, argmax);
         if (r == -EINVAL)
                 return r;
         if (r < 0)
+                goto lost;
+        if (argmax && fetch_tokens(b, S, ret_tokens) < 0)
                 goto lost;
         prof_collect(b);
         return 0;
@@ -954,10 +999,21 @@ lost:
         return -EIO;
 }
 
+static int backend_cuda_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
+        return cuda_step(b, batch, logits, NULL);
+}
+
+static int backend_cuda_forward_greedy(struct backend *b, const struct backend_batch *batch, int32_t *ret_tokens) {
+        if (!b->greedy_on)
+                return -EOPNOTSUPP;
+        return cuda_step(b, batch, NULL, ret_tokens);
+}
+
 const struct backend_ops backend_cuda_ops = {
         .name = "cuda",
         .create = backend_cuda_create,
         .destroy = backend_cuda_destroy,
         .get_capacity = backend_cuda_get_capacity,
         .forward = backend_cuda_forward,
+        .forward_greedy = backend_cuda_forward_greedy,
 };

@@ -970,6 +970,95 @@ static void test_thread(void **state) {
         fixture_free(f);
 }
 
+/* Submit with explicit sampling parameters (greedy-path tests). */
+static int submit_params(struct fixture *f, uint64_t id, const int32_t *prompt, uint32_t n,
+                         const struct sampling_params *sp, enum engine_kind kind) {
+        struct engine_request rq = { .conn_id = 1, .req_id = id, .kind = kind, .tokens = prompt, .n_tokens = n };
+        rq.params = *sp;
+        return engine_submit(f->e, &rq, NULL, 0);
+}
+
+/* The backend's greedy op is used for a step exactly when no row of it is needed on the host, and gives
+ * the same tokens as sampling the logits. */
+static void test_greedy_fast_path(void **state) {
+        struct limits l = { .max_batched_tokens = 16 };
+        struct fixture *f = fixture_new(NULL, &l);
+        int32_t p[4][40];
+        for (uint32_t i = 0; i < 4; i++)
+                make_prompt(p[i], 12 + 9 * i, 40 + i, 0);
+        struct sampling_params plain;
+        sampling_params_init(&plain);
+        plain.temperature = 0;
+        plain.max_tokens = 24;
+        plain.logprobs = 0;
+
+        /* plain greedy: every step (chunked prefill of 39 tokens included) takes the fast path */
+        assert_int_equal(submit_params(f, 0, p[3], 39, &plain, ENGINE_KIND_GENERATE), 0);
+        run_until_done(f, 1);
+        check_reference(f, 0, p[3], 39, 24);
+        for (uint32_t i = 0; i < f->res[0].n; i++)
+                assert_true(f->res[0].lps[i] == 0.0f);
+        assert_true(fake_backend_greedy_steps(f->b) > 0);
+        assert_int_equal(fake_backend_greedy_steps(f->b), fake_backend_steps(f->b));
+
+        /* anything that reads the row on the host keeps the slow path: logprobs, each penalty, sampling */
+        uint64_t id = 1;
+        for (int k = 0; k < 5; k++, id++) {
+                struct sampling_params sp = plain;
+                switch (k) {
+                case 0: sp.logprobs = 1; break;
+                case 1: sp.repetition_penalty = 1.3f; break;
+                case 2: sp.presence_penalty = 0.5f; break;
+                case 3: sp.frequency_penalty = -0.5f; break;
+                case 4: sp.temperature = 0.7f; sp.seed = 9; sp.has_seed = true; break;
+                }
+                uint64_t g0 = fake_backend_greedy_steps(f->b), s0 = fake_backend_steps(f->b);
+                /* 12 tokens: one prefill step, so every step of this request needs its row */
+                assert_int_equal(submit_params(f, id, p[0], 12, &sp, ENGINE_KIND_GENERATE), 0);
+                run_until_done(f, (uint32_t) id + 1);
+                assert_true(fake_backend_steps(f->b) > s0);
+                assert_int_equal(fake_backend_greedy_steps(f->b), g0);
+                if (k == 0)
+                        check_reference(f, id, p[0], 12, 24);
+        }
+
+        /* a score request in the step forces the slow path for everyone in it */
+        struct sampling_params sc = plain;
+        sc.logprobs = 1;
+        uint64_t g0 = fake_backend_greedy_steps(f->b);
+        assert_int_equal(submit_params(f, id, p[1], 21, &sc, ENGINE_KIND_SCORE), 0);
+        run_until_done(f, (uint32_t) id + 1);
+        assert_int_equal(fake_backend_greedy_steps(f->b), g0);
+        assert_int_equal(f->res[id].n_score, 20);
+        id++;
+
+        /* mixed batch: plain greedy next to a logprobs request; both equal their solo reference, and
+         * once the logprobs request is done the plain one continues on the fast path */
+        struct sampling_params lp = plain;
+        lp.logprobs = 1;
+        lp.max_tokens = 4;
+        g0 = fake_backend_greedy_steps(f->b);
+        assert_int_equal(submit_params(f, id, p[2], 30, &plain, ENGINE_KIND_GENERATE), 0);
+        assert_int_equal(submit_params(f, id + 1, p[1], 21, &lp, ENGINE_KIND_GENERATE), 0);
+        run_until_done(f, (uint32_t) id + 2);
+        check_reference(f, id, p[2], 30, 24);
+        check_reference(f, id + 1, p[1], 21, 4);
+        assert_true(fake_backend_greedy_steps(f->b) > g0);
+        assert_pool_empty(f);
+        fixture_free(f);
+
+        /* a backend that switched the op off: the engine falls back to forward() for good, same tokens */
+        struct fake_params fp = { .page_size = 4, .n_full_pages = 512, .n_sliding_pages = 256, .window = 16,
+                                  .vocab = VOCAB, .no_greedy = true };
+        f = fixture_new(&fp, &l);
+        assert_int_equal(submit_params(f, 0, p[3], 39, &plain, ENGINE_KIND_GENERATE), 0);
+        run_until_done(f, 1);
+        check_reference(f, 0, p[3], 39, 24);
+        assert_int_equal(fake_backend_greedy_steps(f->b), 0);
+        assert_pool_empty(f);
+        fixture_free(f);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_single),
@@ -988,6 +1077,7 @@ int main(void) {
                 cmocka_unit_test(test_duplicate_id),
                 cmocka_unit_test(test_random_mix),
                 cmocka_unit_test(test_thread),
+                cmocka_unit_test(test_greedy_fast_path),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
