@@ -52,6 +52,7 @@ struct fixture {
 
 struct limits {
         uint32_t max_num_seqs, max_batched_tokens, max_queue, max_model_len, aging_ms, score_chunk;
+        uint32_t sample_threads;
         bool no_prefix_cache;
         bool no_stops;          /* requests run to max_tokens, for timing-driven tests */
 };
@@ -77,6 +78,7 @@ static struct fixture *fixture_new(const struct fake_params *fp_in, const struct
                 .aging_ms = l ? l->aging_ms : 0,
                 .prefix_cache = !(l && l->no_prefix_cache),
                 .score_chunk = l ? l->score_chunk : 0,
+                .sample_threads = l && l->sample_threads ? l->sample_threads : 1,
         };
         char *err = NULL;
         int r = engine_new(&p, &f->e, &err);
@@ -1059,6 +1061,49 @@ static void test_greedy_fast_path(void **state) {
         fixture_free(f);
 }
 
+/* Sampled requests (temperature, truncations, penalties, logprobs) give the same tokens and logprobs
+ * whether the step's rows are sampled by one thread or by a pool of four. */
+static void test_sampling_threads(void **state) {
+        static int32_t toks[2][12][MAX_OUT];
+        static float lps[2][12][MAX_OUT];
+        uint32_t n[2][12];
+        int32_t p[12][30];
+        for (uint32_t i = 0; i < 12; i++)
+                make_prompt(p[i], 10 + i, 70 + i, 0);
+        for (int run = 0; run < 2; run++) {
+                struct limits l = { .max_num_seqs = 12, .max_batched_tokens = 128, .sample_threads = run ? 4 : 1 };
+                struct fixture *f = fixture_new(NULL, &l);
+                for (uint32_t i = 0; i < 12; i++) {
+                        struct sampling_params sp;
+                        sampling_params_init(&sp);
+                        sp.max_tokens = 20;
+                        sp.temperature = i % 3 == 0 ? 0.0f : 0.6f + 0.1f * (float) i;
+                        sp.top_k = i % 2 ? 50 : 0;
+                        sp.top_p = i % 4 == 1 ? 0.8f : 1.0f;
+                        sp.repetition_penalty = i % 5 == 0 ? 1.1f : 1.0f;
+                        sp.frequency_penalty = i % 3 == 2 ? 0.2f : 0.0f;
+                        sp.logprobs = i % 3;
+                        sp.seed = 77 + i;
+                        sp.has_seed = true;
+                        assert_int_equal(submit_params(f, i, p[i], 10 + i, &sp, ENGINE_KIND_GENERATE), 0);
+                }
+                run_until_done(f, 12);
+                for (uint32_t i = 0; i < 12; i++) {
+                        n[run][i] = f->res[i].n;
+                        memcpy(toks[run][i], f->res[i].toks, sizeof(int32_t) * f->res[i].n);
+                        memcpy(lps[run][i], f->res[i].lps, sizeof(float) * f->res[i].n);
+                }
+                assert_int_equal(fake_backend_greedy_steps(f->b), 0);
+                assert_pool_empty(f);
+                fixture_free(f);
+        }
+        for (uint32_t i = 0; i < 12; i++) {
+                assert_int_equal(n[0][i], n[1][i]);
+                assert_memory_equal(toks[0][i], toks[1][i], sizeof(int32_t) * n[0][i]);
+                assert_memory_equal(lps[0][i], lps[1][i], sizeof(float) * n[0][i]);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_single),
@@ -1078,6 +1123,7 @@ int main(void) {
                 cmocka_unit_test(test_random_mix),
                 cmocka_unit_test(test_thread),
                 cmocka_unit_test(test_greedy_fast_path),
+                cmocka_unit_test(test_sampling_threads),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
