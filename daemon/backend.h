@@ -14,6 +14,7 @@
  * Threading: every call comes from the engine thread. Backends never call back into the engine.
  */
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/model.h"
@@ -89,6 +90,11 @@ struct backend_ops {
          * ret_tokens: [n_seqs]. No sequence may ask for all_logits (-EINVAL). -EOPNOTSUPP means the
          * backend has it switched off (nothing ran): the caller uses forward() from then on. */
         int (*forward_greedy)(struct backend *b, const struct backend_batch *batch, int32_t *ret_tokens);
+        /* Optional (may be NULL): host memory that forward() copies logits into fastest (CUDA: page-locked),
+         * or NULL when there is none to give (the caller then uses malloc). Freed with host_free, before the
+         * backend is destroyed. */
+        void *(*host_alloc)(struct backend *b, size_t bytes);
+        void (*host_free)(struct backend *b, void *p);
 };
 
 extern const struct backend_ops backend_cpu_ops;

@@ -1009,6 +1009,30 @@ static int backend_cuda_forward_greedy(struct backend *b, const struct backend_b
         return cuda_step(b, batch, NULL, ret_tokens);
 }
 
+/* Page-locked host memory for the engine's logits buffer: the device-to-host copy then runs at PCIe speed
+ * straight into it (a pageable destination goes through a staging buffer, in pieces).
+ * GEMMA4D_CUDA_NO_PINNED_LOGITS=1 declines, and the engine uses malloc. */
+static void *backend_cuda_host_alloc(struct backend *b, size_t bytes) {
+        void *p = NULL;
+        const char *off = getenv("GEMMA4D_CUDA_NO_PINNED_LOGITS");
+        if (off && strcmp(off, "0") != 0)
+                return NULL;
+        if (!cuda_ok(cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocPortable))) {
+                cudaGetLastError();
+                log_warning("backend cuda: cannot page-lock %.1f MiB for logits; using pageable memory",
+                            bytes / 1048576.0);
+                return NULL;
+        }
+        (void) b;
+        return p;
+}
+
+static void backend_cuda_host_free(struct backend *b, void *p) {
+        (void) b;
+        if (p)
+                cudaFreeHost(p);
+}
+
 const struct backend_ops backend_cuda_ops = {
         .name = "cuda",
         .create = backend_cuda_create,
@@ -1016,4 +1040,6 @@ const struct backend_ops backend_cuda_ops = {
         .get_capacity = backend_cuda_get_capacity,
         .forward = backend_cuda_forward,
         .forward_greedy = backend_cuda_forward_greedy,
+        .host_alloc = backend_cuda_host_alloc,
+        .host_free = backend_cuda_host_free,
 };

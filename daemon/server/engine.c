@@ -17,6 +17,9 @@
 #include "server/sched.h"
 
 #define RATE_BUCKETS 10         /* one-second buckets for tokens/s over the last 10 s */
+/* Logits buffers up to this many rows come from the backend's host_alloc (page-locked on CUDA: the copy
+ * runs at full PCIe speed); larger ones (score steps) are ordinary memory rather than pinning GiBs. */
+#define PINNED_ROWS_MAX 256
 
 struct ereq {
         struct sched_req s;     /* first: sched hands back sched_req pointers */
@@ -72,6 +75,7 @@ struct engine {
         struct sample_job *jobs;        /* [cap_seqs] */
         float *logits;
         uint64_t logits_rows;
+        bool logits_pinned;             /* from ops->host_alloc */
         int32_t *greedy;                /* [cap_seqs]: tokens of a forward_greedy step */
         bool greedy_off;                /* the backend has no forward_greedy, or switched it off */
         struct backend_seq *seqs;
@@ -609,6 +613,16 @@ static int append_token(struct ereq *r, int32_t t) {
         return 0;
 }
 
+static void free_logits(struct engine *e) {
+        if (e->logits_pinned)
+                e->p.ops->host_free(e->p.backend, e->logits);
+        else
+                free(e->logits);
+        e->logits = NULL;
+        e->logits_rows = 0;
+        e->logits_pinned = false;
+}
+
 static int ensure_buffers(struct engine *e, uint32_t n_seqs, uint64_t rows) {
         if (n_seqs > e->cap_seqs) {
                 struct backend_seq *v = realloc(e->seqs, sizeof(*v) * n_seqs);
@@ -626,11 +640,26 @@ static int ensure_buffers(struct engine *e, uint32_t n_seqs, uint64_t rows) {
                 e->cap_seqs = n_seqs;
         }
         if (rows > e->logits_rows) {
-                float *l = realloc(e->logits, sizeof(float) * rows * e->p.vocab_size);
+                /* grow by powers of two: each growth of a pinned buffer costs milliseconds */
+                uint64_t want = 1;
+                while (want < rows)
+                        want *= 2;
+                float *l = NULL;
+                bool pinned = false;
+                if (e->p.ops->host_alloc && e->p.ops->host_free && want <= PINNED_ROWS_MAX) {
+                        l = e->p.ops->host_alloc(e->p.backend, sizeof(float) * want * e->p.vocab_size);
+                        pinned = l != NULL;
+                }
+                if (!l) {
+                        want = rows;
+                        l = malloc(sizeof(float) * want * e->p.vocab_size);
+                }
                 if (!l)
                         return -ENOMEM;
+                free_logits(e);
                 e->logits = l;
-                e->logits_rows = rows;
+                e->logits_pinned = pinned;
+                e->logits_rows = want;
         }
         return 0;
 }
@@ -1132,7 +1161,7 @@ struct engine *engine_free(struct engine *e) {
         kv_pool_free(e->pool);
         sample_pool_free(e->samplers);
         free(e->jobs);
-        free(e->logits);
+        free_logits(e);
         free(e->greedy);
         free(e->seqs);
         pthread_mutex_destroy(&e->in_lock);

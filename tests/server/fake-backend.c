@@ -23,6 +23,7 @@ struct backend {
         struct kv_row *full, *sliding;
         uint64_t *full_stamp, *sliding_stamp;   /* step that last claimed a page for writing */
         uint64_t steps, tokens, forward_ns, greedy_steps;
+        uint64_t host_live, host_allocs;
         float *base_row;                /* fast mode */
         uint32_t max_seqs;
         char error[512];
@@ -328,6 +329,27 @@ static int fake_forward_greedy(struct backend *b, const struct backend_batch *ba
         return r;
 }
 
+static void *fake_host_alloc(struct backend *b, size_t bytes) {
+        if (b->p.no_host_alloc)
+                return NULL;
+        void *p = malloc(bytes ? bytes : 1);
+        if (p) {
+                b->host_live++;
+                b->host_allocs++;
+        }
+        return p;
+}
+
+static void fake_host_free(struct backend *b, void *p) {
+        if (!p)
+                return;
+        if (b->host_live == 0)
+                check_fail(b, "host_free of a block never handed out");
+        else
+                b->host_live--;
+        free(p);
+}
+
 const struct backend_ops fake_backend_ops = {
         .name = "fake",
         .create = fake_create,
@@ -335,7 +357,17 @@ const struct backend_ops fake_backend_ops = {
         .get_capacity = fake_get_capacity,
         .forward = fake_forward,
         .forward_greedy = fake_forward_greedy,
+        .host_alloc = fake_host_alloc,
+        .host_free = fake_host_free,
 };
+
+uint64_t fake_backend_host_live(struct backend *b) {
+        return b->host_live;
+}
+
+uint64_t fake_backend_host_allocs(struct backend *b) {
+        return b->host_allocs;
+}
 
 uint64_t fake_backend_greedy_steps(struct backend *b) {
         return b->greedy_steps;

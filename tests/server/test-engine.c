@@ -89,6 +89,10 @@ static struct fixture *fixture_new(const struct fake_params *fp_in, const struct
 
 static void fixture_free(struct fixture *f) {
         f->e = engine_free(f->e);
+        /* every logits buffer from host_alloc went back through host_free, before the backend goes */
+        assert_int_equal(fake_backend_host_live(f->b), 0);
+        if (fake_backend_error(f->b)[0])
+                fail_msg("fake backend check: %s", fake_backend_error(f->b));
         fake_backend_ops.destroy(f->b);
         free(f);
 }
@@ -1002,6 +1006,7 @@ static void test_greedy_fast_path(void **state) {
                 assert_true(f->res[0].lps[i] == 0.0f);
         assert_true(fake_backend_greedy_steps(f->b) > 0);
         assert_int_equal(fake_backend_greedy_steps(f->b), fake_backend_steps(f->b));
+        assert_int_equal(fake_backend_host_allocs(f->b), 0);    /* no logits buffer was even needed */
 
         /* anything that reads the row on the host keeps the slow path: logprobs, each penalty, sampling */
         uint64_t id = 1;
@@ -1046,6 +1051,7 @@ static void test_greedy_fast_path(void **state) {
         check_reference(f, id, p[2], 30, 24);
         check_reference(f, id + 1, p[1], 21, 4);
         assert_true(fake_backend_greedy_steps(f->b) > g0);
+        assert_true(fake_backend_host_allocs(f->b) > 0);        /* the slow steps' buffer came from the backend */
         assert_pool_empty(f);
         fixture_free(f);
 
@@ -1072,7 +1078,10 @@ static void test_sampling_threads(void **state) {
                 make_prompt(p[i], 10 + i, 70 + i, 0);
         for (int run = 0; run < 2; run++) {
                 struct limits l = { .max_num_seqs = 12, .max_batched_tokens = 128, .sample_threads = run ? 4 : 1 };
-                struct fixture *f = fixture_new(NULL, &l);
+                /* the second run also has a backend that declines host_alloc: malloc'd logits instead */
+                struct fake_params fp = { .page_size = 4, .n_full_pages = 512, .n_sliding_pages = 256,
+                                          .window = 16, .vocab = VOCAB, .no_host_alloc = run == 1 };
+                struct fixture *f = fixture_new(&fp, &l);
                 for (uint32_t i = 0; i < 12; i++) {
                         struct sampling_params sp;
                         sampling_params_init(&sp);
