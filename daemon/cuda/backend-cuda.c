@@ -1108,8 +1108,7 @@ static int backend_cuda_forward_greedy(struct backend *b, const struct backend_b
  * GEMMA4D_CUDA_NO_PINNED_LOGITS=1 declines, and the engine uses malloc. */
 static void *backend_cuda_host_alloc(struct backend *b, size_t bytes) {
         void *p = NULL;
-        const char *off = getenv("GEMMA4D_CUDA_NO_PINNED_LOGITS");
-        if (off && strcmp(off, "0") != 0)
+        if (env_flag("GEMMA4D_CUDA_NO_PINNED_LOGITS"))
                 return NULL;
         if (!cuda_ok(cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocPortable))) {
                 cudaGetLastError();
