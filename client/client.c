@@ -56,6 +56,9 @@ struct gc_request {
         gc_result *result;
         bool cancel_sent;
         bool done;
+        uint8_t *frame;              /* the request's frame, kept to resend to another daemon if refused */
+        size_t frame_len;
+        uint64_t tried;              /* bit i: daemon i refused it as overloaded (or got it first) */
         gc_request *next;
 };
 
@@ -196,6 +199,7 @@ static void request_finish(gc_request *req, int err, const char *message) {
         req->cb(req, GC_EVENT_FINISHED, &ev, req->userdata);
         if (!ev.stolen)
                 gc_result_free(req->result);
+        free(req->frame);
         free(req);
 }
 
@@ -475,14 +479,54 @@ static int call_cb(gc_request *req, enum gc_event_type type, const struct proto_
         return 0;
 }
 
+static int conn_flush(struct conn *conn);
+
+/*
+ * A daemon refused req as overloaded before starting it: hand the same frame (ids are unique in the
+ * whole client) to the least loaded connected daemon that has not refused it yet. Returns true if the
+ * request now waits on another daemon.
+ */
+static bool request_retry_elsewhere(gc_request *req) {
+        gc_client *c = req->client;
+        struct conn *best = NULL;
+
+        if (!req->frame || req->result->started || req->cancel_sent)
+                return false;
+        for (size_t i = 0; i < c->n_conns && i < 64; i++) {
+                struct conn *conn = &c->conns[i];
+
+                if (conn->fd < 0 || (req->tried & (UINT64_C(1) << i)))
+                        continue;
+                if (!best || conn->inflight < best->inflight)
+                        best = conn;
+        }
+        if (!best || proto_frame_append(&best->out, req->frame + PROTO_FRAME_HEADER_BYTES,
+                                        req->frame_len - PROTO_FRAME_HEADER_BYTES) < 0)
+                return false;
+        req->conn->inflight--;
+        req->conn = best;
+        best->inflight++;
+        req->tried |= UINT64_C(1) << best->index;
+        if (conn_flush(best) < 0)
+                conn_close(best, GC_EDISCONNECTED);     /* finishes req, as every request on best */
+        return true;
+}
+
 static void conn_handle_msg(struct conn *conn, struct proto_msg *m) {
         uint64_t id = proto_msg_id(m);
         gc_request *req;
         int r = 0;
 
         if (m->type == PROTO_TYPE_ERROR && id == 0) {
-                /* Connection-level: the daemon gives up on this connection. */
-                conn_close(conn, gc_code_from_proto(m->error.code));
+                /*
+                 * Tied to no request. Framing and handshake errors precede the daemon closing the
+                 * connection: finish its requests with the real cause rather than "disconnected". Others
+                 * (a frame whose id could not be read) concern no request of ours: this library only
+                 * sends frames the codec accepts.
+                 */
+                if (m->error.code == PROTO_CODE_FRAME_TOO_LARGE || m->error.code == PROTO_CODE_HANDSHAKE ||
+                    m->error.code == PROTO_CODE_UNSUPPORTED_VERSION)
+                        conn_close(conn, gc_code_from_proto(m->error.code));
                 return;
         }
         req = request_find(conn->client, conn, id);
@@ -530,6 +574,8 @@ static void conn_handle_msg(struct conn *conn, struct proto_msg *m) {
                 return;
         }
         case PROTO_TYPE_ERROR:
+                if (m->error.code == PROTO_CODE_OVERLOADED && request_retry_elsewhere(req))
+                        return;
                 request_finish(req, gc_code_from_proto(m->error.code), m->error.message);
                 return;
         case PROTO_TYPE_STATUS_REPLY:
@@ -819,6 +865,19 @@ static int request_start(gc_client *c, ssize_t daemon, enum req_kind kind, struc
                 gc_result_free(req->result);
                 free(req);
                 return r;
+        }
+        /* With several daemons, keep the frame so an overloaded daemon's refusal can go elsewhere. */
+        if (kind == REQ_STREAM && daemon < 0 && c->n_conns > 1 && conn->index < 64) {
+                req->frame_len = conn->out.len - old_len;
+                req->frame = malloc(req->frame_len);
+                if (!req->frame) {
+                        conn->out.len = old_len;
+                        gc_result_free(req->result);
+                        free(req);
+                        return -ENOMEM;
+                }
+                memcpy(req->frame, conn->out.data + old_len, req->frame_len);
+                req->tried = UINT64_C(1) << conn->index;
         }
         req->client = c;
         req->conn = conn;

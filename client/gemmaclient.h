@@ -6,7 +6,9 @@
  *
  * A gc_client holds one Unix-socket connection per daemon (one daemon per GPU). gc_client_new() connects
  * to each path and does the hello/welcome handshake. Requests are spread over the connected daemons
- * (the one with the fewest requests in flight).
+ * (the one with the fewest requests in flight); a generate or chat that a daemon refuses as overloaded
+ * is passed on to the next least loaded daemon that has not refused it, and fails with GC_EOVERLOADED
+ * only when all have.
  *
  * Three ways to run a request:
  *   - blocking: gc_generate(), gc_chat(), gc_score(), gc_status(), gc_tokenize(), gc_detokenize() wait
@@ -98,7 +100,10 @@ typedef struct gc_params gc_params;
 /*
  * A parameter set: nothing set means the daemon's defaults. A gc_params is only read by the requests
  * it is passed to (they copy what they need), so one may be reused and freed right after the call.
- * Not thread-safe while being modified; concurrent reads are fine.
+ * Ownership: gc_params_new() gives the caller a set to free with gc_params_free().
+ * Thread safety (all gc_params_* functions): a set may be read by several threads at once (passed to
+ * requests of different clients), but a setter, reset or free needs exclusive access to that set.
+ * Distinct sets are independent.
  */
 GC_EXTERN int gc_params_new(gc_params **ret);
 GC_EXTERN void gc_params_free(gc_params *p);                  /* NULL is fine */
@@ -149,8 +154,11 @@ enum gc_finish {
 /*
  * A finished request: everything its events carried, accumulated. Owned by the caller when returned
  * through ret (free with gc_result_free); borrowed (valid during the callback only) when handed to a
- * stream callback. Accessors never fail: they return empty strings and zeros for what is absent.
- * Results are immutable, so accessors are thread-safe on a result the caller owns.
+ * stream callback. Accessors never fail: they return empty strings and zeros for what is absent; the
+ * strings and arrays they return are borrowed from the result and live as long as it does.
+ * Thread safety (all gc_result_* functions): a result the caller owns is immutable, so any number of
+ * threads may read it at once; gc_result_free() needs exclusive access. A borrowed result (inside a
+ * callback) belongs to its client's thread.
  */
 GC_EXTERN void gc_result_free(gc_result *r);                 /* NULL is fine */
 GC_EXTERN const char *gc_result_text(const gc_result *r);     /* the answer content ("" if none) */
@@ -193,6 +201,12 @@ GC_EXTERN int gc_result_top_logprob(const gc_result *r, size_t i, size_t k, int3
 
 /* ---- client ---- */
 
+/*
+ * Thread safety of everything below that takes a gc_client, gc_request or gc_event: not thread-safe.
+ * A client, its requests and the events handed to its callbacks may be used by one thread at a time
+ * (callbacks run on the thread that called into the client). Different clients may be used from
+ * different threads concurrently; nothing is shared between them.
+ */
 typedef struct gc_client gc_client;
 
 #define GC_DEFAULT_SOCKET "/run/gemma4d/0.sock"
@@ -217,7 +231,7 @@ GC_EXTERN int gc_client_new_paths(gc_client **ret, const char *const *paths, siz
  */
 GC_EXTERN void gc_client_free(gc_client *c);
 
-/* Number of daemons (socket paths) of the client, connected or not. */
+/* Number of daemons (socket paths) of the client, connected or not. Reads only; client's thread. */
 GC_EXTERN size_t gc_client_daemon_count(const gc_client *c);
 /* 1 if daemon i is connected now, else 0. */
 GC_EXTERN int gc_client_daemon_connected(const gc_client *c, size_t daemon);
@@ -243,7 +257,7 @@ enum gc_info {
 GC_EXTERN const char *gc_client_info_str(const gc_client *c, size_t daemon, enum gc_info key);
 GC_EXTERN uint64_t gc_client_info_num(const gc_client *c, size_t daemon, enum gc_info key);
 
-/* Requests in flight on the whole client. */
+/* Requests in flight on the whole client (started, FINISHED not yet delivered). */
 GC_EXTERN size_t gc_client_inflight(const gc_client *c);
 
 /* ---- blocking calls ---- */

@@ -32,6 +32,7 @@ struct turn {
         bool done;
         bool printed_reasoning;
         bool printed_content;
+        bool dimmed;                 /* inside the dim span of the thinking */
         bool stream;                 /* print deltas as they come */
         gc_request *req;
         gc_result *result;
@@ -44,11 +45,18 @@ static int turn_cb(gc_request *req, enum gc_event_type type, const gc_event *ev,
         if (type == GC_EVENT_DELTA && t->stream) {
                 const char *reasoning = gc_event_reasoning(ev), *content = gc_event_content(ev);
 
+                /* One dim span for the whole thinking, not one per delta. */
                 if (*reasoning && ch->show_thinking) {
-                        printf("%s%s%s", ch->color ? DIM : "", reasoning, ch->color ? RESET : "");
+                        if (ch->color && !t->dimmed)
+                                fputs(DIM, stdout);
+                        t->dimmed = ch->color;
+                        fputs(reasoning, stdout);
                         t->printed_reasoning = true;
                 }
                 if (*content) {
+                        if (t->dimmed)
+                                fputs(RESET, stdout);
+                        t->dimmed = false;
                         if (t->printed_reasoning && !t->printed_content)
                                 fputs("\n\n", stdout);
                         fputs(content, stdout);
@@ -60,6 +68,9 @@ static int turn_cb(gc_request *req, enum gc_event_type type, const gc_event *ev,
                        gc_event_tool_arguments(ev), ch->color ? RESET : "");
                 fflush(stdout);
         } else if (type == GC_EVENT_FINISHED) {
+                if (t->dimmed)
+                        fputs(RESET, stdout);
+                t->dimmed = false;
                 t->result = gc_event_steal_result(ev);
                 t->done = true;
         }
@@ -225,7 +236,7 @@ static void repl_help(void) {
              "  /save FILE           write the conversation as JSON\n"
              "  /load FILE           read a conversation written by /save\n"
              "  /quit                leave (Ctrl-D too)\n"
-             "Ctrl-C cancels the answer being written.");
+             "Ctrl-C cancels the answer being written (at the prompt: the line being typed).");
 }
 
 /* A /command. Returns 1 to leave the REPL, else 0. */
@@ -305,9 +316,23 @@ static int repl(struct chat *ch) {
                gc_client_info_str(ch->client, 0, GC_INFO_MODEL) ? gc_client_info_str(ch->client, 0, GC_INFO_MODEL) : "?",
                gc_client_info_str(ch->client, 0, GC_INFO_BACKEND) ? gc_client_info_str(ch->client, 0, GC_INFO_BACKEND) : "?",
                gc_client_info_str(ch->client, 0, GC_INFO_DEVICE) ? gc_client_info_str(ch->client, 0, GC_INFO_DEVICE) : "?");
-        while ((line = readline("> "))) {
-                char *s = line, *e;
+        for (;;) {
+                char *s, *e;
                 int r;
+
+                /* Ctrl-C at the prompt abandons the line being typed, as in a shell. */
+                ctl_catch_sigint(true);
+                line = readline("> ");
+                if (ctl_interrupted) {
+                        ctl_catch_sigint(false);
+                        free(line);
+                        fputc('\n', stdout);
+                        continue;
+                }
+                ctl_catch_sigint(false);
+                if (!line)
+                        break;
+                s = line;
 
                 while (*s == ' ' || *s == '\t')
                         s++;

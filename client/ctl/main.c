@@ -155,7 +155,10 @@ out:
 
 /* ---- status ---- */
 
-static void print_bar(double progress, bool tty) {
+/* How long status --wait waits for a socket to appear (a daemon starting up). */
+#define WAIT_START_MS (10 * 60 * 1000.0)
+
+static void print_bar(double progress, const char *phase, bool tty) {
         int width = 30, filled;
 
         if (progress < 0)
@@ -166,7 +169,8 @@ static void print_bar(double progress, bool tty) {
         printf("%sloading [", tty ? "\r" : "");
         for (int i = 0; i < width; i++)
                 putchar(i < filled ? '#' : '.');
-        printf("] %3.0f%%%s", progress * 100.0, tty ? "" : "\n");
+        /* Pad the phase so a shorter one fully overwrites the last on a terminal. */
+        printf("] %3.0f%% %-32.32s%s", progress * 100.0, phase, tty ? "" : "\n");
         fflush(stdout);
 }
 
@@ -208,7 +212,7 @@ static void print_flat(const char *prefix, json_t *v) {
                 }
                 return;
         }
-        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(6));
 
         if (json_is_string(v))
                 printf("  %-24s %s\n", prefix, json_string_value(v));
@@ -235,12 +239,24 @@ static int fetch_status(gc_client *c, size_t i, json_t **ret) {
         return 0;
 }
 
+/*
+ * A daemon that is loading says state "loading" and its progress either as loading.percent (0..100, with
+ * loading.phase) or as load_progress (0..1).
+ */
 static bool is_loading(json_t *st, double *ret_progress) {
         const char *state = json_string_value(json_object_get(st, "state"));
+        json_t *pct = json_object_get(json_object_get(st, "loading"), "percent");
         json_t *p = json_object_get(st, "load_progress");
 
-        *ret_progress = json_is_number(p) ? json_number_value(p) : 0;
+        *ret_progress = json_is_number(pct) ? json_number_value(pct) / 100.0 :
+                        json_is_number(p) ? json_number_value(p) : 0;
         return state && strcmp(state, "loading") == 0;
+}
+
+static const char *load_phase(json_t *st) {
+        const char *phase = json_string_value(json_object_get(json_object_get(st, "loading"), "phase"));
+
+        return phase ? phase : "";
 }
 
 static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
@@ -266,10 +282,32 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         return EXIT_USAGE;
                 }
         }
-        ret = ctl_connect(ctl, &c);
-        if (ret != 0) {
-                json_decref(all);
-                return ret;
+        if (wait) {
+                /*
+                 * A daemon that is starting may not listen yet (gemma4d binds its socket once the
+                 * configuration is loaded; with socket activation it exists from the start): retry.
+                 */
+                const char *path = ctl->socket && *ctl->socket ? ctl->socket : getenv("GEMMA4D_SOCKET");
+                double end = ctl_now_ms() + WAIT_START_MS;
+                bool said = false;
+                int r;
+
+                while ((r = gc_client_new(&c, path, ctl->timeout_ms)) == GC_ENOTRUNNING && ctl_now_ms() < end) {
+                        if (!said && !ctl->json)
+                                fprintf(stderr, "gemma4ctl: waiting for the daemon to listen...\n");
+                        said = true;
+                        usleep(200 * 1000);
+                }
+                if (r < 0) {
+                        json_decref(all);
+                        return ctl_fail("status", r);
+                }
+        } else {
+                ret = ctl_connect(ctl, &c);
+                if (ret != 0) {
+                        json_decref(all);
+                        return ret;
+                }
         }
         for (size_t i = 0; i < gc_client_daemon_count(c); i++) {
                 json_t *st = NULL, *entry;
@@ -281,7 +319,7 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         r = fetch_status(c, i, &st);
                         if (r == 0 && is_loading(st, &progress) && wait) {
                                 if (!ctl->json && (tty || !shown_bar))
-                                        print_bar(progress, tty);
+                                        print_bar(progress, load_phase(st), tty);
                                 shown_bar = true;
                                 json_decref(st);
                                 st = NULL;
@@ -291,7 +329,7 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         break;
                 }
                 if (shown_bar && tty && !ctl->json) {
-                        print_bar(1.0, tty);
+                        print_bar(1.0, "", tty);
                         putchar('\n');
                 }
                 entry = json_pack("{s:s, s:b}", "socket", gc_client_daemon_path(c, i),
@@ -311,7 +349,7 @@ static int cmd_status(const struct ctl *ctl, int argc, char **argv) {
                         printf("%s: %s\n", gc_client_daemon_path(c, i),
                                r < 0 ? gc_strerror(r) : state ? state : "unknown");
                         if (st && is_loading(st, &progress))
-                                print_bar(progress, false);
+                                print_bar(progress, load_phase(st), false);
                         print_flat("", json_object_get(entry, "welcome"));
                         if (st) {
                                 json_object_del(st, "state");

@@ -668,6 +668,17 @@ static void submit_request(struct server *srv, struct req *r, struct proto_msg *
                 req_remove(srv, r);
                 return;
         }
+        /* docs/protocol.md: a prompt that cannot be followed by the max_tokens asked for is refused
+         * before any work, rather than cut short later. */
+        if ((pp->present & PROTO_PARAM_MAX_TOKENS) && r->kind != REQ_SCORE &&
+            (uint64_t) n + pp->max_tokens > srv->cfg.max_model_len) {
+                send_error(c, r->id, PROTO_CODE_TOO_LONG, "prompt (%u tokens) + max_tokens (%u) exceeds "
+                           "max_model_len (%u)", n, pp->max_tokens, srv->cfg.max_model_len);
+                free(ids);
+                srv->rejected++;
+                req_remove(srv, r);
+                return;
+        }
         r->prompt_tokens = n;
         r->first_token = ids[0];
         er.kind = r->kind == REQ_SCORE ? ENGINE_KIND_SCORE : ENGINE_KIND_GENERATE;

@@ -22,6 +22,7 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <pty.h>
 
 #include <gemma4/gemmaclient.h>
 
@@ -631,6 +632,52 @@ static void test_multiple_sockets(void **state) {
         server_stop(&a);
 }
 
+
+static int daemon_cb(gc_request *req, enum gc_event_type type, const gc_event *ev, void *userdata) {
+        struct counter *k = userdata;
+
+        if (type == GC_EVENT_FINISHED) {
+                k->finished++;
+                if (gc_result_error(gc_event_result(ev)))
+                        k->errors++;
+                else
+                        k->daemon_hits[gc_request_daemon(req)]++;
+        }
+        return 0;
+}
+
+/* With several daemons, a request an overloaded daemon refuses goes to another one. */
+static void test_overload_failover(void **state) {
+        struct server busy, free_, busy2;
+        struct counter k = {};
+        char paths[400];
+        gc_client *c;
+        gc_result *r;
+
+        server_start(&busy, "busy", "--overloaded", NULL);
+        server_start(&free_, "free", NULL);
+        snprintf(paths, sizeof(paths), "%s:%s", busy.path, free_.path);
+        assert_int_equal(gc_client_new(&c, paths, 5000), 0);
+        for (int i = 0; i < 6; i++)
+                assert_int_equal(gc_generate_start(c, "anyone?", NULL, daemon_cb, &k, NULL), 0);
+        while (k.finished < 6)
+                assert_true(gc_client_wait(c, 5000) >= 0);
+        assert_int_equal(k.errors, 0);
+        assert_int_equal(k.daemon_hits[0], 0);
+        assert_int_equal(k.daemon_hits[1], 6);
+        gc_client_free(c);
+
+        /* When every daemon is overloaded, the caller gets GC_EOVERLOADED. */
+        server_start(&busy2, "busy2", "--overloaded", NULL);
+        snprintf(paths, sizeof(paths), "%s:%s", busy.path, busy2.path);
+        assert_int_equal(gc_client_new(&c, paths, 5000), 0);
+        assert_int_equal(gc_generate(c, "anyone?", NULL, &r), GC_EOVERLOADED);
+        gc_client_free(c);
+        server_stop(&busy2);
+        server_stop(&free_);
+        server_stop(&busy);
+}
+
 static void test_disconnect_mid_stream(void **state) {
         gc_client *c = connect_to(&srv);
         struct trace t = {};
@@ -648,6 +695,27 @@ static void test_disconnect_mid_stream(void **state) {
         assert_string_equal(gc_result_text(r), "You said: again");
         gc_result_free(r);
         gc_client_free(c);
+}
+
+/* A daemon that sends undecodable bytes: the request fails with GC_EPROTO, nothing crashes or leaks. */
+static void test_broken_daemon(void **state) {
+        static const char *const prompts[] = { "x [garbage]", "x [hugeframe]" };
+
+        for (size_t i = 0; i < 2; i++) {
+                gc_client *c = connect_to(&srv);
+                struct trace t = {};
+                gc_result *r;
+
+                assert_int_equal(gc_generate_stream(c, prompts[i], NULL, trace_cb, &t, &r), GC_EPROTO);
+                assert_string_equal(t.order, "F");
+                assert_int_equal(t.finished_error, GC_EPROTO);
+                assert_false(gc_client_daemon_connected(c, 0));
+                /* The client reconnects for the next request. */
+                assert_int_equal(gc_generate(c, "fine", NULL, &r), 0);
+                assert_string_equal(gc_result_text(r), "You said: fine");
+                gc_result_free(r);
+                gc_client_free(c);
+        }
 }
 
 static void test_status_tokenize_score(void **state) {
@@ -705,6 +773,115 @@ static void test_status_tokenize_score(void **state) {
         gc_result_free(r);
         gc_params_free(p);
         gc_client_free(c);
+}
+
+
+static void test_limits(void **state) {
+        struct server s;
+        struct trace t[3] = {};
+        gc_client *c;
+        gc_result *r;
+        char big[300];
+
+        server_start(&s, "small", "--max-frame", "256", "--max-inflight", "2", NULL);
+        c = connect_to(&s);
+        assert_int_equal(gc_client_info_num(c, 0, GC_INFO_MAX_FRAME_BYTES), 256);
+        /* A request larger than the daemon's frame limit is refused before it is sent. */
+        memset(big, 'a', sizeof(big) - 1);
+        big[sizeof(big) - 1] = 0;
+        assert_int_equal(gc_generate(c, big, NULL, &r), GC_EFRAMETOOLARGE);
+        assert_int_equal(gc_client_inflight(c), 0);
+        /* The connection's max_inflight is 2: the third request in flight is refused as overloaded. */
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(gc_generate_start(c, "busy [slow]", NULL, trace_cb, &t[i], NULL), 0);
+        while (!t[0].done || !t[1].done || !t[2].done)
+                assert_true(gc_client_wait(c, 5000) >= 0);
+        assert_int_equal(t[0].finished_error, 0);
+        assert_int_equal(t[1].finished_error, 0);
+        assert_int_equal(t[2].finished_error, GC_EOVERLOADED);
+        assert_string_equal(t[2].order, "F");
+        gc_client_free(c);
+        server_stop(&s);
+}
+
+/* Read what fd has into out[len..cap-1) while it becomes readable within timeout_ms; the new length. */
+static size_t drain(int fd, char *out, size_t cap, size_t len, int timeout_ms) {
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                ssize_t n;
+
+                if (len + 1 >= cap || poll(&p, 1, timeout_ms) <= 0)
+                        return len;
+                n = read(fd, out + len, cap - 1 - len);
+                if (n <= 0)
+                        return len;
+                len += (size_t) n;
+        }
+}
+
+/* gemma4ctl chat on a terminal: line editing REPL, /commands, streaming, Ctrl-C cancels the answer only. */
+static void test_ctl_chat_repl(void **state) {
+        static const char *const steps[] = {
+                "hello\r", "/thinking on\r", "again\r", "/set temperature 0.5\r", "/set top_p 7\r", "/set\r",
+                "/save HIST\r", "/reset\r", "/load HIST\r", "/system be brief\r",
+                "long [slow] a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h i j\r",
+                "\003", "half a line\003", "after\r", "/bogus\r", "/quit\r",
+        };
+        char out[65536], hist[128];
+        size_t len = 0;
+        int master, status;
+        pid_t pid;
+
+        snprintf(hist, sizeof(hist), "%s/repl.json", tmpdir);
+        pid = forkpty(&master, NULL, NULL, NULL);
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                unblock_signals();
+                setenv("GEMMA4D_SOCKET", srv.path, 1);
+                setenv("HOME", tmpdir, 1);
+                setenv("TERM", "dumb", 1);
+                execl(ctl_bin, ctl_bin, "chat", (char *) NULL);
+                _exit(127);
+        }
+        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+                char line[256], *at;
+
+                snprintf(line, sizeof(line), "%s", steps[i]);
+                if ((at = strstr(line, "HIST"))) {
+                        char rest[256];
+
+                        snprintf(rest, sizeof(rest), "%s", at + 4);
+                        snprintf(at, sizeof(line) - (size_t) (at - line), "%s%s", hist, rest);
+                }
+                /* Let the answer before a Ctrl-C start streaming; give every other line time to run. */
+                usleep(strchr(steps[i], '\003') ? 300000 : 100000);
+                assert_int_equal(write(master, line, strlen(line)), (ssize_t) strlen(line));
+                /* Drain output as we go so the child never blocks on a full pty. */
+                len = drain(master, out, sizeof(out), len, 0);
+        }
+        len = drain(master, out, sizeof(out), len, 5000);     /* until the child closes the pty */
+        out[len] = 0;
+        close(master);
+        waitpid(pid, &status, 0);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        assert_non_null(strstr(out, "Connected to main"));
+        assert_non_null(strstr(out, "You said: hello"));
+        assert_non_null(strstr(out, "thinking on"));
+        assert_non_null(strstr(out, "The user wrote 5 bytes."));
+        assert_non_null(strstr(out, "You said: again"));
+        assert_non_null(strstr(out, "bad parameter or value: top_p 7"));
+        assert_non_null(strstr(out, "{\"temperature\":\"0.5\"}"));
+        assert_non_null(strstr(out, "saved 4 messages"));
+        assert_non_null(strstr(out, "conversation cleared"));
+        assert_non_null(strstr(out, "loaded 4 messages"));
+        assert_non_null(strstr(out, "system prompt set"));
+        assert_non_null(strstr(out, "[cancelled]"));
+        /* The long answer was cut (the terminal echoes the question, so look for the whole answer). */
+        assert_null(strstr(out, "You said: long [slow] a b c d e f g h i j k l m n o p q r s t u v w x y z a b c"));
+        assert_non_null(strstr(out, "You said: after"));
+        assert_null(strstr(out, "You said: half a line"));      /* Ctrl-C at the prompt drops the line */
+        assert_non_null(strstr(out, "unknown command /bogus"));
 }
 
 /* ---- the man page example ---- */
@@ -889,7 +1066,7 @@ static void test_ctl_status(void **state) {
         run_cmd(&r, s.path, NULL, 0, CTL("status"));
         assert_int_equal(r.status, 9);
         assert_non_null(strstr(r.out, "loading [......"));
-        assert_non_null(strstr(r.out, "]   0%"));
+        assert_non_null(strstr(r.out, "]   0% weights"));
         run_cmd(&r, s.path, NULL, 0, CTL("generate", "too early"));
         assert_int_equal(r.status, 9);
         run_cmd(&r, s.path, NULL, 0, CTL("status", "--wait"));
@@ -897,6 +1074,30 @@ static void test_ctl_status(void **state) {
         assert_non_null(strstr(r.out, "loading ["));
         assert_non_null(strstr(r.out, ": ready\n"));
         server_stop(&s);
+
+        /* --wait also waits for a daemon that does not listen yet. */
+        struct server late = { 0 };
+        pid_t pid;
+        int st;
+
+        snprintf(late.path, sizeof(late.path), "%s/late.sock", tmpdir);
+        pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                int null = open("/dev/null", O_WRONLY);
+
+                unblock_signals();
+                dup2(null, STDOUT_FILENO);        /* its READY line must not land in the TAP output */
+                usleep(700 * 1000);
+                execl(server_bin, server_bin, "--socket", late.path, "--name", "late", (char *) NULL);
+                _exit(127);
+        }
+        run_cmd(&r, late.path, NULL, 0, CTL("status", "--wait"));
+        kill(pid, SIGTERM);
+        waitpid(pid, &st, 0);
+        assert_int_equal(r.status, 0);
+        assert_non_null(strstr(r.err, "waiting for the daemon to listen"));
+        assert_non_null(strstr(r.out, ": ready\n"));
 }
 
 static void test_ctl_tokenize(void **state) {
@@ -963,6 +1164,7 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_not_running),
                 cmocka_unit_test(test_env_override),
                 cmocka_unit_test(test_multiple_sockets),
+                cmocka_unit_test(test_overload_failover),
                 cmocka_unit_test(test_ctl_version_mismatch),
                 cmocka_unit_test(test_example_matches_man_page),
                 /* These use the server of srv_setup. */
@@ -973,12 +1175,15 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_cancel),
                 cmocka_unit_test(test_nonblocking_poll),
                 cmocka_unit_test(test_free_with_inflight),
+                cmocka_unit_test(test_limits),
                 cmocka_unit_test(test_disconnect_mid_stream),
+                cmocka_unit_test(test_broken_daemon),
                 cmocka_unit_test(test_status_tokenize_score),
                 cmocka_unit_test(test_example_runs),
                 cmocka_unit_test(test_ctl_exit_codes),
                 cmocka_unit_test(test_ctl_generate),
                 cmocka_unit_test(test_ctl_chat_pipe),
+                cmocka_unit_test(test_ctl_chat_repl),
                 cmocka_unit_test(test_ctl_status),
                 cmocka_unit_test(test_ctl_tokenize),
                 cmocka_unit_test(test_ctl_bench),

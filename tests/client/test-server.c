@@ -18,12 +18,14 @@
  *   [deadline]    started, finished with reason deadline;
  *   [tool]        a tool_call event (get_weather {"location": "London"}) before finished;
  *   [slow]        30 ms between events (cancel tests); --delay-ms sets a delay for every request;
- *   [disconnect]  started, two deltas, then the connection is closed.
+ *   [disconnect]  started, two deltas, then the connection is closed;
+ *   [garbage]     a frame whose body is not msgpack; [hugeframe] a 2 GiB length prefix (broken daemon).
  *
  * Options: --socket PATH (required), --name MODEL (welcome model name), --max-inflight N, --delay-ms N,
- * --loading-steps N (the first N status requests report state "loading" with load_progress k/N, and
- * generate/chat get not_ready until then), --reject-version (answer hello with unsupported_version and
- * close). Prints "READY" on stdout once listening. SIGTERM/SIGINT end it.
+ * --max-frame N (max_frame_bytes of welcome and of the reader), --loading-steps N (the first N status
+ * requests report state "loading" with loading {phase, percent}, and generate/chat get not_ready until
+ * then), --reject-version (answer hello with unsupported_version and close), --overloaded (refuse every
+ * generate and chat as overloaded). Prints "READY" on stdout once listening. SIGTERM/SIGINT end it.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -69,13 +71,13 @@ struct sconn {
 
 static struct {
         const char *socket, *name;
-        uint32_t max_inflight;
+        uint32_t max_inflight, max_frame;
         int delay_ms;
         unsigned loading_steps, status_calls;
-        bool reject_version;
+        bool reject_version, overloaded;
         uint64_t started_ms, requests;
         struct sconn conns[MAX_CONNS];
-} S = { .name = "test-model", .max_inflight = 64 };
+} S = { .name = "test-model", .max_inflight = 64, .max_frame = PROTO_DEFAULT_MAX_FRAME };
 
 static volatile sig_atomic_t quit;
 
@@ -212,7 +214,7 @@ static struct job *script_answer(struct sconn *c, uint64_t id, const char *marke
         struct job *j;
         struct item *it;
 
-        if (has(marker_text, "[overloaded]")) {
+        if (has(marker_text, "[overloaded]") || S.overloaded) {
                 send_error(c, id, PROTO_CODE_OVERLOADED, "queue full (test server)");
                 return NULL;
         }
@@ -222,6 +224,29 @@ static struct job *script_answer(struct sconn *c, uint64_t id, const char *marke
         }
         if (has(marker_text, "[badrequest]")) {
                 send_error(c, id, PROTO_CODE_BAD_REQUEST, "params.top_p: must be in (0, 1], got 1.5");
+                return NULL;
+        }
+        if (has(marker_text, "[garbage]") || has(marker_text, "[hugeframe]")) {
+                /*
+                 * A broken daemon: a frame whose body is not msgpack, or a length prefix far above any
+                 * reader's limit. The client must fail the request (and the connection), not crash.
+                 */
+                static const uint8_t garbage[] = { 0, 0, 0, 3, 0xc1, 0xc1, 0xc1 };
+                static const uint8_t huge[] = { 0x7f, 0xff, 0xff, 0xff, 0x80 };
+                bool g = has(marker_text, "[garbage]");
+                const uint8_t *bytes = g ? garbage : huge;
+                size_t n = g ? sizeof(garbage) : sizeof(huge);
+                uint8_t *dst;
+
+                if (c->out.cap - c->out.len < n) {
+                        dst = realloc(c->out.data, c->out.len + n);
+                        if (!dst)
+                                die_oom(-ENOMEM);
+                        c->out.data = dst;
+                        c->out.cap = c->out.len + n;
+                }
+                memcpy(c->out.data + c->out.len, bytes, n);
+                c->out.len += n;
                 return NULL;
         }
         if (has(marker_text, "[notready]") || loading()) {
@@ -374,12 +399,11 @@ static void handle_request(struct sconn *c, struct proto_msg *m) {
                                 .usage = { .prompt_tokens = j->prompt_tokens, .completion_tokens = j->emitted },
                         };
 
-                        if (j->next == 0) {       /* never started: started comes first, as the daemon's would */
-                                struct proto_started st = { .id = j->id, .prompt_tokens = j->prompt_tokens };
-
-                                die_oom(proto_encode_started(&c->out, &st));
-                        }
-                        die_oom(proto_encode_finished(&c->out, &fin));
+                        /* Before started, the request ends with a single error (docs/protocol.md, 8). */
+                        if (j->next == 0)
+                                send_error(c, j->id, PROTO_CODE_CANCELLED, "cancelled before it started");
+                        else
+                                die_oom(proto_encode_finished(&c->out, &fin));
                         *link = j->next_job;
                         c->n_jobs--;
                         job_free(j);
@@ -429,13 +453,16 @@ static void handle_request(struct sconn *c, struct proto_msg *m) {
                 break;
         }
         case PROTO_TYPE_STATUS: {
-                double progress = S.loading_steps ? (double) S.status_calls / S.loading_steps : 1.0;
-                json_t *st = json_pack("{s:s, s:f, s:I, s:{s:i, s:i}, s:I, s:s, s:f}",
-                                       "state", loading() ? "loading" : "ready", "load_progress", progress,
-                                       "uptime_s", (json_int_t) ((now_ms() - S.started_ms) / 1000),
-                                       "queue", "waiting", 0, "running", (int) c->n_jobs,
-                                       "requests_total", (json_int_t) S.requests, "model", S.name,
-                                       "kv_used", 0.0);
+                /* The shape of gemma4d's status map (daemon/io/server.c), reduced. */
+                json_t *st = json_pack("{s:s, s:s, s:f, s:{s:i}, s:i, s:I, s:s}",
+                                       "state", loading() ? "loading" : "ready", "model", S.name,
+                                       "uptime_s", (double) (now_ms() - S.started_ms) / 1000.0,
+                                       "queue", "total", 0, "running", (int) c->n_jobs,
+                                       "finished", (json_int_t) S.requests, "backend", "test");
+
+                if (loading())
+                        json_object_set_new(st, "loading", json_pack("{s:s, s:i}", "phase", "weights", "percent",
+                                                                     (int) (S.status_calls * 100 / S.loading_steps)));
                 struct proto_status_reply rep = { .id = id, .status = st };
 
                 S.status_calls++;
@@ -532,7 +559,7 @@ static void handle_frame(struct sconn *c, const uint8_t *body, size_t len) {
                         struct proto_welcome w = {
                                 .proto = PROTO_VERSION, .server_version = "0.1.0-test", .model = (char *) S.name,
                                 .architecture = "gemma4", .max_model_len = 8192,
-                                .limits = { .max_frame_bytes = PROTO_DEFAULT_MAX_FRAME, .max_inflight = S.max_inflight,
+                                .limits = { .max_frame_bytes = S.max_frame, .max_inflight = S.max_inflight,
                                             .max_num_seqs = 64, .max_queue = 256 },
                                 .backend = "test", .device = "none", .kv_tokens = 65536, .kv_seqs_32k = 2,
                         };
@@ -671,7 +698,9 @@ int main(int argc, char **argv) {
                 { "socket", required_argument, NULL, 's' }, { "name", required_argument, NULL, 'n' },
                 { "max-inflight", required_argument, NULL, 'm' }, { "delay-ms", required_argument, NULL, 'd' },
                 { "loading-steps", required_argument, NULL, 'l' },
-                { "reject-version", no_argument, NULL, 'R' }, {},
+                { "reject-version", no_argument, NULL, 'R' },
+                { "max-frame", required_argument, NULL, 'F' },
+                { "overloaded", no_argument, NULL, 'O' }, {},
         };
         struct pollfd pfd[MAX_CONNS + 1];
         sigset_t block, waitmask;
@@ -685,13 +714,15 @@ int main(int argc, char **argv) {
                 case 'd': S.delay_ms = atoi(optarg); break;
                 case 'l': S.loading_steps = (unsigned) atoi(optarg); break;
                 case 'R': S.reject_version = true; break;
+                case 'F': S.max_frame = (uint32_t) atoi(optarg); break;
+                case 'O': S.overloaded = true; break;
                 default:
                         fprintf(stderr, "usage: test-server --socket PATH [--name M] [--max-inflight N] "
-                                        "[--delay-ms N] [--loading-steps N] [--reject-version]\n");
+                                        "[--delay-ms N] [--loading-steps N] [--reject-version] [--max-frame N] [--overloaded]\n");
                         return 2;
                 }
         }
-        if (!S.socket || S.max_inflight == 0) {
+        if (!S.socket || S.max_inflight == 0 || S.max_frame < 64) {
                 fprintf(stderr, "test-server: --socket is required (and --max-inflight must be >= 1)\n");
                 return 2;
         }
@@ -757,7 +788,7 @@ int main(int argc, char **argv) {
                         for (size_t i = 0; fd >= 0 && i < MAX_CONNS; i++)
                                 if (S.conns[i].fd < 0) {
                                         S.conns[i] = (struct sconn) { .fd = fd };
-                                        proto_reader_init(&S.conns[i].reader, 0);
+                                        proto_reader_init(&S.conns[i].reader, S.max_frame);
                                         proto_buf_init(&S.conns[i].out);
                                         fd = -1;
                                 }

@@ -149,7 +149,10 @@ int daemon_start(struct daemon *d, const struct daemon_opts *o) {
         snprintf(d->dir, sizeof d->dir, "%s/d%u", h_tmpdir(), seq++);
         if (mkdir(d->dir, 0700) < 0)
                 return -errno;
-        snprintf(d->sock, sizeof d->sock, "%s/s.sock", d->dir);
+        if (o->socket_path)
+                snprintf(d->sock, sizeof d->sock, "%s", o->socket_path);
+        else
+                snprintf(d->sock, sizeof d->sock, "%s/s.sock", d->dir);
         snprintf(d->log, sizeof d->log, "%s/gemma4d.log", d->dir);
         snprintf(d->config, sizeof d->config, "%s/gemma4d.yaml", d->dir);
         f = fopen(d->config, "w");
@@ -615,6 +618,42 @@ int raw_wait_eof(int fd, double timeout_s) {
         }
 }
 
+/* Next event of the connection (decoded into m, caller frees with proto_msg_done): its type, 0 on EOF. */
+int raw_next_event(int fd, void *msg) {
+        struct proto_msg *m = msg;
+        uint8_t *body = NULL;
+        ssize_t n = raw_read_frame(fd, &body, 60);
+        struct proto_diag diag = { 0 };
+        if (n <= 0)
+                return (int) n;
+        int r = proto_decode_event(body, (size_t) n, m, &diag);
+        free(body);
+        if (r < 0)
+                DIE("undecodable event: %s", diag.message);
+        return m->type;
+}
+
+/* Read events until the FINISHED or ERROR of request id; returns the type and fills *code / *reason. */
+int raw_wait_request_end(int fd, uint64_t id, int *code, int *reason, uint32_t *n_tokens) {
+        struct proto_msg m;
+        for (;;) {
+                int t = raw_next_event(fd, &m);
+                if (t <= 0)
+                        return t;
+                if (t == PROTO_TYPE_DELTA && m.delta.id == id && n_tokens)
+                        *n_tokens += m.delta.n_token_ids;
+                if ((t == PROTO_TYPE_FINISHED && m.finished.id == id) || (t == PROTO_TYPE_ERROR && m.error.id == id)) {
+                        if (code)
+                                *code = t == PROTO_TYPE_ERROR ? (int) m.error.code : 0;
+                        if (reason)
+                                *reason = t == PROTO_TYPE_FINISHED ? (int) m.finished.reason : -1;
+                        proto_msg_done(&m);
+                        return t;
+                }
+                proto_msg_done(&m);
+        }
+}
+
 /* ---- NOTIFY_SOCKET ---- */
 
 int notify_open(struct notify *n, const char *dir) {
@@ -644,6 +683,10 @@ ssize_t notify_recv(struct notify *n, char *buf, size_t size, double timeout_s) 
         if (got < 0)
                 return -errno;
         buf[got] = 0;
+        /* one line per datagram in the test output (TAP): its assignments separated by ';' */
+        for (ssize_t i = 0; i < got; i++)
+                if (buf[i] == '\n')
+                        buf[i] = ';';
         return got;
 }
 

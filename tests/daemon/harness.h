@@ -38,6 +38,7 @@ struct daemon_opts {
                                          * becomes the daemon's own pid, as systemd sets it */
         int listen_fd;                  /* >= 0: pass as systemd socket (LISTEN_FDS=1, fd 3) */
         bool no_wait;                   /* do not wait for "ready" */
+        const char *socket_path;        /* NULL: <dir>/s.sock */
 };
 
 /* The model cache: a directory with tiny models written once per test program. */
@@ -121,6 +122,12 @@ void raw_generate(int fd, uint64_t id, const int32_t *ids, uint32_t n, uint32_t 
 /* Read events until one with an error code or the connection closes; returns the proto code of the
  * first error event seen (>0), 0 when the connection closed without one, -ETIMEDOUT. */
 int raw_expect_error(int fd, double timeout_s);
+/* The next event (decoded into *m, free with proto_msg_done): its proto type, 0 on EOF, -ETIMEDOUT (60 s).
+ * m is a struct proto_msg *, declared void * to keep proto.h out of this header. */
+int raw_next_event(int fd, void *m);
+/* Read events until the FINISHED or ERROR of request id: returns PROTO_TYPE_FINISHED / _ERROR (code: the
+ * error's proto code, reason: the finish reason), 0 on EOF; n_tokens (may be NULL) adds the delta ids. */
+int raw_wait_request_end(int fd, uint64_t id, int *code, int *reason, uint32_t *n_tokens);
 /* Read until EOF (returns 0) or timeout (-ETIMEDOUT), discarding everything. */
 int raw_wait_eof(int fd, double timeout_s);
 

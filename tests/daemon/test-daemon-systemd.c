@@ -23,6 +23,7 @@
 #include <cmocka.h>
 
 #include "harness.h"
+#include "proto.h"
 
 #define VOCAB 512
 #define BASE_YAML "limits:\n  max_model_len: 256\n  max_num_seqs: 4\n  max_batched_tokens: 256\n"
@@ -137,6 +138,16 @@ static void test_socket_activation(void **state) {
         assert_int_equal(bind(fd, (struct sockaddr *) &sa, sizeof sa), 0);
         assert_int_equal(listen(fd, 16), 0);
 
+        /* a client connects and sends its request before the daemon even runs: it waits in the backlog */
+        struct sockaddr_un ca = sa;
+        int early = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(early >= 0);
+        assert_int_equal(connect(early, (struct sockaddr *) &ca, sizeof ca), 0);
+        raw_hello(early);
+        int32_t ep[10];
+        h_prompt(ep, 10, 6, VOCAB);
+        raw_generate(early, 1, ep, 10, 5);
+
         struct daemon_opts o = { .model = h_small_model(), .yaml = BASE_YAML, .listen_fd = fd, .no_wait = true };
         assert_int_equal(daemon_start(&d, &o), 0);
         close(fd);      /* the daemon has its own copy, as under systemd */
@@ -148,6 +159,16 @@ static void test_socket_activation(void **state) {
         /* it did not bind socket.path itself */
         assert_int_equal(stat(own, &st), -1);
 
+        {
+                struct proto_msg m;
+                int code = -1, reason = -1;
+                uint32_t n_tok = 0;
+                assert_int_equal(raw_next_event(early, &m), PROTO_TYPE_WELCOME);
+                proto_msg_done(&m);
+                assert_int_equal(raw_wait_request_end(early, 1, &code, &reason, &n_tok), PROTO_TYPE_FINISHED);
+                assert_true(reason == PROTO_REASON_LENGTH || reason == PROTO_REASON_STOP);
+                close(early);
+        }
         gc_client *c = h_connect(&d);
         int32_t p[12];
         struct h_req r;
@@ -252,7 +273,7 @@ static void test_sighup_reload(void **state) {
                 "limits:\n  max_model_len: 256\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
                 "  max_inflight_per_connection: 1\n  max_queue: 100\nlog:\n  level: info\n";
         static const char *good_b =
-                "limits:\n  max_model_len: 256\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
+                "limits:\n  max_model_len: 128\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
                 "  max_inflight_per_connection: 8\n  max_queue: 100\nlog:\n  level: debug\n";
         static const char *good_c =
                 "limits:\n  max_model_len: 256\n  max_num_seqs: 1\n  max_batched_tokens: 256\n"
@@ -270,8 +291,12 @@ static void test_sighup_reload(void **state) {
         write_config(&d, good_b);
         daemon_kill(&d, SIGHUP);
         assert_int_equal(wait_log(&d, "configuration reloaded", 30), 0);
+        /* max_model_len needs a restart: named in the log, not applied */
+        assert_true(daemon_log_contains(&d, "need a restart"));
+        assert_true(daemon_log_contains(&d, "limits.max_model_len"));
         assert_int_equal(count_overloaded(c, 3, 8), 0);
         gc_client *c2 = h_connect(&d);          /* its hello is logged at debug level */
+        assert_int_equal(gc_client_info_num(c2, 0, GC_INFO_MAX_MODEL_LEN), 256);
         assert_int_equal(wait_log(&d, "debug:", 30), 0);
         gc_client_free(c2);
 
@@ -381,6 +406,141 @@ static void test_watchdog(void **state) {
         notify_close(&n);
 }
 
+/* ---- clients connect while the model loads; their requests wait and are served after READY ---- */
+
+static void test_requests_wait_for_boot(void **state) {
+        struct daemon d;
+        (void) state;
+
+        /* the tokenizer (when the fixture is there) makes the boot take seconds */
+        const char *model = h_model("small-tok", "--layers 2 --vocab 512", true);
+        struct daemon_opts o = { .model = model, .yaml = BASE_YAML, .listen_fd = -1, .no_wait = true };
+        assert_int_equal(daemon_start(&d, &o), 0);
+        gc_client *c = NULL;
+        double end = h_now() + h_timeout(60);
+        while (gc_client_new(&c, d.sock, 5000) < 0 && h_now() < end)
+                usleep(5000);
+        assert_non_null(c);
+        int32_t p[12];
+        struct h_req r;
+        h_prompt(p, 12, 21, VOCAB);
+        /* another client queues requests while loading, cancels one and disconnects with the others */
+        int fd = raw_connect(&d);
+        assert_true(fd >= 0);
+        raw_hello(fd);
+        for (uint64_t id = 1; id <= 3; id++)
+                raw_generate(fd, id, p, 12, 50);
+        {
+                struct proto_buf b;
+                struct proto_cancel cn = { .id = 2 };
+                proto_buf_init(&b);
+                assert_int_equal(proto_encode_cancel(&b, &cn), 0);
+                assert_int_equal(raw_send_all(fd, b.data, b.len), 0);
+                proto_buf_done(&b);
+                int reason = -1;
+                assert_int_equal(raw_wait_request_end(fd, 2, NULL, &reason, NULL), PROTO_TYPE_FINISHED);
+                assert_int_equal(reason, PROTO_REASON_CANCELLED);
+        }
+        close(fd);
+        r = (struct h_req) { .prompt = p, .n_prompt = 12, .max_tokens = 6 };
+        long long waiting = h_status_int(c, "waiting_for_model");
+        assert_int_equal(h_req_start(c, &r), 0);
+        struct h_req *rp[1] = { &r };
+        assert_int_equal(h_run_all(&c, 1, rp, 1, H_BOOT_TIMEOUT_S), 0);
+        print_message("# status while connecting: waiting_for_model %lld (-1: already ready)\n", waiting);
+        assert_int_equal(r.err, 0);
+        assert_true(r.n_tokens > 0 || r.finish == GC_FINISH_STOP);
+        assert_int_equal(h_wait_idle(c, 30), 0);
+        h_req_done(&r);
+        gc_client_free(c);
+        assert_int_equal(daemon_stop(&d), 0);
+}
+
+/* ---- socket.path: a live daemon keeps it, a stale file is replaced ---- */
+
+static void test_socket_path(void **state) {
+        struct daemon a, b;
+        char path[400];
+        struct stat st;
+        (void) state;
+
+        snprintf(path, sizeof path, "%s/shared.sock", h_tmpdir());
+        struct daemon_opts o = { .model = h_small_model(), .yaml = BASE_YAML, .listen_fd = -1, .socket_path = path };
+        assert_int_equal(daemon_start(&a, &o), 0);
+        /* a second daemon on the same path refuses to start and leaves the first one alone */
+        o.no_wait = true;
+        assert_int_equal(daemon_start(&b, &o), 0);
+        assert_int_equal(daemon_wait_exit(&b, 60), 0);
+        assert_int_not_equal(b.exit_status, 0);
+        assert_true(daemon_log_contains(&b, "another daemon is listening there"));
+        b.exit_status = 0;
+        (void) daemon_stop(&b);
+        gc_client *c = h_connect(&a);
+        gc_client_free(c);
+        /* killed without a chance to clean up: the socket file stays behind ... */
+        daemon_kill(&a, SIGKILL);
+        assert_int_equal(daemon_wait_exit(&a, 30), 0);
+        a.exit_status = 0;
+        (void) daemon_stop(&a);
+        assert_int_equal(stat(path, &st), 0);
+        /* ... and the next daemon replaces the stale file */
+        o.no_wait = false;
+        assert_int_equal(daemon_start(&b, &o), 0);
+        c = h_connect(&b);
+        gc_client_free(c);
+        assert_int_equal(daemon_stop(&b), 0);
+        /* a clean stop removes its own socket file */
+        assert_int_equal(stat(path, &st), -1);
+}
+
+/* ---- a second SIGTERM during the drain exits at once; SIGTERM while loading exits 0 ---- */
+
+static void test_sigterm_twice_and_while_loading(void **state) {
+        struct daemon d;
+        int32_t p[16];
+        struct h_req r;
+        (void) state;
+
+        struct daemon_opts o = { .model = h_small_model(), .listen_fd = -1,
+                                 .yaml = "limits:\n  max_model_len: 2048\n  max_num_seqs: 2\n"
+                                         "  max_batched_tokens: 512\nshutdown:\n  drain_seconds: 600\n" };
+        assert_int_equal(daemon_start(&d, &o), 0);
+        gc_client *c = h_connect(&d);
+        h_prompt(p, 16, 3, VOCAB);
+        r = (struct h_req) { .prompt = p, .n_prompt = 16, .max_tokens = 2000 };
+        assert_int_equal(h_req_start(c, &r), 0);
+        double end = h_now() + h_timeout(30);
+        while (!r.t_first && h_now() < end)
+                (void) gc_client_wait(c, 10);
+        daemon_kill(&d, SIGTERM);
+        assert_true(wait_log(&d, "draining", 30) == 0);
+        /* the drain would wait 600 s for the long request; the second signal ends it */
+        double t = h_now();
+        daemon_kill(&d, SIGTERM);
+        assert_int_equal(daemon_wait_exit(&d, 60), 0);
+        print_message("# exited %.2f s after the second SIGTERM\n", h_now() - t);
+        assert_int_equal(d.exit_status, 0);
+        struct h_req *rp[1] = { &r };
+        assert_int_equal(h_run_all(&c, 1, rp, 1, 30), 0);
+        assert_true(r.err != 0);        /* cancelled or disconnected, never a success */
+        h_req_done(&r);
+        gc_client_free(c);
+        assert_int_equal(daemon_stop(&d), 0);
+
+        /* SIGTERM while the model loads (the tokenizer makes that take a moment) */
+        const char *model = h_model("small-tok2", "--layers 2 --vocab 512", true);
+        struct daemon_opts o2 = { .model = model, .yaml = BASE_YAML, .listen_fd = -1, .no_wait = true };
+        assert_int_equal(daemon_start(&d, &o2), 0);
+        struct stat st;
+        end = h_now() + h_timeout(30);
+        while (stat(d.sock, &st) < 0 && h_now() < end)
+                usleep(2000);
+        daemon_kill(&d, SIGTERM);
+        assert_int_equal(daemon_wait_exit(&d, 120), 0);
+        assert_int_equal(d.exit_status, 0);
+        assert_int_equal(daemon_stop(&d), 0);
+}
+
 int main(int argc, char **argv) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_notify_sequence),
@@ -388,6 +548,9 @@ int main(int argc, char **argv) {
                 cmocka_unit_test(test_sigterm_drain),
                 cmocka_unit_test(test_sighup_reload),
                 cmocka_unit_test(test_watchdog),
+                cmocka_unit_test(test_requests_wait_for_boot),
+                cmocka_unit_test(test_socket_path),
+                cmocka_unit_test(test_sigterm_twice_and_while_loading),
         };
         signal(SIGPIPE, SIG_IGN);
         if (argc > 1)
