@@ -14,6 +14,7 @@
  * Threading: every call comes from the engine thread. Backends never call back into the engine.
  */
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/model.h"
@@ -83,6 +84,17 @@ struct backend_ops {
          * of an all_logits sequence, else one row for its last token. Returns 0 or negative errno;
          * -EIO from the CUDA backend means the device is lost (sticky error): the caller exits. */
         int (*forward)(struct backend *b, const struct backend_batch *batch, float *logits);
+        /* Optional (may be NULL): the same step, but instead of logits it returns, per sequence, the
+         * greedy token of its last row: the largest logit, NaN read as -inf, the lowest id among equal
+         * values (sampler.h step 3 at temperature 0 without penalties), so no logits leave the device.
+         * ret_tokens: [n_seqs]. No sequence may ask for all_logits (-EINVAL). -EOPNOTSUPP means the
+         * backend has it switched off (nothing ran): the caller uses forward() from then on. */
+        int (*forward_greedy)(struct backend *b, const struct backend_batch *batch, int32_t *ret_tokens);
+        /* Optional (may be NULL): host memory that forward() copies logits into fastest (CUDA: page-locked),
+         * or NULL when there is none to give (the caller then uses malloc). Freed with host_free, before the
+         * backend is destroyed. */
+        void *(*host_alloc)(struct backend *b, size_t bytes);
+        void (*host_free)(struct backend *b, void *p);
 };
 
 extern const struct backend_ops backend_cpu_ops;

@@ -134,6 +134,12 @@ int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n
 /* y = cap * tanh(y / cap) in place (FP32), or widening BF16 -> FP32 with the cap when src != NULL. */
 int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, cudaStream_t stream);
 
+/* ---- greedy selection (sample.cu) ---- */
+
+/* out[r] = argmax of logits row r (FP32 [n_rows, n]) with the host sampler's greedy rule: NaN reads as -inf,
+ * the lowest id wins among equal values, a row without any value above -inf gives 0. One block per row. */
+int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n, int32_t *out, cudaStream_t stream);
+
 /* ---- attention (attention.cu) ---- */
 
 /* Where the batch's tokens and sequences are (device arrays). Token t belongs to sequence tok_seq[t] and

@@ -63,10 +63,20 @@ struct backend {
         int32_t *meta_h, *meta_d;
         size_t meta_cap;                /* int32 entries */
 
-        /* decode graphs: one per batch size T (all sequences one token), captured on first use */
-        bool use_graphs;
+        /* greedy steps (forward_greedy): the argmax of each sequence's row, on the device */
+        bool greedy_on;                 /* GEMMA4D_CUDA_NO_GREEDY=1 turns it off */
+        int32_t *argmax_d, *argmax_h;   /* [max_num_seqs]; argmax_h page-locked */
+
+        /* decode graphs (all sequences one token), indexed by size: with boot graphs (the default) one per
+         * bucket, captured in create(), and a step of S sequences runs the bucket's graph with padding
+         * sequences after its own; otherwise one per exact S, captured on first use. With greedy on, every
+         * graph ends with the argmax too (a few us), so one graph serves forward and forward_greedy. */
+        bool use_graphs, boot_graphs;
         uint32_t graph_max;
         cudaGraphExec_t *graphs;        /* [graph_max + 1] */
+        uint16_t *bucket_of;            /* [graph_max + 1]: boot graphs: the bucket that runs S sequences */
+        struct backend_seq *pad_seqs;   /* [max_num_seqs]: a step's sequences plus its padding */
+        uint32_t scratch_full, scratch_sliding; /* page ids past the pool, written by padding only */
 
         /* profiling (GEMMA4D_CUDA_PROFILE=1): events between ops, summed per category */
         bool prof;
@@ -148,6 +158,13 @@ static int dev_alloc(void **p, size_t bytes) {
 }
 
 static void backend_cuda_destroy(struct backend *b);
+static int capture_boot_graphs(struct backend *b, char **reterr);
+
+/* An environment switch: set and not "0" */
+static bool env_flag(const char *name) {
+        const char *v = getenv(name);
+        return v && *v && strcmp(v, "0") != 0;
+}
 
 /* ---- geometry checks ---- */
 
@@ -377,7 +394,9 @@ static int alloc_kv(struct backend *b, char **reterr) {
                 if (n_full > UINT32_MAX - 1)
                         n_full = UINT32_MAX - 1;
         }
-        size_t bytes = n_full * full_pb + n_slide * slide_pb;
+        /* one page more in each space, outside the pool the engine sees: padding sequences of a bucket
+         * graph write their K/V there */
+        size_t bytes = (n_full + 1) * full_pb + (n_slide + 1) * slide_pb;
         if (dev_alloc(&b->kv_block, bytes) < 0)
                 return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate %.2f GiB of KV pages",
                                    bytes / 1073741824.0);
@@ -385,7 +404,7 @@ static int alloc_kv(struct backend *b, char **reterr) {
         size_t elt = b->p.kv_dtype == KV_DTYPE_FP8 ? 1 : 2;
         for (uint32_t l = 0; l < b->cfg.n_layers; l++) {
                 struct dev_layer *D = &b->layers[l];
-                uint64_t n = D->type == LAYER_FULL ? n_full : n_slide;
+                uint64_t n = (D->type == LAYER_FULL ? n_full : n_slide) + 1;
                 size_t one = (size_t) n * b->p.page_size * D->n_kv_heads * D->head_dim * elt;
                 D->k_pages = kp;
                 D->v_pages = kp + one;
@@ -393,6 +412,8 @@ static int alloc_kv(struct backend *b, char **reterr) {
         }
         b->cap.n_full_pages = (uint32_t) n_full;
         b->cap.n_sliding_pages = (uint32_t) n_slide;
+        b->scratch_full = (uint32_t) n_full;
+        b->scratch_sliding = (uint32_t) n_slide;
         b->cap.kv_bytes = bytes;
         return 0;
 }
@@ -459,6 +480,9 @@ static int alloc_activations(struct backend *b, char **reterr) {
         if (!cuda_ok(cudaMallocHost((void **) &b->meta_h, b->meta_cap * 4)) ||
             dev_alloc((void **) &b->meta_d, b->meta_cap * 4) < 0)
                 return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate batch metadata");
+        if (!cuda_ok(cudaMallocHost((void **) &b->argmax_h, (size_t) b->p.max_num_seqs * 4)) ||
+            dev_alloc((void **) &b->argmax_d, (size_t) b->p.max_num_seqs * 4) < 0)
+                return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate greedy token buffers");
         return 0;
 }
 
@@ -567,10 +591,16 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 b->graph_max = b->t_max;
         b->use_graphs = !b->prof && !(getenv("GEMMA4D_CUDA_GRAPHS") && strcmp(getenv("GEMMA4D_CUDA_GRAPHS"), "0") == 0);
         b->graphs = calloc(b->graph_max + 1, sizeof(*b->graphs));
-        if (!b->graphs) {
+        b->bucket_of = calloc(b->graph_max + 1, sizeof(*b->bucket_of));
+        b->pad_seqs = calloc(p->max_num_seqs, sizeof(*b->pad_seqs));
+        b->greedy_on = !env_flag("GEMMA4D_CUDA_NO_GREEDY");
+        b->boot_graphs = b->use_graphs && !env_flag("GEMMA4D_CUDA_NO_BOOT_GRAPHS");
+        if (!b->graphs || !b->bucket_of || !b->pad_seqs) {
                 r = cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate decode graph buffers");
                 goto fail;
         }
+        if (b->boot_graphs && (r = capture_boot_graphs(b, reterr)) < 0)
+                goto fail;
         b->cap.page_size = p->page_size;
         b->cap.n_sliding_ring = b->ring;
         b->cap.weight_bytes = b->weight_block_bytes + (uint64_t) m->cfg.vocab_size * m->cfg.hidden_size * 2;
@@ -590,17 +620,21 @@ static void backend_cuda_destroy(struct backend *b) {
         void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
-                        b->n_groups, b->groups, b->meta_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
+                        b->n_groups, b->groups, b->meta_d, b->argmax_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
                         b->head_bf16_own};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 if (bufs[i])
                         cudaFree(bufs[i]);
         if (b->meta_h)
                 cudaFreeHost(b->meta_h);
+        if (b->argmax_h)
+                cudaFreeHost(b->argmax_h);
         for (uint32_t i = 0; b->graphs && i <= b->graph_max; i++)
                 if (b->graphs[i])
                         cudaGraphExecDestroy(b->graphs[i]);
         free(b->graphs);
+        free(b->bucket_of);
+        free(b->pad_seqs);
         for (uint32_t i = 0; i < PROF_EVENTS; i++)
                 if (b->prof_ev[i])
                         cudaEventDestroy(b->prof_ev[i]);
@@ -788,8 +822,10 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
 
 /* Final norm + LM head + softcap for n_rows gathered rows into dst (host memory). When `capture` is set the
  * rows fit one chunk and stay in b->logits: the caller copies them out after the graph ran (straight into
- * its buffer, which is fastest when that buffer is page-locked). */
-static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, float *dst, bool capture) {
+ * its buffer, which is fastest when that buffer is page-locked). With `argmax` nothing is copied: each
+ * chunk's rows are reduced to their greedy token in b->argmax_d, which the caller copies out. */
+static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, float *dst, bool capture,
+                   bool argmax) {
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, V = c->vocab_size;
         float cap = c->final_logit_softcapping;
@@ -817,6 +853,11 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         TRY(kern_softcap(NULL, b->logits, (size_t) nr * V, cap, b->stream));
                 }
                 prof_mark(b, P_HEAD);
+                if (argmax) {
+                        TRY(kern_argmax_rows(b->logits, nr, V, b->argmax_d + r0, b->stream));
+                        prof_mark(b, P_COPY);
+                        continue;
+                }
                 if (capture)
                         return 0;
                 if (!cuda_ok(cudaMemcpyAsync(dst + (size_t) r0 * V, b->logits, (size_t) nr * V * 4,
@@ -830,7 +871,7 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
 
 /* The device work of one step: metadata upload, layers, head. */
 static int enqueue_step(struct backend *b, uint32_t T, uint32_t n_rows, size_t n_meta, const int32_t *off,
-                        uint32_t max_full, uint32_t max_win, float *dst, bool capture) {
+                        uint32_t max_full, uint32_t max_win, float *dst, bool capture, bool argmax) {
         int32_t *d = b->meta_d;
         uint32_t S = (uint32_t) off[7];
         if (!cuda_ok(cudaMemcpyAsync(b->meta_d, b->meta_h, n_meta * 4, cudaMemcpyHostToDevice, b->stream)))
@@ -841,25 +882,21 @@ static int enqueue_step(struct backend *b, uint32_t T, uint32_t n_rows, size_t n
         bt_slide.seq_table0 = d + off[9];
         bt_slide.max_keys = max_win;
         TRY(run_layers(b, T, d + off[0], &bt_full, &bt_slide));
-        return lm_head(b, d + off[3], n_rows, dst, capture);
+        return lm_head(b, d + off[3], n_rows, dst, capture, argmax);
 }
 
-static int backend_cuda_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
-        uint32_t T = 0, S, n_rows, max_pos = 0, max_win = 0;
-        bool decode = true;
-        int r;
-
-        if (b->lost)
+/* The greedy tokens of a step (enqueued on the stream) to the caller, through the page-locked buffer. */
+static int fetch_tokens(struct backend *b, uint32_t S, int32_t *ret_tokens) {
+        if (!cuda_ok(cudaMemcpyAsync(b->argmax_h, b->argmax_d, (size_t) S * 4, cudaMemcpyDeviceToHost, b->stream)) ||
+            !cuda_ok(cudaStreamSynchronize(b->stream)))
                 return -EIO;
-        if ((r = validate_batch(b, batch, &T)) < 0)
-                return r;
-        S = batch->n_seqs;
-        n_rows = backend_rows_for(batch);
+        memcpy(ret_tokens, b->argmax_h, (size_t) S * 4);
+        return 0;
+}
 
-        /* pack: tokens | tok_seq | tok_pos | rows | seq_row0 | seq_pos0 | seq_ntok | tab0_full | tab0_slide |
-         *       tables (offsets depend on T and S only, so a decode graph keeps seeing the right places) */
-        int32_t *h = b->meta_h;
-        int32_t off[11];
+/* Metadata layout: tokens | tok_seq | tok_pos | rows | seq_row0 | seq_pos0 | seq_ntok | tab0_full | tab0_slide |
+ * tables. The offsets depend on T and S only, so a decode graph keeps seeing the right places. */
+static void meta_offsets(uint32_t T, uint32_t S, int32_t off[11]) {
         off[0] = 0;                     /* tokens */
         off[1] = (int32_t) T;           /* tok_seq */
         off[2] = 2 * (int32_t) T;       /* tok_pos */
@@ -871,13 +908,125 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
         off[8] = off[6] + (int32_t) S;  /* tab0_full */
         off[9] = off[8] + (int32_t) S;  /* tab0_slide */
         off[10] = off[9] + (int32_t) S; /* tables */
+}
+
+/* Capture the decode graph of T one-token sequences into b->graphs[T]: shape bounds instead of a step's
+ * lengths, and the metadata copy at its largest size, so that any later step of T sequences fits. */
+static int capture_graph(struct backend *b, uint32_t T) {
+        int32_t off[11];
+        uint32_t full_bound = b->p.max_model_len;
+        uint32_t win_bound = b->cfg.sliding_window && b->cfg.sliding_window < full_bound ? b->cfg.sliding_window
+                                                                                          : full_bound;
+        cudaGraph_t g = NULL;
+        cudaGraphExec_t ex = NULL;
+
+        meta_offsets(T, T, off);
+        if (!cuda_ok(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeRelaxed))) {
+                cudaGetLastError();
+                return -EIO;
+        }
+        int r = enqueue_step(b, T, T, b->meta_cap, off, full_bound, win_bound, NULL, true, b->greedy_on);
+        cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
+        if (r < 0 || ce != cudaSuccess || !cuda_ok(cudaGraphInstantiate(&ex, g, 0))) {
+                if (g)
+                        cudaGraphDestroy(g);
+                cudaGetLastError();
+                return r < 0 ? r : -EIO;
+        }
+        cudaGraphDestroy(g);
+        b->graphs[T] = ex;
+        return 0;
+}
+
+/* Decode batch sizes that get a graph at boot: every size up to 8 (padding a small batch would read more
+ * experts' weights), then buckets; graph_max itself closes the list. */
+static const uint16_t graph_buckets[] = {1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128,
+                                         160, 192, 224, 256};
+
+static int capture_boot_graphs(struct backend *b, char **reterr) {
+        uint16_t sizes[sizeof(graph_buckets) / sizeof(graph_buckets[0]) + 1];
+        uint32_t K = 0;
+        char phase[64];
+
+        for (size_t i = 0; i < sizeof(graph_buckets) / sizeof(graph_buckets[0]); i++)
+                if (graph_buckets[i] <= b->graph_max)
+                        sizes[K++] = graph_buckets[i];
+        if (K == 0 || sizes[K - 1] != b->graph_max)
+                sizes[K++] = (uint16_t) b->graph_max;
+        for (uint32_t k = 0, S = 1; k < K; k++)
+                for (; S <= sizes[k]; S++)
+                        b->bucket_of[S] = sizes[k];
+        for (uint32_t k = 0; k < K; k++) {
+                if (b->p.progress) {
+                        snprintf(phase, sizeof(phase), "capturing graphs %u/%u", k + 1, K);
+                        b->p.progress(b->p.progress_userdata, phase, 1.0);
+                }
+                int r = capture_graph(b, sizes[k]);
+                if (r == 0 && !cuda_ok(cudaGraphUpload(b->graphs[sizes[k]], b->stream)))
+                        r = -EIO;
+                if (r < 0) {
+                        /* not fatal: the daemon serves eagerly, like GEMMA4D_CUDA_GRAPHS=0 */
+                        log_warning("backend cuda: capturing the decode graph for %u sequences failed (%s); "
+                                    "running without graphs", sizes[k], cudaGetErrorString(cudaGetLastError()));
+                        b->use_graphs = b->boot_graphs = false;
+                        break;
+                }
+        }
+        if (!cuda_ok(cudaStreamSynchronize(b->stream)) || !cuda_ok(cudaGetLastError()))
+                return cuda_errorf(reterr, -EIO, "backend cuda: device error while capturing decode graphs");
+        log_info("backend cuda: %u decode graphs captured (batch sizes up to %u)%s", b->use_graphs ? K : 0,
+                 b->graph_max, b->greedy_on ? ", greedy argmax included" : "");
+        return 0;
+}
+
+/* A decode step of S sequences on a bucket graph of G > S: the step's sequences, then G - S padding
+ * sequences (token 0 at position 0 in the scratch pages, which no real sequence uses). Their rows come
+ * after every real row, and nothing reads them. */
+static const struct backend_seq *pad_batch(struct backend *b, const struct backend_batch *batch, uint32_t G) {
+        memcpy(b->pad_seqs, batch->seqs, sizeof(*batch->seqs) * batch->n_seqs);
+        static const int32_t pad_token = 0;
+        for (uint32_t s = batch->n_seqs; s < G; s++)
+                b->pad_seqs[s] = (struct backend_seq){.tokens = &pad_token, .n_tokens = 1, .pos = 0,
+                                                      .full_pages = &b->scratch_full, .n_full_pages = 1,
+                                                      .sliding_pages = &b->scratch_sliding,
+                                                      .n_sliding_pages = 1};
+        return b->pad_seqs;
+}
+
+/* One step: logits to the host (forward), or with ret_tokens each sequence's greedy token (forward_greedy). */
+static int cuda_step(struct backend *b, const struct backend_batch *batch, float *logits, int32_t *ret_tokens) {
+        uint32_t T = 0, S, n_rows, max_pos = 0, max_win = 0, real_rows, real_seqs;
+        bool decode = true, argmax = ret_tokens != NULL;
+        const struct backend_seq *seqs = batch ? batch->seqs : NULL;
+        int r;
+
+        if (b->lost)
+                return -EIO;
+        if ((r = validate_batch(b, batch, &T)) < 0)
+                return r;
+        S = real_seqs = batch->n_seqs;
+        n_rows = real_rows = backend_rows_for(batch);
+        if (argmax && n_rows != S)
+                return bad_batch("forward_greedy with all_logits sequences");
+        for (uint32_t s = 0; s < S; s++)
+                decode &= seqs[s].n_tokens == 1;
+        bool use_graph = decode && b->use_graphs && !b->prof && T <= b->graph_max && (!argmax || b->greedy_on);
+        /* pad only onto a graph that exists: an eager step never sees padding (its rows would be copied) */
+        if (use_graph && b->boot_graphs && b->bucket_of[S] > S && b->graphs[b->bucket_of[S]]) {
+                uint32_t G = b->bucket_of[S];
+                seqs = pad_batch(b, batch, G);
+                T = S = n_rows = G;
+        }
+
+        int32_t *h = b->meta_h;
+        int32_t off[11];
+        meta_offsets(T, S, off);
         int32_t *tokens = h + off[0], *tok_seq = h + off[1], *tok_pos = h + off[2], *rows = h + off[3];
         int32_t *seq_row0 = h + off[4], *seq_pos0 = h + off[5], *seq_ntok = h + off[6];
         int32_t *tab0_full = h + off[8], *tab0_slide = h + off[9], *tab = h + off[10];
         uint32_t t = 0, nr = 0, ntab = 0;
         for (uint32_t s = 0; s < S; s++) {
-                const struct backend_seq *q = &batch->seqs[s];
-                decode &= q->n_tokens == 1;
+                const struct backend_seq *q = &seqs[s];
                 seq_row0[s] = (int32_t) t;
                 seq_pos0[s] = (int32_t) q->pos;
                 seq_ntok[s] = (int32_t) q->n_tokens;
@@ -907,44 +1056,34 @@ static int backend_cuda_forward(struct backend *b, const struct backend_batch *b
         if (n_meta > b->meta_cap || nr != n_rows)
                 return -EINVAL;
 
-        if (decode && b->use_graphs && !b->prof && T <= b->graph_max) {
-                if (!b->graphs[T]) {
-                        /* capture with shape bounds instead of this step's lengths; the metadata copy takes
-                         * its largest size so any later step of T sequences fits */
-                        size_t meta_max = b->meta_cap;
-                        uint32_t full_bound = b->p.max_model_len;
-                        uint32_t win_bound = b->cfg.sliding_window && b->cfg.sliding_window < full_bound
-                                                     ? b->cfg.sliding_window : full_bound;
-                        cudaGraph_t g = NULL;
-                        cudaGraphExec_t ex = NULL;
-                        if (!cuda_ok(cudaStreamBeginCapture(b->stream, cudaStreamCaptureModeRelaxed)))
-                                goto no_graph;
-                        r = enqueue_step(b, T, n_rows, meta_max, off, full_bound, win_bound, NULL, true);
-                        cudaError_t ce = cudaStreamEndCapture(b->stream, &g);
-                        if (r < 0 || ce != cudaSuccess || !cuda_ok(cudaGraphInstantiate(&ex, g, 0))) {
-                                if (g)
-                                        cudaGraphDestroy(g);
-                                cudaGetLastError();
-                                goto no_graph;
-                        }
-                        cudaGraphDestroy(g);
-                        b->graphs[T] = ex;
+        if (use_graph) {
+                if (!b->graphs[T] && capture_graph(b, T) < 0) {
+                        log_warning("backend cuda: decode graph capture for %u sequences failed; running without "
+                                    "graphs", T);
+                        b->use_graphs = b->boot_graphs = false;
+                        goto eager;
                 }
-                if (!cuda_ok(cudaGraphLaunch(b->graphs[T], b->stream)) ||
-                    !cuda_ok(cudaMemcpyAsync(logits, b->logits, (size_t) n_rows * b->cfg.vocab_size * sizeof(float),
+                if (!cuda_ok(cudaGraphLaunch(b->graphs[T], b->stream)))
+                        goto lost;
+                if (argmax) {
+                        if (fetch_tokens(b, real_seqs, ret_tokens) < 0)
+                                goto lost;
+                        return 0;
+                }
+                if (!cuda_ok(cudaMemcpyAsync(logits, b->logits, (size_t) real_rows * b->cfg.vocab_size * sizeof(float),
                                              cudaMemcpyDeviceToHost, b->stream)) ||
                     !cuda_ok(cudaStreamSynchronize(b->stream)))
                         goto lost;
                 return 0;
-        no_graph:
-                log_warning("backend cuda: decode graph capture for %u sequences failed; running without graphs", T);
-                b->use_graphs = false;
         }
+eager:
         prof_mark(b, P_START);
-        r = enqueue_step(b, T, n_rows, n_meta, off, max_pos, max_win, logits, false);
+        r = enqueue_step(b, T, n_rows, n_meta, off, max_pos, max_win, logits, false, argmax);
         if (r == -EINVAL)
                 return r;
         if (r < 0)
+                goto lost;
+        if (argmax && fetch_tokens(b, S, ret_tokens) < 0)
                 goto lost;
         prof_collect(b);
         return 0;
@@ -954,10 +1093,46 @@ lost:
         return -EIO;
 }
 
+static int backend_cuda_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
+        return cuda_step(b, batch, logits, NULL);
+}
+
+static int backend_cuda_forward_greedy(struct backend *b, const struct backend_batch *batch, int32_t *ret_tokens) {
+        if (!b->greedy_on)
+                return -EOPNOTSUPP;
+        return cuda_step(b, batch, NULL, ret_tokens);
+}
+
+/* Page-locked host memory for the engine's logits buffer: the device-to-host copy then runs at PCIe speed
+ * straight into it (a pageable destination goes through a staging buffer, in pieces).
+ * GEMMA4D_CUDA_NO_PINNED_LOGITS=1 declines, and the engine uses malloc. */
+static void *backend_cuda_host_alloc(struct backend *b, size_t bytes) {
+        void *p = NULL;
+        if (env_flag("GEMMA4D_CUDA_NO_PINNED_LOGITS"))
+                return NULL;
+        if (!cuda_ok(cudaHostAlloc(&p, bytes ? bytes : 16, cudaHostAllocPortable))) {
+                cudaGetLastError();
+                log_warning("backend cuda: cannot page-lock %.1f MiB for logits; using pageable memory",
+                            bytes / 1048576.0);
+                return NULL;
+        }
+        (void) b;
+        return p;
+}
+
+static void backend_cuda_host_free(struct backend *b, void *p) {
+        (void) b;
+        if (p)
+                cudaFreeHost(p);
+}
+
 const struct backend_ops backend_cuda_ops = {
         .name = "cuda",
         .create = backend_cuda_create,
         .destroy = backend_cuda_destroy,
         .get_capacity = backend_cuda_get_capacity,
         .forward = backend_cuda_forward,
+        .forward_greedy = backend_cuda_forward_greedy,
+        .host_alloc = backend_cuda_host_alloc,
+        .host_free = backend_cuda_host_free,
 };

@@ -13,9 +13,13 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "server/sample_pool.h"
 #include "server/sched.h"
 
 #define RATE_BUCKETS 10         /* one-second buckets for tokens/s over the last 10 s */
+/* Logits buffers up to this many rows come from the backend's host_alloc (page-locked on CUDA: the copy
+ * runs at full PCIe speed); larger ones (score steps) are ordinary memory rather than pinning GiBs. */
+#define PINNED_ROWS_MAX 256
 
 struct ereq {
         struct sched_req s;     /* first: sched hands back sched_req pointers */
@@ -48,6 +52,14 @@ struct msg {
         struct ereq *req;
 };
 
+/* One row sampled on the host, maybe on a pool thread: reads only its request's tokens and parameters. */
+struct sample_job {
+        struct ereq *r;
+        float *row;
+        struct sampler_result res;
+        int ret;
+};
+
 struct rate_bucket {
         uint64_t second;
         uint64_t generated, prefilled;
@@ -59,9 +71,13 @@ struct engine {
         uint32_t max_len;               /* min(max_model_len, full pages * B) */
         struct kv_pool *pool;
         struct sched *sched;
-        struct sampler *sampler;
+        struct sample_pool *samplers;   /* worker 0's sampler also scores */
+        struct sample_job *jobs;        /* [cap_seqs] */
         float *logits;
         uint64_t logits_rows;
+        bool logits_pinned;             /* from ops->host_alloc */
+        int32_t *greedy;                /* [cap_seqs]: tokens of a forward_greedy step */
+        bool greedy_off;                /* the backend has no forward_greedy, or switched it off */
         struct backend_seq *seqs;
         uint32_t cap_seqs;
         struct ereq *live;              /* every accepted request not yet finished */
@@ -597,20 +613,53 @@ static int append_token(struct ereq *r, int32_t t) {
         return 0;
 }
 
+static void free_logits(struct engine *e) {
+        if (e->logits_pinned)
+                e->p.ops->host_free(e->p.backend, e->logits);
+        else
+                free(e->logits);
+        e->logits = NULL;
+        e->logits_rows = 0;
+        e->logits_pinned = false;
+}
+
 static int ensure_buffers(struct engine *e, uint32_t n_seqs, uint64_t rows) {
         if (n_seqs > e->cap_seqs) {
                 struct backend_seq *v = realloc(e->seqs, sizeof(*v) * n_seqs);
                 if (!v)
                         return -ENOMEM;
                 e->seqs = v;
+                int32_t *g = realloc(e->greedy, sizeof(*g) * n_seqs);
+                if (!g)
+                        return -ENOMEM;
+                e->greedy = g;
+                struct sample_job *j = realloc(e->jobs, sizeof(*j) * n_seqs);
+                if (!j)
+                        return -ENOMEM;
+                e->jobs = j;
                 e->cap_seqs = n_seqs;
         }
         if (rows > e->logits_rows) {
-                float *l = realloc(e->logits, sizeof(float) * rows * e->p.vocab_size);
+                /* grow by powers of two: each growth of a pinned buffer costs milliseconds */
+                uint64_t want = 1;
+                while (want < rows)
+                        want *= 2;
+                float *l = NULL;
+                bool pinned = false;
+                if (e->p.ops->host_alloc && e->p.ops->host_free && want <= PINNED_ROWS_MAX) {
+                        l = e->p.ops->host_alloc(e->p.backend, sizeof(float) * want * e->p.vocab_size);
+                        pinned = l != NULL;
+                }
+                if (!l) {
+                        want = rows;
+                        l = malloc(sizeof(float) * want * e->p.vocab_size);
+                }
                 if (!l)
                         return -ENOMEM;
+                free_logits(e);
                 e->logits = l;
-                e->logits_rows = rows;
+                e->logits_pinned = pinned;
+                e->logits_rows = want;
         }
         return 0;
 }
@@ -653,7 +702,7 @@ static int score_rows(struct engine *e, struct ereq *r, uint32_t pos, uint32_t n
                 if (p + 1 >= r->s.n_prompt)
                         break;
                 struct sampler_result res;
-                int ret = sampler_score(e->sampler, rows + (uint64_t) t * e->p.vocab_size,
+                int ret = sampler_score(sample_pool_sampler(e->samplers), rows + (uint64_t) t * e->p.vocab_size,
                                         r->s.tokens[p + 1], n_top, &res);
                 if (ret < 0)
                         return ret;
@@ -681,9 +730,56 @@ static void emit_score(struct engine *e, struct ereq *r) {
         event_push(e, ev);
 }
 
-/* After the backend step: commit KV, sample, emit. */
-static void process_entry(struct engine *e, const struct sched_entry *en, const float *rows, uint64_t now,
-                          uint64_t *generated) {
+/* Whether the entry's step ends its prefill (or decodes): only then is a token sampled. */
+static bool entry_samples(const struct sched_entry *en) {
+        const struct ereq *r = (const struct ereq *) en->req;
+        return r->s.kind != SCHED_KIND_SCORE && (uint64_t) r->s.kv.n_tokens + en->n_tokens >= r->s.n_tokens;
+}
+
+/* Whether this entry's step needs its logits row(s) on the host. A row that is plain greedy (temperature 0,
+ * no penalty, no logprobs) is the backend's argmax, and a mid-prefill chunk's row is not read at all. */
+static bool entry_needs_logits(const struct sched_entry *en) {
+        const struct ereq *r = (const struct ereq *) en->req;
+        const struct sampling_params *p = &r->params;
+        if (r->s.kind == SCHED_KIND_SCORE)
+                return true;
+        if (!entry_samples(en))
+                return false;   /* mid-prefill: process_entry returns before sampling */
+        return !(p->temperature == 0.0f && p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
+                 p->frequency_penalty == 0.0f && p->logprobs == 0);
+}
+
+static void sample_job_run(void *arg, uint32_t i, struct sampler *s) {
+        struct sample_job *j = &((struct sample_job *) arg)[i];
+        struct ereq *r = j->r;
+        if (!r)
+                return;
+        struct sampling_params sp = r->params;
+        sp.seed = r->seed;
+        /* the sampler modifies the row in place, which is fine: the next forward rewrites it */
+        j->ret = sampler_sample(s, j->row, r->s.tokens, r->s.n_prompt, r->s.n_tokens - r->s.n_prompt, &sp,
+                                &j->res);
+}
+
+/* Sample every row of the step that needs it, on the pool (before process_entry commits anything). */
+static void sample_step(struct engine *e, const struct sched_plan *plan) {
+        uint64_t row = 0;
+        for (uint32_t i = 0; i < plan->n_entries; i++) {
+                const struct sched_entry *en = &plan->entries[i];
+                e->jobs[i] = (struct sample_job) {
+                        .r = entry_samples(en) ? (struct ereq *) en->req : NULL,
+                        .row = e->logits + row * e->p.vocab_size,
+                };
+                row += en->req->kind == SCHED_KIND_SCORE ? en->n_tokens : 1;
+        }
+        sample_pool_run(e->samplers, plan->n_entries, sample_job_run, e->jobs);
+}
+
+/* After the backend step: commit KV, emit. For generation, `job` holds the sampled token (from the pool,
+ * or a forward_greedy step's argmax: the sampler's answer for such a row, logprob 0); score rows are
+ * scored here from `rows`. */
+static void process_entry(struct engine *e, const struct sched_entry *en, const float *rows,
+                          const struct sample_job *job, uint64_t now, uint64_t *generated) {
         struct ereq *r = (struct ereq *) en->req;
         uint32_t pos = r->s.kv.n_tokens;
         int ret = kv_pool_commit(e->pool, &r->s.kv, r->s.tokens, en->n_tokens);
@@ -712,13 +808,8 @@ static void process_entry(struct engine *e, const struct sched_entry *en, const 
                 r->snapshot_taken = true;
         }
 
-        /* rows is only read here; the sampler modifies its own copy of the row in place, which is
-         * fine: the buffer is rewritten by the next forward */
-        struct sampling_params sp = r->params;
-        sp.seed = r->seed;
-        struct sampler_result res;
-        uint32_t n_gen = r->s.n_tokens - r->s.n_prompt;
-        ret = sampler_sample(e->sampler, (float *) rows, r->s.tokens, r->s.n_prompt, n_gen, &sp, &res);
+        const struct sampler_result res = job->res;
+        ret = job->ret;
         if (ret == 0)
                 ret = append_token(r, res.token);
         if (ret < 0) {
@@ -793,9 +884,12 @@ static int engine_step(struct engine *e, bool threaded) {
         }
 
         uint64_t rows = 0;
-        for (uint32_t i = 0; i < plan->n_entries; i++)
+        bool greedy = !e->greedy_off;
+        for (uint32_t i = 0; i < plan->n_entries; i++) {
                 rows += plan->entries[i].req->kind == SCHED_KIND_SCORE ? plan->entries[i].n_tokens : 1;
-        ret = ensure_buffers(e, plan->n_entries, rows);
+                greedy = greedy && !entry_needs_logits(&plan->entries[i]);
+        }
+        ret = ensure_buffers(e, plan->n_entries, greedy ? 0 : rows);
         if (ret < 0) {
                 fail_plan(e, plan, "out of memory for the step's logits");
                 publish_status(e, now);
@@ -824,7 +918,18 @@ static int engine_step(struct engine *e, bool threaded) {
                 };
         }
         struct backend_batch batch = { .seqs = e->seqs, .n_seqs = plan->n_entries };
-        ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
+        if (greedy) {
+                ret = e->p.ops->forward_greedy(e->p.backend, &batch, e->greedy);
+                if (ret == -EOPNOTSUPP) {
+                        e->greedy_off = true;
+                        greedy = false;
+                        ret = ensure_buffers(e, plan->n_entries, rows);
+                        if (ret == 0)
+                                ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
+                }
+        } else {
+                ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
+        }
         e->steps++;
         if (ret < 0) {
                 log_error_errno(ret, "engine: backend step failed");
@@ -846,12 +951,19 @@ static int engine_step(struct engine *e, bool threaded) {
                 return 1;
         }
 
+        if (greedy) {
+                for (uint32_t i = 0; i < plan->n_entries; i++)
+                        e->jobs[i] = (struct sample_job) { .res = { .token = e->greedy[i] } };
+        } else {
+                sample_step(e, plan);
+        }
         now = engine_now_ns();
         uint64_t generated = 0, row = 0;
         for (uint32_t i = 0; i < plan->n_entries; i++) {
                 const struct sched_entry *en = &plan->entries[i];
                 uint32_t n_rows = en->req->kind == SCHED_KIND_SCORE ? en->n_tokens : 1;
-                process_entry(e, en, e->logits + row * e->p.vocab_size, now, &generated);
+                process_entry(e, en, greedy ? NULL : e->logits + row * e->p.vocab_size, &e->jobs[i], now,
+                              &generated);
                 row += n_rows;
         }
         rate_add(e, now, generated, prefilled);
@@ -933,6 +1045,21 @@ void engine_stop(struct engine *e) {
 
 /* ---- life cycle ---- */
 
+static uint32_t sample_threads(const struct engine_params *p) {
+        if (p->sample_threads)
+                return p->sample_threads;
+        const char *env = getenv("GEMMA4D_SAMPLE_THREADS");
+        if (env && *env) {
+                char *end;
+                unsigned long v = strtoul(env, &end, 10);
+                if (*end == '\0' && v >= 1 && v <= 256)
+                        return (uint32_t) v;
+                log_warning("engine: GEMMA4D_SAMPLE_THREADS=%s is not a number 1..256; ignored", env);
+        }
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n < 1 ? 1 : n > 8 ? 8 : (uint32_t) n;
+}
+
 int engine_new(const struct engine_params *p, struct engine **ret, char **reterr) {
         char *msg = NULL;
         int r = -EINVAL;
@@ -952,6 +1079,7 @@ int engine_new(const struct engine_params *p, struct engine **ret, char **reterr
                 goto fail_early;
         }
         e->p = *p;
+        e->greedy_off = !p->ops->forward_greedy;
         if (e->p.score_chunk == 0)
                 e->p.score_chunk = 64;
         pthread_mutex_init(&e->in_lock, NULL);
@@ -991,7 +1119,7 @@ int engine_new(const struct engine_params *p, struct engine **ret, char **reterr
                 .score_chunk = e->p.score_chunk,
         };
         if ((r = kv_pool_new(&pp, &e->pool)) < 0 || (r = sched_new(&sp, e->pool, &e->sched)) < 0 ||
-            (r = sampler_new(p->vocab_size, &e->sampler)) < 0) {
+            (r = sample_pool_new(sample_threads(p), p->vocab_size, &e->samplers)) < 0) {
                 msg = strdup("engine: out of memory");
                 goto fail;
         }
@@ -1031,8 +1159,10 @@ struct engine *engine_free(struct engine *e) {
         }
         sched_free(e->sched);
         kv_pool_free(e->pool);
-        sampler_free(e->sampler);
-        free(e->logits);
+        sample_pool_free(e->samplers);
+        free(e->jobs);
+        free_logits(e);
+        free(e->greedy);
         free(e->seqs);
         pthread_mutex_destroy(&e->in_lock);
         pthread_cond_destroy(&e->in_cond);

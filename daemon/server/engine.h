@@ -49,6 +49,9 @@ struct engine_params {
         uint32_t aging_ms;
         bool prefix_cache;
         uint32_t score_chunk;           /* 0 = 64: all-logits tokens per score request per step */
+        /* Threads that sample a step's rows on the host (the engine thread counts as one). 0 = the
+         * environment's GEMMA4D_SAMPLE_THREADS, else min(online CPUs, 8). Results never depend on it. */
+        uint32_t sample_threads;
         /* Called from the engine thread after events were queued. May be NULL. */
         void (*wake)(void *userdata);
         void *wake_userdata;

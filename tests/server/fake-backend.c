@@ -2,6 +2,7 @@
 #include "fake-backend.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,8 @@ struct backend {
         uint32_t ring;
         struct kv_row *full, *sliding;
         uint64_t *full_stamp, *sliding_stamp;   /* step that last claimed a page for writing */
-        uint64_t steps, tokens, forward_ns;
+        uint64_t steps, tokens, forward_ns, greedy_steps;
+        uint64_t host_live, host_allocs;
         float *base_row;                /* fast mode */
         uint32_t max_seqs;
         char error[512];
@@ -297,13 +299,82 @@ static int fake_forward_checked(struct backend *b, const struct backend_batch *b
         return 0;
 }
 
+/* The greedy op: the same step, then the argmax of each sequence's row with the sampler's rule (NaN never
+ * wins, ties keep the lowest id), as a device backend computes it without copying the logits out. */
+static int fake_forward_greedy(struct backend *b, const struct backend_batch *batch, int32_t *ret_tokens) {
+        if (b->p.no_greedy)
+                return -EOPNOTSUPP;
+        for (uint32_t si = 0; si < batch->n_seqs; si++)
+                if (batch->seqs[si].all_logits)
+                        return check_fail(b, "forward_greedy: seq %u asks for all logits", si);
+        /* all of it counts as backend time (a device backend does the argmax there) */
+        uint64_t t0 = mono_ns(), inner = b->forward_ns;
+        float *l = malloc(sizeof(float) * b->p.vocab * (batch->n_seqs ? batch->n_seqs : 1));
+        if (!l)
+                return -ENOMEM;
+        int r = fake_forward(b, batch, l);
+        if (r == 0) {
+                for (uint32_t si = 0; si < batch->n_seqs; si++) {
+                        const float *row = l + (uint64_t) si * b->p.vocab;
+                        uint32_t best = 0;
+                        float best_v = -INFINITY;
+                        for (uint32_t v = 0; v < b->p.vocab; v++)
+                                if (row[v] > best_v) {
+                                        best_v = row[v];
+                                        best = v;
+                                }
+                        ret_tokens[si] = (int32_t) best;
+                }
+                b->greedy_steps++;
+        }
+        free(l);
+        b->forward_ns = inner + (mono_ns() - t0);
+        return r;
+}
+
+static void *fake_host_alloc(struct backend *b, size_t bytes) {
+        if (b->p.no_host_alloc)
+                return NULL;
+        void *p = malloc(bytes ? bytes : 1);
+        if (p) {
+                b->host_live++;
+                b->host_allocs++;
+        }
+        return p;
+}
+
+static void fake_host_free(struct backend *b, void *p) {
+        if (!p)
+                return;
+        if (b->host_live == 0)
+                check_fail(b, "host_free of a block never handed out");
+        else
+                b->host_live--;
+        free(p);
+}
+
 const struct backend_ops fake_backend_ops = {
         .name = "fake",
         .create = fake_create,
         .destroy = fake_destroy,
         .get_capacity = fake_get_capacity,
         .forward = fake_forward,
+        .forward_greedy = fake_forward_greedy,
+        .host_alloc = fake_host_alloc,
+        .host_free = fake_host_free,
 };
+
+uint64_t fake_backend_host_live(struct backend *b) {
+        return b->host_live;
+}
+
+uint64_t fake_backend_host_allocs(struct backend *b) {
+        return b->host_allocs;
+}
+
+uint64_t fake_backend_greedy_steps(struct backend *b) {
+        return b->greedy_steps;
+}
 
 const char *fake_backend_error(struct backend *b) {
         return b->error;

@@ -32,6 +32,10 @@ struct fake_params {
         /* Benchmark mode: no checks, logits = a fixed random row plus a bump at a token derived from the
          * prefix state (still a pure function of the tokens); forward time is accumulated. */
         bool fast;
+        /* forward_greedy answers -EOPNOTSUPP (a backend that switched it off) */
+        bool no_greedy;
+        /* host_alloc declines (returns NULL), as a backend without page-locked memory to give */
+        bool no_host_alloc;
 };
 
 extern const struct backend_ops fake_backend_ops;
@@ -44,6 +48,10 @@ uint64_t fake_backend_tokens(struct backend *b);       /* tokens computed (prefi
 uint32_t fake_backend_max_seqs(struct backend *b);     /* most sequences seen in one step */
 void fake_backend_set_fail(struct backend *b, uint64_t at_step, int error);
 uint64_t fake_backend_forward_ns(struct backend *b);   /* time spent inside forward() */
+uint64_t fake_backend_greedy_steps(struct backend *b); /* steps run through forward_greedy */
+/* host_alloc blocks handed out and not yet given back; total handed out */
+uint64_t fake_backend_host_live(struct backend *b);
+uint64_t fake_backend_host_allocs(struct backend *b);
 
 /* The greedy continuation the fake model gives a prompt, computed directly (no engine): the oracle for
  * "same output as run alone". Stops at a stop id (included in out) or after max_tokens. */

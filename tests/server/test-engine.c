@@ -52,6 +52,7 @@ struct fixture {
 
 struct limits {
         uint32_t max_num_seqs, max_batched_tokens, max_queue, max_model_len, aging_ms, score_chunk;
+        uint32_t sample_threads;
         bool no_prefix_cache;
         bool no_stops;          /* requests run to max_tokens, for timing-driven tests */
 };
@@ -77,6 +78,7 @@ static struct fixture *fixture_new(const struct fake_params *fp_in, const struct
                 .aging_ms = l ? l->aging_ms : 0,
                 .prefix_cache = !(l && l->no_prefix_cache),
                 .score_chunk = l ? l->score_chunk : 0,
+                .sample_threads = l && l->sample_threads ? l->sample_threads : 1,
         };
         char *err = NULL;
         int r = engine_new(&p, &f->e, &err);
@@ -87,6 +89,10 @@ static struct fixture *fixture_new(const struct fake_params *fp_in, const struct
 
 static void fixture_free(struct fixture *f) {
         f->e = engine_free(f->e);
+        /* every logits buffer from host_alloc went back through host_free, before the backend goes */
+        assert_int_equal(fake_backend_host_live(f->b), 0);
+        if (fake_backend_error(f->b)[0])
+                fail_msg("fake backend check: %s", fake_backend_error(f->b));
         fake_backend_ops.destroy(f->b);
         free(f);
 }
@@ -970,6 +976,143 @@ static void test_thread(void **state) {
         fixture_free(f);
 }
 
+/* Submit with explicit sampling parameters (greedy-path tests). */
+static int submit_params(struct fixture *f, uint64_t id, const int32_t *prompt, uint32_t n,
+                         const struct sampling_params *sp, enum engine_kind kind) {
+        struct engine_request rq = { .conn_id = 1, .req_id = id, .kind = kind, .tokens = prompt, .n_tokens = n };
+        rq.params = *sp;
+        return engine_submit(f->e, &rq, NULL, 0);
+}
+
+/* The backend's greedy op is used for a step exactly when no row of it is needed on the host, and gives
+ * the same tokens as sampling the logits. */
+static void test_greedy_fast_path(void **state) {
+        struct limits l = { .max_batched_tokens = 16 };
+        struct fixture *f = fixture_new(NULL, &l);
+        int32_t p[4][40];
+        for (uint32_t i = 0; i < 4; i++)
+                make_prompt(p[i], 12 + 9 * i, 40 + i, 0);
+        struct sampling_params plain;
+        sampling_params_init(&plain);
+        plain.temperature = 0;
+        plain.max_tokens = 24;
+        plain.logprobs = 0;
+
+        /* plain greedy: every step (chunked prefill of 39 tokens included) takes the fast path */
+        assert_int_equal(submit_params(f, 0, p[3], 39, &plain, ENGINE_KIND_GENERATE), 0);
+        run_until_done(f, 1);
+        check_reference(f, 0, p[3], 39, 24);
+        for (uint32_t i = 0; i < f->res[0].n; i++)
+                assert_true(f->res[0].lps[i] == 0.0f);
+        assert_true(fake_backend_greedy_steps(f->b) > 0);
+        assert_int_equal(fake_backend_greedy_steps(f->b), fake_backend_steps(f->b));
+        assert_int_equal(fake_backend_host_allocs(f->b), 0);    /* no logits buffer was even needed */
+
+        /* anything that reads the row on the host keeps the slow path: logprobs, each penalty, sampling */
+        uint64_t id = 1;
+        for (int k = 0; k < 5; k++, id++) {
+                struct sampling_params sp = plain;
+                switch (k) {
+                case 0: sp.logprobs = 1; break;
+                case 1: sp.repetition_penalty = 1.3f; break;
+                case 2: sp.presence_penalty = 0.5f; break;
+                case 3: sp.frequency_penalty = -0.5f; break;
+                case 4: sp.temperature = 0.7f; sp.seed = 9; sp.has_seed = true; break;
+                }
+                uint64_t g0 = fake_backend_greedy_steps(f->b), s0 = fake_backend_steps(f->b);
+                /* 12 tokens: one prefill step, so every step of this request needs its row */
+                assert_int_equal(submit_params(f, id, p[0], 12, &sp, ENGINE_KIND_GENERATE), 0);
+                run_until_done(f, (uint32_t) id + 1);
+                assert_true(fake_backend_steps(f->b) > s0);
+                assert_int_equal(fake_backend_greedy_steps(f->b), g0);
+                if (k == 0)
+                        check_reference(f, id, p[0], 12, 24);
+        }
+
+        /* a score request in the step forces the slow path for everyone in it */
+        struct sampling_params sc = plain;
+        sc.logprobs = 1;
+        uint64_t g0 = fake_backend_greedy_steps(f->b);
+        assert_int_equal(submit_params(f, id, p[1], 21, &sc, ENGINE_KIND_SCORE), 0);
+        run_until_done(f, (uint32_t) id + 1);
+        assert_int_equal(fake_backend_greedy_steps(f->b), g0);
+        assert_int_equal(f->res[id].n_score, 20);
+        id++;
+
+        /* mixed batch: plain greedy next to a logprobs request; both equal their solo reference, and
+         * once the logprobs request is done the plain one continues on the fast path */
+        struct sampling_params lp = plain;
+        lp.logprobs = 1;
+        lp.max_tokens = 4;
+        g0 = fake_backend_greedy_steps(f->b);
+        assert_int_equal(submit_params(f, id, p[2], 30, &plain, ENGINE_KIND_GENERATE), 0);
+        assert_int_equal(submit_params(f, id + 1, p[1], 21, &lp, ENGINE_KIND_GENERATE), 0);
+        run_until_done(f, (uint32_t) id + 2);
+        check_reference(f, id, p[2], 30, 24);
+        check_reference(f, id + 1, p[1], 21, 4);
+        assert_true(fake_backend_greedy_steps(f->b) > g0);
+        assert_true(fake_backend_host_allocs(f->b) > 0);        /* the slow steps' buffer came from the backend */
+        assert_pool_empty(f);
+        fixture_free(f);
+
+        /* a backend that switched the op off: the engine falls back to forward() for good, same tokens */
+        struct fake_params fp = { .page_size = 4, .n_full_pages = 512, .n_sliding_pages = 256, .window = 16,
+                                  .vocab = VOCAB, .no_greedy = true };
+        f = fixture_new(&fp, &l);
+        assert_int_equal(submit_params(f, 0, p[3], 39, &plain, ENGINE_KIND_GENERATE), 0);
+        run_until_done(f, 1);
+        check_reference(f, 0, p[3], 39, 24);
+        assert_int_equal(fake_backend_greedy_steps(f->b), 0);
+        assert_pool_empty(f);
+        fixture_free(f);
+}
+
+/* Sampled requests (temperature, truncations, penalties, logprobs) give the same tokens and logprobs
+ * whether the step's rows are sampled by one thread or by a pool of four. */
+static void test_sampling_threads(void **state) {
+        static int32_t toks[2][12][MAX_OUT];
+        static float lps[2][12][MAX_OUT];
+        uint32_t n[2][12];
+        int32_t p[12][30];
+        for (uint32_t i = 0; i < 12; i++)
+                make_prompt(p[i], 10 + i, 70 + i, 0);
+        for (int run = 0; run < 2; run++) {
+                struct limits l = { .max_num_seqs = 12, .max_batched_tokens = 128, .sample_threads = run ? 4 : 1 };
+                /* the second run also has a backend that declines host_alloc: malloc'd logits instead */
+                struct fake_params fp = { .page_size = 4, .n_full_pages = 512, .n_sliding_pages = 256,
+                                          .window = 16, .vocab = VOCAB, .no_host_alloc = run == 1 };
+                struct fixture *f = fixture_new(&fp, &l);
+                for (uint32_t i = 0; i < 12; i++) {
+                        struct sampling_params sp;
+                        sampling_params_init(&sp);
+                        sp.max_tokens = 20;
+                        sp.temperature = i % 3 == 0 ? 0.0f : 0.6f + 0.1f * (float) i;
+                        sp.top_k = i % 2 ? 50 : 0;
+                        sp.top_p = i % 4 == 1 ? 0.8f : 1.0f;
+                        sp.repetition_penalty = i % 5 == 0 ? 1.1f : 1.0f;
+                        sp.frequency_penalty = i % 3 == 2 ? 0.2f : 0.0f;
+                        sp.logprobs = i % 3;
+                        sp.seed = 77 + i;
+                        sp.has_seed = true;
+                        assert_int_equal(submit_params(f, i, p[i], 10 + i, &sp, ENGINE_KIND_GENERATE), 0);
+                }
+                run_until_done(f, 12);
+                for (uint32_t i = 0; i < 12; i++) {
+                        n[run][i] = f->res[i].n;
+                        memcpy(toks[run][i], f->res[i].toks, sizeof(int32_t) * f->res[i].n);
+                        memcpy(lps[run][i], f->res[i].lps, sizeof(float) * f->res[i].n);
+                }
+                assert_int_equal(fake_backend_greedy_steps(f->b), 0);
+                assert_pool_empty(f);
+                fixture_free(f);
+        }
+        for (uint32_t i = 0; i < 12; i++) {
+                assert_int_equal(n[0][i], n[1][i]);
+                assert_memory_equal(toks[0][i], toks[1][i], sizeof(int32_t) * n[0][i]);
+                assert_memory_equal(lps[0][i], lps[1][i], sizeof(float) * n[0][i]);
+        }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_single),
@@ -988,6 +1131,8 @@ int main(void) {
                 cmocka_unit_test(test_duplicate_id),
                 cmocka_unit_test(test_random_mix),
                 cmocka_unit_test(test_thread),
+                cmocka_unit_test(test_greedy_fast_path),
+                cmocka_unit_test(test_sampling_threads),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

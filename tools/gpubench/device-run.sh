@@ -7,7 +7,7 @@ export LD_LIBRARY_PATH=$PWD/lib
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 MODE=${1:-all}
 if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
-  for t in norm gemm attention; do
+  for t in norm gemm attention argmax; do
     timeout 200 bin/test-kernel-$t > $OUT/$t.log 2>&1; echo "kernel-$t rc=$? ok=$(grep -c '^ok' $OUT/$t.log) notok=$(grep -c '^not ok' $OUT/$t.log)"
     grep '^not ok' $OUT/$t.log | head -5
   done

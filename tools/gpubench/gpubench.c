@@ -22,7 +22,7 @@ struct opts {
         const char *model;
         enum kv_dtype kv;
         uint32_t page, prefill, prompt, decode, streams, stream_prompt, stream_decode, repeats;
-        bool profile, head_bf16;
+        bool profile, head_bf16, greedy;
 };
 
 static double now(void) {
@@ -110,6 +110,7 @@ static int prefill(struct bench *b, uint32_t slot, const int32_t *tok, uint32_t 
 }
 
 static double fwd_seconds;     /* time inside forward() during the last decode_streams() */
+static bool use_greedy;         /* --greedy: decode through forward_greedy (argmax on the device) */
 
 /* n_streams sequences that each have `prompt` tokens: decode `steps` steps together; returns seconds */
 static double decode_streams(struct bench *b, uint32_t n_streams, uint32_t prompt, uint32_t steps, int *ret) {
@@ -127,6 +128,11 @@ static double decode_streams(struct bench *b, uint32_t n_streams, uint32_t promp
                         s[i] = seq_at(b, i, &tok[i], 1, prompt + step, false);
                 struct backend_batch bt = {s, n_streams};
                 double f0 = now();
+                if (use_greedy) {
+                        r = b->ops->forward_greedy(b->be, &bt, tok);
+                        fwd_seconds += now() - f0;
+                        continue;
+                }
                 r = b->ops->forward(b->be, &bt, b->logits);
                 fwd_seconds += now() - f0;
                 if (r == 0)
@@ -151,11 +157,12 @@ static void usage(void) {
                "  --stream-decode N    decode steps with all streams (default 256)\n"
                "  --repeats N          timed repeats of each figure (default 3)\n"
                "  --head-bf16          BF16 LM head instead of the FP8 copy\n"
+               "  --greedy             decode through forward_greedy (argmax on the device, no logits copy)\n"
                "  --profile            per-op breakdown of decode steps and of the prefill\n");
 }
 
 int main(int argc, char **argv) {
-        struct opts o = {NULL, KV_DTYPE_FP8, 16, 8192, 38, 256, 64, 256, 256, 3, false, false};
+        struct opts o = {NULL, KV_DTYPE_FP8, 16, 8192, 38, 256, 64, 256, 256, 3, false, false, false};
         static const struct option lo[] = {
                 {"model", required_argument, NULL, 'm'},  {"kv", required_argument, NULL, 'k'},
                 {"page-size", required_argument, NULL, 'B'}, {"prefill", required_argument, NULL, 'P'},
@@ -163,6 +170,7 @@ int main(int argc, char **argv) {
                 {"streams", required_argument, NULL, 's'}, {"stream-prompt", required_argument, NULL, 'q'},
                 {"stream-decode", required_argument, NULL, 'D'}, {"repeats", required_argument, NULL, 'r'},
                 {"profile", no_argument, NULL, 'x'}, {"head-bf16", no_argument, NULL, 'H'},
+                {"greedy", no_argument, NULL, 'g'},
                 {"help", no_argument, NULL, 'h'}, {0},
         };
         int c, r;
@@ -180,6 +188,7 @@ int main(int argc, char **argv) {
                 case 'r': o.repeats = (uint32_t) strtoul(optarg, NULL, 10); break;
                 case 'x': o.profile = true; break;
                 case 'H': o.head_bf16 = true; break;
+                case 'g': o.greedy = true; break;
                 case 'h': usage(); return 0;
                 default: usage(); return 2;
                 }
@@ -220,6 +229,7 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "gemma4-gpubench: built without the CUDA backend\n");
                 return 1;
         }
+        use_greedy = o.greedy && b.ops->forward_greedy;
         r = b.ops->create(m, &p, &b.be, &err);
         if (r < 0) {
                 fprintf(stderr, "gemma4-gpubench: %s\n", err ? err : strerror(-r));
