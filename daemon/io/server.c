@@ -559,6 +559,7 @@ static void sampling_from_proto(const struct proto_params *pp, uint32_t prompt_l
         sp->has_seed = (pp->present & PROTO_PARAM_SEED) != 0;
         sp->seed = pp->seed;
         sp->logprobs = pp->logprobs > 0 ? (uint32_t) pp->logprobs : 0;
+        sp->logprob = pp->logprobs >= 0;        /* logprobs 0: the sampled token's own logprob */
         sp->priority = pp->priority;
         sp->deadline_ms = pp->deadline_ms;
 }

@@ -746,7 +746,7 @@ static bool entry_needs_logits(const struct sched_entry *en) {
         if (!entry_samples(en))
                 return false;   /* mid-prefill: process_entry returns before sampling */
         return !(p->temperature == 0.0f && p->repetition_penalty == 1.0f && p->presence_penalty == 0.0f &&
-                 p->frequency_penalty == 0.0f && p->logprobs == 0);
+                 p->frequency_penalty == 0.0f && p->logprobs == 0 && !p->logprob);
 }
 
 static void sample_job_run(void *arg, uint32_t i, struct sampler *s) {

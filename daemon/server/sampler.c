@@ -289,7 +289,7 @@ int sampler_sample(struct sampler *s, float *l, const int32_t *tokens, uint32_t 
                                 best = i;
                         }
                 r.token = (int32_t) best;
-                if (p->logprobs > 0) {
+                if (p->logprobs > 0 || p->logprob) {
                         log_sum_exp(l, v, &m, &lse);
                         r.logprob = (float) (clean(l[best]) - lse);
                         fill_top(l, v, lse, p->logprobs, &r);

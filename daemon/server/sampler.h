@@ -67,6 +67,8 @@ struct sampling_params {
         uint64_t seed;
         bool has_seed;                  /* false: the engine derives a seed from the request id and time */
         uint32_t logprobs;              /* top-N alternatives per token, 0..SAMPLER_MAX_LOGPROBS */
+        bool logprob;                   /* report the chosen token's logprob even with logprobs 0 (the
+                                         * protocol's logprobs: 0); implied by logprobs > 0 */
         int32_t priority;               /* nice-style, -20..19, lower runs first */
         uint32_t deadline_ms;           /* 0 = none; counted from submission */
 };

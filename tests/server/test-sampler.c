@@ -106,6 +106,12 @@ static void test_greedy(void **state) {
         struct sampler_result r;
         assert_int_equal(sample(s, l, 6, &p, NULL, 0, 0, &r), 1);     /* tie: lowest id */
         assert_true(r.logprob == 0);                                    /* not requested */
+        /* regression: logprobs 0 on the wire ("the sampled token only") must still give its logprob */
+        p.logprob = true;
+        assert_int_equal(sample(s, l, 6, &p, NULL, 0, 0, &r), 1);
+        assert_float_equal(r.logprob, 2.0 - log(exp(0.5) + exp(2.0) * 2 + exp(-1.0) + exp(1.0)), 1e-5);
+        assert_int_equal(r.n_top, 0);
+        p.logprob = false;
         p.logprobs = 1;
         assert_int_equal(sample(s, l, 6, &p, NULL, 0, 0, &r), 1);
         /* logprob = log softmax at T = 1, NaN counted as -inf */
