@@ -10,6 +10,17 @@ APT_PACKAGES=(
         scdoc valgrind python3 nodejs npm systemd
 )
 
+# A /dev/null that something replaced with a regular file (a stray `mv x /dev/null` as root) turns
+# every "discard" into a shared scratch file and breaks tests in confusing ways: repair it when we can.
+if [ ! -c /dev/null ]; then
+        if [ "$(id -u)" -eq 0 ]; then
+                echo "setup: /dev/null is not a character device; recreating it"
+                rm -f /dev/null && mknod -m 666 /dev/null c 1 3
+        else
+                echo "setup: warning: /dev/null is not a character device" >&2
+        fi
+fi
+
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
         SUDO="sudo"
