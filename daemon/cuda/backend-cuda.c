@@ -553,6 +553,8 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
         }
         if ((r = alloc_activations(b, reterr)) < 0)
                 goto fail;
+        if (b->p.progress)
+                b->p.progress(b->p.progress_userdata, "building the KV pool", 1.0);
         if ((r = alloc_kv(b, reterr)) < 0)
                 goto fail;
         for (uint32_t l = 0; l < m->cfg.n_layers; l++) {

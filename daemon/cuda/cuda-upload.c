@@ -131,9 +131,12 @@ static void progress(struct uploader *u, uint64_t bytes) {
         if (!u->p->progress || u->bytes_total == 0)
                 return;
         /* report about every 1 % */
-        if (before * 100 / u->bytes_total != u->bytes_done * 100 / u->bytes_total)
-                u->p->progress(u->p->progress_userdata, "uploading weights",
-                               (double) u->bytes_done / (double) u->bytes_total);
+        if (before * 100 / u->bytes_total != u->bytes_done * 100 / u->bytes_total) {
+                char phase[64];
+                snprintf(phase, sizeof phase, "loading weights %.1f/%.1f GiB",
+                         (double) u->bytes_done / (1u << 30), (double) u->bytes_total / (1u << 30));
+                u->p->progress(u->p->progress_userdata, phase, (double) u->bytes_done / (double) u->bytes_total);
+        }
 }
 
 /* Host bytes -> device through the pinned buffer. */
