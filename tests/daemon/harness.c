@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -165,6 +166,11 @@ int daemon_start(struct daemon *d, const struct daemon_opts *o) {
         if (d->pid < 0)
                 return -errno;
         if (d->pid == 0) {
+                /* A test that fails between start and stop skips its stop: the daemon must not outlive the
+                 * test program (CI and the next runs would inherit it). */
+                pid_t parent = getppid();
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(125);
                 char *argv[] = { (char *) h_build_path("daemon/gemma4d"), (char *) "--config", d->config,
                                  (char *) "--backend", (char *) "cpu", (char *) "--model", (char *) o->model,
                                  (char *) "--socket", d->sock, (char *) "--set", (char *) "cpu.threads=1",
