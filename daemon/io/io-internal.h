@@ -97,6 +97,7 @@ struct boot_result {
 struct server {
         uv_loop_t *loop;
         struct gemma4d_config cfg;
+        struct gemma4d_config boot_cfg;  /* the boot thread's own copy: SIGHUP may change cfg meanwhile */
         daemon_reload_fn reload;
         void *reload_userdata;
         enum daemon_state state;

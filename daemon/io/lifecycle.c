@@ -98,7 +98,7 @@ static int special_lookup(void *userdata, const char *text, uint32_t *ret_id) {
 static void boot_thread_main(void *arg) {
         struct server *srv = arg;
         struct boot_result *b = &srv->boot;
-        const struct gemma4d_config *cfg = &srv->cfg;
+        const struct gemma4d_config *cfg = &srv->boot_cfg;
         char *err = NULL;
         double t0 = now_s(), t1;
         int r;
@@ -417,7 +417,8 @@ int daemon_run(const struct gemma4d_config *cfg, daemon_reload_fn reload, void *
                                period_ms ? period_ms : 1);
                 log_debug("watchdog: every %llu ms", (unsigned long long) period_ms);
         }
-        if (uv_thread_create(&srv->boot_thread, boot_thread_main, srv) != 0) {
+        if (config_copy(&srv->cfg, &srv->boot_cfg) < 0 ||
+            uv_thread_create(&srv->boot_thread, boot_thread_main, srv) != 0) {
                 log_error("cannot start the boot thread");
                 status = EXIT_FAILURE;
                 goto finish;
@@ -454,6 +455,7 @@ finish:
         (void) uv_loop_close(&loop);
         uv_mutex_destroy(&srv->boot_lock);
         config_done(&srv->cfg);
+        config_done(&srv->boot_cfg);
         free(srv);
         log_info("stopped");
         return status;
