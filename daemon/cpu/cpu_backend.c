@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "backend-debug.h"
 #include "cpu/cpu_kernels.h"
 #include "cpu/cpu_pool.h"
 
@@ -98,6 +99,7 @@ struct backend {
         struct step_seq *steps;
         struct gemm_job *jobs;
         uint32_t max_jobs;
+        float *dbg_capture;             /* backend-debug.h capture(), during that call only */
 };
 
 static int set_err(char **reterr, int r, const char *fmt, ...) {
@@ -1064,31 +1066,12 @@ static void ffn_block(struct backend *b, const struct cpu_layer *L, uint32_t T) 
 /* ---------------------------------------------------------------------------------------------- */
 /* steps                                                                                           */
 
-static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T,
-                     float *logits) {
+/* Final norm of the rows that need logits, then the LM head in one GEMM; the step's rows are consecutive
+ * in the output, from the first sequence that has any. */
+static void head_rows(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, float *logits) {
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, V = c->vocab_size, n_rows = 0, first_row = 0;
 
-        for (uint32_t si = 0; si < n_seqs; si++)
-                for (uint32_t i = 0; i < seqs[si].n; i++) {
-                        float *x = b->x + (size_t) (seqs[si].tok0 + i) * H;
-                        int32_t id = seqs[si].tokens[i];
-                        if (b->embed.type == CPU_W_BF16) {
-                                const uint16_t *e = (const uint16_t *) b->embed.w + (size_t) id * H;
-                                for (uint32_t j = 0; j < H; j++)
-                                        x[j] = cpu_bf16_to_f32(e[j]) * b->embed_scale;
-                        } else {
-                                const float *e = (const float *) b->embed.w + (size_t) id * H;
-                                for (uint32_t j = 0; j < H; j++)
-                                        x[j] = e[j] * b->embed_scale;
-                        }
-                }
-        for (uint32_t li = 0; li < c->n_layers; li++) {
-                attention_block(b, &b->layers[li], seqs, n_seqs, T);
-                ffn_block(b, &b->layers[li], T);
-        }
-        /* final norm of the rows that need logits, then the LM head in one GEMM; the step's rows are
-         * consecutive in the output, from the first sequence that has any */
         for (uint32_t si = 0; si < n_seqs; si++) {
                 const struct step_seq *s = &seqs[si];
                 if (!s->logits)
@@ -1105,6 +1088,36 @@ static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_
                                         .softcap = c->final_logit_softcapping };
                 run_gemms(b, &job, 1);
         }
+}
+
+static void run_step(struct backend *b, const struct step_seq *seqs, uint32_t n_seqs, uint32_t T,
+                     float *logits) {
+        const struct model_config *c = &b->cfg;
+        uint32_t H = c->hidden_size;
+
+        for (uint32_t si = 0; si < n_seqs; si++)
+                for (uint32_t i = 0; i < seqs[si].n; i++) {
+                        float *x = b->x + (size_t) (seqs[si].tok0 + i) * H;
+                        int32_t id = seqs[si].tokens[i];
+                        if (b->embed.type == CPU_W_BF16) {
+                                const uint16_t *e = (const uint16_t *) b->embed.w + (size_t) id * H;
+                                for (uint32_t j = 0; j < H; j++)
+                                        x[j] = cpu_bf16_to_f32(e[j]) * b->embed_scale;
+                        } else {
+                                const float *e = (const float *) b->embed.w + (size_t) id * H;
+                                for (uint32_t j = 0; j < H; j++)
+                                        x[j] = e[j] * b->embed_scale;
+                        }
+                }
+        for (uint32_t li = 0; li < c->n_layers; li++) {
+                if (b->dbg_capture)
+                        memcpy(b->dbg_capture + (size_t) li * T * H, b->x, (size_t) T * H * sizeof(float));
+                attention_block(b, &b->layers[li], seqs, n_seqs, T);
+                ffn_block(b, &b->layers[li], T);
+        }
+        if (b->dbg_capture)
+                memcpy(b->dbg_capture + (size_t) c->n_layers * T * H, b->x, (size_t) T * H * sizeof(float));
+        head_rows(b, seqs, n_seqs, logits);
 }
 
 static int validate_seq(const struct backend *b, const struct backend_seq *s) {
@@ -1140,11 +1153,8 @@ static int validate_seq(const struct backend *b, const struct backend_seq *s) {
         return 0;
 }
 
-static int cpu_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
-        uint32_t row = 0, n_steps = 0, T = 0;
-        struct step_seq *steps = b->steps;
-
-        if (!b || !batch || !logits || (batch->n_seqs && !batch->seqs))
+static int validate_batch(const struct backend *b, const struct backend_batch *batch) {
+        if (!b || !batch || (batch->n_seqs && !batch->seqs))
                 return -EINVAL;
         if (batch->n_seqs > b->max_num_seqs)
                 return -E2BIG;
@@ -1153,6 +1163,20 @@ static int cpu_forward(struct backend *b, const struct backend_batch *batch, flo
                 if (r < 0)
                         return r;
         }
+        return 0;
+}
+
+static int cpu_forward(struct backend *b, const struct backend_batch *batch, float *logits) {
+        uint32_t row = 0, n_steps = 0, T = 0;
+        struct step_seq *steps;
+        int r;
+
+        if (!logits)
+                return -EINVAL;
+        r = validate_batch(b, batch);
+        if (r < 0)
+                return r;
+        steps = b->steps;
         /* Split into steps of at most max_batched_tokens tokens. Chunking a sequence is exact: every
          * token's arithmetic is independent of how the tokens are grouped. */
         for (uint32_t si = 0; si < batch->n_seqs; si++) {
@@ -1192,4 +1216,87 @@ const struct backend_ops backend_cpu_ops = {
         .destroy = cpu_destroy,
         .get_capacity = cpu_get_capacity,
         .forward = cpu_forward,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* debug ops (backend-debug.h): one step, the residual stream in and out                          */
+
+/* The batch as exactly one step, validated as forward() does; returns its token count. */
+static int plan_one_step(struct backend *b, const struct backend_batch *batch, uint32_t *ret_tokens) {
+        uint32_t T = 0, row = 0;
+        int r = validate_batch(b, batch);
+
+        if (r < 0)
+                return r;
+        if (batch->n_seqs == 0)
+                return -EINVAL;
+        for (uint32_t si = 0; si < batch->n_seqs; si++) {
+                const struct backend_seq *s = &batch->seqs[si];
+                struct step_seq *st = &b->steps[si];
+                if (s->n_tokens > b->max_batched_tokens - T)
+                        return -E2BIG;
+                *st = (struct step_seq) { .tokens = s->tokens, .n = s->n_tokens, .pos = s->pos, .tok0 = T,
+                                          .full_pages = s->full_pages, .sliding_pages = s->sliding_pages,
+                                          .logits = s->all_logits ? 2 : 1, .out_row = row };
+                row += s->all_logits ? s->n_tokens : 1;
+                T += s->n_tokens;
+        }
+        *ret_tokens = T;
+        return 0;
+}
+
+static int cpu_debug_capture(struct backend *b, const struct backend_batch *batch, float *logits,
+                             float *x_layers) {
+        uint32_t T;
+        int r;
+
+        if (!logits || !x_layers)
+                return -EINVAL;
+        r = plan_one_step(b, batch, &T);
+        if (r < 0)
+                return r;
+        b->dbg_capture = x_layers;
+        run_step(b, b->steps, batch->n_seqs, T, logits);
+        b->dbg_capture = NULL;
+        return 0;
+}
+
+static int cpu_debug_run_layer(struct backend *b, const struct backend_batch *batch, uint32_t layer,
+                               const float *x_in, float *y_out) {
+        uint32_t T;
+        size_t bytes;
+        int r;
+
+        if (!b || !x_in || !y_out || layer >= b->cfg.n_layers)
+                return -EINVAL;
+        r = plan_one_step(b, batch, &T);
+        if (r < 0)
+                return r;
+        bytes = (size_t) T * b->cfg.hidden_size * sizeof(float);
+        memcpy(b->x, x_in, bytes);
+        attention_block(b, &b->layers[layer], b->steps, batch->n_seqs, T);
+        ffn_block(b, &b->layers[layer], T);
+        memcpy(y_out, b->x, bytes);
+        return 0;
+}
+
+static int cpu_debug_head(struct backend *b, const struct backend_batch *batch, const float *x_in,
+                          float *logits) {
+        uint32_t T;
+        int r;
+
+        if (!b || !x_in || !logits)
+                return -EINVAL;
+        r = plan_one_step(b, batch, &T);
+        if (r < 0)
+                return r;
+        memcpy(b->x, x_in, (size_t) T * b->cfg.hidden_size * sizeof(float));
+        head_rows(b, b->steps, batch->n_seqs, logits);
+        return 0;
+}
+
+const struct backend_debug_ops backend_cpu_debug_ops = {
+        .capture = cpu_debug_capture,
+        .run_layer = cpu_debug_run_layer,
+        .head = cpu_debug_head,
 };

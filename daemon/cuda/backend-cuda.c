@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda-debug.h"
 #include "cuda-internal.h"
 #include "cuda-profile.h"
 #include "log.h"
@@ -85,6 +86,8 @@ struct backend {
         uint32_t prof_n;
         double prof_ms[PROF_CATS];
         uint64_t prof_steps;
+
+        struct cuda_debug *dbg;         /* backend-debug.h (cuda-debug.c): set during its calls only */
 };
 
 static const char *const prof_names[PROF_CATS] = {
@@ -769,6 +772,14 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 const struct kern_batch *bt = D->type == LAYER_FULL ? bt_full : bt_slide;
                 uint32_t qw = c->n_heads * D->head_dim;
 
+                if (b->dbg) {
+                        int k = cuda_debug_layer_in(b, l, T);
+                        if (k <= 0) {
+                                if (k < 0)
+                                        return k;
+                                continue;
+                        }
+                }
                 TRY(linear(b, &D->qkv, b->aq, b->a_scale, T, b->qkv));
                 prof_mark(b, P_QKV);
                 TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, b->stream));
@@ -818,6 +829,8 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                      D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, next, b->aq, b->a_scale,
                                      b->stream));
                 prof_mark(b, P_COMBINE);
+                if (b->dbg)
+                        TRY(cuda_debug_layer_out(b, l, T));
         }
         return 0;
 }
@@ -884,6 +897,11 @@ static int enqueue_step(struct backend *b, uint32_t T, uint32_t n_rows, size_t n
         bt_slide.seq_table0 = d + off[9];
         bt_slide.max_keys = max_win;
         TRY(run_layers(b, T, d + off[0], &bt_full, &bt_slide));
+        if (b->dbg) {
+                int k = cuda_debug_head_in(b, T);
+                if (k <= 0)
+                        return k;
+        }
         return lm_head(b, d + off[3], n_rows, dst, capture, argmax);
 }
 
@@ -1012,7 +1030,7 @@ static int cuda_step(struct backend *b, const struct backend_batch *batch, float
                 return bad_batch("forward_greedy with all_logits sequences");
         for (uint32_t s = 0; s < S; s++)
                 decode &= seqs[s].n_tokens == 1;
-        bool use_graph = decode && b->use_graphs && !b->prof && T <= b->graph_max && (!argmax || b->greedy_on);
+        bool use_graph = decode && b->use_graphs && !b->prof && !b->dbg && T <= b->graph_max && (!argmax || b->greedy_on);
         /* pad only onto a graph that exists: an eager step never sees padding (its rows would be copied) */
         if (use_graph && b->boot_graphs && b->bucket_of[S] > S && b->graphs[b->bucket_of[S]]) {
                 uint32_t G = b->bucket_of[S];
@@ -1126,6 +1144,20 @@ static void backend_cuda_host_free(struct backend *b, void *p) {
         (void) b;
         if (p)
                 cudaFreeHost(p);
+}
+
+/* backend-debug.h, through cuda-debug.c */
+void cuda_debug_view(struct backend *b, struct cuda_debug_view *ret) {
+        *ret = (struct cuda_debug_view){.dbg = b->dbg, .x = b->x, .aq = b->aq, .a_scale = b->a_scale,
+                                        .stream = b->stream, .layers = b->layers, .n_layers = b->cfg.n_layers,
+                                        .hidden = b->cfg.hidden_size, .eps = b->cfg.rms_norm_eps};
+}
+
+int cuda_debug_step(struct backend *b, struct cuda_debug *d, const struct backend_batch *batch, float *logits) {
+        b->dbg = d;
+        int r = cuda_step(b, batch, logits, NULL);
+        b->dbg = NULL;
+        return r;
 }
 
 const struct backend_ops backend_cuda_ops = {
