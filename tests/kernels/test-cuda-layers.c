@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The CUDA backend against the CPU engine, layer by layer, with teacher forcing (backend-debug.h): every
+ * golden fixture's prompt runs through the CPU engine (two prefill chunks, then three decode steps), which
+ * records the residual stream x_l entering every layer; then each CUDA layer l runs alone on the CPU's x_l,
+ * step after step (its pages fill from the CPU's inputs), and its output is compared with the CPU's
+ * x_{l+1}. The final norm + head likewise, on the CPU's last residual stream. Whole-model (free-running)
+ * numbers are printed beside them for contrast: there an early difference is amplified by every later
+ * layer of these chaotic random models, under teacher forcing it cannot be.
+ *
+ * Cases: tiny-a..d; the FP8 checkpoint on both engines, and the BF16 checkpoint quantized on load by the
+ * CUDA backend against the CPU engine on the FP8 checkpoint (the same recipe, so the same weights); FP8 KV
+ * and BF16 KV, the CPU rounding its K/V to the same dtype (cpu_kv_round).
+ *
+ * Tolerances (docs/cuda-backend.md, "Layer-by-layer comparison with the CPU engine", has the argument and
+ * the measured table). Both engines compute W8A8 with the same FP8 weights and quantize activations at the
+ * same points with the same per-token scales; the CUDA backend additionally rounds to BF16 what HF keeps in
+ * BF16 (GEMM outputs, norm outputs, q/k/v, attention output, the residual at every add), unit roundoff
+ * u16 = 2^-8 (RMS relative ~2^-9.3). A BF16-perturbed input moves an FP8 quantization (step h ~ 2^-3
+ * relative) by a whole step with probability |delta|/h, so each quantization point adds an RMS relative
+ * error of about sqrt(E|delta| * h) ~ sqrt(1.3e-3 * 0.087) ~ 1.1e-2 to its branch, whatever linear follows.
+ * A layer has 2-3 such points per branch (attention: qkv input, FP8 K/V, o input; dense and experts: input,
+ * GeGLU output) and three branches that each enter the residual at about the residual's own size in these
+ * models: ~sqrt(8) * 1.1e-2 ~ 3 % per layer at most, less with BF16 K/V. LAYER_TOL = 2^-4 leaves a factor
+ * of two on that estimate (a structural error -- wrong page, rope pair, norm weight, scale -- is O(1)).
+ * A token whose router top-k flips on a near tie (meta.json router_gap: 7e-5) gets other experts: a
+ * discrete event, not rounding, contained to that token and layer by teacher forcing; rows above
+ * FLIP_ROW_REL count as such and at most MAX_FLIP_ROWS per layer are excluded from the layer's error.
+ * Depth: under teacher forcing every layer starts from the same input on both sides, so the error must not
+ * grow: the worst of the last half of the layers within DEPTH_FACTOR of the worst of the first half
+ * (floor DEPTH_FLOOR, below which it is BF16 noise).
+ * Head: the FP8 copy of the tied head rounds weights and activations (2 x RMS 2^-4/sqrt(3)/1.44 -> ~3.5 %);
+ * HEAD_FP8_TOL = sqrt(2) * 2^-4. The BF16 head rounds only to BF16: HEAD_BF16_TOL = 2^-7.
+ * Self checks: capture() returns forward()'s logits bit for bit (graphs off), and the CUDA layer forced
+ * with the CUDA engine's own recorded input reproduces its own next input (SELF_TOL: the hook recomputes
+ * the layer's input norm in another kernel than the fused one, which may differ in the last bit).
+ * Exit 77 without a GPU or the fixtures.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "golden-util.h"
+#include "kernels/selftest.h"
+#include "layer-forcing.h"
+#include "model/model.h"
+
+#define LAYER_TOL 0.0625                /* 2^-4 */
+#define FLIP_ROW_REL 0.25
+#define MAX_FLIP_ROWS 1
+#define DEPTH_FACTOR 4.0
+#define DEPTH_FLOOR 4e-3
+#define HEAD_FP8_TOL 0.0884             /* sqrt(2) * 2^-4 */
+#define HEAD_BF16_TOL 0.0078125         /* 2^-7 */
+#define SELF_TOL 0.015625               /* 2^-6 */
+
+static int n_fail, n_test;
+/* The engine under test. GEMMA4D_LAYERS_STUDENT=cpu runs the harness with the CPU engine on both sides (a
+ * dry run without a GPU: FP8 checkpoints must then agree exactly). */
+static const char *student = "cuda";
+
+static void check(const char *what, bool ok, const char *fmt, double a, double b) {
+        n_test++;
+        printf("%s %d - %s: ", ok ? "ok" : "not ok", n_test, what);
+        printf(fmt, a, b);
+        printf("\n");
+        if (!ok)
+                n_fail++;
+}
+
+/* per (KV dtype, layer kind): worst and sum of the forced relative errors, worst max-abs, count */
+struct agg {
+        double worst_rel, sum_rel, worst_abs, worst_free;
+        uint32_t n, flips;
+};
+static struct agg table[2][2];          /* [kv][full] */
+static double head_worst[2][2];         /* [kv][bf16 head] */
+
+/* Relative error over the rows, leaving out up to MAX_FLIP_ROWS rows above FLIP_ROW_REL (router flips). */
+static double rel_without_flips(const float *got, const float *want, uint32_t rows, uint32_t n,
+                                uint32_t *ret_flips) {
+        double num = 0, den = 0;
+        uint32_t flips = 0, skipped = 0;
+
+        for (uint32_t r = 0; r < rows; r++) {
+                struct lf_err e;
+                lf_compare(got + (size_t) r * n, want + (size_t) r * n, 1, n, &e);
+                if (e.rel > FLIP_ROW_REL) {
+                        flips++;
+                        if (skipped < MAX_FLIP_ROWS && isfinite(e.rel)) {
+                                skipped++;
+                                continue;
+                        }
+                }
+                for (uint32_t i = 0; i < n; i++) {
+                        double d = (double) got[(size_t) r * n + i] - want[(size_t) r * n + i];
+                        num += isfinite(d) ? d * d : INFINITY;
+                        den += (double) want[(size_t) r * n + i] * want[(size_t) r * n + i];
+                }
+        }
+        *ret_flips = flips;
+        return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static const char *kv_name(enum kv_dtype kv) {
+        return kv == KV_DTYPE_FP8 ? "FP8-KV" : "BF16-KV";
+}
+
+/* One fixture, one checkpoint pairing, one KV dtype. */
+static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv) {
+        struct golden_meta meta;
+        struct model *mc = NULL, *mg = NULL;
+        struct lf_engine cpu = { 0 }, gpu = { 0 }, gpu2 = { 0 }, plain = { 0 };
+        char *err = NULL, label[200], tag[96];
+        int r;
+
+        snprintf(tag, sizeof(tag), "%s %s/%s", name, gpu_layout, kv_name(kv));
+        if (golden_meta_load(name, &meta) < 0) {
+                printf("not ok - %s: meta.json\n", tag);
+                n_fail++;
+                return;
+        }
+        char *dc = golden_path(name, "fp8"), *dg = golden_path(name, gpu_layout);
+        r = model_load(dc, &mc, &err);
+        if (r == 0)
+                r = model_load(dg, &mg, &err);
+        free(dc), free(dg);
+        if (r < 0) {
+                printf("not ok - %s: model_load: %s\n", tag, err ? err : strerror(-r));
+                n_fail++;
+                free(err);
+                model_free(mc);
+                golden_meta_done(&meta);
+                return;
+        }
+        uint32_t S = meta.n_prompt, H = mc->cfg.hidden_size, V = mc->cfg.vocab_size, L = mc->cfg.n_layers;
+        struct lf_params pc = { .kv_dtype = kv, .page_size = 4, .max_len = 64, .cpu_kv_round = true };
+        struct lf_params pg = { .kv_dtype = kv, .page_size = 4, .max_len = 64, .cpu_kv_round = true };
+        uint32_t ends[] = { 16, S - 3, S - 2, S - 1, S };
+        struct lf_plan plan = { .tokens = meta.prompt, .step_end = ends, .n_steps = 5 };
+        size_t xs = (size_t) (L + 1) * S * H;
+        float *xc = calloc(xs, 4), *xg = calloc(xs, 4), *y = calloc((size_t) S * H, 4);
+        float *lc = calloc((size_t) S * V, 4), *lg = calloc((size_t) S * V, 4), *lh = calloc((size_t) S * V, 4);
+        double forced[64] = { 0 };
+        uint32_t nf = 0;
+
+        if (S < 20 || S > pc.max_len || L > 64 || !xc || !xg || !y || !lc || !lg || !lh) {
+                printf("not ok - %s: fixture shape (prompt %u, %u layers) or memory\n", tag, S, L);
+                n_fail++;
+                goto out;
+        }
+        if ((r = lf_open(&cpu, "cpu", mc, &pc, &err)) < 0 || (r = lf_open(&gpu, student, mg, &pg, &err)) < 0 ||
+            (r = lf_open(&gpu2, student, mg, &pg, &err)) < 0 || (r = lf_open(&plain, student, mg, &pg, &err)) < 0) {
+                printf("not ok - %s: engine: %s\n", tag, err ? err : strerror(-r));
+                n_fail++;
+                goto out;
+        }
+        if ((r = lf_capture(&cpu, &plan, xc, lc)) < 0) {
+                printf("not ok - %s: cpu capture: %s\n", tag, strerror(-r));
+                n_fail++;
+                goto out;
+        }
+
+        /* the GPU's own forward, recorded: capture() must be forward() */
+        r = lf_capture(&gpu, &plan, xg, lg);
+        for (uint32_t i = 0; r == 0 && i < plan.n_steps; i++) {
+                uint32_t p0 = i ? ends[i - 1] : 0;
+                struct backend_seq s = { .tokens = meta.prompt + p0, .n_tokens = ends[i] - p0, .pos = p0,
+                                         .full_pages = plain.full, .n_full_pages = plain.n_full,
+                                         .sliding_pages = plain.sliding, .n_sliding_pages = plain.n_sliding,
+                                         .all_logits = true };
+                struct backend_batch b = { &s, 1 };
+                r = plain.ops->forward(plain.be, &b, lh + (size_t) p0 * V);
+        }
+        snprintf(label, sizeof(label), "%s capture() logits = forward() logits", tag);
+        check(label, r == 0 && memcmp(lg, lh, (size_t) S * V * 4) == 0, "rc %g, rel %.3e",
+              (double) r, r == 0 ? golden_rel_frobenius(lg, lh, (size_t) S * V) : INFINITY);
+
+        /* per layer: teacher forcing from the CPU's inputs, the GPU forced with its own inputs, free-running */
+        for (uint32_t l = 0; l < L; l++) {
+                bool full = mc->cfg.layer_type[l] == LAYER_FULL;
+                const float *want = xc + (size_t) (l + 1) * S * H;
+                struct lf_err e, ed, es, ef;
+                uint32_t flips = 0;
+
+                r = lf_layer(&gpu2, &plan, l, xc + (size_t) l * S * H, y);
+                if (r < 0) {
+                        snprintf(label, sizeof(label), "%s layer %u forced run", tag, l);
+                        check(label, false, "rc %g %g", (double) r, 0.0);
+                        continue;
+                }
+                lf_compare(y, want, S, H, &e);
+                lf_compare(y + (size_t) (S - 3) * H, want + (size_t) (S - 3) * H, 3, H, &ed);
+                double rel = rel_without_flips(y, want, S, H, &flips);
+                lf_compare(xg + (size_t) (l + 1) * S * H, want, S, H, &ef);
+                /* the GPU layer on its own recorded input, against its own recorded output */
+                r = lf_layer(&gpu2, &plan, l, xg + (size_t) l * S * H, y);
+                if (r == 0)
+                        lf_compare(y, xg + (size_t) (l + 1) * S * H, S, H, &es);
+                else
+                        es.rel = INFINITY;
+                printf("# %s layer %u %s: forced rel %.3e max_abs %.3e worst row %u %.3e, decode rows %.3e, "
+                       "flips %u, rel w/o flips %.3e | gpu self %.3e | free-running rel %.3e\n",
+                       tag, l, full ? "full" : "sliding", e.rel, e.max_abs, e.worst_row, e.worst_row_rel, ed.rel,
+                       flips, rel, es.rel, ef.rel);
+                printf("RESULT layers %s layer=%u kind=%s forced_rel=%.4e max_abs=%.4e worst_row_rel=%.4e "
+                       "flips=%u self_rel=%.4e free_rel=%.4e\n",
+                       tag, l, full ? "full" : "sliding", e.rel, e.max_abs, e.worst_row_rel, flips, es.rel, ef.rel);
+                snprintf(label, sizeof(label), "%s layer %u (%s) forced vs cpu", tag, l, full ? "full" : "sliding");
+                check(label, rel <= LAYER_TOL && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, LAYER_TOL);
+                snprintf(label, sizeof(label), "%s layer %u gpu forced with its own input", tag, l);
+                check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
+                forced[nf++] = rel;
+                struct agg *a = &table[kv == KV_DTYPE_BF16][full];
+                a->worst_rel = rel > a->worst_rel ? rel : a->worst_rel;
+                a->worst_abs = e.max_abs > a->worst_abs ? e.max_abs : a->worst_abs;
+                a->worst_free = ef.rel > a->worst_free ? ef.rel : a->worst_free;
+                a->sum_rel += rel;
+                a->flips += flips;
+                a->n++;
+        }
+        /* depth: no growth under teacher forcing */
+        if (nf == L && L >= 2) {
+                double first = 0, last = 0;
+                for (uint32_t l = 0; l < L / 2; l++)
+                        first = forced[l] > first ? forced[l] : first;
+                for (uint32_t l = L - L / 2; l < L; l++)
+                        last = forced[l] > last ? forced[l] : last;
+                double bound = DEPTH_FACTOR * (first > DEPTH_FLOOR ? first : DEPTH_FLOOR);
+                snprintf(label, sizeof(label), "%s forced error does not grow with depth (last half vs first half)",
+                         tag);
+                check(label, last <= bound, "last %.3e, bound %.3e", last, bound);
+        }
+
+        /* the head on the CPU's last residual stream */
+        r = lf_head(&gpu2, &plan, xc + (size_t) L * S * H, lh);
+        {
+                struct lf_err e, ef;
+                if (r == 0)
+                        lf_compare(lh, lc, S, V, &e);
+                else
+                        e.rel = e.max_abs = INFINITY;
+                lf_compare(lg, lc, S, V, &ef);
+                printf("# %s head (FP8) forced rel %.3e max_abs %.3e worst row %.3e | free-running logits rel %.3e\n",
+                       tag, e.rel, e.max_abs, e.worst_row_rel, ef.rel);
+                printf("RESULT head %s head=fp8 forced_rel=%.4e free_rel=%.4e\n", tag, e.rel, ef.rel);
+                snprintf(label, sizeof(label), "%s final norm + FP8 head forced vs cpu", tag);
+                check(label, e.rel <= HEAD_FP8_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_FP8_TOL);
+                double *hw = &head_worst[kv == KV_DTYPE_BF16][0];
+                *hw = e.rel > *hw ? e.rel : *hw;
+        }
+        if (H % 8 == 0) {
+                struct lf_engine hb;
+                pg.lm_head_bf16 = true;
+                if ((r = lf_open(&hb, student, mg, &pg, &err)) == 0) {
+                        struct lf_err e;
+                        r = lf_head(&hb, &plan, xc + (size_t) L * S * H, lh);
+                        if (r == 0)
+                                lf_compare(lh, lc, S, V, &e);
+                        else
+                                e.rel = INFINITY;
+                        printf("RESULT head %s head=bf16 forced_rel=%.4e\n", tag, e.rel);
+                        snprintf(label, sizeof(label), "%s final norm + BF16 head forced vs cpu", tag);
+                        check(label, e.rel <= HEAD_BF16_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_BF16_TOL);
+                        double *hw = &head_worst[kv == KV_DTYPE_BF16][1];
+                        *hw = e.rel > *hw ? e.rel : *hw;
+                        lf_close(&hb);
+                } else {
+                        printf("not ok - %s: bf16-head engine: %s\n", tag, err ? err : strerror(-r));
+                        n_fail++;
+                }
+        }
+out:
+        lf_close(&cpu);
+        lf_close(&gpu);
+        lf_close(&gpu2);
+        lf_close(&plain);
+        model_free(mc);
+        model_free(mg);
+        golden_meta_done(&meta);
+        free(err);
+        free(xc), free(xg), free(y), free(lc), free(lg), free(lh);
+}
+
+int main(int argc, char **argv) {
+        static const char *const fixtures[] = { "tiny-a", "tiny-b", "tiny-c", "tiny-d" };
+        static const char *const layouts[] = { "fp8", "bf16-nested" };
+
+        if (getenv("GEMMA4D_LAYERS_STUDENT"))
+                student = getenv("GEMMA4D_LAYERS_STUDENT");
+        if (strcmp(student, "cuda") == 0 && kernels_device_count() <= 0) {
+                printf("1..0 # SKIP no CUDA device\n");
+                return 77;
+        }
+        if (argc > 1)
+                setenv("GEMMA4D_SOURCE_ROOT", argv[1], 1);
+        /* eager forward everywhere, so capture() (always eager) and forward() run the same kernels */
+        setenv("GEMMA4D_CUDA_GRAPHS", "0", 1);
+        char *probe = golden_path("tiny-a", "meta.json");
+        FILE *fp = probe ? fopen(probe, "r") : NULL;
+        if (!fp) {
+                printf("1..0 # SKIP no golden fixtures at %s\n", probe ? probe : "(null)");
+                free(probe);
+                return 77;
+        }
+        fclose(fp);
+        free(probe);
+        for (size_t f = 0; f < sizeof(fixtures) / sizeof(fixtures[0]); f++)
+                for (size_t c = 0; c < sizeof(layouts) / sizeof(layouts[0]); c++)
+                        for (int kv = 0; kv < 2; kv++)
+                                run_case(fixtures[f], layouts[c], kv ? KV_DTYPE_BF16 : KV_DTYPE_FP8);
+
+        printf("# summary (teacher forcing, all fixtures and checkpoints; rel = ||gpu - cpu|| / ||cpu||)\n");
+        printf("# | KV | layers | n | worst rel | mean rel | worst max_abs | router-flip rows | free-running worst rel |\n");
+        for (int kv = 0; kv < 2; kv++)
+                for (int full = 0; full < 2; full++) {
+                        const struct agg *a = &table[kv][full];
+                        printf("# | %s | %s | %u | %.2e | %.2e | %.2e | %u | %.2e |\n", kv ? "BF16" : "FP8",
+                               full ? "full" : "sliding", a->n, a->worst_rel, a->n ? a->sum_rel / a->n : 0.0,
+                               a->worst_abs, a->flips, a->worst_free);
+                        printf("RESULT summary kv=%s kind=%s n=%u worst_rel=%.4e mean_rel=%.4e worst_abs=%.4e "
+                               "flips=%u free_worst=%.4e\n", kv ? "bf16" : "fp8", full ? "full" : "sliding", a->n,
+                               a->worst_rel, a->n ? a->sum_rel / a->n : 0.0, a->worst_abs, a->flips, a->worst_free);
+                }
+        for (int kv = 0; kv < 2; kv++)
+                printf("RESULT summary-head kv=%s fp8_head_worst=%.4e bf16_head_worst=%.4e\n", kv ? "bf16" : "fp8",
+                       head_worst[kv][0], head_worst[kv][1]);
+        printf("SUMMARY test-cuda-layers %s: %d of %d checks failed\n", n_fail ? "FAIL" : "PASS", n_fail, n_test);
+        printf("1..%d\n", n_test);
+        return n_fail ? 1 : 0;
+}
