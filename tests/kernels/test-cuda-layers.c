@@ -112,7 +112,7 @@ static const char *kv_name(enum kv_dtype kv) {
 static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv) {
         struct golden_meta meta;
         struct model *mc = NULL, *mg = NULL;
-        struct lf_engine cpu = { 0 }, gpu = { 0 }, gpu2 = { 0 }, plain = { 0 };
+        struct lf_engine cpu = { 0 }, gpu = { 0 };
         char *err = NULL, label[200], tag[96];
         int r;
 
@@ -151,8 +151,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 n_fail++;
                 goto out;
         }
-        if ((r = lf_open(&cpu, "cpu", mc, &pc, &err)) < 0 || (r = lf_open(&gpu, student, mg, &pg, &err)) < 0 ||
-            (r = lf_open(&gpu2, student, mg, &pg, &err)) < 0 || (r = lf_open(&plain, student, mg, &pg, &err)) < 0) {
+        if ((r = lf_open(&cpu, "cpu", mc, &pc, &err)) < 0 || (r = lf_open(&gpu, student, mg, &pg, &err)) < 0) {
                 printf("not ok - %s: engine: %s\n", tag, err ? err : strerror(-r));
                 n_fail++;
                 goto out;
@@ -163,16 +162,17 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 goto out;
         }
 
-        /* the GPU's own forward, recorded: capture() must be forward() */
+        /* The GPU's own forward, recorded: capture() must be forward(). One engine serves every pass below:
+         * each pass runs the steps in order, so each step finds the pages as a forward would leave them. */
         r = lf_capture(&gpu, &plan, xg, lg);
         for (uint32_t i = 0; r == 0 && i < plan.n_steps; i++) {
                 uint32_t p0 = i ? ends[i - 1] : 0;
                 struct backend_seq s = { .tokens = meta.prompt + p0, .n_tokens = ends[i] - p0, .pos = p0,
-                                         .full_pages = plain.full, .n_full_pages = plain.n_full,
-                                         .sliding_pages = plain.sliding, .n_sliding_pages = plain.n_sliding,
+                                         .full_pages = gpu.full, .n_full_pages = gpu.n_full,
+                                         .sliding_pages = gpu.sliding, .n_sliding_pages = gpu.n_sliding,
                                          .all_logits = true };
                 struct backend_batch b = { &s, 1 };
-                r = plain.ops->forward(plain.be, &b, lh + (size_t) p0 * V);
+                r = gpu.ops->forward(gpu.be, &b, lh + (size_t) p0 * V);
         }
         snprintf(label, sizeof(label), "%s capture() logits = forward() logits", tag);
         check(label, r == 0 && memcmp(lg, lh, (size_t) S * V * 4) == 0, "rc %g, rel %.3e",
@@ -185,7 +185,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 struct lf_err e, ed, es, ef;
                 uint32_t flips = 0;
 
-                r = lf_layer(&gpu2, &plan, l, xc + (size_t) l * S * H, y);
+                r = lf_layer(&gpu, &plan, l, xc + (size_t) l * S * H, y);
                 if (r < 0) {
                         snprintf(label, sizeof(label), "%s layer %u forced run", tag, l);
                         check(label, false, "rc %g %g", (double) r, 0.0);
@@ -196,7 +196,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 double rel = rel_without_flips(y, want, S, H, &flips);
                 lf_compare(xg + (size_t) (l + 1) * S * H, want, S, H, &ef);
                 /* the GPU layer on its own recorded input, against its own recorded output */
-                r = lf_layer(&gpu2, &plan, l, xg + (size_t) l * S * H, y);
+                r = lf_layer(&gpu, &plan, l, xg + (size_t) l * S * H, y);
                 if (r == 0)
                         lf_compare(y, xg + (size_t) (l + 1) * S * H, S, H, &es);
                 else
@@ -235,7 +235,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
         }
 
         /* the head on the CPU's last residual stream */
-        r = lf_head(&gpu2, &plan, xc + (size_t) L * S * H, lh);
+        r = lf_head(&gpu, &plan, xc + (size_t) L * S * H, lh);
         {
                 struct lf_err e, ef;
                 if (r == 0)
@@ -275,8 +275,6 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
 out:
         lf_close(&cpu);
         lf_close(&gpu);
-        lf_close(&gpu2);
-        lf_close(&plain);
         model_free(mc);
         model_free(mg);
         golden_meta_done(&meta);
