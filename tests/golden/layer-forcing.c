@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,6 +80,17 @@ int lf_capture(struct lf_engine *e, const struct lf_plan *p, float *x, float *lo
         return r;
 }
 
+int lf_forward(struct lf_engine *e, const struct lf_plan *p, float *logits) {
+        for (uint32_t i = 0; i < p->n_steps; i++) {
+                struct backend_seq s = step_seq(e, p, i);
+                struct backend_batch b = { &s, 1 };
+                int r = e->ops->forward(e->be, &b, logits + (size_t) s.pos * e->vocab);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int lf_layer(struct lf_engine *e, const struct lf_plan *p, uint32_t layer, const float *x_in, float *y) {
         for (uint32_t i = 0; i < p->n_steps; i++) {
                 struct backend_seq s = step_seq(e, p, i);
@@ -131,4 +143,15 @@ void lf_compare(const float *got, const float *want, uint32_t rows, uint32_t n, 
         if (isnan(e.rel))
                 e.rel = INFINITY;
         *ret = e;
+}
+
+int lf_tests, lf_failures;
+
+void lf_check(const char *what, bool ok, const char *fmt, double a, double b) {
+        lf_tests++;
+        if (!ok)
+                lf_failures++;
+        printf("%s %d - %s: ", ok ? "ok" : "not ok", lf_tests, what);
+        printf(fmt, a, b);
+        printf("\n");
 }

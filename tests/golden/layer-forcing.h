@@ -50,6 +50,8 @@ static inline uint32_t lf_plan_tokens(const struct lf_plan *p) {
 /* Every step through capture(): x [n_layers + 1][n_tokens][hidden] in position order, logits of every
  * token [n_tokens][vocab]. */
 int lf_capture(struct lf_engine *e, const struct lf_plan *p, float *x, float *logits);
+/* Every step through forward(): logits of every token [n_tokens][vocab]. */
+int lf_forward(struct lf_engine *e, const struct lf_plan *p, float *logits);
 /* Layer `layer` alone, step after step, on x_in [n_tokens][hidden]: its outputs y [n_tokens][hidden]. */
 int lf_layer(struct lf_engine *e, const struct lf_plan *p, uint32_t layer, const float *x_in, float *y);
 /* Final norm + head, step after step, on x_in [n_tokens][hidden]: logits [n_tokens][vocab]. */
@@ -62,3 +64,7 @@ struct lf_err {
         uint32_t worst_row;
 };
 void lf_compare(const float *got, const float *want, uint32_t rows, uint32_t n, struct lf_err *ret);
+
+/* A TAP line "ok N - what: <fmt with a, b>" (or "not ok"), counted in lf_tests / lf_failures. */
+extern int lf_tests, lf_failures;
+void lf_check(const char *what, bool ok, const char *fmt, double a, double b);

@@ -54,15 +54,7 @@ static void test_self_forcing(void **state) {
         assert_int_equal(lf_capture(&rec, &plan, x, lg), 0);
 
         /* capture() is forward() */
-        for (uint32_t i = 0; i < plan.n_steps; i++) {
-                uint32_t p0 = i ? ends[i - 1] : 0;
-                struct backend_seq s = { .tokens = meta.prompt + p0, .n_tokens = ends[i] - p0, .pos = p0,
-                                         .full_pages = plain.full, .n_full_pages = plain.n_full,
-                                         .sliding_pages = plain.sliding, .n_sliding_pages = plain.n_sliding,
-                                         .all_logits = true };
-                struct backend_batch b = { &s, 1 };
-                assert_int_equal(plain.ops->forward(plain.be, &b, lg2 + (size_t) p0 * V), 0);
-        }
+        assert_int_equal(lf_forward(&plain, &plan, lg2), 0);
         assert_memory_equal(lg, lg2, (size_t) S * V * 4);
 
         /* the embedding is layer 0's input: bf16(E[id]) * bf16(sqrt(H)), never zero for these weights */

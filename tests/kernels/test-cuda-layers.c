@@ -57,19 +57,10 @@
 #define HEAD_BF16_TOL 0.0078125         /* 2^-7 */
 #define SELF_TOL 0.015625               /* 2^-6 */
 
-static int n_fail, n_test;
 /* The engine under test. GEMMA4D_LAYERS_STUDENT=cpu runs the harness with the CPU engine on both sides (a
  * dry run without a GPU: FP8 checkpoints must then agree exactly). */
 static const char *student = "cuda";
 
-static void check(const char *what, bool ok, const char *fmt, double a, double b) {
-        n_test++;
-        printf("%s %d - %s: ", ok ? "ok" : "not ok", n_test, what);
-        printf(fmt, a, b);
-        printf("\n");
-        if (!ok)
-                n_fail++;
-}
 
 /* per (KV dtype, layer kind): worst and sum of the forced relative errors, worst max-abs, count */
 struct agg {
@@ -120,7 +111,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
         snprintf(tag, sizeof(tag), "%s %s/%s", name, gpu_layout, kv_name(kv));
         if (golden_meta_load(name, &meta) < 0) {
                 printf("not ok - %s: meta.json\n", tag);
-                n_fail++;
+                lf_failures++;
                 return;
         }
         char *dc = golden_path(name, "fp8"), *dg = golden_path(name, gpu_layout);
@@ -130,7 +121,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
         free(dc), free(dg);
         if (r < 0) {
                 printf("not ok - %s: model_load: %s\n", tag, err ? err : strerror(-r));
-                n_fail++;
+                lf_failures++;
                 free(err);
                 model_free(mc);
                 golden_meta_done(&meta);
@@ -149,34 +140,27 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
 
         if (S < 20 || S > pc.max_len || L > 64 || !xc || !xg || !y || !xr || !lc || !lg || !lh) {
                 printf("not ok - %s: fixture shape (prompt %u, %u layers) or memory\n", tag, S, L);
-                n_fail++;
+                lf_failures++;
                 goto out;
         }
         if ((r = lf_open(&cpu, "cpu", mc, &pc, &err)) < 0 || (r = lf_open(&gpu, student, mg, &pg, &err)) < 0) {
                 printf("not ok - %s: engine: %s\n", tag, err ? err : strerror(-r));
-                n_fail++;
+                lf_failures++;
                 goto out;
         }
         if ((r = lf_capture(&cpu, &plan, xc, lc)) < 0) {
                 printf("not ok - %s: cpu capture: %s\n", tag, strerror(-r));
-                n_fail++;
+                lf_failures++;
                 goto out;
         }
 
         /* The GPU's own forward, recorded: capture() must be forward(). One engine serves every pass below:
          * each pass runs the steps in order, so each step finds the pages as a forward would leave them. */
         r = lf_capture(&gpu, &plan, xg, lg);
-        for (uint32_t i = 0; r == 0 && i < plan.n_steps; i++) {
-                uint32_t p0 = i ? ends[i - 1] : 0;
-                struct backend_seq s = { .tokens = meta.prompt + p0, .n_tokens = ends[i] - p0, .pos = p0,
-                                         .full_pages = gpu.full, .n_full_pages = gpu.n_full,
-                                         .sliding_pages = gpu.sliding, .n_sliding_pages = gpu.n_sliding,
-                                         .all_logits = true };
-                struct backend_batch b = { &s, 1 };
-                r = gpu.ops->forward(gpu.be, &b, lh + (size_t) p0 * V);
-        }
+        if (r == 0)
+                r = lf_forward(&gpu, &plan, lh);
         snprintf(label, sizeof(label), "%s capture() logits = forward() logits", tag);
-        check(label, r == 0 && memcmp(lg, lh, (size_t) S * V * 4) == 0, "rc %g, rel %.3e",
+        lf_check(label, r == 0 && memcmp(lg, lh, (size_t) S * V * 4) == 0, "rc %g, rel %.3e",
               (double) r, r == 0 ? golden_rel_frobenius(lg, lh, (size_t) S * V) : INFINITY);
 
         /* per layer: teacher forcing from the CPU's inputs, the GPU forced with its own inputs, free-running */
@@ -209,7 +193,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 r = lf_layer(&gpu, &plan, l, xc + (size_t) l * S * H, y);
                 if (r < 0) {
                         snprintf(label, sizeof(label), "%s layer %u forced run", tag, l);
-                        check(label, false, "rc %g %g", (double) r, 0.0);
+                        lf_check(label, false, "rc %g %g", (double) r, 0.0);
                         continue;
                 }
                 lf_compare(y, want, S, H, &e);
@@ -233,9 +217,9 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                        sens, es.rel, ef.rel);
                 snprintf(label, sizeof(label), "%s layer %u (%s) forced vs cpu", tag, l, full ? "full" : "sliding");
                 double tol = SENS_FACTOR * sens > LAYER_TOL ? SENS_FACTOR * sens : LAYER_TOL;
-                check(label, rel <= tol && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, tol);
+                lf_check(label, rel <= tol && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, tol);
                 snprintf(label, sizeof(label), "%s layer %u gpu forced with its own input", tag, l);
-                check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
+                lf_check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
                 forced[nf++] = rel;
                 struct agg *a = &table[kv == KV_DTYPE_BF16][full];
                 a->worst_rel = rel > a->worst_rel ? rel : a->worst_rel;
@@ -258,7 +242,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 double bound = DEPTH_FACTOR * (first > DEPTH_FLOOR ? first : DEPTH_FLOOR);
                 snprintf(label, sizeof(label), "%s forced error does not grow with depth (last half vs first half)",
                          tag);
-                check(label, last <= bound, "last %.3e, bound %.3e", last, bound);
+                lf_check(label, last <= bound, "last %.3e, bound %.3e", last, bound);
         }
 
         /* the head on the CPU's last residual stream */
@@ -274,7 +258,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                        tag, e.rel, e.max_abs, e.worst_row_rel, ef.rel);
                 printf("RESULT head %s head=fp8 forced_rel=%.4e free_rel=%.4e\n", tag, e.rel, ef.rel);
                 snprintf(label, sizeof(label), "%s final norm + FP8 head forced vs cpu", tag);
-                check(label, e.rel <= HEAD_FP8_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_FP8_TOL);
+                lf_check(label, e.rel <= HEAD_FP8_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_FP8_TOL);
                 double *hw = &head_worst[kv == KV_DTYPE_BF16][0];
                 *hw = e.rel > *hw ? e.rel : *hw;
         }
@@ -290,13 +274,13 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                                 e.rel = INFINITY;
                         printf("RESULT head %s head=bf16 forced_rel=%.4e\n", tag, e.rel);
                         snprintf(label, sizeof(label), "%s final norm + BF16 head forced vs cpu", tag);
-                        check(label, e.rel <= HEAD_BF16_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_BF16_TOL);
+                        lf_check(label, e.rel <= HEAD_BF16_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_BF16_TOL);
                         double *hw = &head_worst[kv == KV_DTYPE_BF16][1];
                         *hw = e.rel > *hw ? e.rel : *hw;
                         lf_close(&hb);
                 } else {
                         printf("not ok - %s: bf16-head engine: %s\n", tag, err ? err : strerror(-r));
-                        n_fail++;
+                        lf_failures++;
                 }
         }
 out:
@@ -355,7 +339,7 @@ int main(int argc, char **argv) {
         for (int kv = 0; kv < 2; kv++)
                 printf("RESULT summary-head kv=%s fp8_head_worst=%.4e bf16_head_worst=%.4e\n", kv ? "bf16" : "fp8",
                        head_worst[kv][0], head_worst[kv][1]);
-        printf("SUMMARY test-cuda-layers %s: %d of %d checks failed\n", n_fail ? "FAIL" : "PASS", n_fail, n_test);
-        printf("1..%d\n", n_test);
-        return n_fail ? 1 : 0;
+        printf("SUMMARY test-cuda-layers %s: %d of %d checks failed\n", lf_failures ? "FAIL" : "PASS", lf_failures, lf_tests);
+        printf("1..%d\n", lf_tests);
+        return lf_failures ? 1 : 0;
 }
