@@ -151,6 +151,7 @@ static void boot_thread_main(void *arg) {
                 .n_threads = (int) cfg->cpu_threads,
                 .lm_head_bf16 = cfg->lm_head_bf16,
                 .weights_bf16 = cfg->weights_bf16,
+                .embedding_device = cfg->embedding_device,
                 .progress = backend_progress,
                 .progress_userdata = srv,
                 /* room for every running ring plus as many prefix-cache snapshots (docs/scheduler.md) */
