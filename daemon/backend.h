@@ -51,7 +51,8 @@ struct backend_capacity {
         uint32_t page_size;
         uint32_t n_sliding_ring;        /* ceil(window / B) + 1 */
         uint64_t kv_bytes;              /* device (or host) bytes allocated for KV */
-        uint64_t weight_bytes;          /* device (or host) bytes used by weights */
+        uint64_t weight_bytes;          /* device (CPU backend: host) bytes used by weights */
+        uint64_t weight_host_bytes;     /* CUDA: page-locked host bytes of weights the kernels read (embedding) */
         char device[128];               /* "cpu (2 threads)", "NVIDIA H100 80GB HBM3" */
 };
 

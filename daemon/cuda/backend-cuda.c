@@ -612,7 +612,10 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 goto fail;
         b->cap.page_size = p->page_size;
         b->cap.n_sliding_ring = b->ring;
-        b->cap.weight_bytes = b->weight_block_bytes + (uint64_t) m->cfg.vocab_size * m->cfg.hidden_size * 2;
+        uint64_t table_bytes = (uint64_t) m->cfg.vocab_size * m->cfg.hidden_size * 2;
+        b->cap.weight_bytes = b->weight_block_bytes + (b->embed_host ? 0 : table_bytes) +
+                              (b->head_bf16_own ? table_bytes : 0);
+        b->cap.weight_host_bytes = b->embed_host ? table_bytes : 0;
         snprintf(b->cap.device, sizeof(b->cap.device), "%.127s", prop.name);
         *ret = b;
         return 0;
