@@ -33,14 +33,10 @@ static int copy_sync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKi
         return 0;
 }
 
-/* x := x_in, and the FP8 input of layer l's qkv GEMM from it (what the previous layer's ffn_combine, or
- * the embedding for layer 0, would have left). */
-static int load_input(const struct cuda_debug_view *v, uint32_t l, uint32_t T, const float *x_in) {
-        size_t bytes = (size_t) T * v->hidden * sizeof(float);
-        int r = copy_sync(v->x, x_in, bytes, cudaMemcpyHostToDevice, v->stream);
-        if (r < 0)
-                return r;
-        return kern_rmsnorm_quant(v->x, v->layers[l].input_ln, T, v->hidden, v->eps, v->aq, v->a_scale, v->stream);
+/* x := x_in, and layer l's first GEMM input from it (what the layer before would have left). */
+static int load_input(struct backend *b, const struct cuda_debug_view *v, uint32_t l, uint32_t T, const float *x_in) {
+        int r = copy_sync(v->x, x_in, (size_t) T * v->hidden * sizeof(float), cudaMemcpyHostToDevice, v->stream);
+        return r < 0 ? r : cuda_layer_input(b, l, T);
 }
 
 int cuda_debug_layer_in(struct backend *b, uint32_t l, uint32_t T) {
@@ -56,7 +52,7 @@ int cuda_debug_layer_in(struct backend *b, uint32_t l, uint32_t T) {
         case DBG_LAYER:
                 if (l != v.dbg->layer)
                         return 0;
-                r = load_input(&v, l, T, v.dbg->x_in);
+                r = load_input(b, &v, l, T, v.dbg->x_in);
                 return r < 0 ? r : 1;
         case DBG_HEAD:
                 return 0;

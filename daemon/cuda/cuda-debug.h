@@ -9,7 +9,7 @@
 
 #include <cuda_runtime_api.h>
 
-#include "cuda-internal.h"
+#include "backend.h"
 
 struct backend;
 struct cuda_debug;
@@ -18,16 +18,14 @@ struct cuda_debug;
 struct cuda_debug_view {
         struct cuda_debug *dbg;
         float *x;                       /* FP32 residual stream [t_max, hidden] */
-        uint8_t *aq;                    /* FP8 input of the next qkv GEMM */
-        float *a_scale;                 /* its per-token scales */
         cudaStream_t stream;
-        const struct dev_layer *layers;
         uint32_t n_layers, hidden;
-        float eps;
 };
 
 /* backend-cuda.c */
 void cuda_debug_view(struct backend *b, struct cuda_debug_view *ret);
+/* Layer l's first GEMM input from the residual stream, as the layer before it would have left it. */
+int cuda_layer_input(struct backend *b, uint32_t l, uint32_t T);
 /* One eager step (forward(); logits may be NULL when the hooks skip the head) with `d` installed. */
 int cuda_debug_step(struct backend *b, struct cuda_debug *d, const struct backend_batch *batch, float *logits);
 
