@@ -135,7 +135,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
         size_t xs = (size_t) (L + 1) * S * H;
         float *xc = calloc(xs, 4), *xg = calloc(xs, 4), *y = calloc((size_t) S * H, 4), *xr = calloc((size_t) S * H, 4);
         float *lc = calloc((size_t) S * V, 4), *lg = calloc((size_t) S * V, 4), *lh = calloc((size_t) S * V, 4);
-        double forced[64] = { 0 };
+        double forced[64] = { 0 }, ratio[64] = { 0 };
         uint32_t nf = 0;
 
         if (S < 20 || S > pc.max_len || L > 64 || !xc || !xg || !y || !xr || !lc || !lg || !lh) {
@@ -220,6 +220,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 lf_check(label, rel <= tol && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, tol);
                 snprintf(label, sizeof(label), "%s layer %u gpu forced with its own input", tag, l);
                 lf_check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
+                ratio[nf] = sens > 0 ? rel / sens : INFINITY;
                 forced[nf++] = rel;
                 struct agg *a = &table[kv == KV_DTYPE_BF16][full];
                 a->worst_rel = rel > a->worst_rel ? rel : a->worst_rel;
@@ -234,11 +235,19 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
         }
         /* depth: no growth under teacher forcing */
         if (nf == L && L >= 2) {
-                double first = 0, last = 0;
-                for (uint32_t l = 0; l < L / 2; l++)
+                double first = 0, last = 0, rfirst = 0, rlast = 0;
+                for (uint32_t l = 0; l < L / 2; l++) {
                         first = forced[l] > first ? forced[l] : first;
-                for (uint32_t l = L - L / 2; l < L; l++)
+                        rfirst = ratio[l] > rfirst ? ratio[l] : rfirst;
+                }
+                for (uint32_t l = L - L / 2; l < L; l++) {
                         last = forced[l] > last ? forced[l] : last;
+                        rlast = ratio[l] > rlast ? ratio[l] : rlast;
+                }
+                printf("# %s depth: worst forced rel first half %.3e, last half %.3e; worst rel / sensitivity first "
+                       "half %.2f, last half %.2f\n", tag, first, last, rfirst, rlast);
+                printf("RESULT depth %s first=%.4e last=%.4e ratio_first=%.3f ratio_last=%.3f\n", tag, first, last,
+                       rfirst, rlast);
                 double bound = DEPTH_FACTOR * (first > DEPTH_FLOOR ? first : DEPTH_FLOOR);
                 snprintf(label, sizeof(label), "%s forced error does not grow with depth (last half vs first half)",
                          tag);
