@@ -15,25 +15,34 @@
  * Tolerances (docs/cuda-backend.md, "Layer-by-layer comparison with the CPU engine", has the argument and
  * the measured table). Both engines compute W8A8 with the same FP8 weights and quantize activations at the
  * same points with the same per-token scales; the CUDA backend additionally rounds to BF16 what HF keeps in
- * BF16 (GEMM outputs, norm outputs, q/k/v, attention output, the residual at every add), unit roundoff
- * u16 = 2^-8 (RMS relative ~2^-9.3). A BF16-perturbed input moves an FP8 quantization (step h ~ 2^-3
- * relative) by a whole step with probability |delta|/h, so each quantization point adds an RMS relative
- * error of about sqrt(E|delta| * h) ~ sqrt(1.3e-3 * 0.087) ~ 1.1e-2 to its branch, whatever linear follows.
- * A layer has 2-3 such points per branch (attention: qkv input, FP8 K/V, o input; dense and experts: input,
- * GeGLU output) and three branches that each enter the residual at about the residual's own size in these
- * models: ~sqrt(8) * 1.1e-2 ~ 3 % per layer at most, less with BF16 K/V. LAYER_TOL = 2^-4 leaves a factor
- * of two on that estimate (a structural error -- wrong page, rope pair, norm weight, scale -- is O(1)).
+ * BF16 (GEMM outputs, norm outputs, q, attention output, the residual at every add), unit roundoff 2^-8.
+ * An FP8 quantization point (relative step h ~ 0.087) turns an input perturbation d into a whole-step change
+ * with probability |d|/h: an RMS relative change sqrt(E|d| h) ~ 1e-2, ten times d, carried on by the linear
+ * that follows. So the layer error is set by flips, not by the BF16 roundings themselves, and is a few
+ * percent wherever the quantization points sit. Its scale per layer is measured, not guessed: s_l is the
+ * CPU's own change when its layer l runs on x_l (1 + d), d uniform in [-2^-8, 2^-8] per element (one BF16
+ * rounding's bound). The GPU's roundings are perturbations of at most that size ahead of at most the same
+ * quantization points, independent, about eight of them directly ahead of one: expected error up to
+ * sqrt(8) s_l, so
+ *   - per layer: rel <= max(SENS_FACTOR * s_l, LAYER_FLOOR) (structural errors -- wrong page, position, rope
+ *     pair, norm weight, scale, routing -- are O(1));
+ *   - per case, the mean over the layers of rel / s_l <= MEAN_RATIO_TOL. Measured on H100 (R1): 0.81-1.04,
+ *     single layers 0.39-1.41. An engine without FP8 emulation (the CPU on the BF16 checkpoint, run as the
+ *     student with GEMMA4D_LAYERS_STUDENT=cpu) scores 1.34-1.76 per case (single layers up to 2.6): this is
+ *     the check that notices a missing or extra quantization point, which the per-layer bound cannot.
  * A token whose router top-k flips on a near tie (meta.json router_gap: 7e-5) gets other experts: a
  * discrete event, not rounding, contained to that token and layer by teacher forcing; rows above
  * FLIP_ROW_REL count as such and at most MAX_FLIP_ROWS per layer are excluded from the layer's error.
- * Depth: under teacher forcing every layer starts from the same input on both sides, so the error must not
- * grow: the worst of the last half of the layers within DEPTH_FACTOR of the worst of the first half
- * (floor DEPTH_FLOOR, below which it is BF16 noise).
- * Head: the FP8 copy of the tied head rounds weights and activations (2 x RMS 2^-4/sqrt(3)/1.44 -> ~3.5 %);
- * HEAD_FP8_TOL = sqrt(2) * 2^-4. The BF16 head rounds only to BF16: HEAD_BF16_TOL = 2^-7.
- * Self checks: capture() returns forward()'s logits bit for bit (graphs off), and the CUDA layer forced
- * with the CUDA engine's own recorded input reproduces its own next input (SELF_TOL: the hook recomputes
- * the layer's input norm in another kernel than the fused one, which may differ in the last bit).
+ * Depth: under teacher forcing every layer starts from the same input on both sides, so nothing
+ * accumulates: the worst rel of the last half of the layers within DEPTH_FACTOR of the first half's (floor
+ * DEPTH_FLOOR), and the worst rel / s_l of the last half within DEPTH_RATIO_FACTOR of the first half's (the
+ * layers' own sensitivities differ by up to 3x within a fixture; the ratio takes that out).
+ * Head: the FP8 copy of the tied head rounds weights and activations to E4M3 where the CPU keeps BF16: two
+ * full FP8 roundings of RMS 2^-4/(sqrt(3) 1.44) = 2.5 % each, 3.5 % together; HEAD_FP8_TOL = 2^-4, each
+ * one's bound. The BF16 head rounds only its input to BF16: HEAD_BF16_TOL = 2^-8, one rounding's bound.
+ * Self checks: capture() returns forward()'s logits bit for bit (graphs off); the CUDA layer forced with
+ * the CUDA engine's own recorded input reproduces its own next input within SELF_TOL (the hook computes the
+ * layer's input norm in kern_rmsnorm_quant instead of the previous layer's fused epilogue; measured: 0).
  * Exit 77 without a GPU or the fixtures.
  */
 #include <errno.h>
@@ -47,15 +56,17 @@
 #include "layer-forcing.h"
 #include "model/model.h"
 
-#define LAYER_TOL 0.0625                /* 2^-4 */
-#define SENS_FACTOR 4.0
+#define SENS_FACTOR 3.0                 /* ~sqrt(8) */
+#define LAYER_FLOOR 0.015625            /* 2^-6: one quantization point's flip noise, sqrt(2^-9 * 2^-3) */
+#define MEAN_RATIO_TOL 1.25
 #define FLIP_ROW_REL 0.25
 #define MAX_FLIP_ROWS 1
 #define DEPTH_FACTOR 4.0
 #define DEPTH_FLOOR 4e-3
-#define HEAD_FP8_TOL 0.0884             /* sqrt(2) * 2^-4 */
-#define HEAD_BF16_TOL 0.0078125         /* 2^-7 */
-#define SELF_TOL 0.015625               /* 2^-6 */
+#define DEPTH_RATIO_FACTOR 2.0
+#define HEAD_FP8_TOL 0.0625             /* 2^-4 */
+#define HEAD_BF16_TOL 0.00390625        /* 2^-8 */
+#define SELF_TOL 1e-3
 
 /* The engine under test. GEMMA4D_LAYERS_STUDENT=cpu runs the harness with the CPU engine on both sides (a
  * dry run without a GPU: FP8 checkpoints must then agree exactly). */
@@ -216,7 +227,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                        tag, l, full ? "full" : "sliding", e.rel, e.max_abs, e.worst_row_rel, flips, rel, esn.rel,
                        sens, es.rel, ef.rel);
                 snprintf(label, sizeof(label), "%s layer %u (%s) forced vs cpu", tag, l, full ? "full" : "sliding");
-                double tol = SENS_FACTOR * sens > LAYER_TOL ? SENS_FACTOR * sens : LAYER_TOL;
+                double tol = SENS_FACTOR * sens > LAYER_FLOOR ? SENS_FACTOR * sens : LAYER_FLOOR;
                 lf_check(label, rel <= tol && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, tol);
                 snprintf(label, sizeof(label), "%s layer %u gpu forced with its own input", tag, l);
                 lf_check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
@@ -248,6 +259,15 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                        "half %.2f, last half %.2f\n", tag, first, last, rfirst, rlast);
                 printf("RESULT depth %s first=%.4e last=%.4e ratio_first=%.3f ratio_last=%.3f\n", tag, first, last,
                        rfirst, rlast);
+                snprintf(label, sizeof(label), "%s forced error / sensitivity does not grow with depth", tag);
+                lf_check(label, rlast <= DEPTH_RATIO_FACTOR * rfirst, "last half %.2f, bound %.2f", rlast,
+                         DEPTH_RATIO_FACTOR * rfirst);
+                double mean = 0;
+                for (uint32_t l = 0; l < L; l++)
+                        mean += ratio[l] / L;
+                printf("RESULT ratio %s mean_rel_over_sens=%.3f\n", tag, mean);
+                snprintf(label, sizeof(label), "%s mean over layers of forced rel / cpu sensitivity", tag);
+                lf_check(label, mean <= MEAN_RATIO_TOL, "%.3f (tol %.2f)", mean, MEAN_RATIO_TOL);
                 double bound = DEPTH_FACTOR * (first > DEPTH_FLOOR ? first : DEPTH_FLOOR);
                 snprintf(label, sizeof(label), "%s forced error does not grow with depth (last half vs first half)",
                          tag);
