@@ -12,7 +12,8 @@ int lf_open(struct lf_engine *e, const char *backend, const struct model *m, con
         struct backend_params bp = {
                 .kv_dtype = p->kv_dtype, .page_size = p->page_size, .max_num_seqs = 2,
                 .max_batched_tokens = p->max_len, .max_model_len = p->max_len, .gpu_fraction = 0.5,
-                .lm_head_bf16 = p->lm_head_bf16, .cpu_kv_round = p->cpu_kv_round,
+                .lm_head_bf16 = p->lm_head_bf16, .weights_bf16 = p->weights_bf16,
+                .cpu_kv_round = p->cpu_kv_round,
         };
         struct lf_engine n = { 0 };
         int r;

@@ -29,6 +29,7 @@ struct lf_params {
         uint32_t page_size;
         uint32_t max_len;               /* also the most tokens of one step */
         bool lm_head_bf16;              /* CUDA: BF16 head instead of the FP8 copy of the tied embedding */
+        bool weights_bf16;              /* CUDA: keep a BF16 checkpoint's weights BF16 (no FP8 anywhere) */
         bool cpu_kv_round;              /* CPU: round K/V to kv_dtype as the GPU stores them */
 };
 

@@ -73,13 +73,31 @@
 static const char *student = "cuda";
 
 
-/* per (KV dtype, layer kind): worst and sum of the forced relative errors, worst max-abs, count */
+/* What runs on each side. W8A8: both engines quantize (the CUDA backend quantizes the BF16 checkpoint on load
+ * with the recipe that made the FP8 one). BF16: the CUDA backend keeps the BF16 weights (weights_bf16) and the
+ * CPU runs the BF16 checkpoint in float32: no FP8 point but the FP8 K/V, so the GPU's BF16 roundings add up
+ * instead of saturating in flips -- about fifteen of them, each 1.6e-3 RMS against the probe's 2.3e-3:
+ * sqrt(15) x 0.7 = 2.7 s_l expected; its tolerances are wider in that proportion. Skipped while the CUDA
+ * backend refuses weights_bf16. */
+struct pairing {
+        const char *name, *gpu_layout, *cpu_layout;
+        bool weights_bf16;
+        double sens_factor, mean_ratio_tol;
+};
+static const struct pairing pairings[] = {
+        { "fp8", "fp8", "fp8", false, SENS_FACTOR, MEAN_RATIO_TOL },
+        { "bf16-quantized", "bf16-nested", "fp8", false, SENS_FACTOR, MEAN_RATIO_TOL },
+        { "bf16-weights", "bf16-nested", "bf16-nested", true, 4.0, 3.0 },
+};
+#define N_PAIRINGS (sizeof(pairings) / sizeof(pairings[0]))
+
+/* per (pairing, KV dtype, layer kind): worst and sum of the forced relative errors, worst max-abs, count */
 struct agg {
         double worst_rel, sum_rel, worst_abs, worst_free, worst_sens, worst_ratio;
         uint32_t n, flips;
 };
-static struct agg table[2][2];          /* [kv][full] */
-static double head_worst[2][2];         /* [kv][bf16 head] */
+static struct agg table[N_PAIRINGS][2][2];      /* [pairing][kv][full] */
+static double head_worst[N_PAIRINGS][2][2];     /* [pairing][kv][bf16 head] */
 
 /* Relative error over the rows, leaving out up to MAX_FLIP_ROWS rows above FLIP_ROW_REL (router flips). */
 static double rel_without_flips(const float *got, const float *want, uint32_t rows, uint32_t n,
@@ -112,20 +130,21 @@ static const char *kv_name(enum kv_dtype kv) {
 }
 
 /* One fixture, one checkpoint pairing, one KV dtype. */
-static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv) {
+static void run_case(const char *name, uint32_t pi, enum kv_dtype kv) {
+        const struct pairing *pp = &pairings[pi];
         struct golden_meta meta;
         struct model *mc = NULL, *mg = NULL;
         struct lf_engine cpu = { 0 }, gpu = { 0 };
         char *err = NULL, label[200], tag[96];
         int r;
 
-        snprintf(tag, sizeof(tag), "%s %s/%s", name, gpu_layout, kv_name(kv));
+        snprintf(tag, sizeof(tag), "%s %s/%s", name, pp->name, kv_name(kv));
         if (golden_meta_load(name, &meta) < 0) {
                 printf("not ok - %s: meta.json\n", tag);
                 lf_failures++;
                 return;
         }
-        char *dc = golden_path(name, "fp8"), *dg = golden_path(name, gpu_layout);
+        char *dc = golden_path(name, pp->cpu_layout), *dg = golden_path(name, pp->gpu_layout);
         r = model_load(dc, &mc, &err);
         if (r == 0)
                 r = model_load(dg, &mg, &err);
@@ -140,7 +159,8 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
         }
         uint32_t S = meta.n_prompt, H = mc->cfg.hidden_size, V = mc->cfg.vocab_size, L = mc->cfg.n_layers;
         struct lf_params pc = { .kv_dtype = kv, .page_size = 4, .max_len = 64, .cpu_kv_round = true };
-        struct lf_params pg = { .kv_dtype = kv, .page_size = 4, .max_len = 64, .cpu_kv_round = true };
+        struct lf_params pg = { .kv_dtype = kv, .page_size = 4, .max_len = 64, .cpu_kv_round = true,
+                                .weights_bf16 = pp->weights_bf16 };
         uint32_t ends[] = { 16, S - 3, S - 2, S - 1, S };
         struct lf_plan plan = { .tokens = meta.prompt, .step_end = ends, .n_steps = 5 };
         size_t xs = (size_t) (L + 1) * S * H;
@@ -154,7 +174,13 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 lf_failures++;
                 goto out;
         }
-        if ((r = lf_open(&cpu, "cpu", mc, &pc, &err)) < 0 || (r = lf_open(&gpu, student, mg, &pg, &err)) < 0) {
+        if ((r = lf_open(&cpu, "cpu", mc, &pc, &err)) == 0 && (r = lf_open(&gpu, student, mg, &pg, &err)) == -EOPNOTSUPP &&
+            pp->weights_bf16) {
+                printf("# %s: SKIP, the %s backend does not keep BF16 weights: %s\n", tag, student,
+                       err ? err : strerror(-r));
+                goto out;
+        }
+        if (r < 0) {
                 printf("not ok - %s: engine: %s\n", tag, err ? err : strerror(-r));
                 lf_failures++;
                 goto out;
@@ -227,13 +253,13 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                        tag, l, full ? "full" : "sliding", e.rel, e.max_abs, e.worst_row_rel, flips, rel, esn.rel,
                        sens, es.rel, ef.rel);
                 snprintf(label, sizeof(label), "%s layer %u (%s) forced vs cpu", tag, l, full ? "full" : "sliding");
-                double tol = SENS_FACTOR * sens > LAYER_FLOOR ? SENS_FACTOR * sens : LAYER_FLOOR;
+                double tol = pp->sens_factor * sens > LAYER_FLOOR ? pp->sens_factor * sens : LAYER_FLOOR;
                 lf_check(label, rel <= tol && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, tol);
                 snprintf(label, sizeof(label), "%s layer %u gpu forced with its own input", tag, l);
                 lf_check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
                 ratio[nf] = sens > 0 ? rel / sens : INFINITY;
                 forced[nf++] = rel;
-                struct agg *a = &table[kv == KV_DTYPE_BF16][full];
+                struct agg *a = &table[pi][kv == KV_DTYPE_BF16][full];
                 a->worst_rel = rel > a->worst_rel ? rel : a->worst_rel;
                 a->worst_abs = e.max_abs > a->worst_abs ? e.max_abs : a->worst_abs;
                 a->worst_free = ef.rel > a->worst_free ? ef.rel : a->worst_free;
@@ -267,7 +293,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                         mean += ratio[l] / L;
                 printf("RESULT ratio %s mean_rel_over_sens=%.3f\n", tag, mean);
                 snprintf(label, sizeof(label), "%s mean over layers of forced rel / cpu sensitivity", tag);
-                lf_check(label, mean <= MEAN_RATIO_TOL, "%.3f (tol %.2f)", mean, MEAN_RATIO_TOL);
+                lf_check(label, mean <= pp->mean_ratio_tol, "%.3f (tol %.2f)", mean, pp->mean_ratio_tol);
                 double bound = DEPTH_FACTOR * (first > DEPTH_FLOOR ? first : DEPTH_FLOOR);
                 snprintf(label, sizeof(label), "%s forced error does not grow with depth (last half vs first half)",
                          tag);
@@ -288,7 +314,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                 printf("RESULT head %s head=fp8 forced_rel=%.4e free_rel=%.4e\n", tag, e.rel, ef.rel);
                 snprintf(label, sizeof(label), "%s final norm + FP8 head forced vs cpu", tag);
                 lf_check(label, e.rel <= HEAD_FP8_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_FP8_TOL);
-                double *hw = &head_worst[kv == KV_DTYPE_BF16][0];
+                double *hw = &head_worst[pi][kv == KV_DTYPE_BF16][0];
                 *hw = e.rel > *hw ? e.rel : *hw;
         }
         if (H % 8 == 0) {
@@ -304,7 +330,7 @@ static void run_case(const char *name, const char *gpu_layout, enum kv_dtype kv)
                         printf("RESULT head %s head=bf16 forced_rel=%.4e\n", tag, e.rel);
                         snprintf(label, sizeof(label), "%s final norm + BF16 head forced vs cpu", tag);
                         lf_check(label, e.rel <= HEAD_BF16_TOL, "rel %.3e (tol %.4f)", e.rel, HEAD_BF16_TOL);
-                        double *hw = &head_worst[kv == KV_DTYPE_BF16][1];
+                        double *hw = &head_worst[pi][kv == KV_DTYPE_BF16][1];
                         *hw = e.rel > *hw ? e.rel : *hw;
                         lf_close(&hb);
                 } else {
@@ -324,7 +350,6 @@ out:
 
 int main(int argc, char **argv) {
         static const char *const fixtures[] = { "tiny-a", "tiny-b", "tiny-c", "tiny-d" };
-        static const char *const layouts[] = { "fp8", "bf16-nested" };
 
         if (getenv("GEMMA4D_LAYERS_STUDENT"))
                 student = getenv("GEMMA4D_LAYERS_STUDENT");
@@ -346,28 +371,33 @@ int main(int argc, char **argv) {
         fclose(fp);
         free(probe);
         for (size_t f = 0; f < sizeof(fixtures) / sizeof(fixtures[0]); f++)
-                for (size_t c = 0; c < sizeof(layouts) / sizeof(layouts[0]); c++)
+                for (uint32_t pi = 0; pi < N_PAIRINGS; pi++)
                         for (int kv = 0; kv < 2; kv++)
-                                run_case(fixtures[f], layouts[c], kv ? KV_DTYPE_BF16 : KV_DTYPE_FP8);
+                                run_case(fixtures[f], pi, kv ? KV_DTYPE_BF16 : KV_DTYPE_FP8);
 
-        printf("# summary (teacher forcing, all fixtures and checkpoints; rel = ||gpu - cpu|| / ||cpu||)\n");
-        printf("# | KV | layers | n | worst rel | mean rel | worst max_abs | router-flip rows | cpu bf16-input "
-               "sensitivity, worst | worst rel / sensitivity | free-running worst rel |\n");
-        for (int kv = 0; kv < 2; kv++)
-                for (int full = 0; full < 2; full++) {
-                        const struct agg *a = &table[kv][full];
-                        printf("# | %s | %s | %u | %.2e | %.2e | %.2e | %u | %.2e | %.1f | %.2e |\n",
-                               kv ? "BF16" : "FP8", full ? "full" : "sliding", a->n, a->worst_rel,
-                               a->n ? a->sum_rel / a->n : 0.0, a->worst_abs, a->flips, a->worst_sens, a->worst_ratio,
-                               a->worst_free);
-                        printf("RESULT summary kv=%s kind=%s n=%u worst_rel=%.4e mean_rel=%.4e worst_abs=%.4e "
-                               "flips=%u sens_worst=%.4e ratio_worst=%.2f free_worst=%.4e\n", kv ? "bf16" : "fp8",
-                               full ? "full" : "sliding", a->n, a->worst_rel, a->n ? a->sum_rel / a->n : 0.0,
-                               a->worst_abs, a->flips, a->worst_sens, a->worst_ratio, a->worst_free);
-                }
-        for (int kv = 0; kv < 2; kv++)
-                printf("RESULT summary-head kv=%s fp8_head_worst=%.4e bf16_head_worst=%.4e\n", kv ? "bf16" : "fp8",
-                       head_worst[kv][0], head_worst[kv][1]);
+        printf("# summary (teacher forcing, all fixtures; rel = ||gpu - cpu|| / ||cpu||)\n");
+        printf("# | weights | KV | layers | n | worst rel | mean rel | worst max_abs | router-flip rows | cpu "
+               "sensitivity s_l, worst | worst rel / s_l | free-running worst rel |\n");
+        for (uint32_t pi = 0; pi < N_PAIRINGS; pi++)
+                for (int kv = 0; kv < 2; kv++)
+                        for (int full = 0; full < 2; full++) {
+                                const struct agg *a = &table[pi][kv][full];
+                                if (!a->n)
+                                        continue;
+                                printf("# | %s | %s | %s | %u | %.2e | %.2e | %.2e | %u | %.2e | %.2f | %.2e |\n",
+                                       pairings[pi].name, kv ? "BF16" : "FP8", full ? "full" : "sliding", a->n,
+                                       a->worst_rel, a->sum_rel / a->n, a->worst_abs, a->flips, a->worst_sens,
+                                       a->worst_ratio, a->worst_free);
+                                printf("RESULT summary weights=%s kv=%s kind=%s n=%u worst_rel=%.4e mean_rel=%.4e "
+                                       "worst_abs=%.4e flips=%u sens_worst=%.4e ratio_worst=%.2f free_worst=%.4e\n",
+                                       pairings[pi].name, kv ? "bf16" : "fp8", full ? "full" : "sliding", a->n,
+                                       a->worst_rel, a->sum_rel / a->n, a->worst_abs, a->flips, a->worst_sens,
+                                       a->worst_ratio, a->worst_free);
+                        }
+        for (uint32_t pi = 0; pi < N_PAIRINGS; pi++)
+                for (int kv = 0; kv < 2; kv++)
+                        printf("RESULT summary-head weights=%s kv=%s fp8_head_worst=%.4e bf16_head_worst=%.4e\n",
+                               pairings[pi].name, kv ? "bf16" : "fp8", head_worst[pi][kv][0], head_worst[pi][kv][1]);
         printf("SUMMARY test-cuda-layers %s: %d of %d checks failed\n", lf_failures ? "FAIL" : "PASS", lf_failures, lf_tests);
         printf("1..%d\n", lf_tests);
         return lf_failures ? 1 : 0;
