@@ -31,8 +31,10 @@
  *     student with GEMMA4D_LAYERS_STUDENT=cpu) scores 1.34-1.76 per case (single layers up to 2.6): this is
  *     the check that notices a missing or extra quantization point, which the per-layer bound cannot.
  * A token whose router top-k flips on a near tie (meta.json router_gap: 7e-5) gets other experts: a
- * discrete event, not rounding, contained to that token and layer by teacher forcing; rows above
- * FLIP_ROW_REL count as such and at most MAX_FLIP_ROWS per layer are excluded from the layer's error.
+ * discrete event, not rounding, contained to that token and layer by teacher forcing. Rows above
+ * max(FLIP_ROW_MIN, FLIP_FACTOR x the layer's median row error) count as such; at most MAX_FLIP_ROWS per
+ * layer (5 % of a prompt), left out of the layer's error (and of s_l likewise). The same rows often flip in
+ * the CPU's own perturbed run: the tie is in the weights, any perturbation tips it.
  * Depth: under teacher forcing every layer starts from the same input on both sides, so nothing
  * accumulates: the worst rel of the last half of the layers within DEPTH_FACTOR of the first half's (floor
  * DEPTH_FLOOR), and the worst rel / s_l of the last half within DEPTH_RATIO_FACTOR of the first half's (the
@@ -59,8 +61,9 @@
 #define SENS_FACTOR 3.0                 /* ~sqrt(8) */
 #define LAYER_FLOOR 0.015625            /* 2^-6: one quantization point's flip noise, sqrt(2^-9 * 2^-3) */
 #define MEAN_RATIO_TOL 1.25
-#define FLIP_ROW_REL 0.25
-#define MAX_FLIP_ROWS 1
+#define FLIP_ROW_MIN 0.05
+#define FLIP_FACTOR 5.0
+#define MAX_FLIP_ROWS 2
 #define DEPTH_FACTOR 4.0
 #define DEPTH_FLOOR 4e-3
 #define DEPTH_RATIO_FACTOR 2.0
@@ -82,12 +85,13 @@ static const char *student = "cuda";
 struct pairing {
         const char *name, *gpu_layout, *cpu_layout;
         bool weights_bf16;
-        double sens_factor, mean_ratio_tol;
+        double sens_factor, mean_ratio_tol, layer_floor;
 };
 static const struct pairing pairings[] = {
-        { "fp8", "fp8", "fp8", false, SENS_FACTOR, MEAN_RATIO_TOL },
-        { "bf16-quantized", "bf16-nested", "fp8", false, SENS_FACTOR, MEAN_RATIO_TOL },
-        { "bf16-weights", "bf16-nested", "bf16-nested", true, 4.0, 3.0 },
+        { "fp8", "fp8", "fp8", false, SENS_FACTOR, MEAN_RATIO_TOL, LAYER_FLOOR },
+        { "bf16-quantized", "bf16-nested", "fp8", false, SENS_FACTOR, MEAN_RATIO_TOL, LAYER_FLOOR },
+        /* floor: one BF16 rounding's bound, 2^-8 */
+        { "bf16-weights", "bf16-nested", "bf16-nested", true, 4.0, 3.0, 0.00390625 },
 };
 #define N_PAIRINGS (sizeof(pairings) / sizeof(pairings[0]))
 
@@ -99,18 +103,34 @@ struct agg {
 static struct agg table[N_PAIRINGS][2][2];      /* [pairing][kv][full] */
 static double head_worst[N_PAIRINGS][2][2];     /* [pairing][kv][bf16 head] */
 
-/* Relative error over the rows, leaving out up to MAX_FLIP_ROWS rows above FLIP_ROW_REL (router flips). */
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return x < y ? -1 : x > y;
+}
+
+/* Relative error over the rows, leaving out router-flip rows: rows above max(FLIP_ROW_MIN, FLIP_FACTOR x the
+ * median row's error), at most MAX_FLIP_ROWS of them (all are counted in *ret_flips). */
 static double rel_without_flips(const float *got, const float *want, uint32_t rows, uint32_t n,
                                 uint32_t *ret_flips) {
-        double num = 0, den = 0;
+        double num = 0, den = 0, *row_rel = calloc(rows, sizeof(double)), *sorted = calloc(rows, sizeof(double));
         uint32_t flips = 0, skipped = 0;
 
+        if (!row_rel || !sorted || rows == 0) {
+                free(row_rel), free(sorted);
+                *ret_flips = 0;
+                return INFINITY;
+        }
         for (uint32_t r = 0; r < rows; r++) {
                 struct lf_err e;
                 lf_compare(got + (size_t) r * n, want + (size_t) r * n, 1, n, &e);
-                if (e.rel > FLIP_ROW_REL) {
+                row_rel[r] = sorted[r] = e.rel;
+        }
+        qsort(sorted, rows, sizeof(double), cmp_double);
+        double limit = FLIP_FACTOR * sorted[rows / 2] > FLIP_ROW_MIN ? FLIP_FACTOR * sorted[rows / 2] : FLIP_ROW_MIN;
+        for (uint32_t r = 0; r < rows; r++) {
+                if (row_rel[r] > limit) {
                         flips++;
-                        if (skipped < MAX_FLIP_ROWS && isfinite(e.rel)) {
+                        if (skipped < MAX_FLIP_ROWS && isfinite(row_rel[r])) {
                                 skipped++;
                                 continue;
                         }
@@ -121,6 +141,7 @@ static double rel_without_flips(const float *got, const float *want, uint32_t ro
                         den += (double) want[(size_t) r * n + i] * want[(size_t) r * n + i];
                 }
         }
+        free(row_rel), free(sorted);
         *ret_flips = flips;
         return den > 0 ? sqrt(num / den) : sqrt(num);
 }
@@ -253,7 +274,7 @@ static void run_case(const char *name, uint32_t pi, enum kv_dtype kv) {
                        tag, l, full ? "full" : "sliding", e.rel, e.max_abs, e.worst_row_rel, flips, rel, esn.rel,
                        sens, es.rel, ef.rel);
                 snprintf(label, sizeof(label), "%s layer %u (%s) forced vs cpu", tag, l, full ? "full" : "sliding");
-                double tol = pp->sens_factor * sens > LAYER_FLOOR ? pp->sens_factor * sens : LAYER_FLOOR;
+                double tol = pp->sens_factor * sens > pp->layer_floor ? pp->sens_factor * sens : pp->layer_floor;
                 lf_check(label, rel <= tol && flips <= MAX_FLIP_ROWS, "rel %.3e (tol %.4f)", rel, tol);
                 snprintf(label, sizeof(label), "%s layer %u gpu forced with its own input", tag, l);
                 lf_check(label, es.rel <= SELF_TOL, "rel %.3e (tol %.4f)", es.rel, SELF_TOL);
