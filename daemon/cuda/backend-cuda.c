@@ -762,14 +762,6 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
                         return r_;                                                                           \
         } while (0)
 
-/* The input of layer l's first GEMM from the residual stream b->x: what the embedding (layer 0) or the
- * previous layer's kern_ffn_combine leaves in aq / a_scale. Used by cuda-debug.c to start at any layer;
- * keep it in step with run_layers. */
-int cuda_layer_input(struct backend *b, uint32_t l, uint32_t T) {
-        return kern_rmsnorm_quant(b->x, b->layers[l].input_ln, T, b->cfg.hidden_size, b->cfg.rms_norm_eps, b->aq,
-                                  b->a_scale, b->stream);
-}
-
 static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
                       const struct kern_batch *bt_slide) {
         const struct model_config *c = &b->cfg;
@@ -1170,6 +1162,15 @@ static void backend_cuda_host_free(struct backend *b, void *p) {
 void cuda_debug_view(struct backend *b, struct cuda_debug_view *ret) {
         *ret = (struct cuda_debug_view){.dbg = b->dbg, .x = b->x, .stream = b->stream, .n_layers = b->cfg.n_layers,
                                         .hidden = b->cfg.hidden_size};
+}
+
+/* The input of layer l's first GEMM from the residual stream b->x: what the embedding (layer 0) or the
+ * previous layer's kern_ffn_combine leaves in aq / a_scale. Used by cuda-debug.c to start at any layer;
+ * keep it in step with run_layers (and with what its
+ * layer loop leaves for the next layer). */
+int cuda_layer_input(struct backend *b, uint32_t l, uint32_t T) {
+        return kern_rmsnorm_quant(b->x, b->layers[l].input_ln, T, b->cfg.hidden_size, b->cfg.rms_norm_eps, b->aq,
+                                  b->a_scale, b->stream);
 }
 
 int cuda_debug_step(struct backend *b, struct cuda_debug *d, const struct backend_batch *batch, float *logits) {
