@@ -342,7 +342,7 @@ extern "C" int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, 
 #define BLAS_WORKSPACE (32u << 20)
 
 struct blas_plan {
-        int kind;                       /* 0 empty, 1 fp8, 2 bf16 */
+        int kind;                       /* 0 empty, 1 fp8, 2 bf16 -> f32, 3 bf16 -> bf16 */
         uint32_t n_out, k, m;
         cublasLtMatmulDesc_t desc;
         cublasLtMatrixLayout_t a, b, d;
@@ -437,7 +437,7 @@ static struct blas_plan *plan_get(struct kern_blas *b, int kind, uint32_t n_out,
                 cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
                                                sizeof(b_scale));
         }
-        cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, dt = fp8 ? CUDA_R_16BF : CUDA_R_32F;
+        cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, dt = kind == 2 ? CUDA_R_32F : CUDA_R_16BF;
         cublasLtMatrixLayoutCreate(&pl->a, ab, k, n_out, k);
         cublasLtMatrixLayoutCreate(&pl->b, ab, k, m, k);
         cublasLtMatrixLayoutCreate(&pl->d, dt, n_out, m, n_out);
@@ -505,5 +505,26 @@ extern "C" int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w,
         if (cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d, &pl->algo,
                            b->workspace, BLAS_WORKSPACE, stream) != CUBLAS_STATUS_SUCCESS)
                 return -EIO;
+        return 0;
+}
+
+extern "C" int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
+                                     const uint16_t *x, uint32_t m, uint16_t *y, cudaStream_t stream) {
+        float alpha = 1.0f, beta = 0.0f;
+        struct blas_plan *pl;
+
+        if (k % 8 != 0 || n_out % 8 != 0)
+                return -EINVAL;
+        if (m == 0)
+                return 0;
+        pl = plan_get(b, 3, n_out, k, m, NULL, NULL);
+        if (!pl)
+                return -EIO;
+        cublasStatus_t st = cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d,
+                                           &pl->algo, b->workspace, BLAS_WORKSPACE, stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+                blas_fail(b, "matmul", st, n_out, k, m);
+                return -EIO;
+        }
         return 0;
 }

@@ -184,28 +184,23 @@ static int check_config(const struct model *m, const struct backend_params *p, c
         if (p->page_size == 0 || p->max_num_seqs == 0 || p->max_batched_tokens == 0 || p->max_model_len == 0)
                 return cuda_errorf(reterr, -EINVAL, "backend: page_size, max_num_seqs, max_batched_tokens and "
                                                     "max_model_len must be positive");
-        if (p->lm_head_bf16 && c->hidden_size % 8 != 0)
-                return cuda_errorf(reterr, -EINVAL, "backend cuda: the BF16 LM head needs hidden_size %% 8 == 0 "
-                                                    "(cuBLASLt), hidden_size is %u", c->hidden_size);
         if (p->weights_bf16)
-                return cuda_errorf(reterr, -EOPNOTSUPP,
-                                   "backend cuda: keeping BF16 weights is not implemented; checkpoints are "
-                                   "quantized to FP8 per channel on load");
+                return cuda_bf16_check_model(m, reterr);
         return 0;
 }
 
 /* ---- weights ---- */
 
-/* every matrix starts 256-byte aligned (16-byte vector loads) */
-static uint64_t linear_bytes(const struct linear_weight *lw) {
-        return lw->w.data ? ((uint64_t) lw->out_features * lw->in_features + 255) & ~(uint64_t) 255 : 0;
+/* every matrix starts 256-byte aligned (16-byte vector loads); es: bytes per weight (2 with weights_bf16) */
+static uint64_t linear_bytes(const struct linear_weight *lw, uint64_t es) {
+        return lw->w.data ? ((uint64_t) lw->out_features * lw->in_features * es + 255) & ~(uint64_t) 255 : 0;
 }
 
 static int upload_weights(struct backend *b, struct uploader *u, char **reterr) {
         const struct model *m = b->m;
         const struct model_config *c = &m->cfg;
         uint32_t H = c->hidden_size, E = c->enable_moe ? c->n_experts : 0;
-        uint64_t wbytes = 0, sfloats = 0;
+        uint64_t wbytes = 0, sfloats = 0, es = b->p.weights_bf16 ? 2 : 1;
         int r;
 
         /* one block for every FP8 matrix, then one for every scale */
@@ -214,11 +209,11 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                 const struct linear_weight *lin[] = {&L->q_proj, &L->k_proj, &L->v_proj, &L->o_proj,
                                                      &L->mlp_gate, &L->mlp_up, &L->mlp_down};
                 for (size_t i = 0; i < sizeof(lin) / sizeof(lin[0]); i++) {
-                        wbytes += linear_bytes(lin[i]);
+                        wbytes += linear_bytes(lin[i], es);
                         sfloats += lin[i]->w.data ? lin[i]->out_features : 0;
                 }
                 if (E)
-                        wbytes += 2 * 256 + (uint64_t) E * 3 * c->moe_intermediate_size * H;
+                        wbytes += 2 * 256 + (uint64_t) E * 3 * c->moe_intermediate_size * H * es;
                 for (uint32_t e = 0; e < E; e++) {
                         sfloats += L->expert_gate[e].out_features + L->expert_up[e].out_features +
                                    L->expert_down[e].out_features;
@@ -230,6 +225,11 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         }
         wbytes = (wbytes + 255) & ~(uint64_t) 255;
         b->weight_block_bytes = wbytes + sfloats * sizeof(float);
+        if (b->p.weights_bf16 &&
+            (r = cuda_bf16_check_memory(b->weight_block_bytes + (uint64_t) c->vocab_size * H * 2 *
+                                                                        (tensor_present(&m->lm_head) ? 2 : 1),
+                                        reterr)) < 0)
+                return r;
         if (dev_alloc(&b->weight_block, b->weight_block_bytes) < 0)
                 return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate %.2f GiB for weights",
                                    b->weight_block_bytes / 1073741824.0);
@@ -241,7 +241,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         do {                                                                                                 \
                 (dl)->w = wp;                                                                                \
                 (dl)->scale = sp;                                                                            \
-                wp += ((uint64_t) (nrows) * (ncols) + 255) & ~(uint64_t) 255;                                \
+                wp += ((uint64_t) (nrows) * (ncols) * es + 255) & ~(uint64_t) 255;                           \
                 sp += (nrows);                                                                               \
         } while (0)
 
@@ -290,7 +290,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                                                             "moe_intermediate_size %u", l, e, I);
                                 if ((r = upload_linear(u, egu, 2, &tmp, wp, sp, reterr)) < 0)
                                         return r;
-                                wp += (uint64_t) 2 * I * H;
+                                wp += (uint64_t) 2 * I * H * es;
                                 sp += 2 * I;
                         }
                         D->e_gate_up = (struct dev_linear){gw, gs, 2 * I, H, E};
@@ -302,7 +302,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                 struct dev_linear tmp;
                                 if ((r = upload_linear(u, ed, 1, &tmp, wp, sp, reterr)) < 0)
                                         return r;
-                                wp += (uint64_t) H * I;
+                                wp += (uint64_t) H * I * es;
                                 sp += H;
                         }
                         D->e_down = (struct dev_linear){gw, gs, H, I, E};
@@ -426,6 +426,8 @@ static int alloc_activations(struct backend *b, char **reterr) {
         size_t kv_elt = b->p.kv_dtype == KV_DTYPE_FP8 ? 1 : 2;
         uint32_t q_width = c->n_heads * b->max_d;
         uint32_t aq_width = H > q_width ? H : q_width;
+        /* with BF16 weights the linears' inputs (aq, q1, q2, act, e_act) hold BF16 instead of FP8 */
+        size_t ae = b->p.weights_bf16 ? 2 : 1;
         int r = 0;
 
         if (aq_width < b->inter)
@@ -447,11 +449,11 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->router_logits, (size_t) T * (c->enable_moe ? c->n_experts : 1) * 4},
                 {(void **) &b->e_scale, (size_t) b->p_max * 4},
                 {(void **) &b->logits, (size_t) head_rows * V * 4},
-                {(void **) &b->aq, (size_t) T * aq_width},
-                {(void **) &b->q1, (size_t) T * H},
-                {(void **) &b->q2, (size_t) T * H},
-                {(void **) &b->act, (size_t) T * b->inter},
-                {(void **) &b->e_act, (size_t) b->p_max * b->e_inter},
+                {(void **) &b->aq, (size_t) T * aq_width * ae},
+                {(void **) &b->q1, (size_t) T * H * ae},
+                {(void **) &b->q2, (size_t) T * H * ae},
+                {(void **) &b->act, (size_t) T * b->inter * ae},
+                {(void **) &b->e_act, (size_t) b->p_max * b->e_inter * ae},
                 {(void **) &b->qkv, (size_t) T * b->max_qkv * 2},
                 {(void **) &b->q, (size_t) T * q_width * 2},
                 {(void **) &b->attn, (size_t) T * q_width * 2},
@@ -666,6 +668,8 @@ static void backend_cuda_get_capacity(struct backend *b, struct backend_capacity
 
 static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
                   uint16_t *y) {
+        if (b->p.weights_bf16)          /* x holds BF16 activations, xs is unused */
+                return cuda_bf16_linear(b->blas, L, (const uint16_t *) (const void *) x, m, y, b->stream);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
                 return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
                                              b->stream);
@@ -677,6 +681,24 @@ static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *
                                              b->stream);
         }
         return 0;
+}
+
+/* The MoE experts over the routed groups: FP8 x FP8, or BF16 x BF16 with weights_bf16. */
+static int linear_grouped(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs,
+                          uint32_t x_row_div, uint32_t max_groups, uint32_t max_rows, uint16_t *y) {
+        if (b->p.weights_bf16)
+                return kern_bf16_linear_grouped((const uint16_t *) (const void *) L->w, L->n_out, L->k,
+                                                (const uint16_t *) (const void *) x, x_row_div, b->pair_rows,
+                                                b->groups, b->n_groups, max_groups, max_rows, y, b->stream);
+        return kern_fp8_linear_grouped(L->w, L->scale, L->n_out, L->k, x, xs, x_row_div, b->pair_rows, b->groups,
+                                       b->n_groups, max_groups, max_rows, y, b->stream);
+}
+
+/* With weights_bf16 a linear's input is bf16(RMSNorm(x; w)) where the FP8 path fuses the quantization into
+ * the producing kernel: one more row kernel over the residual stream. */
+static int norm_bf16(struct backend *b, const uint16_t *w, uint32_t T, uint8_t *dst) {
+        return kern_rmsnorm_rows(b->x, NULL, w, T, b->cfg.hidden_size, b->cfg.rms_norm_eps, NULL, NULL,
+                                 (uint16_t *) (void *) dst, b->stream);
 }
 
 /* A batch the backend cannot run is refused before anything reaches the device; the log says why (the
@@ -761,8 +783,11 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 u &= 0xffff0000u;
                 memcpy(&embed_scale, &u, 4);
         }
-        TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, embed_scale, b->x, b->layers[0].input_ln, eps, b->aq,
-                       b->a_scale, b->stream));
+        bool wb = b->p.weights_bf16;
+        TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, embed_scale, b->x, wb ? NULL : b->layers[0].input_ln,
+                       eps, b->aq, b->a_scale, b->stream));
+        if (wb)
+                TRY(norm_bf16(b, b->layers[0].input_ln, T, b->aq));
         prof_mark(b, P_EMBED);
         for (uint32_t l = 0; l < c->n_layers; l++) {
                 struct dev_layer *D = &b->layers[l];
@@ -778,12 +803,18 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 prof_mark(b, P_ATTN);
                 TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, b->stream));
                 prof_mark(b, P_KV);
-                TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
+                if (!wb)
+                        TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
                 prof_mark(b, P_OQ);
-                TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
+                TRY(linear(b, &D->o, wb ? (const uint8_t *) (const void *) b->attn : b->aq, b->a_scale, T, b->o));
                 prof_mark(b, P_O);
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
                                    b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
+                if (wb) {       /* the FP8 copies above go unused; BF16 ones over them */
+                        TRY(norm_bf16(b, D->pre_ff, T, b->q1));
+                        if (c->enable_moe)
+                                TRY(norm_bf16(b, D->pre_ff2, T, b->q2));
+                }
                 prof_mark(b, P_POST);
                 if (c->enable_moe) {
                         struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
@@ -792,7 +823,8 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 }
                 TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
                 prof_mark(b, P_DGU);
-                TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
+                TRY(wb ? kern_geglu_bf16(b->gu, T, b->inter, (uint16_t *) (void *) b->act, b->stream)
+                       : kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
                 prof_mark(b, P_DACT);
                 TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
                 prof_mark(b, P_DDOWN);
@@ -802,21 +834,21 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
                                            b->stream));
                         prof_mark(b, P_ROUTE);
-                        TRY(kern_fp8_linear_grouped(D->e_gate_up.w, D->e_gate_up.scale, 2 * I, H, b->q2, b->s2,
-                                                    b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64,
-                                                    b->e_gu, b->stream));
+                        TRY(linear_grouped(b, &D->e_gate_up, b->q2, b->s2, b->top_k, maxg, T < 64 ? T : 64,
+                                           b->e_gu));
                         prof_mark(b, P_EGU);
-                        TRY(kern_geglu_quant(b->e_gu, P, I, b->e_act, b->e_scale, b->stream));
+                        TRY(wb ? kern_geglu_bf16(b->e_gu, P, I, (uint16_t *) (void *) b->e_act, b->stream)
+                               : kern_geglu_quant(b->e_gu, P, I, b->e_act, b->e_scale, b->stream));
                         prof_mark(b, P_EACT);
-                        TRY(kern_fp8_linear_grouped(D->e_down.w, D->e_down.scale, H, I, b->e_act, b->e_scale, 1,
-                                                    b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64, b->e_y,
-                                                    b->stream));
+                        TRY(linear_grouped(b, &D->e_down, b->e_act, b->e_scale, 1, maxg, T < 64 ? T : 64, b->e_y));
                         prof_mark(b, P_EDOWN);
                 }
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
                 TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H, eps,
-                                     D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, next, b->aq, b->a_scale,
-                                     b->stream));
+                                     D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, wb ? NULL : next, b->aq,
+                                     b->a_scale, b->stream));
+                if (wb && next)
+                        TRY(norm_bf16(b, next, T, b->aq));
                 prof_mark(b, P_COMBINE);
         }
         return 0;
@@ -850,9 +882,8 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         TRY(kern_rmsnorm_rows(b->x, d_rows + r0, b->final_norm, nr, H, c->rms_norm_eps, NULL, NULL,
                                               b->final_bf16, b->stream));
                         prof_mark(b, P_HNORM);
-                        TRY(kern_blas_bf16_linear_f32(b->blas, b->head_bf16, V, H, b->final_bf16, nr, b->logits,
-                                                      b->stream));
-                        TRY(kern_softcap(NULL, b->logits, (size_t) nr * V, cap, b->stream));
+                        TRY(cuda_bf16_head(b->blas, b->head_bf16, V, H, b->final_bf16, nr, b->logits, cap,
+                                           b->stream));
                 }
                 prof_mark(b, P_HEAD);
                 if (argmax) {
