@@ -490,34 +490,17 @@ extern "C" int kern_blas_fp8_linear(struct kern_blas *b, const uint8_t *w, const
         return 0;
 }
 
-extern "C" int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
-                                         const uint16_t *x, uint32_t m, float *y, cudaStream_t stream) {
+/* BF16 x BF16 through cuBLASLt: kind 2 writes FP32, kind 3 BF16 (n_out % 8 for the 16-byte BF16 rows) */
+static int blas_bf16(struct kern_blas *b, int kind, const uint16_t *w, uint32_t n_out, uint32_t k,
+                     const uint16_t *x, uint32_t m, void *y, cudaStream_t stream) {
         float alpha = 1.0f, beta = 0.0f;
         struct blas_plan *pl;
 
-        if (k % 8 != 0 || n_out % 4 != 0)
+        if (k % 8 != 0 || n_out % (kind == 2 ? 4 : 8) != 0)
                 return -EINVAL;
         if (m == 0)
                 return 0;
-        pl = plan_get(b, 2, n_out, k, m, NULL, NULL);
-        if (!pl)
-                return -EIO;
-        if (cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d, &pl->algo,
-                           b->workspace, BLAS_WORKSPACE, stream) != CUBLAS_STATUS_SUCCESS)
-                return -EIO;
-        return 0;
-}
-
-extern "C" int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
-                                     const uint16_t *x, uint32_t m, uint16_t *y, cudaStream_t stream) {
-        float alpha = 1.0f, beta = 0.0f;
-        struct blas_plan *pl;
-
-        if (k % 8 != 0 || n_out % 8 != 0)
-                return -EINVAL;
-        if (m == 0)
-                return 0;
-        pl = plan_get(b, 3, n_out, k, m, NULL, NULL);
+        pl = plan_get(b, kind, n_out, k, m, NULL, NULL);
         if (!pl)
                 return -EIO;
         cublasStatus_t st = cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d,
@@ -527,4 +510,14 @@ extern "C" int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uin
                 return -EIO;
         }
         return 0;
+}
+
+extern "C" int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
+                                         const uint16_t *x, uint32_t m, float *y, cudaStream_t stream) {
+        return blas_bf16(b, 2, w, n_out, k, x, m, y, stream);
+}
+
+extern "C" int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
+                                     const uint16_t *x, uint32_t m, uint16_t *y, cudaStream_t stream) {
+        return blas_bf16(b, 3, w, n_out, k, x, m, y, stream);
 }

@@ -203,23 +203,29 @@ static int bw_launch_rows(struct bw_params *p, uint32_t max_rows, uint32_t grid_
         return bw_launch<8>(p, grid_y, stream);
 }
 
+static struct bw_params bw_params_of(const uint16_t *w, uint32_t n_out, uint32_t k, const uint16_t *x,
+                                     uint32_t x_row_div, void *y, enum kern_out out, float softcap) {
+        struct bw_params p = {};
+        p.w = w;
+        p.n_out = n_out;
+        p.k = k;
+        p.x = x;
+        p.x_row_div = x_row_div;
+        p.y = y;
+        p.out = out;
+        p.softcap = softcap;
+        return p;
+}
+
 extern "C" int kern_bf16_linear_small(const uint16_t *w, uint32_t n_out, uint32_t k, const uint16_t *x, uint32_t m,
                                       void *y, enum kern_out out, float softcap, cudaStream_t stream) {
-        struct bw_params p = {};
+        struct bw_params p = bw_params_of(w, n_out, k, x, 1, y, out, softcap);
 
         if (k == 0 || n_out == 0 || (out != KERN_OUT_BF16 && out != KERN_OUT_F32_SOFTCAP))
                 return -EINVAL;
         if (m == 0)
                 return 0;
-        p.w = w;
-        p.n_out = n_out;
-        p.k = k;
-        p.x = x;
-        p.x_row_div = 1;
         p.m = m;
-        p.y = y;
-        p.out = out;
-        p.softcap = softcap;
         if (m <= 64) {
                 bw_pick_split(&p, 1);
                 return bw_launch_rows(&p, m, 1, stream);
@@ -232,22 +238,15 @@ extern "C" int kern_bf16_linear_grouped(const uint16_t *w, uint32_t n_out, uint3
                                         uint32_t x_row_div, const int32_t *pair_rows,
                                         const struct kern_gemm_group *groups, const int32_t *n_groups,
                                         uint32_t max_groups, uint32_t max_rows, uint16_t *y, cudaStream_t stream) {
-        struct bw_params p = {};
+        struct bw_params p = bw_params_of(w, n_out, k, x, x_row_div, y, KERN_OUT_BF16, 0.0f);
 
         if (k == 0 || n_out == 0 || x_row_div == 0 || max_rows == 0 || max_rows > 64)
                 return -EINVAL;
         if (max_groups == 0)
                 return 0;
-        p.w = w;
-        p.n_out = n_out;
-        p.k = k;
-        p.x = x;
-        p.x_row_div = x_row_div;
         p.pair_rows = pair_rows;
         p.groups = groups;
         p.n_groups = n_groups;
-        p.y = y;
-        p.out = KERN_OUT_BF16;
         bw_pick_split(&p, max_groups);
         return bw_launch_rows(&p, max_rows, max_groups, stream);
 }
