@@ -38,7 +38,7 @@
 #include "kernels/selftest.h"
 
 #define LAYER_REL 5e-2
-#define LAYER_REL_BF16 2e-2     /* BF16 weights + BF16 head: only BF16 activation rounding, no FP8 anywhere */
+#define LAYER_REL_BF16 1e-2     /* BF16 weights + BF16 head: BF16 activation rounding only (H100: 3.6e-3, 4.9e-3) */
 #define SENS_FACTOR 1.25
 #define FLOOR_REL 0.08
 #define ARGMAX_SHARE 0.75
@@ -783,6 +783,8 @@ int main(int argc, char **argv) {
         const char *src = getenv("GEMMA4D_SOURCE_ROOT");
         char root[4096];
 
+        /* one line at a time: the backend logs to stderr, and a RESULT line must not be cut by a log line */
+        setvbuf(stdout, NULL, _IOLBF, 0);
         if (kernels_device_count() <= 0) {
                 printf("1..0 # SKIP no CUDA device\n");
                 return 77;
