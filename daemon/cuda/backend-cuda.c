@@ -160,6 +160,8 @@ static int dev_alloc(void **p, size_t bytes) {
 
 static void backend_cuda_destroy(struct backend *b);
 static int capture_boot_graphs(struct backend *b, char **reterr);
+static int run_layers_bf16(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
+                           const struct kern_batch *bt_slide);
 
 /* An environment switch: set and not "0" */
 static bool env_flag(const char *name) {
@@ -226,11 +228,11 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         }
         wbytes = (wbytes + 255) & ~(uint64_t) 255;
         b->weight_block_bytes = wbytes + sfloats * sizeof(float);
-        /* A tied BF16 head reads the whole table every step: that one must live on the device. */
-        b->embed_host = !b->p.embedding_device && !(b->p.lm_head_bf16 && !tensor_present(&m->lm_head));
+        /* BF16 weights: say how much is needed rather than fail an allocation (the table's placement as below) */
         uint64_t table = (uint64_t) c->vocab_size * H * 2;
+        bool table_on_device = b->p.embedding_device || (b->p.lm_head_bf16 && !tensor_present(&m->lm_head));
         if (b->p.weights_bf16 &&
-            (r = cuda_bf16_check_memory(b->weight_block_bytes + (b->embed_host ? 0 : table) +
+            (r = cuda_bf16_check_memory(b->weight_block_bytes + (table_on_device ? table : 0) +
                                                 (tensor_present(&m->lm_head) ? table : 0),
                                         reterr)) < 0)
                 return r;
@@ -345,6 +347,8 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                 D->layer_scalar = tensor_present(&L->layer_scalar) ? host_tensor_f32(&L->layer_scalar, 0) : 1.0f;
         }
 #undef PLACE
+        /* A tied BF16 head reads the whole table every step: that one must live on the device. */
+        b->embed_host = !b->p.embedding_device && !(b->p.lm_head_bf16 && !tensor_present(&m->lm_head));
         if (b->embed_host)
                 r = upload_matrix_bf16_host(u, &m->embed_tokens, c->vocab_size, H, &b->embed, reterr);
         else
@@ -681,8 +685,6 @@ static void backend_cuda_get_capacity(struct backend *b, struct backend_capacity
 
 static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
                   uint16_t *y) {
-        if (b->p.weights_bf16)          /* x holds BF16 activations, xs is unused */
-                return cuda_bf16_linear(b->blas, L, (const uint16_t *) (const void *) x, m, y, b->stream);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
                 return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
                                              b->stream);
@@ -694,24 +696,6 @@ static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *
                                              b->stream);
         }
         return 0;
-}
-
-/* The MoE experts over the routed groups: FP8 x FP8, or BF16 x BF16 with weights_bf16. */
-static int linear_grouped(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs,
-                          uint32_t x_row_div, uint32_t max_groups, uint32_t max_rows, uint16_t *y) {
-        if (b->p.weights_bf16)
-                return kern_bf16_linear_grouped((const uint16_t *) (const void *) L->w, L->n_out, L->k,
-                                                (const uint16_t *) (const void *) x, x_row_div, b->pair_rows,
-                                                b->groups, b->n_groups, max_groups, max_rows, y, b->stream);
-        return kern_fp8_linear_grouped(L->w, L->scale, L->n_out, L->k, x, xs, x_row_div, b->pair_rows, b->groups,
-                                       b->n_groups, max_groups, max_rows, y, b->stream);
-}
-
-/* With weights_bf16 a linear's input is bf16(RMSNorm(x; w)) where the FP8 path fuses the quantization into
- * the producing kernel: one more row kernel over the residual stream. */
-static int norm_bf16(struct backend *b, const uint16_t *w, uint32_t T, uint8_t *dst) {
-        return kern_rmsnorm_rows(b->x, NULL, w, T, b->cfg.hidden_size, b->cfg.rms_norm_eps, NULL, NULL,
-                                 (uint16_t *) (void *) dst, b->stream);
 }
 
 /* A batch the backend cannot run is refused before anything reaches the device; the log says why (the
@@ -784,6 +768,8 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
 
 static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
                       const struct kern_batch *bt_slide) {
+        if (b->p.weights_bf16)
+                return run_layers_bf16(b, T, d_tokens, bt_full, bt_slide);
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, P = T * b->top_k;
         float eps = c->rms_norm_eps;
@@ -796,11 +782,8 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 u &= 0xffff0000u;
                 memcpy(&embed_scale, &u, 4);
         }
-        bool wb = b->p.weights_bf16;
-        TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, embed_scale, b->x, wb ? NULL : b->layers[0].input_ln,
-                       eps, b->aq, b->a_scale, b->stream));
-        if (wb)
-                TRY(norm_bf16(b, b->layers[0].input_ln, T, b->aq));
+        TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, embed_scale, b->x, b->layers[0].input_ln, eps, b->aq,
+                       b->a_scale, b->stream));
         prof_mark(b, P_EMBED);
         for (uint32_t l = 0; l < c->n_layers; l++) {
                 struct dev_layer *D = &b->layers[l];
@@ -816,18 +799,12 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 prof_mark(b, P_ATTN);
                 TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, b->stream));
                 prof_mark(b, P_KV);
-                if (!wb)
-                        TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
+                TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
                 prof_mark(b, P_OQ);
-                TRY(linear(b, &D->o, wb ? (const uint8_t *) (const void *) b->attn : b->aq, b->a_scale, T, b->o));
+                TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
                 prof_mark(b, P_O);
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
                                    b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
-                if (wb) {       /* the FP8 copies above go unused; BF16 ones over them */
-                        TRY(norm_bf16(b, D->pre_ff, T, b->q1));
-                        if (c->enable_moe)
-                                TRY(norm_bf16(b, D->pre_ff2, T, b->q2));
-                }
                 prof_mark(b, P_POST);
                 if (c->enable_moe) {
                         struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
@@ -836,8 +813,7 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 }
                 TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
                 prof_mark(b, P_DGU);
-                TRY(wb ? kern_geglu_bf16(b->gu, T, b->inter, (uint16_t *) (void *) b->act, b->stream)
-                       : kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
+                TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
                 prof_mark(b, P_DACT);
                 TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
                 prof_mark(b, P_DDOWN);
@@ -847,21 +823,21 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
                                            b->stream));
                         prof_mark(b, P_ROUTE);
-                        TRY(linear_grouped(b, &D->e_gate_up, b->q2, b->s2, b->top_k, maxg, T < 64 ? T : 64,
-                                           b->e_gu));
+                        TRY(kern_fp8_linear_grouped(D->e_gate_up.w, D->e_gate_up.scale, 2 * I, H, b->q2, b->s2,
+                                                    b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64,
+                                                    b->e_gu, b->stream));
                         prof_mark(b, P_EGU);
-                        TRY(wb ? kern_geglu_bf16(b->e_gu, P, I, (uint16_t *) (void *) b->e_act, b->stream)
-                               : kern_geglu_quant(b->e_gu, P, I, b->e_act, b->e_scale, b->stream));
+                        TRY(kern_geglu_quant(b->e_gu, P, I, b->e_act, b->e_scale, b->stream));
                         prof_mark(b, P_EACT);
-                        TRY(linear_grouped(b, &D->e_down, b->e_act, b->e_scale, 1, maxg, T < 64 ? T : 64, b->e_y));
+                        TRY(kern_fp8_linear_grouped(D->e_down.w, D->e_down.scale, H, I, b->e_act, b->e_scale, 1,
+                                                    b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64, b->e_y,
+                                                    b->stream));
                         prof_mark(b, P_EDOWN);
                 }
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
                 TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H, eps,
-                                     D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, wb ? NULL : next, b->aq,
-                                     b->a_scale, b->stream));
-                if (wb && next)
-                        TRY(norm_bf16(b, next, T, b->aq));
+                                     D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, next, b->aq, b->a_scale,
+                                     b->stream));
                 prof_mark(b, P_COMBINE);
         }
         return 0;
@@ -911,6 +887,88 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                     !cuda_ok(cudaStreamSynchronize(b->stream)))
                         return -EIO;
                 prof_mark(b, P_COPY);
+        }
+        return 0;
+}
+
+/* ---- BF16 weights (cuda.weights bf16; docs/cuda-backend.md "BF16 weights") ----
+ * run_layers with BF16 x BF16 linears on BF16 activations (cuda-bf16.c picks the kernels). The buffers that
+ * hold FP8 activations in run_layers (aq, q1, q2, act, e_act) hold BF16 here, allocated twice as large; where
+ * run_layers gets a linear's input quantized from a fused kernel, this loop writes bf16(RMSNorm(x)) with one
+ * more row kernel. A separate loop, so that FP8-only paths of run_layers never see BF16 weights. */
+
+static int norm_bf16(struct backend *b, const uint16_t *w, uint32_t T, uint8_t *dst) {
+        return kern_rmsnorm_rows(b->x, NULL, w, T, b->cfg.hidden_size, b->cfg.rms_norm_eps, NULL, NULL,
+                                 (uint16_t *) (void *) dst, b->stream);
+}
+
+static int run_layers_bf16(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
+                           const struct kern_batch *bt_slide) {
+        const struct model_config *c = &b->cfg;
+        uint32_t H = c->hidden_size, P = T * b->top_k, I = b->e_inter;
+        const uint16_t *in = (const uint16_t *) (void *) b->aq, *in1 = (const uint16_t *) (void *) b->q1,
+                       *in2 = (const uint16_t *) (void *) b->q2;
+        uint16_t *act = (uint16_t *) (void *) b->act, *e_act = (uint16_t *) (void *) b->e_act;
+        cudaStream_t st = b->stream;
+
+        TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, cuda_bf16_embed_scale(H), b->x, NULL,
+                       c->rms_norm_eps, NULL, NULL, st));
+        TRY(norm_bf16(b, b->layers[0].input_ln, T, b->aq));
+        prof_mark(b, P_EMBED);
+        for (uint32_t l = 0; l < c->n_layers; l++) {
+                struct dev_layer *D = &b->layers[l];
+                const struct kern_batch *bt = D->type == LAYER_FULL ? bt_full : bt_slide;
+
+                TRY(cuda_bf16_linear(b->blas, &D->qkv, in, T, b->qkv, st));
+                prof_mark(b, P_QKV);
+                TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, st));
+                prof_mark(b, P_QKV_POST);
+                TRY(kern_attention(b->q, b->k_new, b->v_new, bt, &D->attn, b->att_partial, b->att_partial_floats,
+                                   b->attn, st));
+                prof_mark(b, P_ATTN);
+                TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, st));
+                prof_mark(b, P_KV);
+                TRY(cuda_bf16_linear(b->blas, &D->o, b->attn, T, b->o, st));
+                prof_mark(b, P_O);
+                /* residual and router input as in run_layers; its FP8 copies of the FFN inputs go unused */
+                TRY(kern_post_attn(b->x, b->o, T, H, c->rms_norm_eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1,
+                                   D->pre_ff2, b->q2, b->s2, c->enable_moe ? D->router_scale : NULL, st));
+                TRY(norm_bf16(b, D->pre_ff, T, b->q1));
+                if (c->enable_moe)
+                        TRY(norm_bf16(b, D->pre_ff2, T, b->q2));
+                prof_mark(b, P_POST);
+                if (c->enable_moe) {
+                        struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
+                        TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, st));
+                        prof_mark(b, P_ROUTER);
+                }
+                TRY(cuda_bf16_linear(b->blas, &D->gate_up, in1, T, b->gu, st));
+                prof_mark(b, P_DGU);
+                TRY(kern_geglu_bf16(b->gu, T, b->inter, act, st));
+                prof_mark(b, P_DACT);
+                TRY(cuda_bf16_linear(b->blas, &D->down, act, T, b->dense_y, st));
+                prof_mark(b, P_DDOWN);
+                if (c->enable_moe) {
+                        uint32_t maxg = kern_moe_max_groups(P, c->n_experts), max_rows = T < 64 ? T : 64;
+                        TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups, st));
+                        prof_mark(b, P_ROUTE);
+                        TRY(kern_bf16_linear_grouped((const uint16_t *) (void *) D->e_gate_up.w, 2 * I, H, in2,
+                                                     b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, max_rows,
+                                                     b->e_gu, st));
+                        prof_mark(b, P_EGU);
+                        TRY(kern_geglu_bf16(b->e_gu, P, I, e_act, st));
+                        prof_mark(b, P_EACT);
+                        TRY(kern_bf16_linear_grouped((const uint16_t *) (void *) D->e_down.w, H, I, e_act, 1,
+                                                     b->pair_rows, b->groups, b->n_groups, maxg, max_rows, b->e_y,
+                                                     st));
+                        prof_mark(b, P_EDOWN);
+                }
+                TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H,
+                                     c->rms_norm_eps, D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, NULL,
+                                     NULL, NULL, st));
+                if (l + 1 < c->n_layers)
+                        TRY(norm_bf16(b, b->layers[l + 1].input_ln, T, b->aq));
+                prof_mark(b, P_COMBINE);
         }
         return 0;
 }

@@ -5,6 +5,8 @@
  * quantized to FP8). backend-cuda.c switches at its linear dispatch points; the choices live here.
  */
 #include <errno.h>
+#include <math.h>
+#include <string.h>
 
 #include "cuda-internal.h"
 
@@ -74,4 +76,14 @@ int cuda_bf16_head(struct kern_blas *blas, const uint16_t *w, uint32_t V, uint32
             kern_blas_bf16_linear_f32(blas, w, V, H, x, m, logits, stream) == 0)
                 return kern_softcap(NULL, logits, (size_t) m * V, softcap, stream);
         return kern_bf16_linear_small(w, V, H, x, m, logits, KERN_OUT_F32_SOFTCAP, softcap, stream);
+}
+
+float cuda_bf16_embed_scale(uint32_t hidden) {
+        /* HF multiplies by sqrt(H) cast to the weight dtype: round to nearest even BF16 */
+        float f = (float) sqrt((double) hidden);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        u = (u + 0x7fffu + ((u >> 16) & 1)) & 0xffff0000u;
+        memcpy(&f, &u, 4);
+        return f;
 }

@@ -76,3 +76,5 @@ int cuda_bf16_linear(struct kern_blas *blas, const struct dev_linear *L, const u
 /* BF16 LM head with the softcap, FP32 logits [m, V]. */
 int cuda_bf16_head(struct kern_blas *blas, const uint16_t *w, uint32_t V, uint32_t H, const uint16_t *x, uint32_t m,
                    float *logits, float softcap, cudaStream_t stream);
+/* The embedding scale bf16(sqrt(hidden)) that HF applies. */
+float cuda_bf16_embed_scale(uint32_t hidden);
