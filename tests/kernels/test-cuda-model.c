@@ -801,22 +801,19 @@ int main(int argc, char **argv) {
                 return 77;
         }
         fclose(fp);
-        depth_scan(root, "tiny-b");
-        depth_scan(root, "tiny-a");
-        test_fixture(root, "tiny-c", true);
-        test_fixture(root, "tiny-a", true);
-        test_fixture(root, "tiny-b", false);
-        test_padded_graphs(root, "tiny-a");
-        test_embedding_placement(root, "tiny-c");
-        /* BF16 weights: the same battery on the BF16 checkpoints against HF's BF16 reference */
-        mode_bf16 = true;
-        depth_scan(root, "tiny-b");
-        depth_scan(root, "tiny-a");
-        test_fixture(root, "tiny-c", true);
-        test_fixture(root, "tiny-a", true);
-        test_fixture(root, "tiny-b", false);
-        test_padded_graphs(root, "tiny-a");
+        /* the battery with FP8 weights on the FP8 checkpoints against HF's W8A8 reference, then with BF16
+         * weights on the BF16 checkpoints against HF's BF16 reference */
+        for (int bf16 = 0; bf16 <= 1; bf16++) {
+                mode_bf16 = bf16;
+                depth_scan(root, "tiny-b");
+                depth_scan(root, "tiny-a");
+                test_fixture(root, "tiny-c", true);
+                test_fixture(root, "tiny-a", true);
+                test_fixture(root, "tiny-b", false);
+                test_padded_graphs(root, "tiny-a");
+        }
         mode_bf16 = false;
+        test_embedding_placement(root, "tiny-c");
         test_bf16_refusals(root);
         static const char *const all[] = {"tiny-a", "tiny-b", "tiny-c", "tiny-d"};
         for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
