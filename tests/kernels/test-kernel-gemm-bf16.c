@@ -251,58 +251,66 @@ static void time_one(const char *what, int which, struct kern_blas *b, uint32_t 
                 cudaFree(didx), cudaFree(drows), cudaFree(dng), cudaFree(dgroups);
 }
 
+/* dense shapes (n, k, m, FP32+softcap output): the 26B-A4B linears at decode and prefill row counts, then
+ * tails: n not a multiple of 16, k not of 32 or not of 8 (unaligned rows), the tiny fixtures' widths */
+static const uint32_t small_shapes[][4] = {
+        {4096, 2816, 1, 0}, {2816, 4096, 5, 0}, {1408, 2816, 13, 0}, {2816, 704, 29, 0}, {1000, 2112, 64, 0},
+        {520, 2816, 150, 0}, {100, 48, 3, 0}, {3000, 256, 3, 1}, {200, 100, 3, 0}, {512, 100, 40, 1},
+        {320, 100, 8, 0}, {100, 160, 8, 0}, {160, 100, 33, 0}, {1024, 100, 33, 1}, {96, 64, 1, 0},
+};
+static const uint32_t blas_shapes[][3] = {{4096, 2816, 9}, {2816, 4096, 37}, {1024, 2816, 300}, {2816, 704, 129},
+                                          {192, 64, 40}};
+/* grouped (tokens, top_k, experts, n, k, per-pair x, skewed routing): decode and prefill of the real experts,
+ * groups of more than 64 rows, unaligned k */
+static const uint32_t grouped_shapes[][7] = {
+        {1, 8, 128, 1408, 2816, 0, 0}, {1, 8, 128, 2816, 704, 1, 0}, {37, 8, 128, 1408, 256, 0, 0},
+        {5, 8, 128, 1408, 2816, 0, 0}, {12, 8, 16, 256, 704, 1, 1},  {300, 2, 8, 96, 128, 0, 1},
+        {300, 2, 8, 64, 96, 1, 1},     {7, 4, 16, 48, 100, 0, 0},    {7, 4, 16, 100, 24, 1, 0},
+};
+
+#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+
 int main(void) {
         struct kern_blas *b;
 
         kt_require_gpu();
         kt_seed(3);
-        test_small(4096, 2816, 1, 0);
-        test_small(2816, 4096, 5, 0);
-        test_small(1408, 2816, 13, 0);
-        test_small(2816, 704, 29, 0);
-        test_small(1000, 2112, 64, 0);
-        test_small(520, 2816, 150, 0);
-        test_small(100, 48, 3, 0);              /* n not a multiple of 16, k not of 32 */
-        test_small(3000, 256, 3, 1);
-        test_small(200, 100, 3, 0);             /* k not a multiple of 8: unaligned rows */
-        test_small(512, 100, 40, 1);
-        test_small(320, 100, 8, 0);             /* tiny-b shapes */
-        test_small(100, 160, 8, 0);
-        test_small(160, 100, 33, 0);
-        test_small(1024, 100, 33, 1);
-        test_small(96, 64, 1, 0);               /* tiny-a */
+        for (size_t i = 0; i < N_OF(small_shapes); i++)
+                test_small(small_shapes[i][0], small_shapes[i][1], small_shapes[i][2], (int) small_shapes[i][3]);
         KT_OK(kern_blas_create(&b));
-        test_blas(b, 4096, 2816, 9);
-        test_blas(b, 2816, 4096, 37);
-        test_blas(b, 1024, 2816, 300);
-        test_blas(b, 2816, 704, 129);
-        test_blas(b, 192, 64, 40);
-        test_grouped(1, 8, 128, 1408, 2816, 0, 0);
-        test_grouped(1, 8, 128, 2816, 704, 1, 0);
-        test_grouped(37, 8, 128, 1408, 256, 0, 0);
-        test_grouped(5, 8, 128, 1408, 2816, 0, 0);
-        test_grouped(12, 8, 16, 256, 704, 1, 1);
-        test_grouped(300, 2, 8, 96, 128, 0, 1);        /* > 64 pairs per expert: several groups */
-        test_grouped(300, 2, 8, 64, 96, 1, 1);
-        test_grouped(7, 4, 16, 48, 100, 0, 0);  /* unaligned k */
-        test_grouped(7, 4, 16, 100, 24, 1, 0);
+        for (size_t i = 0; i < N_OF(blas_shapes); i++)
+                test_blas(b, blas_shapes[i][0], blas_shapes[i][1], blas_shapes[i][2]);
+        for (size_t i = 0; i < N_OF(grouped_shapes); i++) {
+                const uint32_t *g = grouped_shapes[i];
+                test_grouped(g[0], g[1], g[2], g[3], g[4], (int) g[5], (int) g[6]);
+        }
         test_geglu(1, 2112);
         test_geglu(37, 704);
         test_geglu(5, 24);
 
-        /* 26B-A4B shapes: sliding qkv, o_proj, dense gate|up and down, the experts, decode and prefill */
-        time_one("mma qkv", 0, b, 8192, 2816, 1, 0, 0, 0);
-        time_one("mma o_proj", 0, b, 2816, 4096, 1, 0, 0, 0);
-        time_one("mma dense gate_up", 0, b, 4224, 2816, 1, 0, 0, 0);
-        time_one("mma dense down", 0, b, 2816, 2112, 1, 0, 0, 0);
-        time_one("mma qkv", 0, b, 8192, 2816, 8, 0, 0, 0);
-        time_one("cublaslt qkv", 1, b, 8192, 2816, 8, 0, 0, 0);
-        time_one("cublaslt qkv", 1, b, 8192, 2816, 1, 0, 0, 0);
-        time_one("cublaslt qkv", 1, b, 8192, 2816, 256, 0, 0, 0);
-        time_one("grouped experts gate_up", 2, b, 1408, 2816, 0, 1, 8, 128);
-        time_one("grouped experts gate_up", 2, b, 1408, 2816, 0, 8, 8, 128);
-        time_one("grouped experts gate_up", 2, b, 1408, 2816, 0, 64, 8, 128);
-        time_one("grouped experts gate_up", 2, b, 1408, 2816, 0, 256, 8, 128);
+        /* 26B-A4B shapes: sliding qkv, o_proj, dense gate|up and down at one row; qkv at 8 rows through both
+         * kernels and through cuBLASLt at 1 and 256; the experts' gate|up at 1, 8, 64, 256 tokens */
+        static const struct {
+                const char *what;
+                int which;
+                uint32_t n, k, m, tokens;
+        } timed[] = {
+                {"mma qkv", 0, 8192, 2816, 1, 0},
+                {"mma o_proj", 0, 2816, 4096, 1, 0},
+                {"mma dense gate_up", 0, 4224, 2816, 1, 0},
+                {"mma dense down", 0, 2816, 2112, 1, 0},
+                {"mma qkv", 0, 8192, 2816, 8, 0},
+                {"cublaslt qkv", 1, 8192, 2816, 8, 0},
+                {"cublaslt qkv", 1, 8192, 2816, 1, 0},
+                {"cublaslt qkv", 1, 8192, 2816, 256, 0},
+                {"grouped experts gate_up", 2, 1408, 2816, 0, 1},
+                {"grouped experts gate_up", 2, 1408, 2816, 0, 8},
+                {"grouped experts gate_up", 2, 1408, 2816, 0, 64},
+                {"grouped experts gate_up", 2, 1408, 2816, 0, 256},
+        };
+        for (size_t i = 0; i < N_OF(timed); i++)
+                time_one(timed[i].what, timed[i].which, b, timed[i].n, timed[i].k, timed[i].m, timed[i].tokens, 8,
+                         128);
         kern_blas_destroy(b);
         return kt_finish();
 }

@@ -136,7 +136,18 @@ static void test_grouped(uint32_t tokens, uint32_t top_k, uint32_t experts, uint
         int32_t *idx = malloc(4 * pairs);
 
         lin_make(&L, n, k, per_pair ? pairs : tokens, experts);
-        kt_route(idx, tokens, top_k, experts, skew);
+        for (uint32_t t = 0; t < tokens; t++)
+                for (uint32_t j = 0; j < top_k; j++) {
+                        int32_t ex;
+                        int dup;
+                        do {
+                                ex = (int32_t) (kt_u32() % (skew && (kt_u32() & 1) ? top_k + 1 : experts));
+                                dup = 0;
+                                for (uint32_t j2 = 0; j2 < j; j2++)
+                                        dup |= idx[t * top_k + j2] == ex;
+                        } while (dup);
+                        idx[t * top_k + j] = ex;
+                }
         uint32_t max_groups = kern_moe_max_groups(pairs, experts);
         int32_t *didx = kt_up(idx, 4 * pairs), *drows = kt_dev(4 * pairs), *dng = kt_dev(4);
         struct kern_gemm_group *dgroups = kt_dev(sizeof(struct kern_gemm_group) * max_groups);
