@@ -6,7 +6,8 @@
  * tokens the N side (8 per fragment), so a warp streams 16 weight rows with 16-byte loads and a block of
  * 8 warps splits K (decode) or rows (large groups). A dot product does not care how K is ordered as long as
  * both operands use the same order, so each lane loads 16 contiguous bytes and the two mma's of a 64-byte
- * chunk take their halves: no shuffles, no shared-memory staging.
+ * chunk take their halves: no shuffles, no shared-memory staging. The kernel lives in mma_small.cuh (the
+ * BF16 weights of gemm_bf16.cu use it too).
  *
  * Large M: cuBLASLt with OUTER_VEC_32F scales on both operands (fp8 spec §6.3).
  */
