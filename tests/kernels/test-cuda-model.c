@@ -35,6 +35,7 @@
 #include <jansson.h>
 
 #include "backend.h"
+#include "cuda/cuda-internal.h"
 #include "kernels/selftest.h"
 
 #define LAYER_REL 5e-2
@@ -628,6 +629,14 @@ static void test_bf16_refusals(const char *root) {
               "rc %g (want %g)", (double) r, (double) -EINVAL);
         if (r == 0)
                 backend_find("cuda")->destroy(be);
+        free(err);
+        err = NULL;
+        /* the memory check of BF16 weights: 1 TiB of weights does not fit, and the message says how much */
+        r = cuda_bf16_check_memory(1ull << 40, &err);
+        printf("# 1 TiB of BF16 weights: %d %s\n", r, err ? err : "(no message)");
+        check("weights bf16 that do not fit refused with the GiB needed", r == -ENOMEM && err &&
+                      strstr(err, "1024.00 GiB") && strstr(err, "free"),
+              "rc %g (want %g)", (double) r, (double) -ENOMEM);
         free(err);
         model_free(m);
 }
