@@ -134,6 +134,22 @@ int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n
 /* y = cap * tanh(y / cap) in place (FP32), or widening BF16 -> FP32 with the cap when src != NULL. */
 int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, cudaStream_t stream);
 
+/* ---- decode steps of few tokens (decode.cu) ---- */
+
+/* The routed experts of up to 8 tokens in one launch: per (token, slot) pair p = t * top_k + j with expert
+ * e = topk_idx[p]: g|u = FP8 gate_up(x[t]) (BF16), a = quant(bf16(bf16(gelu_tanh(g)) * u)) per pair,
+ * y[p] = BF16 FP8 down(a) -- the same roundings as route + grouped gate_up + geglu_quant + grouped down.
+ * w_gate_up FP8 [E][2*inter][hidden] (gate rows, then up rows), s_gate_up [E][2*inter]; w_down FP8
+ * [E][hidden][inter], s_down [E][hidden]. A token's experts must be distinct (top-k). workspace: device
+ * memory of kern_moe_decode_workspace() bytes, zeroed once before the first launch (it holds a grid
+ * barrier that leaves itself at zero); one launch at a time per workspace. */
+size_t kern_moe_decode_workspace(uint32_t top_k, uint32_t inter);
+bool kern_moe_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter);
+int kern_moe_decode(const uint8_t *w_gate_up, const float *s_gate_up, const uint8_t *w_down, const float *s_down,
+                    uint32_t n_experts, uint32_t hidden, uint32_t inter, const uint8_t *x, const float *x_scale,
+                    uint32_t n_tokens, const int32_t *topk_idx, uint32_t top_k, void *workspace, uint16_t *y,
+                    cudaStream_t stream);
+
 /* ---- greedy selection (sample.cu) ---- */
 
 /* out[r] = argmax of logits row r (FP32 [n_rows, n]) with the host sampler's greedy rule: NaN reads as -inf,

@@ -24,7 +24,7 @@
 
 enum {
         P_START, P_EMBED, P_QKV, P_QKV_POST, P_ATTN, P_KV, P_OQ, P_O, P_POST, P_ROUTER, P_DGU, P_DACT, P_DDOWN, P_ROUTE,
-        P_EGU, P_EACT, P_EDOWN, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
+        P_EGU, P_EACT, P_EDOWN, P_EFUSED, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
 };
 
 struct backend {
@@ -58,6 +58,8 @@ struct backend {
         void *k_new, *v_new;
         int32_t *topk_idx, *pair_rows, *n_groups;
         struct kern_gemm_group *groups;
+        void *moe_ws;                   /* fused MoE of decode steps (kern_moe_decode); NULL = off */
+        bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
 
         /* batch metadata: one pinned host block, one device block */
         int32_t *meta_h, *meta_d;
@@ -92,7 +94,7 @@ static const char *const prof_names[PROF_CATS] = {
         [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
         [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
         [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
-        [P_EDOWN] = "moe down", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
+        [P_EDOWN] = "moe down", [P_EFUSED] = "moe fused", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
         [P_COPY] = "logits copy",
 };
 
@@ -468,12 +470,17 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->pair_rows, (size_t) b->p_max * 4},
                 {(void **) &b->n_groups, 16},
                 {(void **) &b->groups, (size_t) b->max_groups * sizeof(struct kern_gemm_group)},
+                {&b->moe_ws, c->enable_moe ? kern_moe_decode_workspace(b->top_k, b->e_inter) : 0},
         };
         for (size_t i = 0; i < sizeof(a) / sizeof(a[0]) && r == 0; i++)
                 r = dev_alloc(a[i].p, a[i].bytes);
         if (r < 0)
                 return cuda_errorf(reterr, r, "backend cuda: out of device memory for activations "
                                               "(max_batched_tokens %u)", T);
+        /* the fused MoE kernel's grid barrier starts from zero and leaves itself there */
+        if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_moe_decode_workspace(b->top_k, b->e_inter) : 16)))
+                return cuda_errorf(reterr, -EIO, "backend cuda: cannot clear the MoE workspace");
+        b->fused_moe = c->enable_moe && !env_flag("GEMMA4D_CUDA_NO_FUSED_MOE");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -622,7 +629,7 @@ static void backend_cuda_destroy(struct backend *b) {
         void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
-                        b->n_groups, b->groups, b->meta_d, b->argmax_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
+                        b->n_groups, b->groups, b->moe_ws, b->meta_d, b->argmax_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
                         b->head_bf16_own};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 if (bufs[i])
@@ -796,7 +803,12 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 prof_mark(b, P_DACT);
                 TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
                 prof_mark(b, P_DDOWN);
-                if (c->enable_moe) {
+                if (c->enable_moe && b->fused_moe && kern_moe_decode_supported(T, b->top_k, H, b->e_inter)) {
+                        TRY(kern_moe_decode(D->e_gate_up.w, D->e_gate_up.scale, D->e_down.w, D->e_down.scale,
+                                            c->n_experts, H, b->e_inter, b->q2, b->s2, T, b->topk_idx, b->top_k,
+                                            b->moe_ws, b->e_y, b->stream));
+                        prof_mark(b, P_EFUSED);
+                } else if (c->enable_moe) {
                         uint32_t I = b->e_inter;
                         uint32_t maxg = kern_moe_max_groups(P, c->n_experts);
                         TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
