@@ -321,12 +321,18 @@ static __device__ void moe_phase2(const struct moe_params &p, const struct moe_t
         }
 }
 
+/* shared memory: the table, the K-split partial sums, the pairs' scales, then the FP8 activations (16-byte
+ * aligned: phase 2 reads them as uint4) */
+#define SMEM_RED ((sizeof(struct moe_table) + 15) / 16 * 16)
+#define SMEM_SCALE (SMEM_RED + MOE_WARPS * 2 * 4 * 32 * sizeof(float))
+#define SMEM_ACT (SMEM_SCALE + 16 * sizeof(float))
+
 static __global__ void __launch_bounds__(MOE_THREADS, 1) moe_decode_kernel(struct moe_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
         struct moe_table *tb = reinterpret_cast<struct moe_table *>(smem);
-        float *red = reinterpret_cast<float *>(smem + sizeof(struct moe_table));
-        float *act_scale_s = red + MOE_WARPS * 2 * 4 * 32;
-        uint8_t *act = reinterpret_cast<uint8_t *>(act_scale_s + MOE_MAX_TOKENS);
+        float *red = reinterpret_cast<float *>(smem + SMEM_RED);
+        float *act_scale_s = reinterpret_cast<float *>(smem + SMEM_SCALE);
+        uint8_t *act = smem + SMEM_ACT;
 
         build_table(p, tb);
         moe_prefetch_down(p, tb);
@@ -337,8 +343,7 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) moe_decode_kernel(struc
 
 static size_t moe_smem_bytes(uint32_t inter) {
         size_t i_pad = (inter + 63) / 64 * 64;
-        return sizeof(struct moe_table) + (MOE_WARPS * 2 * 4 * 32 + MOE_MAX_TOKENS) * sizeof(float) +
-               MOE_MAX_TOKENS * i_pad;
+        return SMEM_ACT + MOE_MAX_TOKENS * i_pad;
 }
 
 extern "C" size_t kern_moe_decode_workspace(uint32_t top_k, uint32_t inter) {
@@ -394,5 +399,35 @@ extern "C" int kern_moe_decode(const uint8_t *w_gate_up, const float *s_gate_up,
         p.h = (uint16_t *) (ws + BARRIER_BYTES + ((pairs * n_itiles * sizeof(float) + 255) & ~(size_t) 255));
         p.y = y;
         moe_decode_kernel<<<grid_max, MOE_THREADS, smem, stream>>>(p);
+        return KERN_CHECK_LAUNCH();
+}
+
+/* ---- L2 prefetch of weights that the next ops will read ----
+ * A decode step alternates between weight streams (the GEMMs) and stretches where DRAM idles (norms,
+ * attention over a short context, top-k): a prefetch launched before such a stretch lets the next GEMM
+ * find its weights in L2. Bulk prefetches are fire-and-forget, so the kernel itself takes a few us. */
+
+#define PREFETCH_PIECE (32u << 10)
+
+static __global__ void l2_prefetch_kernel(struct kern_prefetch ranges) {
+        for (int r = 0; r < KERN_PREFETCH_RANGES; r++) {
+                const uint8_t *base = (const uint8_t *) ranges.p[r];
+                size_t n = ranges.bytes[r] & ~(size_t) 15;
+                if (!base || n == 0)
+                        continue;
+                for (size_t off = (size_t) (blockIdx.x * blockDim.x + threadIdx.x) * PREFETCH_PIECE; off < n;
+                     off += (size_t) gridDim.x * blockDim.x * PREFETCH_PIECE) {
+                        uint32_t len = (uint32_t) (n - off < PREFETCH_PIECE ? n - off : PREFETCH_PIECE);
+                        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(len)
+                                     : "memory");
+                }
+        }
+}
+
+extern "C" int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t stream) {
+        for (int r = 0; r < KERN_PREFETCH_RANGES; r++)
+                if (ranges->p[r] && ((uintptr_t) ranges->p[r] & 15) != 0)
+                        return -EINVAL;
+        l2_prefetch_kernel<<<4, 128, 0, stream>>>(*ranges);
         return KERN_CHECK_LAUNCH();
 }

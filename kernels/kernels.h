@@ -150,6 +150,15 @@ int kern_moe_decode(const uint8_t *w_gate_up, const float *s_gate_up, const uint
                     uint32_t n_tokens, const int32_t *topk_idx, uint32_t top_k, void *workspace, uint16_t *y,
                     cudaStream_t stream);
 
+/* Ask L2 for up to KERN_PREFETCH_RANGES device ranges (16-byte aligned starts; a tail under 16 bytes is
+ * skipped). Returns at once; nothing waits for the data. */
+#define KERN_PREFETCH_RANGES 4
+struct kern_prefetch {
+        const void *p[KERN_PREFETCH_RANGES];
+        size_t bytes[KERN_PREFETCH_RANGES];
+};
+int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t stream);
+
 /* ---- greedy selection (sample.cu) ---- */
 
 /* out[r] = argmax of logits row r (FP32 [n_rows, n]) with the host sampler's greedy rule: NaN reads as -inf,

@@ -24,7 +24,7 @@
 
 enum {
         P_START, P_EMBED, P_QKV, P_QKV_POST, P_ATTN, P_KV, P_OQ, P_O, P_POST, P_ROUTER, P_DGU, P_DACT, P_DDOWN, P_ROUTE,
-        P_EGU, P_EACT, P_EDOWN, P_EFUSED, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
+        P_EGU, P_EACT, P_EDOWN, P_EFUSED, P_PREFETCH, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
 };
 
 struct backend {
@@ -60,6 +60,7 @@ struct backend {
         struct kern_gemm_group *groups;
         void *moe_ws;                   /* fused MoE of decode steps (kern_moe_decode); NULL = off */
         bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
+        bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
 
         /* batch metadata: one pinned host block, one device block */
         int32_t *meta_h, *meta_d;
@@ -94,7 +95,7 @@ static const char *const prof_names[PROF_CATS] = {
         [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
         [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
         [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
-        [P_EDOWN] = "moe down", [P_EFUSED] = "moe fused", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
+        [P_EDOWN] = "moe down", [P_EFUSED] = "moe fused", [P_PREFETCH] = "l2 prefetch", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
         [P_COPY] = "logits copy",
 };
 
@@ -481,6 +482,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
         if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_moe_decode_workspace(b->top_k, b->e_inter) : 16)))
                 return cuda_errorf(reterr, -EIO, "backend cuda: cannot clear the MoE workspace");
         b->fused_moe = c->enable_moe && !env_flag("GEMMA4D_CUDA_NO_FUSED_MOE");
+        b->prefetch = !env_flag("GEMMA4D_CUDA_NO_PREFETCH");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -754,6 +756,33 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
                         return r_;                                                                           \
         } while (0)
 
+static size_t linear_size(const struct dev_linear *L) {
+        return (size_t) L->n_out * L->k;
+}
+
+/* Decode steps read every weight once and have latency-bound stretches between the GEMMs (norms, top-k,
+ * attention over a short context): these ask L2 for the weights of the GEMMs after such a stretch. */
+static int prefetch_after_qkv(struct backend *b, const struct dev_layer *D, uint32_t T) {
+        if (!b->prefetch || T > SMALL_M_MAX)
+                return 0;
+        struct kern_prefetch pf = {{D->o.w, D->gate_up.w, D->down.w, D->router_proj},
+                                   {linear_size(&D->o), linear_size(&D->gate_up), linear_size(&D->down),
+                                    D->router_proj ? (size_t) b->cfg.n_experts * b->cfg.hidden_size * 2 : 0}};
+        int r = kern_l2_prefetch(&pf, b->stream);
+        prof_mark(b, P_PREFETCH);
+        return r;
+}
+
+static int prefetch_next_qkv(struct backend *b, uint32_t l, uint32_t T) {
+        if (!b->prefetch || T > SMALL_M_MAX || l + 1 >= b->cfg.n_layers)
+                return 0;
+        const struct dev_layer *N = &b->layers[l + 1];
+        struct kern_prefetch pf = {{N->qkv.w}, {linear_size(&N->qkv)}};
+        int r = kern_l2_prefetch(&pf, b->stream);
+        prof_mark(b, P_PREFETCH);
+        return r;
+}
+
 static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
                       const struct kern_batch *bt_slide) {
         const struct model_config *c = &b->cfg;
@@ -778,6 +807,7 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
 
                 TRY(linear(b, &D->qkv, b->aq, b->a_scale, T, b->qkv));
                 prof_mark(b, P_QKV);
+                TRY(prefetch_after_qkv(b, D, T));
                 TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, b->stream));
                 prof_mark(b, P_QKV_POST);
                 TRY(kern_attention(b->q, b->k_new, b->v_new, bt, &D->attn, b->att_partial, b->att_partial_floats,
@@ -825,6 +855,7 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                                     b->stream));
                         prof_mark(b, P_EDOWN);
                 }
+                TRY(prefetch_next_qkv(b, l, T));
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
                 TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H, eps,
                                      D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, next, b->aq, b->a_scale,
