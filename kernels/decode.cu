@@ -2,23 +2,25 @@
 /*
  * Decode-step kernels for few tokens (1..8 rows).
  *
- * The fused MoE kernel runs a batch's routed experts in one launch: gate_up (FP8, per-row scales), the
- * GELU-tanh gate, the per-pair FP8 requantization and the down projection. A decode step of one token
- * reads 8 experts x 5.9 MB and does almost no arithmetic, so what counts is keeping the memory system
- * busy from the first cycle to the last: the old path spent four launches (route, gate_up, geglu+quant,
- * down) and the latency between them.
+ * The fused FFN kernel runs a decode step's whole feed-forward block in one launch: the routed experts and
+ * (optionally) the dense MLP, each as gate_up (FP8, per-row scales), the GELU-tanh gate, the per-row FP8
+ * requantization and the down projection. A decode step of one token reads 8 experts x 5.9 MB plus the
+ * dense 17.8 MB and does almost no arithmetic, so what counts is keeping the memory system busy from the
+ * first cycle to the last: the old path spent seven launches (dense gate_up, geglu, down; route, expert
+ * gate_up, geglu, down) and the latency between them.
  *
- * One persistent grid, two phases and a software grid barrier between them:
- *   phase 1: items (expert, 16 gate rows + the 16 matching up rows), 8 warps split K; h = bf16(gelu(g)) * u
- *            goes to a BF16 scratch row per (token, slot) pair, with the item's |h| maximum per pair;
- *   phase 2: items (expert, 128 output rows), each warp 16 rows over the whole inter width; the pairs'
+ * "Units" share one weight set: an expert with the pairs (token, slot) that chose it, or the dense MLP with
+ * the tokens. One persistent grid, two phases and a software grid barrier between them:
+ *   phase 1: items (unit, 16 gate rows + the 16 matching up rows), 8 warps split K; h = bf16(gelu(g)) * u
+ *            goes to a BF16 scratch row per column, with the item's |h| maximum per column;
+ *   phase 2: items (unit, 128 output rows), each warp 16 rows over the whole inter width; the columns'
  *            activations are quantized from the scratch (scale from the phase-1 maxima) into shared memory.
  * The down weights do not depend on phase 1, so every block asks L2 for its phase-2 weights when it
  * starts: they stream in while phase 1 computes and phase 2 reads them from L2.
  *
- * The barrier needs every block resident at once: the grid is at most one wave (occupancy times SMs) and
- * nothing else runs on the stream meanwhile. The weighted sum over a token's experts stays in the FFN
- * combine kernel (one fixed order, so results do not depend on which block finished first).
+ * The barrier needs every block resident at once: the grid is one wave (occupancy times SMs) and nothing
+ * else runs on the stream meanwhile. The weighted sum over a token's experts stays in the FFN combine
+ * kernel (one fixed order, so results do not depend on which block finished first).
  *
  * Unique experts: every block derives the same table from topk_idx (at most 8 x 16 pairs): experts in
  * order of first use, each with the pairs that chose it. A token's experts are distinct (top-k), so an
@@ -33,23 +35,27 @@
 #define P1_ROWS 16              /* inter positions per phase-1 item (16 gate + 16 up rows) */
 #define P1_UNR 6                /* 64-byte K chunks in flight per warp: 44 chunks of hidden 2816 in one pass */
 #define P2_ROWS (MOE_WARPS * 16)
-#define P2_UNR 12               /* chunks per pass: inter 704 = 11 chunks, one pass */
+#define P2_UNR 12               /* chunks per pass: expert inter 704 = 11 chunks, one pass */
 #define BARRIER_BYTES 256
+#define SMEM_MAX (200 * 1024)
+
+/* one weight set: experts are [n][2I][H] / [n][H][I] blocks, the dense MLP a single one */
+struct ffn_set {
+        const uint8_t *w_gu, *w_down;
+        const float *s_gu, *s_down;
+        uint32_t inter, n_itiles;
+        const uint8_t *x;               /* [T][H] */
+        const float *x_scale;
+        float *amax_part;               /* [rows][n_itiles] */
+        uint16_t *h;                    /* [rows][inter] BF16 */
+        uint16_t *y;                    /* [rows][H] BF16 */
+};
 
 struct moe_params {
-        const uint8_t *w_gu;            /* [E][2I][H]: gate rows then up rows */
-        const float *s_gu;              /* [E][2I] */
-        const uint8_t *w_down;          /* [E][H][I] */
-        const float *s_down;            /* [E][H] */
-        uint32_t hidden, inter, n_experts;
-        const uint8_t *x;               /* [T][H] */
-        const float *x_scale;           /* [T] */
-        uint32_t n_tokens, top_k;
+        struct ffn_set ex, dn;          /* experts; dense MLP (dn.w_gu NULL: none) */
+        uint32_t hidden, n_experts, n_tokens, top_k;
         const int32_t *topk_idx;        /* [T][top_k] */
         unsigned *barrier;              /* 2 counters, zero before the first launch, zero again after each */
-        float *amax_part;               /* [pairs][n_itiles] */
-        uint16_t *h;                    /* [pairs][I] BF16 */
-        uint16_t *y;                    /* [pairs][H] BF16 */
 };
 
 struct moe_table {
@@ -61,6 +67,58 @@ struct moe_table {
         int32_t first[MOE_MAX_PAIRS];   /* first pair with the same expert */
         int32_t rank[MOE_MAX_PAIRS];    /* unique-expert number of a first pair */
 };
+
+/* A unit as the phases see it: its weights (the set's, offset to the expert), its columns and where each
+ * column's rows are. */
+struct unit {
+        struct ffn_set s;
+        int cnt;
+        const int32_t *pairs;           /* experts: column -> pair; dense: NULL (column = token) */
+        uint32_t top_k;
+};
+
+static __device__ __forceinline__ struct unit unit_get(const struct moe_params &p, const struct moe_table *tb,
+                                                       int u) {
+        struct unit r;
+        if (u < 0) {
+                r.s = p.dn;
+                r.cnt = (int) p.n_tokens;
+                r.pairs = NULL;
+        } else {
+                size_t e = (size_t) tb->u_expert[u], I = p.ex.inter, H = p.hidden;
+                r.s = p.ex;
+                r.s.w_gu += e * 2 * I * H;
+                r.s.w_down += e * H * I;
+                r.s.s_gu += e * 2 * I;
+                r.s.s_down += e * H;
+                r.cnt = tb->u_count[u];
+                r.pairs = tb->u_pairs[u];
+        }
+        r.top_k = p.top_k;
+        return r;
+}
+
+/* the scratch / output row of a column, and its token (the x row) */
+static __device__ __forceinline__ int unit_row(const struct unit &u, int col) {
+        return u.pairs ? u.pairs[col] : col;
+}
+
+static __device__ __forceinline__ int unit_token(const struct unit &u, int col) {
+        return u.pairs ? u.pairs[col] / (int) u.top_k : col;
+}
+
+/* Items of a phase: the dense unit's tiles first (its phase-2 items are the longest), then the experts'. */
+static __device__ __forceinline__ void item_get(uint32_t item, uint32_t tiles_dense,
+                                                uint32_t tiles_expert, int *ret_u, uint32_t *ret_tile) {
+        if (item < tiles_dense) {
+                *ret_u = -1;
+                *ret_tile = item;
+                return;
+        }
+        item -= tiles_dense;
+        *ret_u = (int) (item / tiles_expert);
+        *ret_tile = item % tiles_expert;
+}
 
 static __device__ __forceinline__ void mma_e4m3_16x8x32(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
                                                         uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -149,22 +207,26 @@ static __device__ void grid_barrier(unsigned *bar) {
         __syncthreads();
 }
 
-static __device__ void moe_phase1(const struct moe_params &p, const struct moe_table *tb, float *red) {
+static __device__ void ffn_phase1(const struct moe_params &p, const struct moe_table *tb, float *red) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
-        const uint32_t H = p.hidden, I = p.inter;
-        const uint32_t n_itiles = (I + P1_ROWS - 1) / P1_ROWS, n_items = (uint32_t) tb->n_u * n_itiles;
+        const uint32_t H = p.hidden;
+        const uint32_t td = p.dn.w_gu ? p.dn.n_itiles : 0, te = p.ex.n_itiles;
+        const uint32_t n_items = td + (uint32_t) tb->n_u * te;
         const uint32_t n_chunks = (H + 63) / 64;
         const bool aligned = H % 16 == 0;
 
         for (uint32_t item = blockIdx.x; item < n_items; item += gridDim.x) {
-                const int u = (int) (item / n_itiles), it = (int) (item % n_itiles);
-                const int e = tb->u_expert[u], cnt = tb->u_count[u];
+                int uid;
+                uint32_t it;
+                item_get(item, td, te, &uid, &it);
+                const struct unit un = unit_get(p, tb, uid);
+                const uint32_t I = un.s.inter;
                 const uint32_t i0 = it * P1_ROWS + gid, i1 = i0 + 8;
                 const bool ok0 = i0 < I, ok1 = i1 < I;
-                const uint8_t *we = p.w_gu + (size_t) e * 2 * I * H;
-                const uint8_t *g0 = we + (size_t) (ok0 ? i0 : 0) * H, *g1 = we + (size_t) (ok1 ? i1 : 0) * H;
+                const uint8_t *g0 = un.s.w_gu + (size_t) (ok0 ? i0 : 0) * H;
+                const uint8_t *g1 = un.s.w_gu + (size_t) (ok1 ? i1 : 0) * H;
                 const uint8_t *u0 = g0 + (size_t) I * H, *u1 = g1 + (size_t) I * H;
-                const uint8_t *xr = gid < cnt ? p.x + (size_t) (tb->u_pairs[u][gid] / (int) p.top_k) * H : NULL;
+                const uint8_t *xr = gid < un.cnt ? un.s.x + (size_t) unit_token(un, gid) * H : NULL;
                 float cg[4] = {0, 0, 0, 0}, cu[4] = {0, 0, 0, 0};
 
                 for (uint32_t ch0 = warp; ch0 < n_chunks; ch0 += P1_UNR * MOE_WARPS) {
@@ -200,21 +262,19 @@ static __device__ void moe_phase1(const struct moe_params &p, const struct moe_t
                                         cg[j] += red[((w * 2 + 0) * 4 + j) * 32 + lane];
                                         cu[j] += red[((w * 2 + 1) * 4 + j) * 32 + lane];
                                 }
-                        const float *sg = p.s_gu + (size_t) e * 2 * I;
                         float amax[2] = {0.0f, 0.0f};
 #pragma unroll
                         for (int j = 0; j < 4; j++) {
                                 int col = tig * 2 + (j & 1);
                                 uint32_t i = j >= 2 ? i1 : i0;
-                                if (col >= cnt || i >= I)
+                                if (col >= un.cnt || i >= I)
                                         continue;
-                                int pair = tb->u_pairs[u][col];
-                                float sx = p.x_scale[pair / (int) p.top_k];
+                                float sx = un.s.x_scale[unit_token(un, col)];
                                 /* the same roundings as gate_up -> BF16, then kern_geglu_quant */
-                                float g = round_bf16(sx * (sg[i] * cg[j]));
-                                float up = round_bf16(sx * (sg[I + i] * cu[j]));
+                                float g = round_bf16(sx * (un.s.s_gu[i] * cg[j]));
+                                float up = round_bf16(sx * (un.s.s_gu[I + i] * cu[j]));
                                 float hv = round_bf16(round_bf16(gelu_tanh(g)) * up);
-                                p.h[(size_t) pair * I + i] = f32_to_bf16_bits(hv);
+                                un.s.h[(size_t) unit_row(un, col) * I + i] = f32_to_bf16_bits(hv);
                                 amax[j & 1] = fmaxf(amax[j & 1], fabsf(hv));
                         }
                         /* lanes with the same tig hold the same two columns */
@@ -223,8 +283,9 @@ static __device__ void moe_phase1(const struct moe_params &p, const struct moe_t
                                 for (int o = 4; o < 32; o <<= 1)
                                         amax[c] = fmaxf(amax[c], __shfl_xor_sync(0xffffffffu, amax[c], o));
                                 int col = tig * 2 + c;
-                                if (gid == 0 && col < cnt)
-                                        p.amax_part[(size_t) tb->u_pairs[u][col] * n_itiles + it] = amax[c];
+                                if (gid == 0 && col < un.cnt)
+                                        un.s.amax_part[(size_t) unit_row(un, col) * un.s.n_itiles + it] =
+                                                amax[c];
                         }
                 }
                 __syncthreads();
@@ -232,35 +293,40 @@ static __device__ void moe_phase1(const struct moe_params &p, const struct moe_t
 }
 
 /* Ask L2 for this block's phase-2 weights (the items it will take) while phase 1 runs. */
-static __device__ void moe_prefetch_down(const struct moe_params &p, const struct moe_table *tb) {
-        const uint32_t H = p.hidden, I = p.inter;
-        const uint32_t n_rtiles = (H + P2_ROWS - 1) / P2_ROWS, n_items = (uint32_t) tb->n_u * n_rtiles;
+static __device__ void ffn_prefetch_down(const struct moe_params &p, const struct moe_table *tb) {
+        const uint32_t H = p.hidden, n_rtiles = (H + P2_ROWS - 1) / P2_ROWS;
+        const uint32_t td = p.dn.w_gu ? n_rtiles : 0, n_items = td + (uint32_t) tb->n_u * n_rtiles;
         for (uint32_t item = blockIdx.x; item < n_items; item += gridDim.x) {
-                const int u = (int) (item / n_rtiles), rt = (int) (item % n_rtiles);
+                int uid;
+                uint32_t rt;
+                item_get(item, td, n_rtiles, &uid, &rt);
+                const struct unit un = unit_get(p, tb, uid);
                 uint32_t r0 = rt * P2_ROWS, rows = H - r0 < P2_ROWS ? H - r0 : P2_ROWS;
-                const uint8_t *base = p.w_down + ((size_t) tb->u_expert[u] * H + r0) * I;
-                size_t bytes = (size_t) rows * I;
+                const uint8_t *base = un.s.w_down + (size_t) r0 * un.s.inter;
+                size_t bytes = (size_t) rows * un.s.inter;
                 for (size_t off = (size_t) threadIdx.x * 128; off < bytes; off += (size_t) blockDim.x * 128)
                         asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
         }
 }
 
-static __device__ void moe_phase2(const struct moe_params &p, const struct moe_table *tb, uint8_t *act,
+static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_table *tb, uint8_t *act,
                                   float *act_scale_s) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
-        const uint32_t H = p.hidden, I = p.inter;
-        const uint32_t n_itiles = (I + P1_ROWS - 1) / P1_ROWS;
-        const uint32_t n_rtiles = (H + P2_ROWS - 1) / P2_ROWS, n_items = (uint32_t) tb->n_u * n_rtiles;
-        const uint32_t n_chunks = (I + 63) / 64, I_pad = n_chunks * 64;
-        const bool aligned = I % 16 == 0;
+        const uint32_t H = p.hidden, n_rtiles = (H + P2_ROWS - 1) / P2_ROWS;
+        const uint32_t td = p.dn.w_gu ? n_rtiles : 0, n_items = td + (uint32_t) tb->n_u * n_rtiles;
 
         for (uint32_t item = blockIdx.x; item < n_items; item += gridDim.x) {
-                const int u = (int) (item / n_rtiles), rt = (int) (item % n_rtiles);
-                const int e = tb->u_expert[u], cnt = tb->u_count[u];
+                int uid;
+                uint32_t rt;
+                item_get(item, td, n_rtiles, &uid, &rt);
+                const struct unit un = unit_get(p, tb, uid);
+                const uint32_t I = un.s.inter, n_itiles = un.s.n_itiles;
+                const uint32_t n_chunks = (I + 63) / 64, I_pad = n_chunks * 64;
+                const bool aligned = I % 16 == 0;
                 const uint32_t n0 = rt * P2_ROWS + warp * 16 + gid, n1 = n0 + 8;
                 const bool ok0 = n0 < H, ok1 = n1 < H;
-                const uint8_t *we = p.w_down + (size_t) e * H * I;
-                const uint8_t *w0 = we + (size_t) (ok0 ? n0 : 0) * I, *w1 = we + (size_t) (ok1 ? n1 : 0) * I;
+                const uint8_t *w0 = un.s.w_down + (size_t) (ok0 ? n0 : 0) * I;
+                const uint8_t *w1 = un.s.w_down + (size_t) (ok1 ? n1 : 0) * I;
                 float c[4] = {0, 0, 0, 0};
                 uint4 a0[P2_UNR], a1[P2_UNR];
 
@@ -273,17 +339,17 @@ static __device__ void moe_phase2(const struct moe_params &p, const struct moe_t
                 }
                 for (int s = warp; s < MOE_MAX_TOKENS; s += MOE_WARPS) {
                         float amax = 0.0f;
-                        int pair = s < cnt ? tb->u_pairs[u][s] : -1;
-                        if (pair >= 0)
+                        int row = s < un.cnt ? unit_row(un, s) : -1;
+                        if (row >= 0)
                                 for (uint32_t t = lane; t < n_itiles; t += 32)
-                                        amax = fmaxf(amax, __ldcg(p.amax_part + (size_t) pair * n_itiles + t));
+                                        amax = fmaxf(amax, __ldcg(un.s.amax_part + (size_t) row * n_itiles + t));
                         amax = warp_max(amax);
                         float sc = act_scale(amax);
                         if (lane == 0)
                                 act_scale_s[s] = sc;
+                        const uint16_t *hr = un.s.h + (size_t) (row >= 0 ? row : 0) * I;
                         for (uint32_t i = lane; i < I_pad; i += 32) {
-                                float v = pair >= 0 && i < I ? bf16_bits_to_f32(__ldcg(p.h + (size_t) pair * I + i))
-                                                             : 0.0f;
+                                float v = row >= 0 && i < I ? bf16_bits_to_f32(__ldcg(hr + i)) : 0.0f;
                                 act[s * I_pad + i] = f32_to_e4m3(v / sc);
                         }
                 }
@@ -307,27 +373,26 @@ static __device__ void moe_phase2(const struct moe_params &p, const struct moe_t
                                 mma_e4m3_16x8x32(c, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv.z, xv.w);
                         }
                 }
-                const float *sd = p.s_down + (size_t) e * H;
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                         int col = tig * 2 + (j & 1);
                         uint32_t n = j >= 2 ? n1 : n0;
-                        if (col >= cnt || n >= H)
+                        if (col >= un.cnt || n >= H)
                                 continue;
-                        int pair = tb->u_pairs[u][col];
-                        p.y[(size_t) pair * H + n] = f32_to_bf16_bits(act_scale_s[col] * (sd[n] * c[j]));
+                        un.s.y[(size_t) unit_row(un, col) * H + n] =
+                                f32_to_bf16_bits(act_scale_s[col] * (un.s.s_down[n] * c[j]));
                 }
                 __syncthreads();
         }
 }
 
-/* shared memory: the table, the K-split partial sums, the pairs' scales, then the FP8 activations (16-byte
- * aligned: phase 2 reads them as uint4) */
+/* shared memory: the table, the K-split partial sums, the columns' scales, then the FP8 activations
+ * (16-byte aligned: phase 2 reads them as uint4) */
 #define SMEM_RED ((sizeof(struct moe_table) + 15) / 16 * 16)
 #define SMEM_SCALE (SMEM_RED + MOE_WARPS * 2 * 4 * 32 * sizeof(float))
 #define SMEM_ACT (SMEM_SCALE + 16 * sizeof(float))
 
-static __global__ void __launch_bounds__(MOE_THREADS, 1) moe_decode_kernel(struct moe_params p) {
+static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struct moe_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
         struct moe_table *tb = reinterpret_cast<struct moe_table *>(smem);
         float *red = reinterpret_cast<float *>(smem + SMEM_RED);
@@ -335,70 +400,80 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) moe_decode_kernel(struc
         uint8_t *act = smem + SMEM_ACT;
 
         build_table(p, tb);
-        moe_prefetch_down(p, tb);
-        moe_phase1(p, tb, red);
+        ffn_prefetch_down(p, tb);
+        ffn_phase1(p, tb, red);
         grid_barrier(p.barrier);
-        moe_phase2(p, tb, act, act_scale_s);
+        ffn_phase2(p, tb, act, act_scale_s);
 }
 
-static size_t moe_smem_bytes(uint32_t inter) {
-        size_t i_pad = (inter + 63) / 64 * 64;
-        return SMEM_ACT + MOE_MAX_TOKENS * i_pad;
+static size_t smem_bytes(uint32_t inter, uint32_t dense_inter) {
+        uint32_t i = inter > dense_inter ? inter : dense_inter;
+        return SMEM_ACT + (size_t) MOE_MAX_TOKENS * ((i + 63) / 64 * 64);
 }
 
-extern "C" size_t kern_moe_decode_workspace(uint32_t top_k, uint32_t inter) {
-        size_t pairs = (size_t) MOE_MAX_TOKENS * top_k, n_itiles = (inter + P1_ROWS - 1) / P1_ROWS;
-        size_t amax = (pairs * n_itiles * sizeof(float) + 255) & ~(size_t) 255;
-        return BARRIER_BYTES + amax + pairs * inter * sizeof(uint16_t);
+static size_t align256(size_t n) {
+        return (n + 255) & ~(size_t) 255;
 }
 
-extern "C" bool kern_moe_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter) {
+/* workspace: barrier | expert maxima | dense maxima | expert h | dense h */
+static void workspace_layout(uint32_t top_k, uint32_t inter, uint32_t dense_inter, size_t off[5]) {
+        size_t pairs = (size_t) MOE_MAX_TOKENS * top_k;
+        off[0] = 0;
+        off[1] = BARRIER_BYTES;
+        off[2] = off[1] + align256(pairs * ((inter + P1_ROWS - 1) / P1_ROWS) * sizeof(float));
+        off[3] = off[2] + align256((size_t) MOE_MAX_TOKENS * ((dense_inter + P1_ROWS - 1) / P1_ROWS) * sizeof(float));
+        off[4] = off[3] + align256(pairs * inter * sizeof(uint16_t));
+}
+
+extern "C" size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t inter, uint32_t dense_inter) {
+        size_t off[5];
+        workspace_layout(top_k, inter, dense_inter, off);
+        return off[4] + align256((size_t) MOE_MAX_TOKENS * dense_inter * sizeof(uint16_t));
+}
+
+extern "C" bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter,
+                                          uint32_t dense_inter) {
         return n_tokens >= 1 && n_tokens <= MOE_MAX_TOKENS && top_k >= 1 && top_k <= KERNELS_MAX_TOPK &&
-               hidden > 0 && inter > 0 && inter <= P2_UNR * 64 * 8 && moe_smem_bytes(inter) <= 200 * 1024;
+               hidden > 0 && inter > 0 && smem_bytes(inter, dense_inter) <= SMEM_MAX;
 }
 
-extern "C" int kern_moe_decode(const uint8_t *w_gate_up, const float *s_gate_up, const uint8_t *w_down,
-                               const float *s_down, uint32_t n_experts, uint32_t hidden, uint32_t inter,
-                               const uint8_t *x, const float *x_scale, uint32_t n_tokens, const int32_t *topk_idx,
-                               uint32_t top_k, void *workspace, uint16_t *y, cudaStream_t stream) {
+extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t stream) {
         static int grid_max;            /* blocks that fit at once: the barrier needs them all resident */
-        size_t smem = moe_smem_bytes(inter);
+        uint32_t dense_inter = a->dense_w_gate_up ? a->dense_inter : 0;
 
-        if (!kern_moe_decode_supported(n_tokens, top_k, hidden, inter) || n_experts == 0)
+        if (!kern_ffn_decode_supported(a->n_tokens, a->top_k, a->hidden, a->inter, dense_inter) ||
+            a->n_experts == 0 || (a->dense_w_gate_up && dense_inter == 0))
                 return -EINVAL;
         if (grid_max == 0) {
                 int dev = 0, sms = 0, per_sm = 0;
                 if (cudaGetDevice(&dev) != cudaSuccess ||
                     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
                         return -EIO;
-                if (cudaFuncSetAttribute((const void *) moe_decode_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024) != cudaSuccess ||
-                    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, moe_decode_kernel, MOE_THREADS,
-                                                                  200 * 1024) != cudaSuccess)
+                if (cudaFuncSetAttribute((const void *) ffn_decode_kernel,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX) != cudaSuccess ||
+                    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ffn_decode_kernel, MOE_THREADS,
+                                                                  SMEM_MAX) != cudaSuccess)
                         return -EIO;
-                /* sized with the largest shared memory any shape asks for, so it holds for every launch */
+                /* sized with the largest shared memory any shape may ask for, so it holds for every launch */
                 grid_max = sms * (per_sm > 0 ? per_sm : 1);
         }
         struct moe_params p;
-        uint8_t *ws = (uint8_t *) workspace;
-        size_t pairs = (size_t) MOE_MAX_TOKENS * top_k, n_itiles = (inter + P1_ROWS - 1) / P1_ROWS;
-        p.w_gu = w_gate_up;
-        p.s_gu = s_gate_up;
-        p.w_down = w_down;
-        p.s_down = s_down;
-        p.hidden = hidden;
-        p.inter = inter;
-        p.n_experts = n_experts;
-        p.x = x;
-        p.x_scale = x_scale;
-        p.n_tokens = n_tokens;
-        p.top_k = top_k;
-        p.topk_idx = topk_idx;
+        uint8_t *ws = (uint8_t *) a->workspace;
+        size_t off[5];
+        workspace_layout(a->top_k, a->inter, dense_inter, off);
+        p.ex = (struct ffn_set){a->w_gate_up, a->w_down, a->s_gate_up, a->s_down, a->inter,
+                                (a->inter + P1_ROWS - 1) / P1_ROWS, a->x, a->x_scale, (float *) (ws + off[1]),
+                                (uint16_t *) (ws + off[3]), a->y};
+        p.dn = (struct ffn_set){a->dense_w_gate_up, a->dense_w_down, a->dense_s_gate_up, a->dense_s_down,
+                                dense_inter, (dense_inter + P1_ROWS - 1) / P1_ROWS, a->dense_x, a->dense_x_scale,
+                                (float *) (ws + off[2]), (uint16_t *) (ws + off[4]), a->dense_y};
+        p.hidden = a->hidden;
+        p.n_experts = a->n_experts;
+        p.n_tokens = a->n_tokens;
+        p.top_k = a->top_k;
+        p.topk_idx = a->topk_idx;
         p.barrier = (unsigned *) ws;
-        p.amax_part = (float *) (ws + BARRIER_BYTES);
-        p.h = (uint16_t *) (ws + BARRIER_BYTES + ((pairs * n_itiles * sizeof(float) + 255) & ~(size_t) 255));
-        p.y = y;
-        moe_decode_kernel<<<grid_max, MOE_THREADS, smem, stream>>>(p);
+        ffn_decode_kernel<<<grid_max, MOE_THREADS, smem_bytes(a->inter, dense_inter), stream>>>(p);
         return KERN_CHECK_LAUNCH();
 }
 

@@ -136,19 +136,34 @@ int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, cudaStream_
 
 /* ---- decode steps of few tokens (decode.cu) ---- */
 
-/* The routed experts of up to 8 tokens in one launch: per (token, slot) pair p = t * top_k + j with expert
- * e = topk_idx[p]: g|u = FP8 gate_up(x[t]) (BF16), a = quant(bf16(bf16(gelu_tanh(g)) * u)) per pair,
- * y[p] = BF16 FP8 down(a) -- the same roundings as route + grouped gate_up + geglu_quant + grouped down.
- * w_gate_up FP8 [E][2*inter][hidden] (gate rows, then up rows), s_gate_up [E][2*inter]; w_down FP8
- * [E][hidden][inter], s_down [E][hidden]. A token's experts must be distinct (top-k). workspace: device
- * memory of kern_moe_decode_workspace() bytes, zeroed once before the first launch (it holds a grid
- * barrier that leaves itself at zero); one launch at a time per workspace. */
-size_t kern_moe_decode_workspace(uint32_t top_k, uint32_t inter);
-bool kern_moe_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter);
-int kern_moe_decode(const uint8_t *w_gate_up, const float *s_gate_up, const uint8_t *w_down, const float *s_down,
-                    uint32_t n_experts, uint32_t hidden, uint32_t inter, const uint8_t *x, const float *x_scale,
-                    uint32_t n_tokens, const int32_t *topk_idx, uint32_t top_k, void *workspace, uint16_t *y,
-                    cudaStream_t stream);
+/* The feed-forward block of up to 8 tokens in one launch. Routed experts: per (token, slot) pair
+ * p = t * top_k + j with expert e = topk_idx[p]: g|u = FP8 gate_up(x[t]) (BF16),
+ * a = quant(bf16(bf16(gelu_tanh(g)) * u)) per pair, y[p] = BF16 FP8 down(a) -- the same roundings as route +
+ * grouped gate_up + geglu_quant + grouped down. w_gate_up FP8 [E][2*inter][hidden] (gate rows, then up
+ * rows), s_gate_up [E][2*inter]; w_down FP8 [E][hidden][inter], s_down [E][hidden]. A token's experts must
+ * be distinct (top-k). The dense MLP (when dense_w_gate_up is set) the same way on dense_x, one row per
+ * token into dense_y. workspace: device memory of kern_ffn_decode_workspace() bytes, zeroed once before the
+ * first launch (it holds a grid barrier that leaves itself at zero); one launch at a time per workspace. */
+struct kern_ffn_decode {
+        const uint8_t *w_gate_up, *w_down;
+        const float *s_gate_up, *s_down;
+        uint32_t n_experts, hidden, inter, n_tokens, top_k;
+        const uint8_t *x;
+        const float *x_scale;
+        const int32_t *topk_idx;
+        uint16_t *y;                    /* [n_tokens * top_k][hidden] */
+        const uint8_t *dense_w_gate_up, *dense_w_down;  /* NULL: experts only */
+        const float *dense_s_gate_up, *dense_s_down;
+        uint32_t dense_inter;
+        const uint8_t *dense_x;
+        const float *dense_x_scale;
+        uint16_t *dense_y;              /* [n_tokens][hidden] */
+        void *workspace;
+};
+size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t inter, uint32_t dense_inter);
+bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter,
+                               uint32_t dense_inter);
+int kern_ffn_decode(const struct kern_ffn_decode *args, cudaStream_t stream);
 
 /* Ask L2 for up to KERN_PREFETCH_RANGES device ranges (16-byte aligned starts; a tail under 16 bytes is
  * skipped). Returns at once; nothing waits for the data. */

@@ -58,8 +58,9 @@ struct backend {
         void *k_new, *v_new;
         int32_t *topk_idx, *pair_rows, *n_groups;
         struct kern_gemm_group *groups;
-        void *moe_ws;                   /* fused MoE of decode steps (kern_moe_decode); NULL = off */
+        void *moe_ws;                   /* fused FFN of decode steps (kern_ffn_decode) */
         bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
+        bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
 
         /* batch metadata: one pinned host block, one device block */
@@ -95,7 +96,7 @@ static const char *const prof_names[PROF_CATS] = {
         [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
         [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
         [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
-        [P_EDOWN] = "moe down", [P_EFUSED] = "moe fused", [P_PREFETCH] = "l2 prefetch", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
+        [P_EDOWN] = "moe down", [P_EFUSED] = "ffn fused", [P_PREFETCH] = "l2 prefetch", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
         [P_COPY] = "logits copy",
 };
 
@@ -471,18 +472,20 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->pair_rows, (size_t) b->p_max * 4},
                 {(void **) &b->n_groups, 16},
                 {(void **) &b->groups, (size_t) b->max_groups * sizeof(struct kern_gemm_group)},
-                {&b->moe_ws, c->enable_moe ? kern_moe_decode_workspace(b->top_k, b->e_inter) : 0},
+                {&b->moe_ws, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, b->e_inter, b->inter) : 0},
         };
         for (size_t i = 0; i < sizeof(a) / sizeof(a[0]) && r == 0; i++)
                 r = dev_alloc(a[i].p, a[i].bytes);
         if (r < 0)
                 return cuda_errorf(reterr, r, "backend cuda: out of device memory for activations "
                                               "(max_batched_tokens %u)", T);
-        /* the fused MoE kernel's grid barrier starts from zero and leaves itself there */
-        if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_moe_decode_workspace(b->top_k, b->e_inter) : 16)))
+        /* the fused FFN kernel's grid barrier starts from zero and leaves itself there */
+        if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, b->e_inter, b->inter)
+                                                            : 16)))
                 return cuda_errorf(reterr, -EIO, "backend cuda: cannot clear the MoE workspace");
         b->fused_moe = c->enable_moe && !env_flag("GEMMA4D_CUDA_NO_FUSED_MOE");
         b->prefetch = !env_flag("GEMMA4D_CUDA_NO_PREFETCH");
+        b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -827,18 +830,32 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, b->stream));
                         prof_mark(b, P_ROUTER);
                 }
-                TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
-                prof_mark(b, P_DGU);
-                TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
-                prof_mark(b, P_DACT);
-                TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
-                prof_mark(b, P_DDOWN);
-                if (c->enable_moe && b->fused_moe && kern_moe_decode_supported(T, b->top_k, H, b->e_inter)) {
-                        TRY(kern_moe_decode(D->e_gate_up.w, D->e_gate_up.scale, D->e_down.w, D->e_down.scale,
-                                            c->n_experts, H, b->e_inter, b->q2, b->s2, T, b->topk_idx, b->top_k,
-                                            b->moe_ws, b->e_y, b->stream));
+                /* decode steps: the dense MLP and the experts in one launch */
+                bool fused = c->enable_moe && b->fused_moe &&
+                             kern_ffn_decode_supported(T, b->top_k, H, b->e_inter, b->inter);
+                if (!fused || !b->fused_dense) {
+                        TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
+                        prof_mark(b, P_DGU);
+                        TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
+                        prof_mark(b, P_DACT);
+                        TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
+                        prof_mark(b, P_DDOWN);
+                }
+                if (fused) {
+                        struct kern_ffn_decode fa = {
+                                .w_gate_up = D->e_gate_up.w, .w_down = D->e_down.w, .s_gate_up = D->e_gate_up.scale,
+                                .s_down = D->e_down.scale, .n_experts = c->n_experts, .hidden = H,
+                                .inter = b->e_inter, .n_tokens = T, .top_k = b->top_k, .x = b->q2, .x_scale = b->s2,
+                                .topk_idx = b->topk_idx, .y = b->e_y, .dense_w_gate_up = D->gate_up.w,
+                                .dense_w_down = D->down.w, .dense_s_gate_up = D->gate_up.scale,
+                                .dense_s_down = D->down.scale, .dense_inter = b->inter, .dense_x = b->q1,
+                                .dense_x_scale = b->s1, .dense_y = b->dense_y, .workspace = b->moe_ws};
+                        if (!b->fused_dense)
+                                fa.dense_w_gate_up = NULL;
+                        TRY(kern_ffn_decode(&fa, b->stream));
                         prof_mark(b, P_EFUSED);
-                } else if (c->enable_moe) {
+                }
+                if (c->enable_moe && !fused) {
                         uint32_t I = b->e_inter;
                         uint32_t maxg = kern_moe_max_groups(P, c->n_experts);
                         TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
