@@ -54,7 +54,10 @@ struct ffn_set {
 struct moe_params {
         struct ffn_set ex, dn;          /* experts; dense MLP (dn.w_gu NULL: none) */
         uint32_t hidden, n_experts, n_tokens, top_k;
-        const int32_t *topk_idx;        /* [T][top_k] */
+        int32_t *topk_idx;              /* [T][top_k]: input, or output when the router runs here */
+        float *topk_w;                  /* [T][top_k]: output when the router runs here */
+        const uint16_t *r_in, *r_proj, *r_pes;  /* router input [T][H], weights [E][H], per-expert scale */
+        float *logits;                  /* [T][E] scratch */
         unsigned *barrier;              /* 2 counters, zero before the first launch, zero again after each */
 };
 
@@ -142,11 +145,12 @@ static __device__ __forceinline__ uint4 load16(const uint8_t *row, uint32_t k0, 
         return make_uint4(v[0], v[1], v[2], v[3]);
 }
 
-/* Every block: the unique-expert table of the batch (deterministic, identical in all blocks). */
+/* Every block: the unique-expert table of the batch (deterministic, identical in all blocks), from
+ * tb->idx (the top-k of every token). */
 static __device__ void build_table(const struct moe_params &p, struct moe_table *tb) {
         const int P = (int) (p.n_tokens * p.top_k);
         for (int i = threadIdx.x; i < P; i += blockDim.x) {
-                int32_t e = p.topk_idx[i];
+                int32_t e = tb->idx[i];
                 tb->idx[i] = e >= 0 && (uint32_t) e < p.n_experts ? e : 0;
         }
         __syncthreads();
@@ -207,18 +211,14 @@ static __device__ void grid_barrier(unsigned *bar) {
         __syncthreads();
 }
 
-static __device__ void ffn_phase1(const struct moe_params &p, const struct moe_table *tb, float *red) {
+/* One phase-1 item: 16 gate and 16 up rows of unit uid against its columns; every thread of the block. */
+static __device__ void phase1_item(const struct moe_params &p, const struct moe_table *tb, float *red, int uid,
+                                   uint32_t it) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
         const uint32_t H = p.hidden;
-        const uint32_t td = p.dn.w_gu ? p.dn.n_itiles : 0, te = p.ex.n_itiles;
-        const uint32_t n_items = td + (uint32_t) tb->n_u * te;
         const uint32_t n_chunks = (H + 63) / 64;
         const bool aligned = H % 16 == 0;
-
-        for (uint32_t item = blockIdx.x; item < n_items; item += gridDim.x) {
-                int uid;
-                uint32_t it;
-                item_get(item, td, te, &uid, &it);
+        {
                 const struct unit un = unit_get(p, tb, uid);
                 const uint32_t I = un.s.inter;
                 const uint32_t i0 = it * P1_ROWS + gid, i1 = i0 + 8;
@@ -292,11 +292,118 @@ static __device__ void ffn_phase1(const struct moe_params &p, const struct moe_t
         }
 }
 
-/* Ask L2 for this block's phase-2 weights (the items it will take) while phase 1 runs. */
-static __device__ void ffn_prefetch_down(const struct moe_params &p, const struct moe_table *tb) {
+/* Router logits of expert e for every token: one warp per token, the loop of router_logits_kernel
+ * (norm.cu), so the logits and hence the choices are the same bits as the separate router's. */
+static __device__ void router_item(const struct moe_params &p, uint32_t e) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const uint32_t n = p.hidden;
+        for (uint32_t t = warp; t < p.n_tokens; t += MOE_WARPS) {
+                const uint16_t *a = p.r_in + (size_t) t * n, *w = p.r_proj + (size_t) e * n;
+                float acc = 0.0f;
+                if (n % 8 == 0) {
+                        for (uint32_t i0 = lane * 8; i0 < n; i0 += 4 * 32 * 8) {
+                                uint4 av[4], wv[4];
+#pragma unroll
+                                for (int u = 0; u < 4; u++) {
+                                        uint32_t i = i0 + u * 32 * 8;
+                                        av[u] = i < n ? *reinterpret_cast<const uint4 *>(a + i) : make_uint4(0, 0, 0, 0);
+                                        wv[u] = i < n ? __ldg(reinterpret_cast<const uint4 *>(w + i))
+                                                      : make_uint4(0, 0, 0, 0);
+                                }
+#pragma unroll
+                                for (int u = 0; u < 4; u++) {
+                                        const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av[u]);
+                                        const uint16_t *wh = reinterpret_cast<const uint16_t *>(&wv[u]);
+#pragma unroll
+                                        for (int j = 0; j < 8; j++)
+                                                acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
+                                }
+                        }
+                } else {
+                        for (uint32_t i = lane; i < n; i += 32)
+                                acc += bf16_bits_to_f32(a[i]) * bf16_bits_to_f32(w[i]);
+                }
+                acc = warp_sum(acc);
+                if (lane == 0)
+                        p.logits[(size_t) t * p.n_experts + e] = acc;
+        }
+}
+
+/* Softmax over all experts, top-k (ties: lower index), renormalised, times the per-expert scale: the
+ * steps of router_topk_kernel (norm.cu) on a shared-memory copy of the logits, one warp per token. Every
+ * block computes the same choices into tb->idx; block 0 also writes them out for the FFN combine. */
+static __device__ void router_topk(const struct moe_params &p, struct moe_table *tb, float *lg_all) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const uint32_t E = p.n_experts, top_k = p.top_k;
+        for (uint32_t i = threadIdx.x; i < p.n_tokens * E; i += blockDim.x)
+                lg_all[i] = __ldcg(p.logits + i);
+        __syncthreads();
+        for (uint32_t t = warp; t < p.n_tokens; t += MOE_WARPS) {
+                float *lg = lg_all + (size_t) t * E;
+                float mx = -INFINITY;
+                for (uint32_t e = lane; e < E; e += 32)
+                        mx = fmaxf(mx, lg[e]);
+                mx = warp_max(mx);
+                float total = 0.0f;
+                for (uint32_t e = lane; e < E; e += 32) {
+                        float pr = __expf(lg[e] - mx);
+                        lg[e] = pr;
+                        total += pr;
+                }
+                total = warp_sum(total);
+                __syncwarp();
+                float picked_sum = 0.0f, picked_p[KERNELS_MAX_TOPK];
+                int picked[KERNELS_MAX_TOPK];
+                for (uint32_t k = 0; k < top_k; k++) {
+                        float best = -1.0f;
+                        int best_e = 0x7fffffff;
+                        for (uint32_t e = lane; e < E; e += 32) {
+                                float pr = lg[e];
+                                if (pr > best) {
+                                        best = pr;
+                                        best_e = (int) e;
+                                }
+                        }
+#pragma unroll
+                        for (int off = 16; off > 0; off >>= 1) {
+                                float ob = __shfl_xor_sync(0xffffffffu, best, off);
+                                int oe = __shfl_xor_sync(0xffffffffu, best_e, off);
+                                if (ob > best || (ob == best && oe < best_e)) {
+                                        best = ob;
+                                        best_e = oe;
+                                }
+                        }
+                        picked[k] = best_e;
+                        picked_p[k] = best / total;
+                        picked_sum += best / total;
+                        __syncwarp();
+                        if (lane == 0)
+                                lg[best_e] = -2.0f;
+                        __syncwarp();
+                }
+                if (lane == 0)
+                        for (uint32_t k = 0; k < top_k; k++) {
+                                tb->idx[t * top_k + k] = picked[k];
+                                if (blockIdx.x == 0) {
+                                        p.topk_idx[t * top_k + k] = picked[k];
+                                        p.topk_w[t * top_k + k] = picked_p[k] / picked_sum *
+                                                                  bf16_bits_to_f32(p.r_pes[picked[k]]);
+                                }
+                        }
+        }
+        __syncthreads();
+}
+
+/* Ask L2 for this block's phase-2 weights (of the phase-2 items in [first, end) that it will take) while
+ * phase 1 runs. Expert items need the table. */
+static __device__ void ffn_prefetch_down(const struct moe_params &p, const struct moe_table *tb, uint32_t first,
+                                         uint32_t end) {
         const uint32_t H = p.hidden, n_rtiles = (H + P2_ROWS - 1) / P2_ROWS;
-        const uint32_t td = p.dn.w_gu ? n_rtiles : 0, n_items = td + (uint32_t) tb->n_u * n_rtiles;
-        for (uint32_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const uint32_t td = p.dn.w_gu ? n_rtiles : 0;
+        uint32_t item = first / gridDim.x * gridDim.x + blockIdx.x;
+        if (item < first)
+                item += gridDim.x;
+        for (; item < end; item += gridDim.x) {
                 int uid;
                 uint32_t rt;
                 item_get(item, td, n_rtiles, &uid, &rt);
@@ -399,50 +506,84 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
         float *act_scale_s = reinterpret_cast<float *>(smem + SMEM_SCALE);
         uint8_t *act = smem + SMEM_ACT;
 
-        build_table(p, tb);
-        ffn_prefetch_down(p, tb);
-        ffn_phase1(p, tb, red);
+        const uint32_t td = p.dn.w_gu ? p.dn.n_itiles : 0, te = p.ex.n_itiles;
+        const uint32_t n_rtiles = (p.hidden + P2_ROWS - 1) / P2_ROWS, td2 = p.dn.w_gu ? n_rtiles : 0;
+
+        if (p.r_proj) {
+                /* routing here: the dense MLP's phase 1 and the router logits first, then top-k */
+                ffn_prefetch_down(p, tb, 0, td2);
+                for (uint32_t item = blockIdx.x; item < td + p.n_experts; item += gridDim.x) {
+                        if (item < td)
+                                phase1_item(p, tb, red, -1, item);
+                        else
+                                router_item(p, item - td);
+                }
+                grid_barrier(p.barrier);
+                router_topk(p, tb, reinterpret_cast<float *>(act));
+                build_table(p, tb);
+                ffn_prefetch_down(p, tb, td2, td2 + (uint32_t) tb->n_u * n_rtiles);
+                for (uint32_t item = blockIdx.x; item < (uint32_t) tb->n_u * te; item += gridDim.x)
+                        phase1_item(p, tb, red, (int) (item / te), item % te);
+        } else {
+                for (uint32_t i = threadIdx.x; i < p.n_tokens * p.top_k; i += blockDim.x)
+                        tb->idx[i] = p.topk_idx[i];
+                __syncthreads();
+                build_table(p, tb);
+                ffn_prefetch_down(p, tb, 0, td2 + (uint32_t) tb->n_u * n_rtiles);
+                for (uint32_t item = blockIdx.x; item < td + (uint32_t) tb->n_u * te; item += gridDim.x) {
+                        int uid;
+                        uint32_t it;
+                        item_get(item, td, te, &uid, &it);
+                        phase1_item(p, tb, red, uid, it);
+                }
+        }
         grid_barrier(p.barrier);
         ffn_phase2(p, tb, act, act_scale_s);
 }
 
-static size_t smem_bytes(uint32_t inter, uint32_t dense_inter) {
+/* the activation area also holds the logits of every token during the top-k */
+static size_t smem_bytes(uint32_t inter, uint32_t dense_inter, uint32_t n_experts) {
         uint32_t i = inter > dense_inter ? inter : dense_inter;
-        return SMEM_ACT + (size_t) MOE_MAX_TOKENS * ((i + 63) / 64 * 64);
+        size_t act = (size_t) MOE_MAX_TOKENS * ((i + 63) / 64 * 64), lg = (size_t) MOE_MAX_TOKENS * n_experts * 4;
+        return SMEM_ACT + (act > lg ? act : lg);
 }
 
 static size_t align256(size_t n) {
         return (n + 255) & ~(size_t) 255;
 }
 
-/* workspace: barrier | expert maxima | dense maxima | expert h | dense h */
-static void workspace_layout(uint32_t top_k, uint32_t inter, uint32_t dense_inter, size_t off[5]) {
+/* workspace: barrier | expert maxima | dense maxima | expert h | dense h | logits */
+static void workspace_layout(uint32_t top_k, uint32_t inter, uint32_t dense_inter, size_t off[6]) {
         size_t pairs = (size_t) MOE_MAX_TOKENS * top_k;
         off[0] = 0;
         off[1] = BARRIER_BYTES;
         off[2] = off[1] + align256(pairs * ((inter + P1_ROWS - 1) / P1_ROWS) * sizeof(float));
         off[3] = off[2] + align256((size_t) MOE_MAX_TOKENS * ((dense_inter + P1_ROWS - 1) / P1_ROWS) * sizeof(float));
         off[4] = off[3] + align256(pairs * inter * sizeof(uint16_t));
+        off[5] = off[4] + align256((size_t) MOE_MAX_TOKENS * dense_inter * sizeof(uint16_t));
 }
 
-extern "C" size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t inter, uint32_t dense_inter) {
-        size_t off[5];
+extern "C" size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t n_experts, uint32_t inter,
+                                            uint32_t dense_inter) {
+        size_t off[6];
         workspace_layout(top_k, inter, dense_inter, off);
-        return off[4] + align256((size_t) MOE_MAX_TOKENS * dense_inter * sizeof(uint16_t));
+        return off[5] + align256((size_t) MOE_MAX_TOKENS * n_experts * sizeof(float));
 }
 
-extern "C" bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter,
-                                          uint32_t dense_inter) {
+extern "C" bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_experts, uint32_t hidden,
+                                          uint32_t inter, uint32_t dense_inter) {
         return n_tokens >= 1 && n_tokens <= MOE_MAX_TOKENS && top_k >= 1 && top_k <= KERNELS_MAX_TOPK &&
-               hidden > 0 && inter > 0 && smem_bytes(inter, dense_inter) <= SMEM_MAX;
+               n_experts >= top_k && hidden > 0 && inter > 0 &&
+               smem_bytes(inter, dense_inter, n_experts) <= SMEM_MAX;
 }
 
 extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t stream) {
         static int grid_max;            /* blocks that fit at once: the barrier needs them all resident */
         uint32_t dense_inter = a->dense_w_gate_up ? a->dense_inter : 0;
 
-        if (!kern_ffn_decode_supported(a->n_tokens, a->top_k, a->hidden, a->inter, dense_inter) ||
-            a->n_experts == 0 || (a->dense_w_gate_up && dense_inter == 0))
+        if (!kern_ffn_decode_supported(a->n_tokens, a->top_k, a->n_experts, a->hidden, a->inter, dense_inter) ||
+            (a->dense_w_gate_up && dense_inter == 0) ||
+            (a->router_proj && (!a->router_in || !a->router_per_expert_scale || !a->topk_w)))
                 return -EINVAL;
         if (grid_max == 0) {
                 int dev = 0, sms = 0, per_sm = 0;
@@ -459,7 +600,7 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         }
         struct moe_params p;
         uint8_t *ws = (uint8_t *) a->workspace;
-        size_t off[5];
+        size_t off[6];
         workspace_layout(a->top_k, a->inter, dense_inter, off);
         p.ex = (struct ffn_set){a->w_gate_up, a->w_down, a->s_gate_up, a->s_down, a->inter,
                                 (a->inter + P1_ROWS - 1) / P1_ROWS, a->x, a->x_scale, (float *) (ws + off[1]),
@@ -472,8 +613,13 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         p.n_tokens = a->n_tokens;
         p.top_k = a->top_k;
         p.topk_idx = a->topk_idx;
+        p.topk_w = a->topk_w;
+        p.r_in = a->router_in;
+        p.r_proj = a->router_proj;
+        p.r_pes = a->router_per_expert_scale;
+        p.logits = (float *) (ws + off[5]);
         p.barrier = (unsigned *) ws;
-        ffn_decode_kernel<<<grid_max, MOE_THREADS, smem_bytes(a->inter, dense_inter), stream>>>(p);
+        ffn_decode_kernel<<<grid_max, MOE_THREADS, smem_bytes(a->inter, dense_inter, a->n_experts), stream>>>(p);
         return KERN_CHECK_LAUNCH();
 }
 

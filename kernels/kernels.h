@@ -143,14 +143,18 @@ int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, cudaStream_
  * rows), s_gate_up [E][2*inter]; w_down FP8 [E][hidden][inter], s_down [E][hidden]. A token's experts must
  * be distinct (top-k). The dense MLP (when dense_w_gate_up is set) the same way on dense_x, one row per
  * token into dense_y. workspace: device memory of kern_ffn_decode_workspace() bytes, zeroed once before the
- * first launch (it holds a grid barrier that leaves itself at zero); one launch at a time per workspace. */
+ * first launch (it holds a grid barrier that leaves itself at zero); one launch at a time per workspace.
+ * With router_proj set the kernel also routes: the steps of kern_router (same bits) on router_in, writing
+ * topk_idx and topk_w; otherwise topk_idx is its input. */
 struct kern_ffn_decode {
         const uint8_t *w_gate_up, *w_down;
         const float *s_gate_up, *s_down;
         uint32_t n_experts, hidden, inter, n_tokens, top_k;
         const uint8_t *x;
         const float *x_scale;
-        const int32_t *topk_idx;
+        int32_t *topk_idx;              /* [n_tokens][top_k] */
+        float *topk_w;                  /* [n_tokens][top_k], written when routing here */
+        const uint16_t *router_in, *router_proj, *router_per_expert_scale;     /* NULL: topk_idx given */
         uint16_t *y;                    /* [n_tokens * top_k][hidden] */
         const uint8_t *dense_w_gate_up, *dense_w_down;  /* NULL: experts only */
         const float *dense_s_gate_up, *dense_s_down;
@@ -160,9 +164,9 @@ struct kern_ffn_decode {
         uint16_t *dense_y;              /* [n_tokens][hidden] */
         void *workspace;
 };
-size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t inter, uint32_t dense_inter);
-bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t hidden, uint32_t inter,
-                               uint32_t dense_inter);
+size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t n_experts, uint32_t inter, uint32_t dense_inter);
+bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_experts, uint32_t hidden,
+                               uint32_t inter, uint32_t dense_inter);
 int kern_ffn_decode(const struct kern_ffn_decode *args, cudaStream_t stream);
 
 /* Ask L2 for up to KERN_PREFETCH_RANGES device ranges (16-byte aligned starts; a tail under 16 bytes is

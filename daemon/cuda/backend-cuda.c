@@ -61,6 +61,7 @@ struct backend {
         void *moe_ws;                   /* fused FFN of decode steps (kern_ffn_decode) */
         bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
         bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
+        bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
 
         /* batch metadata: one pinned host block, one device block */
@@ -472,7 +473,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->pair_rows, (size_t) b->p_max * 4},
                 {(void **) &b->n_groups, 16},
                 {(void **) &b->groups, (size_t) b->max_groups * sizeof(struct kern_gemm_group)},
-                {&b->moe_ws, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, b->e_inter, b->inter) : 0},
+                {&b->moe_ws, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, c->n_experts, b->e_inter, b->inter) : 0},
         };
         for (size_t i = 0; i < sizeof(a) / sizeof(a[0]) && r == 0; i++)
                 r = dev_alloc(a[i].p, a[i].bytes);
@@ -480,12 +481,14 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 return cuda_errorf(reterr, r, "backend cuda: out of device memory for activations "
                                               "(max_batched_tokens %u)", T);
         /* the fused FFN kernel's grid barrier starts from zero and leaves itself there */
-        if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, b->e_inter, b->inter)
+        if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, c->n_experts,
+                                                                                        b->e_inter, b->inter)
                                                             : 16)))
                 return cuda_errorf(reterr, -EIO, "backend cuda: cannot clear the MoE workspace");
         b->fused_moe = c->enable_moe && !env_flag("GEMMA4D_CUDA_NO_FUSED_MOE");
         b->prefetch = !env_flag("GEMMA4D_CUDA_NO_PREFETCH");
         b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
+        b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -825,14 +828,14 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
                                    b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
                 prof_mark(b, P_POST);
-                if (c->enable_moe) {
+                /* decode steps: the router, the dense MLP and the experts in one launch */
+                bool fused = c->enable_moe && b->fused_moe &&
+                             kern_ffn_decode_supported(T, b->top_k, c->n_experts, H, b->e_inter, b->inter);
+                if (c->enable_moe && !(fused && b->fused_router)) {
                         struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
                         TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, b->stream));
                         prof_mark(b, P_ROUTER);
                 }
-                /* decode steps: the dense MLP and the experts in one launch */
-                bool fused = c->enable_moe && b->fused_moe &&
-                             kern_ffn_decode_supported(T, b->top_k, H, b->e_inter, b->inter);
                 if (!fused || !b->fused_dense) {
                         TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
                         prof_mark(b, P_DGU);
@@ -846,12 +849,18 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                 .w_gate_up = D->e_gate_up.w, .w_down = D->e_down.w, .s_gate_up = D->e_gate_up.scale,
                                 .s_down = D->e_down.scale, .n_experts = c->n_experts, .hidden = H,
                                 .inter = b->e_inter, .n_tokens = T, .top_k = b->top_k, .x = b->q2, .x_scale = b->s2,
-                                .topk_idx = b->topk_idx, .y = b->e_y, .dense_w_gate_up = D->gate_up.w,
+                                .topk_idx = b->topk_idx, .topk_w = b->topk_w, .y = b->e_y,
+                                .dense_w_gate_up = D->gate_up.w,
                                 .dense_w_down = D->down.w, .dense_s_gate_up = D->gate_up.scale,
                                 .dense_s_down = D->down.scale, .dense_inter = b->inter, .dense_x = b->q1,
                                 .dense_x_scale = b->s1, .dense_y = b->dense_y, .workspace = b->moe_ws};
                         if (!b->fused_dense)
                                 fa.dense_w_gate_up = NULL;
+                        if (b->fused_router) {
+                                fa.router_in = b->o;
+                                fa.router_proj = D->router_proj;
+                                fa.router_per_expert_scale = D->router_pes;
+                        }
                         TRY(kern_ffn_decode(&fa, b->stream));
                         prof_mark(b, P_EFUSED);
                 }

@@ -259,27 +259,64 @@ static void compare(const char *what, const uint16_t *y, const uint16_t *yo, con
         kt_check(name, &eo, 1e-2);
 }
 
-static void test_ffn(uint32_t T, uint32_t top_k, uint32_t E, uint32_t H, uint32_t I, uint32_t ID) {
+/* route: the kernel also runs the router (logits, softmax, top-k) and must choose what kern_router does */
+static void test_ffn(uint32_t T, uint32_t top_k, uint32_t E, uint32_t H, uint32_t I, uint32_t ID, int route) {
         struct moe_case C;
         struct old_path o;
         char name[160];
         uint32_t P = T * top_k;
         size_t ny = (size_t) P * H, nyd = (size_t) T * H;
 
-        snprintf(name, sizeof(name), "ffn_decode T=%u top_k=%u E=%u H=%u I=%u dense %u", T, top_k, E, H, I, ID);
-        kt_expect("kern_ffn_decode_supported", kern_ffn_decode_supported(T, top_k, H, I, ID));
+        snprintf(name, sizeof(name), "ffn_decode T=%u top_k=%u E=%u H=%u I=%u dense %u%s", T, top_k, E, H, I, ID,
+                 route ? " routed here" : "");
+        kt_expect("kern_ffn_decode_supported", kern_ffn_decode_supported(T, top_k, E, H, I, ID));
         moe_make(&C, T, top_k, E, H, I, ID);
-        size_t wsb = kern_ffn_decode_workspace(top_k, I, ID);
+        size_t wsb = kern_ffn_decode_workspace(top_k, E, I, ID);
         void *ws = kt_dev(wsb);
         KT_CUDA(cudaMemset(ws, 0, wsb));
         uint16_t *dy = kt_dev(ny * 2), *dy2 = kt_dev(ny * 2), *dyo = kt_dev(ny * 2);
         uint16_t *dyd = kt_dev(nyd * 2), *dyd2 = kt_dev(nyd * 2), *dydo = kt_dev(nyd * 2);
         struct kern_ffn_decode a = ffn_args(&C, dy, dyd, ws), a2 = ffn_args(&C, dy2, dyd2, ws);
         struct kern_ffn_decode ao = ffn_args(&C, dyo, dydo, ws);
+        uint16_t *rin = NULL, *rproj = NULL, *rpes = NULL;
+        int32_t *idx_f = NULL;
+        float *w_f = NULL, *w_o = NULL, *logits = NULL;
+        if (route) {
+                uint16_t *h_in = malloc(2 * (size_t) T * H), *h_proj = malloc(2 * (size_t) E * H), *h_pes = malloc(2 * E);
+                for (size_t i = 0; i < (size_t) T * H; i++)
+                        h_in[i] = kt_f32_to_bf16(normal());
+                for (size_t i = 0; i < (size_t) E * H; i++)
+                        h_proj[i] = kt_f32_to_bf16(normal() / sqrtf((float) H));
+                for (uint32_t i = 0; i < E; i++)
+                        h_pes[i] = kt_f32_to_bf16(1.0f + 0.3f * kt_uniform());
+                rin = kt_up(h_in, 2 * (size_t) T * H), rproj = kt_up(h_proj, 2 * (size_t) E * H);
+                rpes = kt_up(h_pes, 2 * E);
+                free(h_in), free(h_proj), free(h_pes);
+                idx_f = kt_dev(4 * P), w_f = kt_dev(4 * P), w_o = kt_dev(4 * P), logits = kt_dev(4 * (size_t) T * E);
+                a.topk_idx = a2.topk_idx = idx_f;
+                a.topk_w = a2.topk_w = w_f;
+                a.router_in = a2.router_in = rin;
+                a.router_proj = a2.router_proj = rproj;
+                a.router_per_expert_scale = a2.router_per_expert_scale = rpes;
+                /* the old path routes with kern_router into the case's topk buffer */
+                struct kern_router rt = {rproj, rpes, E, top_k};
+                KT_OK(kern_router(rin, T, H, &rt, logits, C.didx, w_o, 0));
+        }
         KT_OK(kern_ffn_decode(&a, 0));
         KT_OK(kern_ffn_decode(&a2, 0));
         old_make(&o, T, top_k, E, I, ID);
         old_run(&o, &ao);
+        if (route) {
+                int32_t *i1 = kt_down(idx_f, 4 * P), *i0 = kt_down(C.didx, 4 * P);
+                float *w1 = kt_down(w_f, 4 * P), *w0 = kt_down(w_o, 4 * P);
+                char what[300];
+                snprintf(what, sizeof(what), "%s: top-k ids and weights = kern_router's, bit for bit", name);
+                kt_expect(what, memcmp(i1, i0, 4 * P) == 0 && memcmp(w1, w0, 4 * P) == 0);
+                if (memcmp(i1, i0, 4 * P) != 0 || memcmp(w1, w0, 4 * P) != 0)
+                        printf("# token 0: fused %d %g, kern_router %d %g\n", i1[0], w1[0], i0[0], w0[0]);
+                memcpy(C.idx, i0, 4 * P);       /* the reference follows the old path's choices */
+                free(i1), free(i0), free(w1), free(w0);
+        }
         uint16_t *y = kt_down(dy, ny * 2), *y2 = kt_down(dy2, ny * 2), *yo = kt_down(dyo, ny * 2);
         uint16_t *yd = kt_down(dyd, nyd * 2), *yd2 = kt_down(dyd2, nyd * 2), *ydo = kt_down(dydo, nyd * 2);
         unsigned *bar = kt_down(ws, 8);
@@ -294,10 +331,13 @@ static void test_ffn(uint32_t T, uint32_t top_k, uint32_t E, uint32_t H, uint32_
                 compare(what, yd, ydo, refd, nyd, H);
         }
         snprintf(what, sizeof(what), "%s: a second launch gives the same bits, barrier back at 0", name);
+        unsigned gens = route ? 4 : 2;
         kt_expect(what, memcmp(y, y2, ny * 2) == 0 && (!ID || memcmp(yd, yd2, nyd * 2) == 0) && bar[0] == 0 &&
-                                bar[1] == 2);
-        if (bar[0] != 0 || bar[1] != 2)
-                printf("# barrier words after two launches: %u %u (want 0 2)\n", bar[0], bar[1]);
+                                bar[1] == gens);
+        if (bar[0] != 0 || bar[1] != gens)
+                printf("# barrier words after two launches: %u %u (want 0 %u)\n", bar[0], bar[1], gens);
+        cudaFree(rin), cudaFree(rproj), cudaFree(rpes), cudaFree(idx_f), cudaFree(w_f), cudaFree(w_o);
+        cudaFree(logits);
         cudaFree(ws), cudaFree(dy), cudaFree(dy2), cudaFree(dyo), cudaFree(dyd), cudaFree(dyd2), cudaFree(dydo);
         free(y), free(y2), free(yo), free(yd), free(yd2), free(ydo), free(bar), free(ref), free(refd);
         old_free(&o);
@@ -312,7 +352,7 @@ static int cmp_float(const void *a, const void *b) {
 /* Full-size timing: weights filled with a constant code (values do not matter for time), each launch on
  * its own expert set (128 / top_k sets cycle) so that consecutive launches do not find them in L2; the
  * dense MLP rotates through copies too. */
-static void bench_ffn(uint32_t T, int dense) {
+static void bench_ffn(uint32_t T, int dense, int route) {
         const uint32_t E = 128, H = 2816, I = 704, ID = 2112, top_k = 8, sets = 16, reps = 10, batches = 9;
         const uint32_t dcopies = 8;
         size_t ngu = (size_t) E * 2 * I * H, nd = (size_t) E * H * I, ndense = (size_t) 3 * ID * H;
@@ -346,11 +386,31 @@ static void bench_ffn(uint32_t T, int dense) {
                                 used[e] = 1;
                         }
         }
-        int32_t *didx = kt_up(idx, sizeof(int32_t) * sets * T * top_k);
-        size_t wsb = kern_ffn_decode_workspace(top_k, I, ID);
+        int32_t *didx = kt_dev(sizeof(int32_t) * (sets + 1) * T * top_k);
+        KT_CUDA(cudaMemcpy(didx, idx, sizeof(int32_t) * sets * T * top_k, cudaMemcpyHostToDevice));
+        size_t wsb = kern_ffn_decode_workspace(top_k, E, I, ID);
         void *ws = kt_dev(wsb);
         KT_CUDA(cudaMemset(ws, 0, wsb));
         uint16_t *y = kt_dev((size_t) T * top_k * H * 2), *yd = kt_dev((size_t) T * H * 2);
+        /* routing: every token's router input is all ones and set s's router matrix has ones on the rows
+         * of the experts that set s lists for token 0, so top-k picks exactly those */
+        uint16_t *rin = NULL, *rproj = NULL, *rpes = NULL;
+        float *rw = kt_dev(4 * T * top_k), *logits = kt_dev(4 * T * E);
+        if (route) {
+                uint16_t *h = calloc((size_t) sets * E * H, 2), *hin = malloc(2 * (size_t) T * H), *hp = malloc(2 * E);
+                for (uint32_t st = 0; st < sets; st++)
+                        for (uint32_t j = 0; j < top_k; j++)
+                                for (uint32_t k = 0; k < H; k++)
+                                        h[((size_t) st * E + (uint32_t) idx[st * T * top_k + j]) * H + k] = 0x3f80;
+                for (size_t i = 0; i < (size_t) T * H; i++)
+                        hin[i] = 0x3f80;
+                for (uint32_t i = 0; i < E; i++)
+                        hp[i] = 0x3f80;
+                rproj = kt_up(h, 2 * (size_t) sets * E * H), rin = kt_up(hin, 2 * (size_t) T * H), rpes = kt_up(hp, 2 * E);
+                free(h), free(hin), free(hp);
+                if (T > 1)
+                        uniq_total = sets * top_k;
+        }
         struct old_path o;
         old_make(&o, T, top_k, E, I, ID);
         cudaEvent_t e0, e1;
@@ -374,10 +434,22 @@ static void bench_ffn(uint32_t T, int dense) {
                                         a.dense_s_gate_up = sdense, a.dense_s_down = sdense, a.dense_inter = ID;
                                         a.dense_x = x, a.dense_x_scale = xs, a.dense_y = yd;
                                 }
-                                if (path == 0)
+                                const uint16_t *rp = rproj ? rproj + (size_t) (i % sets) * E * H : NULL;
+                                if (route) {
+                                        a.topk_idx = didx + (size_t) sets * T * top_k;  /* scratch row */
+                                        a.topk_w = rw;
+                                        a.router_in = rin, a.router_proj = rp, a.router_per_expert_scale = rpes;
+                                }
+                                if (path == 0) {
                                         KT_OK(kern_ffn_decode(&a, 0));
-                                else
+                                } else {
+                                        if (route) {
+                                                struct kern_router rt = {rp, rpes, E, top_k};
+                                                KT_OK(kern_router(rin, T, H, &rt, logits, a.topk_idx, rw, 0));
+                                                a.router_proj = NULL;
+                                        }
                                         old_run(&o, &a);
+                                }
                         }
                         KT_CUDA(cudaEventRecord(e1, 0));
                         KT_CUDA(cudaEventSynchronize(e1));
@@ -388,16 +460,18 @@ static void bench_ffn(uint32_t T, int dense) {
                 }
                 qsort(t, batches, sizeof(float), cmp_float);
                 float us = t[batches / 2];
-                printf("# bench ffn %s T=%u%s: %.2f us/layer (median of %u x %u launches; min %.2f), "
+                printf("# bench ffn %s T=%u%s%s: %.2f us/layer (median of %u x %u launches; min %.2f), "
                        "%.2f MB of weights -> %.2f TB/s\n", path == 0 ? "fused" : "old  ", T,
-                       dense ? " experts+dense" : " experts", us, batches, reps, t[0], bytes_per / 1e6,
-                       bytes_per / (us * 1e-6) / 1e12);
-                printf("RESULT ffn_%s_%s_T%u_us %.2f\n", path == 0 ? "fused" : "old", dense ? "all" : "moe", T, us);
+                       dense ? " experts+dense" : " experts", route ? "+router" : "", us, batches, reps, t[0],
+                       bytes_per / 1e6, bytes_per / (us * 1e-6) / 1e12);
+                printf("RESULT ffn_%s_%s%s_T%u_us %.2f\n", path == 0 ? "fused" : "old", dense ? "all" : "moe",
+                       route ? "_router" : "", T, us);
         }
         cudaEventDestroy(e0), cudaEventDestroy(e1);
         old_free(&o);
         cudaFree(wgu), cudaFree(wd), cudaFree(wdense), cudaFree(x), cudaFree(sgu), cudaFree(sd), cudaFree(sdense);
-        cudaFree(xs), cudaFree(didx), cudaFree(ws), cudaFree(y), cudaFree(yd);
+        cudaFree(xs), cudaFree(didx), cudaFree(ws), cudaFree(y), cudaFree(yd), cudaFree(rw), cudaFree(logits);
+        cudaFree(rin), cudaFree(rproj), cudaFree(rpes);
         free(idx);
 }
 
@@ -474,14 +548,18 @@ int main(int argc, char **argv) {
         kt_require_gpu();
         kt_seed(7);
         e4m3_init();
-        test_ffn(1, 8, 16, 2816, 704, 2112);    /* the 26B-A4B shape, one token */
-        test_ffn(8, 8, 16, 2816, 704, 2112);    /* 64 pairs on 16 experts: shared experts, full columns */
-        test_ffn(3, 8, 64, 512, 704, 0);        /* experts only */
-        test_ffn(5, 4, 16, 100, 24, 80);        /* tiny-b: unaligned hidden */
-        test_ffn(7, 2, 8, 64, 32, 96);          /* tiny-a */
-        test_ffn(2, 3, 4, 256, 16, 64);         /* tiny-c */
-        test_ffn(8, 3, 12, 144, 40, 112);       /* tiny-d */
-        test_ffn(4, 16, 32, 192, 800, 1000);    /* top_k 16, inter over one pass of phase 2 */
+        test_ffn(1, 8, 16, 2816, 704, 2112, 0); /* the 26B-A4B shape, one token */
+        test_ffn(1, 8, 128, 2816, 704, 2112, 1);        /* ... routed in the kernel over 128 experts */
+        test_ffn(8, 8, 16, 2816, 704, 2112, 0); /* 64 pairs on 16 experts: shared experts, full columns */
+        test_ffn(8, 8, 16, 2816, 704, 2112, 1);
+        test_ffn(3, 8, 64, 512, 704, 0, 0);     /* experts only */
+        test_ffn(3, 8, 64, 512, 704, 0, 1);
+        test_ffn(5, 4, 16, 100, 24, 80, 1);     /* tiny-b: unaligned hidden */
+        test_ffn(7, 2, 8, 64, 32, 96, 0);       /* tiny-a */
+        test_ffn(2, 3, 4, 256, 16, 64, 1);      /* tiny-c */
+        test_ffn(8, 3, 12, 144, 40, 112, 1);    /* tiny-d */
+        test_ffn(4, 16, 32, 192, 800, 1000, 0); /* top_k 16, inter over one pass of phase 2 */
+        test_ffn(4, 16, 32, 192, 800, 1000, 1);
         test_prefetch();
         if (argc < 2 || strcmp(argv[1], "--no-bench") != 0) {
                 bench_gemv("qkv", 8192, 2816, 1, 0);
@@ -489,10 +567,11 @@ int main(int argc, char **argv) {
                 bench_gemv("dense_gate_up", 4224, 2816, 1, 0);
                 bench_gemv("dense_down", 2816, 2112, 1, 0);
                 bench_gemv("lm_head", 262144, 2816, 1, 1);
-                bench_ffn(1, 0);
-                bench_ffn(1, 1);
-                bench_ffn(4, 1);
-                bench_ffn(8, 1);
+                bench_ffn(1, 0, 0);
+                bench_ffn(1, 1, 0);
+                bench_ffn(1, 1, 1);
+                bench_ffn(4, 1, 0);
+                bench_ffn(8, 1, 0);
         }
         return kt_finish();
 }
