@@ -63,6 +63,11 @@ struct backend {
         bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
+        /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
+         * from and joins back into the main one (also inside graphs); GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
+        cudaStream_t side;
+        cudaEvent_t side_fork, side_join;
+        bool side_pending;              /* side work not yet joined */
 
         /* batch metadata: one pinned host block, one device block */
         int32_t *meta_h, *meta_d;
@@ -541,6 +546,13 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 r = cuda_errorf(reterr, -EIO, "backend cuda: cannot create a stream");
                 goto fail;
         }
+        if (!env_flag("GEMMA4D_CUDA_NO_SIDE_STREAM") &&
+            (!cuda_ok(cudaStreamCreateWithFlags(&b->side, cudaStreamNonBlocking)) ||
+             !cuda_ok(cudaEventCreateWithFlags(&b->side_fork, cudaEventDisableTiming)) ||
+             !cuda_ok(cudaEventCreateWithFlags(&b->side_join, cudaEventDisableTiming)))) {
+                r = cuda_errorf(reterr, -EIO, "backend cuda: cannot create the side stream");
+                goto fail;
+        }
         if ((r = kern_blas_create(&b->blas)) < 0) {
                 r = cuda_errorf(reterr, r, "backend cuda: cuBLASLt init failed");
                 goto fail;
@@ -670,6 +682,12 @@ static void backend_cuda_destroy(struct backend *b) {
         kern_blas_destroy(b->blas);
         if (b->stream)
                 cudaStreamDestroy(b->stream);
+        if (b->side)
+                cudaStreamDestroy(b->side);
+        if (b->side_fork)
+                cudaEventDestroy(b->side_fork);
+        if (b->side_join)
+                cudaEventDestroy(b->side_join);
         free(b);
 }
 
@@ -762,6 +780,29 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
                         return r_;                                                                           \
         } while (0)
 
+/* The stream for work off the critical path of a decode step: the side stream, forked from the main
+ * stream's current point; the main stream itself when there is no side stream. */
+static cudaStream_t side_fork(struct backend *b, uint32_t T) {
+        if (!b->side || T > SMALL_M_MAX)
+                return b->stream;
+        if (!cuda_ok(cudaEventRecord(b->side_fork, b->stream)) ||
+            !cuda_ok(cudaStreamWaitEvent(b->side, b->side_fork, 0)))
+                return NULL;
+        b->side_pending = true;
+        return b->side;
+}
+
+/* The main stream waits for everything forked so far. */
+static int side_join(struct backend *b) {
+        if (!b->side_pending)
+                return 0;
+        b->side_pending = false;
+        if (!cuda_ok(cudaEventRecord(b->side_join, b->side)) ||
+            !cuda_ok(cudaStreamWaitEvent(b->stream, b->side_join, 0)))
+                return -EIO;
+        return 0;
+}
+
 static size_t linear_size(const struct dev_linear *L) {
         return (size_t) L->n_out * L->k;
 }
@@ -774,7 +815,8 @@ static int prefetch_after_qkv(struct backend *b, const struct dev_layer *D, uint
         struct kern_prefetch pf = {{D->o.w, D->gate_up.w, D->down.w, D->router_proj},
                                    {linear_size(&D->o), linear_size(&D->gate_up), linear_size(&D->down),
                                     D->router_proj ? (size_t) b->cfg.n_experts * b->cfg.hidden_size * 2 : 0}};
-        int r = kern_l2_prefetch(&pf, b->stream);
+        cudaStream_t st = side_fork(b, T);
+        int r = st ? kern_l2_prefetch(&pf, st) : -EIO;
         prof_mark(b, P_PREFETCH);
         return r;
 }
@@ -784,7 +826,8 @@ static int prefetch_next_qkv(struct backend *b, uint32_t l, uint32_t T) {
                 return 0;
         const struct dev_layer *N = &b->layers[l + 1];
         struct kern_prefetch pf = {{N->qkv.w}, {linear_size(&N->qkv)}};
-        int r = kern_l2_prefetch(&pf, b->stream);
+        cudaStream_t st = side_fork(b, T);
+        int r = st ? kern_l2_prefetch(&pf, st) : -EIO;
         prof_mark(b, P_PREFETCH);
         return r;
 }
@@ -814,13 +857,18 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 TRY(linear(b, &D->qkv, b->aq, b->a_scale, T, b->qkv));
                 prof_mark(b, P_QKV);
                 TRY(prefetch_after_qkv(b, D, T));
+                /* the previous layer's KV commit (side stream) read k_new / v_new: done before they change */
+                TRY(side_join(b));
                 TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, b->stream));
                 prof_mark(b, P_QKV_POST);
                 TRY(kern_attention(b->q, b->k_new, b->v_new, bt, &D->attn, b->att_partial, b->att_partial_floats,
                                    b->attn, b->stream));
                 prof_mark(b, P_ATTN);
-                TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, b->stream));
-                prof_mark(b, P_KV);
+                {
+                        cudaStream_t st = side_fork(b, T);
+                        TRY(st ? kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, st) : -EIO);
+                        prof_mark(b, P_KV);
+                }
                 TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
                 prof_mark(b, P_OQ);
                 TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
@@ -888,7 +936,7 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                      b->stream));
                 prof_mark(b, P_COMBINE);
         }
-        return 0;
+        return side_join(b);
 }
 
 /* Final norm + LM head + softcap for n_rows gathered rows into dst (host memory). When `capture` is set the
