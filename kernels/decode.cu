@@ -652,3 +652,160 @@ extern "C" int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t
         l2_prefetch_kernel<<<4, 128, 0, stream>>>(*ranges);
         return KERN_CHECK_LAUNCH();
 }
+
+/* ---- small-M FP8 GEMV for decode steps ----
+ * y[r, n] = s_x[r] * (s_w[n] * sum_k W[n, k] x[r, k]) for up to 8 rows, weights as the M side of
+ * mma.sync m16n8k32 (as in gemm.cu). A block is 4 warps on one 16-row tile, each warp a contiguous quarter
+ * of K with all of its chunks loaded before the first mma (12 chunks in flight per warp), so that at
+ * 4 blocks per SM a qkv-sized matrix is requested in one wave and each row is read in long runs. The
+ * activations sit in shared memory; a BF16 input is quantized there per row (the steps of kern_quant_rows,
+ * so the attention output needs no separate launch). */
+
+#define GEMV_WARPS 4
+#define GEMV_UNR 12
+#define GEMV_MAX_K 8192
+
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
+gemv_decode_kernel(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                   const uint16_t *x_bf16, const float *x_scale, uint32_t m, void *y, int out, float softcap) {
+        extern __shared__ __align__(16) uint8_t gsm[];
+        const uint32_t stride = k + 16;         /* rows 16 bytes apart in banks */
+        float *red = reinterpret_cast<float *>(gsm);                    /* [GEMV_WARPS][4][32] */
+        float *xs_s = red + GEMV_WARPS * 4 * 32;                        /* [8] */
+        uint8_t *xq = reinterpret_cast<uint8_t *>(xs_s + 8);            /* [8][stride] */
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
+        const uint32_t row0 = blockIdx.x * 16 + gid, row1 = row0 + 8;
+        const bool ok0 = row0 < n_out, ok1 = row1 < n_out;
+        const uint8_t *w0 = w + (size_t) (ok0 ? row0 : 0) * k, *w1 = w + (size_t) (ok1 ? row1 : 0) * k;
+        const uint32_t n_chunks = (k + 63) / 64, per = (n_chunks + GEMV_WARPS - 1) / GEMV_WARPS;
+        const uint32_t c_begin = warp * per, c_end = min(c_begin + per, n_chunks);
+        float c[4] = {0, 0, 0, 0};
+        uint4 a0[GEMV_UNR], a1[GEMV_UNR];
+
+        /* the first pass of weights in flight before anything else */
+#pragma unroll
+        for (int r = 0; r < GEMV_UNR; r++) {
+                uint32_t ch = c_begin + r;
+                a0[r] = load16(w0, ch * 64 + tig * 16, k, true, ok0 && ch < c_end);
+                a1[r] = load16(w1, ch * 64 + tig * 16, k, true, ok1 && ch < c_end);
+        }
+        /* activations into shared memory (zeros for rows >= m and past k) */
+        if (x_bf16) {
+                /* each row over the whole block: 8 BF16 per 16-byte load */
+                for (uint32_t r = 0; r < 8; r++) {
+                        if (r >= m) {
+                                for (uint32_t i = threadIdx.x * 16; i < stride; i += blockDim.x * 16)
+                                        *reinterpret_cast<uint4 *>(xq + r * stride + i) = make_uint4(0, 0, 0, 0);
+                                if (threadIdx.x == 0)
+                                        xs_s[r] = 0.0f;
+                                continue;
+                        }
+                        const uint16_t *src = x_bf16 + (size_t) r * k;
+                        float amax = 0.0f;
+                        for (uint32_t i = threadIdx.x * 8; i < k; i += blockDim.x * 8) {
+                                uint4 v = *reinterpret_cast<const uint4 *>(src + i);
+                                const uint16_t *h = reinterpret_cast<const uint16_t *>(&v);
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        amax = fmaxf(amax, fabsf(bf16_bits_to_f32(h[j])));
+                        }
+                        amax = block_max(amax, red);
+                        float sc = act_scale(amax);
+                        for (uint32_t i = threadIdx.x * 8; i < stride; i += blockDim.x * 8) {
+                                uint2 q = make_uint2(0, 0);
+                                if (i < k) {
+                                        uint4 v = *reinterpret_cast<const uint4 *>(src + i);
+                                        const uint16_t *h = reinterpret_cast<const uint16_t *>(&v);
+                                        uint32_t qw[2] = {0, 0};
+#pragma unroll
+                                        for (int j = 0; j < 8; j++)
+                                                qw[j / 4] |= (uint32_t) f32_to_e4m3(bf16_bits_to_f32(h[j]) / sc) << (8 * (j % 4));
+                                        q = make_uint2(qw[0], qw[1]);
+                                }
+                                *reinterpret_cast<uint2 *>(xq + r * stride + i) = q;
+                        }
+                        if (threadIdx.x == 0)
+                                xs_s[r] = sc;
+                        __syncthreads();
+                }
+        } else {
+                for (uint32_t i = threadIdx.x; i < 8 * stride / 16; i += blockDim.x) {
+                        uint32_t r = i / (stride / 16), o = i % (stride / 16) * 16;
+                        uint4 v = r < m && o < k ? __ldg(reinterpret_cast<const uint4 *>(x + (size_t) r * k + o))
+                                                 : make_uint4(0, 0, 0, 0);
+                        *reinterpret_cast<uint4 *>(xq + r * stride + o) = v;
+                }
+                if (threadIdx.x < 8)
+                        xs_s[threadIdx.x] = threadIdx.x < m ? x_scale[threadIdx.x] : 0.0f;
+        }
+        __syncthreads();
+        for (uint32_t ch0 = c_begin; ch0 < c_end; ch0 += GEMV_UNR) {
+                if (ch0 > c_begin) {
+#pragma unroll
+                        for (int r = 0; r < GEMV_UNR; r++) {
+                                uint32_t ch = ch0 + r;
+                                a0[r] = load16(w0, ch * 64 + tig * 16, k, true, ok0 && ch < c_end);
+                                a1[r] = load16(w1, ch * 64 + tig * 16, k, true, ok1 && ch < c_end);
+                        }
+                }
+#pragma unroll
+                for (int r = 0; r < GEMV_UNR; r++) {
+                        uint32_t ch = ch0 + r;
+                        if (ch >= c_end)
+                                break;
+                        uint4 xv = *reinterpret_cast<const uint4 *>(xq + gid * stride + ch * 64 + tig * 16);
+                        mma_e4m3_16x8x32(c, a0[r].x, a1[r].x, a0[r].y, a1[r].y, xv.x, xv.y);
+                        mma_e4m3_16x8x32(c, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv.z, xv.w);
+                }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+                red[(warp * 4 + j) * 32 + lane] = c[j];
+        __syncthreads();
+        if (warp != 0)
+                return;
+        for (int o = 1; o < GEMV_WARPS; o++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                        c[j] += red[(o * 4 + j) * 32 + lane];
+        const float sw0 = ok0 ? w_scale[row0] : 0.0f, sw1 = ok1 ? w_scale[row1] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+                uint32_t col = tig * 2 + (j & 1);
+                bool hi = j >= 2;
+                if (col >= m || !(hi ? ok1 : ok0))
+                        continue;
+                uint32_t n = hi ? row1 : row0;
+                float v = xs_s[col] * ((hi ? sw1 : sw0) * c[j]);
+                size_t off = (size_t) col * n_out + n;
+                if (out == KERN_OUT_BF16) {
+                        ((uint16_t *) y)[off] = f32_to_bf16_bits(v);
+                } else {
+                        if (softcap > 0.0f)
+                                v = softcap * tanhf(v / softcap);
+                        ((float *) y)[off] = v;
+                }
+        }
+}
+
+extern "C" bool kern_gemv_decode_supported(uint32_t n_out, uint32_t k, uint32_t m) {
+        return m >= 1 && m <= 8 && n_out > 0 && k > 0 && k % 16 == 0 && k <= GEMV_MAX_K;
+}
+
+extern "C" int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                                const uint16_t *x_bf16, const float *x_scale, uint32_t m, void *y,
+                                enum kern_out out, float softcap, cudaStream_t stream) {
+        static bool smem_set;
+        if (!kern_gemv_decode_supported(n_out, k, m) || (!x_bf16 && (!x || !x_scale)))
+                return -EINVAL;
+        size_t smem = (GEMV_WARPS * 4 * 32 + 8) * sizeof(float) + (size_t) 8 * (k + 16);
+        if (!smem_set) {
+                if (cudaFuncSetAttribute((const void *) gemv_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (GEMV_WARPS * 4 * 32 + 8) * sizeof(float) + 8 * (GEMV_MAX_K + 16)) != cudaSuccess)
+                        return -EIO;
+                smem_set = true;
+        }
+        gemv_decode_kernel<<<(n_out + 15) / 16, GEMV_WARPS * 32, smem, stream>>>(w, w_scale, n_out, k, x, x_bf16, x_scale,
+                                                                                m, y, (int) out, softcap);
+        return KERN_CHECK_LAUNCH();
+}

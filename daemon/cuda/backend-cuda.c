@@ -62,6 +62,7 @@ struct backend {
         bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
         bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
+        bool decode_gemv;               /* kern_gemv_decode for the decode linears; GEMMA4D_CUDA_DECODE_GEMV=1 */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
         /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
          * from and joins back into the main one (also inside graphs); GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
@@ -494,6 +495,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
         b->prefetch = !env_flag("GEMMA4D_CUDA_NO_PREFETCH");
         b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
         b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
+        b->decode_gemv = env_flag("GEMMA4D_CUDA_DECODE_GEMV");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -699,6 +701,9 @@ static void backend_cuda_get_capacity(struct backend *b, struct backend_capacity
 
 static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
                   uint16_t *y) {
+        if (b->decode_gemv && kern_gemv_decode_supported(L->n_out, L->k, m))
+                return kern_gemv_decode(L->w, L->scale, L->n_out, L->k, x, NULL, xs, m, y, KERN_OUT_BF16, 0.0f,
+                                        b->stream);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
                 return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
                                              b->stream);
@@ -869,10 +874,17 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         TRY(st ? kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, st) : -EIO);
                         prof_mark(b, P_KV);
                 }
-                TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
-                prof_mark(b, P_OQ);
-                TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
-                prof_mark(b, P_O);
+                if (b->decode_gemv && kern_gemv_decode_supported(D->o.n_out, D->o.k, T) && D->o.k == qw) {
+                        /* the attention output is quantized inside the GEMV */
+                        TRY(kern_gemv_decode(D->o.w, D->o.scale, D->o.n_out, D->o.k, NULL, b->attn, NULL, T, b->o,
+                                             KERN_OUT_BF16, 0.0f, b->stream));
+                        prof_mark(b, P_O);
+                } else {
+                        TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
+                        prof_mark(b, P_OQ);
+                        TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
+                        prof_mark(b, P_O);
+                }
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
                                    b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
                 prof_mark(b, P_POST);
@@ -955,7 +967,10 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         TRY(kern_rmsnorm_rows(b->x, d_rows + r0, b->final_norm, nr, H, c->rms_norm_eps, b->aq,
                                               b->a_scale, NULL, b->stream));
                         prof_mark(b, P_HNORM);
-                        if (nr <= SMALL_M_MAX || H % 16 != 0) {
+                        if (b->decode_gemv && kern_gemv_decode_supported(V, H, nr)) {
+                                TRY(kern_gemv_decode(b->head_w, b->head_scale, V, H, b->aq, NULL, b->a_scale, nr,
+                                                     b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
+                        } else if (nr <= SMALL_M_MAX || H % 16 != 0) {
                                 TRY(kern_fp8_linear_small(b->head_w, b->head_scale, V, H, b->aq, b->a_scale, nr,
                                                           b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
                         } else {

@@ -495,6 +495,57 @@ static void test_prefetch(void) {
         free(h), free(back);
 }
 
+/* kern_gemv_decode against a double-precision reference on the same FP8 inputs (tolerance as in
+ * test-kernel-gemm: the final BF16 rounding, 4e-3; FP32 out 1e-5); with a BF16 input the reference
+ * quantizes per row first, as kern_quant_rows does. */
+static void test_gemv(uint32_t n, uint32_t k, uint32_t m, int bf16_in, int f32) {
+        uint8_t *w = malloc((size_t) n * k), *x = malloc((size_t) m * k);
+        float *ws = malloc(4 * (size_t) n), *xs = malloc(4 * (size_t) m);
+        uint16_t *xb = malloc(2 * (size_t) m * k);
+        quant_rows(w, ws, n, k, 1.0f / sqrtf((float) k));
+        if (bf16_in) {
+                for (uint32_t r = 0; r < m; r++) {
+                        float amax = 0;
+                        for (uint32_t i = 0; i < k; i++) {
+                                xb[(size_t) r * k + i] = kt_f32_to_bf16(normal() * (1.0f + r));
+                                amax = fmaxf(amax, fabsf(kt_bf16_to_f32(xb[(size_t) r * k + i])));
+                        }
+                        xs[r] = fmaxf(amax / 448.0f, 1.0f / (448.0f * 512.0f));
+                        for (uint32_t i = 0; i < k; i++)
+                                x[(size_t) r * k + i] = e4m3_enc(kt_bf16_to_f32(xb[(size_t) r * k + i]) / xs[r]);
+                }
+        } else {
+                quant_rows(x, xs, m, k, 1.0f);
+        }
+        uint8_t *dw = kt_up(w, (size_t) n * k), *dx = kt_up(x, (size_t) m * k);
+        float *dws = kt_up(ws, 4 * (size_t) n), *dxs = kt_up(xs, 4 * (size_t) m);
+        uint16_t *dxb = kt_up(xb, 2 * (size_t) m * k);
+        size_t ob = (size_t) m * n * (f32 ? 4 : 2);
+        void *dy = kt_dev(ob);
+        KT_OK(kern_gemv_decode(dw, dws, n, k, bf16_in ? NULL : dx, bf16_in ? dxb : NULL, bf16_in ? NULL : dxs, m, dy,
+                               f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f, 0));
+        void *y = kt_down(dy, ob);
+        struct kt_err e = {0};
+        for (uint32_t r = 0; r < m; r++)
+                for (uint32_t c = 0; c < n; c++) {
+                        double a = 0;
+                        for (uint32_t i = 0; i < k; i++)
+                                a += (double) e4m3_dec[w[(size_t) c * k + i]] * e4m3_dec[x[(size_t) r * k + i]];
+                        double ref = a * ws[c] * xs[r];
+                        if (f32)
+                                ref = 30.0 * tanh(ref / 30.0);
+                        double out = f32 ? ((float *) y)[(size_t) r * n + c]
+                                         : kt_bf16_to_f32(((uint16_t *) y)[(size_t) r * n + c]);
+                        kt_acc(&e, out, ref);
+                }
+        char name[128];
+        snprintf(name, sizeof(name), "gemv_decode n=%u k=%u m=%u%s%s", n, k, m, bf16_in ? " bf16 in" : "",
+                 f32 ? " f32 softcap" : "");
+        kt_check(name, &e, f32 ? 1e-5 : 4e-3);
+        cudaFree(dw), cudaFree(dx), cudaFree(dws), cudaFree(dxs), cudaFree(dxb), cudaFree(dy);
+        free(w), free(x), free(ws), free(xs), free(xb), free(y);
+}
+
 /* The small-M FP8 GEMV (gemm.cu) on the decode shapes, weights rotating through > 2 x L2, with and without
  * an L2 prefetch of the weights launched one GEMV ahead: the baseline for the decode GEMMs. */
 static void bench_gemv(const char *name, uint32_t n, uint32_t k, uint32_t m, int f32) {
@@ -510,7 +561,8 @@ static void bench_gemv(const char *name, uint32_t n, uint32_t k, uint32_t m, int
         cudaEvent_t e0, e1;
         KT_CUDA(cudaEventCreate(&e0));
         KT_CUDA(cudaEventCreate(&e1));
-        for (int pf = 0; pf < 2; pf++) {
+        for (int var = 0; var < 3; var++) {
+                int pf = var == 1, mine = var == 2;
                 float t[16];
                 for (uint32_t b = 0; b <= batches; b++) {
                         float total = 0;
@@ -525,8 +577,13 @@ static void bench_gemv(const char *name, uint32_t n, uint32_t k, uint32_t m, int
                                         nanosleep(&ts, NULL);
                                 }
                                 KT_CUDA(cudaEventRecord(e0, 0));
-                                KT_OK(kern_fp8_linear_small(w + i * wb, ws, n, k, x, xs, m, y,
-                                                            f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f, 0));
+                                if (mine)
+                                        KT_OK(kern_gemv_decode(w + i * wb, ws, n, k, x, NULL, xs, m, y,
+                                                               f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f, 0));
+                                else
+                                        KT_OK(kern_fp8_linear_small(w + i * wb, ws, n, k, x, xs, m, y,
+                                                                    f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f,
+                                                                    0));
                                 KT_CUDA(cudaEventRecord(e1, 0));
                                 KT_CUDA(cudaEventSynchronize(e1));
                                 float ms;
@@ -538,9 +595,11 @@ static void bench_gemv(const char *name, uint32_t n, uint32_t k, uint32_t m, int
                 }
                 qsort(t, batches, sizeof(float), cmp_float);
                 float us = t[batches / 2];
-                printf("# bench gemv %s n=%u k=%u m=%u%s: %.2f us (%.2f TB/s)\n", name, n, k, m,
-                       pf ? " after L2 prefetch" : "", us, wb / (us * 1e-6) / 1e12);
-                printf("RESULT gemv_%s_m%u%s_us %.2f\n", name, m, pf ? "_prefetched" : "", us);
+                const char *what = mine ? "gemv_decode" : pf ? "linear_small after L2 prefetch" : "linear_small";
+                printf("# bench %s %s n=%u k=%u m=%u: %.2f us (%.2f TB/s)\n", what, name, n, k, m, us,
+                       wb / (us * 1e-6) / 1e12);
+                printf("RESULT gemv_%s_m%u_%s_us %.2f\n", name, m, mine ? "decode" : pf ? "small_prefetched" : "small",
+                       us);
         }
         cudaEventDestroy(e0), cudaEventDestroy(e1);
         cudaFree(w), cudaFree(x), cudaFree(ws), cudaFree(xs), cudaFree(y);
@@ -563,6 +622,13 @@ int main(int argc, char **argv) {
         test_ffn(4, 16, 32, 192, 800, 1000, 0); /* top_k 16, inter over one pass of phase 2 */
         test_ffn(4, 16, 32, 192, 800, 1000, 1);
         test_prefetch();
+        test_gemv(8192, 2816, 1, 0, 0);
+        test_gemv(2816, 4096, 1, 1, 0);         /* o_proj with the attention output's quantization inside */
+        test_gemv(2816, 4096, 5, 1, 0);
+        test_gemv(1000, 2112, 8, 0, 0);
+        test_gemv(3000, 256, 3, 0, 1);
+        test_gemv(100, 48, 2, 0, 0);
+        test_gemv(4099, 2816, 1, 0, 1);         /* LM-head like: rows not a multiple of 16 */
         if (argc < 2 || strcmp(argv[1], "--no-bench") != 0) {
                 bench_gemv("qkv", 8192, 2816, 1, 0);
                 bench_gemv("o", 2816, 4096, 1, 0);
