@@ -412,7 +412,7 @@ static __device__ void ffn_prefetch_down(const struct moe_params &p, const struc
                 const uint8_t *base = un.s.w_down + (size_t) r0 * un.s.inter;
                 size_t bytes = (size_t) rows * un.s.inter;
                 for (size_t off = (size_t) threadIdx.x * 128; off < bytes; off += (size_t) blockDim.x * 128)
-                        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(base + off)));
         }
 }
 
@@ -639,8 +639,8 @@ static __global__ void l2_prefetch_kernel(struct kern_prefetch ranges) {
                 for (size_t off = (size_t) (blockIdx.x * blockDim.x + threadIdx.x) * PREFETCH_PIECE; off < n;
                      off += (size_t) gridDim.x * blockDim.x * PREFETCH_PIECE) {
                         uint32_t len = (uint32_t) (n - off < PREFETCH_PIECE ? n - off : PREFETCH_PIECE);
-                        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + off), "r"(len)
-                                     : "memory");
+                        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
+                                     ::"l"(__cvta_generic_to_global(base + off)), "r"(len) : "memory");
                 }
         }
 }
