@@ -211,6 +211,20 @@ static __device__ void grid_barrier(unsigned *bar) {
         __syncthreads();
 }
 
+static __device__ __forceinline__ void prefetch_l2(const uint8_t *base, size_t bytes) {
+        for (size_t off = (size_t) threadIdx.x * 128; off < bytes; off += (size_t) blockDim.x * 128)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(base + off)));
+}
+
+/* Ask L2 for a phase-1 item's gate and up rows: issued one item ahead, so the memory system keeps
+ * streaming while this block reduces and writes the current item. */
+static __device__ void prefetch_item1(const struct moe_params &p, const struct moe_table *tb, int uid, uint32_t it) {
+        const struct unit un = unit_get(p, tb, uid);
+        const uint32_t I = un.s.inter, i0 = it * P1_ROWS, rows = I - i0 < P1_ROWS ? I - i0 : P1_ROWS;
+        prefetch_l2(un.s.w_gu + (size_t) i0 * p.hidden, (size_t) rows * p.hidden);
+        prefetch_l2(un.s.w_gu + ((size_t) I + i0) * p.hidden, (size_t) rows * p.hidden);
+}
+
 /* One phase-1 item: 16 gate and 16 up rows of unit uid against its columns; every thread of the block. */
 static __device__ void phase1_item(const struct moe_params &p, const struct moe_table *tb, float *red, int uid,
                                    uint32_t it) {
@@ -411,8 +425,7 @@ static __device__ void ffn_prefetch_down(const struct moe_params &p, const struc
                 uint32_t r0 = rt * P2_ROWS, rows = H - r0 < P2_ROWS ? H - r0 : P2_ROWS;
                 const uint8_t *base = un.s.w_down + (size_t) r0 * un.s.inter;
                 size_t bytes = (size_t) rows * un.s.inter;
-                for (size_t off = (size_t) threadIdx.x * 128; off < bytes; off += (size_t) blockDim.x * 128)
-                        asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(base + off)));
+                prefetch_l2(base, bytes);
         }
 }
 
@@ -444,6 +457,8 @@ static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_t
                         a0[r] = load16(w0, k0, I, aligned, ok0 && (uint32_t) r < n_chunks);
                         a1[r] = load16(w1, k0, I, aligned, ok1 && (uint32_t) r < n_chunks);
                 }
+                /* the columns' scales (one warp each), then their rows quantized by the whole block, 8
+                 * values per thread and step (a serial loop here was most of this kernel's time) */
                 for (int s = warp; s < MOE_MAX_TOKENS; s += MOE_WARPS) {
                         float amax = 0.0f;
                         int row = s < un.cnt ? unit_row(un, s) : -1;
@@ -451,14 +466,37 @@ static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_t
                                 for (uint32_t t = lane; t < n_itiles; t += 32)
                                         amax = fmaxf(amax, __ldcg(un.s.amax_part + (size_t) row * n_itiles + t));
                         amax = warp_max(amax);
-                        float sc = act_scale(amax);
                         if (lane == 0)
-                                act_scale_s[s] = sc;
-                        const uint16_t *hr = un.s.h + (size_t) (row >= 0 ? row : 0) * I;
-                        for (uint32_t i = lane; i < I_pad; i += 32) {
-                                float v = row >= 0 && i < I ? bf16_bits_to_f32(__ldcg(hr + i)) : 0.0f;
-                                act[s * I_pad + i] = f32_to_e4m3(v / sc);
+                                act_scale_s[s] = act_scale(amax);
+                }
+                __syncthreads();
+                const uint32_t groups = I_pad / 8;
+                for (uint32_t gi = threadIdx.x; gi < MOE_MAX_TOKENS * groups; gi += blockDim.x) {
+                        const int s = (int) (gi / groups);
+                        const uint32_t i0 = gi % groups * 8;
+                        uint32_t qw[2] = {0, 0};
+                        if (s < un.cnt && i0 < I) {
+                                const uint16_t *hr = un.s.h + (size_t) unit_row(un, s) * I;
+                                const float sc = act_scale_s[s];
+                                uint32_t hw[4];
+                                if (I % 8 == 0) {
+                                        uint4 v = __ldcg(reinterpret_cast<const uint4 *>(hr + i0));
+                                        hw[0] = v.x, hw[1] = v.y, hw[2] = v.z, hw[3] = v.w;
+                                } else {
+#pragma unroll
+                                        for (int j = 0; j < 4; j++) {
+                                                uint32_t lo = i0 + 2 * j < I ? __ldcg(hr + i0 + 2 * j) : 0;
+                                                uint32_t hi = i0 + 2 * j + 1 < I ? __ldcg(hr + i0 + 2 * j + 1) : 0;
+                                                hw[j] = lo | hi << 16;
+                                        }
+                                }
+#pragma unroll
+                                for (int j = 0; j < 8; j++) {
+                                        uint16_t hb = (uint16_t) (hw[j / 2] >> (16 * (j % 2)));
+                                        qw[j / 4] |= (uint32_t) f32_to_e4m3(bf16_bits_to_f32(hb) / sc) << (8 * (j % 4));
+                                }
                         }
+                        *reinterpret_cast<uint2 *>(act + s * I_pad + i0) = make_uint2(qw[0], qw[1]);
                 }
                 __syncthreads();
                 for (uint32_t ch0 = 0; ch0 < n_chunks; ch0 += P2_UNR) {
@@ -513,6 +551,8 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                 /* routing here: the dense MLP's phase 1 and the router logits first, then top-k */
                 ffn_prefetch_down(p, tb, 0, td2);
                 for (uint32_t item = blockIdx.x; item < td + p.n_experts; item += gridDim.x) {
+                        if (item + gridDim.x < td)
+                                prefetch_item1(p, tb, -1, item + gridDim.x);
                         if (item < td)
                                 phase1_item(p, tb, red, -1, item);
                         else
@@ -522,17 +562,26 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                 router_topk(p, tb, reinterpret_cast<float *>(act));
                 build_table(p, tb);
                 ffn_prefetch_down(p, tb, td2, td2 + (uint32_t) tb->n_u * n_rtiles);
-                for (uint32_t item = blockIdx.x; item < (uint32_t) tb->n_u * te; item += gridDim.x)
+                const uint32_t n1 = (uint32_t) tb->n_u * te;
+                for (uint32_t item = blockIdx.x; item < n1; item += gridDim.x) {
+                        if (item + gridDim.x < n1)
+                                prefetch_item1(p, tb, (int) ((item + gridDim.x) / te), (item + gridDim.x) % te);
                         phase1_item(p, tb, red, (int) (item / te), item % te);
+                }
         } else {
                 for (uint32_t i = threadIdx.x; i < p.n_tokens * p.top_k; i += blockDim.x)
                         tb->idx[i] = p.topk_idx[i];
                 __syncthreads();
                 build_table(p, tb);
                 ffn_prefetch_down(p, tb, 0, td2 + (uint32_t) tb->n_u * n_rtiles);
-                for (uint32_t item = blockIdx.x; item < td + (uint32_t) tb->n_u * te; item += gridDim.x) {
+                const uint32_t n1 = td + (uint32_t) tb->n_u * te;
+                for (uint32_t item = blockIdx.x; item < n1; item += gridDim.x) {
                         int uid;
                         uint32_t it;
+                        if (item + gridDim.x < n1) {
+                                item_get(item + gridDim.x, td, te, &uid, &it);
+                                prefetch_item1(p, tb, uid, it);
+                        }
                         item_get(item, td, te, &uid, &it);
                         phase1_item(p, tb, red, uid, it);
                 }
@@ -628,20 +677,19 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
  * attention over a short context, top-k): a prefetch launched before such a stretch lets the next GEMM
  * find its weights in L2. Bulk prefetches are fire-and-forget, so the kernel itself takes a few us. */
 
-#define PREFETCH_PIECE (32u << 10)
+/* plain L2 prefetches (one per 128-byte line, no destination, so nothing waits) spread over many blocks:
+ * bulk prefetches from a few blocks ran at ~0.6 TB/s and held the launch open for ~45 us (H100, R1) */
+#define PREFETCH_BLOCKS 132
 
 static __global__ void l2_prefetch_kernel(struct kern_prefetch ranges) {
+        const size_t stride = (size_t) gridDim.x * blockDim.x * 128;
         for (int r = 0; r < KERN_PREFETCH_RANGES; r++) {
                 const uint8_t *base = (const uint8_t *) ranges.p[r];
-                size_t n = ranges.bytes[r] & ~(size_t) 15;
-                if (!base || n == 0)
+                size_t n = ranges.bytes[r];
+                if (!base)
                         continue;
-                for (size_t off = (size_t) (blockIdx.x * blockDim.x + threadIdx.x) * PREFETCH_PIECE; off < n;
-                     off += (size_t) gridDim.x * blockDim.x * PREFETCH_PIECE) {
-                        uint32_t len = (uint32_t) (n - off < PREFETCH_PIECE ? n - off : PREFETCH_PIECE);
-                        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
-                                     ::"l"(__cvta_generic_to_global(base + off)), "r"(len) : "memory");
-                }
+                for (size_t off = (size_t) (blockIdx.x * blockDim.x + threadIdx.x) * 128; off < n; off += stride)
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(base + off)));
         }
 }
 
@@ -649,7 +697,7 @@ extern "C" int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t
         for (int r = 0; r < KERN_PREFETCH_RANGES; r++)
                 if (ranges->p[r] && ((uintptr_t) ranges->p[r] & 15) != 0)
                         return -EINVAL;
-        l2_prefetch_kernel<<<4, 128, 0, stream>>>(*ranges);
+        l2_prefetch_kernel<<<PREFETCH_BLOCKS, 256, 0, stream>>>(*ranges);
         return KERN_CHECK_LAUNCH();
 }
 
