@@ -65,6 +65,7 @@ struct backend {
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
         bool decode_gemv;               /* kern_gemv_decode for the decode linears; GEMMA4D_CUDA_DECODE_GEMV=1 */
         bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
+        bool parallel_dense;            /* unfused decode: dense MLP on the side stream; GEMMA4D_CUDA_NO_PARALLEL_DENSE */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
         /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
          * from and joins back into the main one (also inside graphs); GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
@@ -505,6 +506,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
         b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
         b->decode_gemv = env_flag("GEMMA4D_CUDA_DECODE_GEMV");
         b->gemv_head = !env_flag("GEMMA4D_CUDA_NO_GEMV_HEAD");
+        b->parallel_dense = !env_flag("GEMMA4D_CUDA_NO_PARALLEL_DENSE");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -713,22 +715,24 @@ static void backend_cuda_get_capacity(struct backend *b, struct backend_capacity
 
 /* ---- forward ---- */
 
-static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
-                  uint16_t *y) {
+static int linear_on(struct backend *b, cudaStream_t st, const struct dev_linear *L, const uint8_t *x,
+                     const float *xs, uint32_t m, uint16_t *y) {
         if (b->decode_gemv && kern_gemv_decode_supported(L->n_out, L->k, m))
-                return kern_gemv_decode(L->w, L->scale, L->n_out, L->k, x, NULL, xs, m, y, KERN_OUT_BF16, 0.0f,
-                                        b->stream);
+                return kern_gemv_decode(L->w, L->scale, L->n_out, L->k, x, NULL, xs, m, y, KERN_OUT_BF16, 0.0f, st);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
-                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
-                                             b->stream);
-        int r = kern_blas_fp8_linear(b->blas, L->w, L->scale, L->n_out, L->k, x, xs, m, y, b->stream);
+                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
+        int r = kern_blas_fp8_linear(b->blas, L->w, L->scale, L->n_out, L->k, x, xs, m, y, st);
         if (r < 0) {
                 log_error("%s", kern_blas_last_error(b->blas));
                 /* the tensor-core small-M kernel takes any M; slower for big batches but correct */
-                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
-                                             b->stream);
+                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
         }
         return 0;
+}
+
+static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
+                  uint16_t *y) {
+        return linear_on(b, b->stream, L, x, xs, m, y);
 }
 
 /* A batch the backend cannot run is refused before anything reaches the device; the log says why (the
@@ -911,11 +915,14 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         prof_mark(b, P_ROUTER);
                 }
                 if (!fused || !b->fused_dense) {
-                        TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
+                        /* decode steps: the dense MLP beside the router and experts (same input, joined
+                         * before the combine) */
+                        cudaStream_t st = c->enable_moe && b->parallel_dense ? side_fork(b, T) : b->stream;
+                        TRY(st ? linear_on(b, st, &D->gate_up, b->q1, b->s1, T, b->gu) : -EIO);
                         prof_mark(b, P_DGU);
-                        TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
+                        TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, st));
                         prof_mark(b, P_DACT);
-                        TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
+                        TRY(linear_on(b, st, &D->down, b->act, b->s1, T, b->dense_y));
                         prof_mark(b, P_DDOWN);
                 }
                 if (fused) {
@@ -955,6 +962,7 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                                     b->stream));
                         prof_mark(b, P_EDOWN);
                 }
+                TRY(side_join(b));
                 TRY(prefetch_next_qkv(b, l, T));
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
                 TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H, eps,
