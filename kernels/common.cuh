@@ -12,6 +12,17 @@
 
 #define KERN_CHECK_LAUNCH() (cudaGetLastError() == cudaSuccess ? 0 : -EIO)
 
+/* Programmatic dependent launch: a kernel lets the next one in the stream start early (that one runs only
+ * its prologue -- weight loads -- until griddep_wait(), which returns once this grid has finished and its
+ * writes are visible). Both are no-ops for kernels launched without the attribute. */
+static __device__ __forceinline__ void griddep_launch_dependents(void) {
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+static __device__ __forceinline__ void griddep_wait(void) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 static __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
         return __uint_as_float((uint32_t) v << 16);
 }

@@ -145,6 +145,24 @@ static __device__ __forceinline__ uint4 load16(const uint8_t *row, uint32_t k0, 
         return make_uint4(v[0], v[1], v[2], v[3]);
 }
 
+/* A launch that may start before the previous kernel in the stream has finished (programmatic dependent
+ * launch): the kernel's prologue only touches weights, and griddep_wait() guards everything else. */
+template <typename... Params, typename... Args>
+static int launch_pdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream, Args... args) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute at[1];
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = at;
+        cfg.numAttrs = pdl ? 1 : 0;
+        return cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess ? 0 : -EIO;
+}
+
 /* Every block: the unique-expert table of the batch (deterministic, identical in all blocks), from
  * tb->idx (the top-k of every token). */
 static __device__ void build_table(const struct moe_params &p, struct moe_table *tb) {
@@ -547,6 +565,14 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
         const uint32_t td = p.dn.w_gu ? p.dn.n_itiles : 0, te = p.ex.n_itiles;
         const uint32_t n_rtiles = (p.hidden + P2_ROWS - 1) / P2_ROWS, td2 = p.dn.w_gu ? n_rtiles : 0;
 
+        /* launched early (PDL): ask for this block's first weights, then wait for the inputs */
+        if (blockIdx.x < td)
+                prefetch_item1(p, tb, -1, blockIdx.x);
+        else if (p.r_proj && blockIdx.x - td < p.n_experts)
+                prefetch_l2(reinterpret_cast<const uint8_t *>(p.r_proj + (size_t) (blockIdx.x - td) * p.hidden),
+                            (size_t) p.hidden * 2);
+        griddep_wait();
+
         if (p.r_proj) {
                 /* routing here: the dense MLP's phase 1 and the router logits first, then top-k */
                 ffn_prefetch_down(p, tb, 0, td2);
@@ -668,8 +694,8 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         p.r_pes = a->router_per_expert_scale;
         p.logits = (float *) (ws + off[5]);
         p.barrier = (unsigned *) ws;
-        ffn_decode_kernel<<<grid_max, MOE_THREADS, smem_bytes(a->inter, dense_inter, a->n_experts), stream>>>(p);
-        return KERN_CHECK_LAUNCH();
+        return launch_pdl(a->pdl, ffn_decode_kernel, dim3(grid_max), dim3(MOE_THREADS),
+                          smem_bytes(a->inter, dense_inter, a->n_experts), stream, p);
 }
 
 /* ---- L2 prefetch of weights that the next ops will read ----
@@ -737,6 +763,8 @@ gemv_decode_kernel(const uint8_t *w, const float *w_scale, uint32_t n_out, uint3
                 a0[r] = load16(w0, ch * 64 + tig * 16, k, true, ok0 && ch < c_end);
                 a1[r] = load16(w1, ch * 64 + tig * 16, k, true, ok1 && ch < c_end);
         }
+        /* launched early (PDL): the activations are the previous kernel's output */
+        griddep_wait();
         /* activations into shared memory (zeros for rows >= m and past k) */
         if (x_bf16) {
                 /* each row over the whole block: 8 BF16 per 16-byte load */
@@ -842,7 +870,7 @@ extern "C" bool kern_gemv_decode_supported(uint32_t n_out, uint32_t k, uint32_t 
 
 extern "C" int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                                 const uint16_t *x_bf16, const float *x_scale, uint32_t m, void *y,
-                                enum kern_out out, float softcap, cudaStream_t stream) {
+                                enum kern_out out, float softcap, bool pdl, cudaStream_t stream) {
         static bool smem_set;
         if (!kern_gemv_decode_supported(n_out, k, m) || (!x_bf16 && (!x || !x_scale)))
                 return -EINVAL;
@@ -853,7 +881,6 @@ extern "C" int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t
                         return -EIO;
                 smem_set = true;
         }
-        gemv_decode_kernel<<<(n_out + 15) / 16, GEMV_WARPS * 32, smem, stream>>>(w, w_scale, n_out, k, x, x_bf16, x_scale,
-                                                                                m, y, (int) out, softcap);
-        return KERN_CHECK_LAUNCH();
+        return launch_pdl(pdl, gemv_decode_kernel, dim3((n_out + 15) / 16), dim3(GEMV_WARPS * 32), smem, stream, w,
+                          w_scale, n_out, k, x, x_bf16, x_scale, m, y, (int) out, softcap);
 }

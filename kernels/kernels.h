@@ -163,6 +163,7 @@ struct kern_ffn_decode {
         const float *dense_x_scale;
         uint16_t *dense_y;              /* [n_tokens][hidden] */
         void *workspace;
+        bool pdl;                       /* programmatic dependent launch (see kern_gemv_decode) */
 };
 size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t n_experts, uint32_t inter, uint32_t dense_inter);
 bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_experts, uint32_t hidden,
@@ -171,11 +172,12 @@ int kern_ffn_decode(const struct kern_ffn_decode *args, cudaStream_t stream);
 
 /* Small-M FP8 linear for decode steps (up to 8 rows, k % 16 == 0, k <= 8192), same contract as
  * kern_fp8_linear_small; with x_bf16 set the input is BF16 [m][k] and is quantized per row inside (the
- * steps of kern_quant_rows; x and x_scale unused). */
+ * steps of kern_quant_rows; x and x_scale unused). pdl: launched as a programmatic dependent of the previous
+ * kernel in the stream (its weight loads overlap that kernel; it waits for it before reading x). */
 bool kern_gemv_decode_supported(uint32_t n_out, uint32_t k, uint32_t m);
 int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                      const uint16_t *x_bf16, const float *x_scale, uint32_t m, void *y, enum kern_out out,
-                     float softcap, cudaStream_t stream);
+                     float softcap, bool pdl, cudaStream_t stream);
 
 /* Ask L2 for up to KERN_PREFETCH_RANGES device ranges (16-byte aligned starts; a tail under 16 bytes is
  * skipped). Returns at once; nothing waits for the data. */

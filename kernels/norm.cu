@@ -24,6 +24,7 @@ static int set_smem(const void *fn, size_t bytes) {
 
 static __global__ void __launch_bounds__(1024) rmsnorm_rows_kernel(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n,
                                            float eps, uint8_t *q, float *q_scale, uint16_t *out_bf16) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         extern __shared__ float sm[];
         float *red = sm, *v = sm + 32;
         uint32_t r = blockIdx.x;
@@ -59,6 +60,7 @@ extern "C" int kern_rmsnorm_quant(const float *x, const uint16_t *w, uint32_t n_
 }
 
 static __global__ void __launch_bounds__(1024) quant_rows_kernel(const uint16_t *x, uint32_t n, uint8_t *q, float *q_scale) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         __shared__ float red[32];
         const uint16_t *src = x + (size_t) blockIdx.x * n;
         uint8_t *dst = q + (size_t) blockIdx.x * n;
@@ -185,6 +187,7 @@ static __global__ void __launch_bounds__(1024) post_attn_kernel(float *x, uint16
                                         const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1,
                                         float *s1, const uint16_t *w_pre_ff2, uint8_t *q2, float *s2,
                                         const uint16_t *router_scale) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         extern __shared__ float sm[];
         float *red = sm, *h = sm + 32, *v = h + n;
         uint32_t t = blockIdx.x;
@@ -350,6 +353,7 @@ static __global__ void __launch_bounds__(1024) ffn_combine_kernel(float *x, cons
                                           const uint16_t *w_post_ff1, const uint16_t *w_post_ff2,
                                           const uint16_t *w_post_ff, float layer_scalar,
                                           const uint16_t *w_next, uint8_t *q, float *s) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         extern __shared__ float sm[];
         float *red = sm, *m1 = sm + 32, *m2 = m1 + n;
         uint32_t t = blockIdx.x;

@@ -63,8 +63,10 @@ struct backend {
         bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
         bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
-        bool decode_gemv;               /* kern_gemv_decode for the decode linears; GEMMA4D_CUDA_DECODE_GEMV=1 */
+        bool decode_gemv;               /* kern_gemv_decode for the decode linears; GEMMA4D_CUDA_NO_DECODE_GEMV=1 */
+        bool gemv_quant;                /* ... with the attention output's quantization inside; GEMMA4D_CUDA_GEMV_QUANT=1 */
         bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
+        bool pdl;                       /* decode kernels launched as programmatic dependents; GEMMA4D_CUDA_NO_PDL=1 */
         bool parallel_dense;            /* unfused decode: dense MLP on the side stream; GEMMA4D_CUDA_NO_PARALLEL_DENSE */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
         /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
@@ -504,7 +506,9 @@ static int alloc_activations(struct backend *b, char **reterr) {
         b->prefetch = !env_flag("GEMMA4D_CUDA_NO_PREFETCH");
         b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
         b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
-        b->decode_gemv = env_flag("GEMMA4D_CUDA_DECODE_GEMV");
+        b->decode_gemv = !env_flag("GEMMA4D_CUDA_NO_DECODE_GEMV");
+        b->gemv_quant = env_flag("GEMMA4D_CUDA_GEMV_QUANT");
+        b->pdl = !env_flag("GEMMA4D_CUDA_NO_PDL");
         b->gemv_head = !env_flag("GEMMA4D_CUDA_NO_GEMV_HEAD");
         b->parallel_dense = !env_flag("GEMMA4D_CUDA_NO_PARALLEL_DENSE");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
@@ -718,7 +722,8 @@ static void backend_cuda_get_capacity(struct backend *b, struct backend_capacity
 static int linear_on(struct backend *b, cudaStream_t st, const struct dev_linear *L, const uint8_t *x,
                      const float *xs, uint32_t m, uint16_t *y) {
         if (b->decode_gemv && kern_gemv_decode_supported(L->n_out, L->k, m))
-                return kern_gemv_decode(L->w, L->scale, L->n_out, L->k, x, NULL, xs, m, y, KERN_OUT_BF16, 0.0f, st);
+                return kern_gemv_decode(L->w, L->scale, L->n_out, L->k, x, NULL, xs, m, y, KERN_OUT_BF16, 0.0f,
+                                        b->pdl && st == b->stream, st);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
                 return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
         int r = kern_blas_fp8_linear(b->blas, L->w, L->scale, L->n_out, L->k, x, xs, m, y, st);
@@ -892,10 +897,11 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         TRY(st ? kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, st) : -EIO);
                         prof_mark(b, P_KV);
                 }
-                if (b->decode_gemv && kern_gemv_decode_supported(D->o.n_out, D->o.k, T) && D->o.k == qw) {
+                if (b->decode_gemv && b->gemv_quant && kern_gemv_decode_supported(D->o.n_out, D->o.k, T) &&
+                    D->o.k == qw) {
                         /* the attention output is quantized inside the GEMV */
                         TRY(kern_gemv_decode(D->o.w, D->o.scale, D->o.n_out, D->o.k, NULL, b->attn, NULL, T, b->o,
-                                             KERN_OUT_BF16, 0.0f, b->stream));
+                                             KERN_OUT_BF16, 0.0f, false, b->stream));
                         prof_mark(b, P_O);
                 } else {
                         TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
@@ -934,7 +940,8 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                 .dense_w_gate_up = D->gate_up.w,
                                 .dense_w_down = D->down.w, .dense_s_gate_up = D->gate_up.scale,
                                 .dense_s_down = D->down.scale, .dense_inter = b->inter, .dense_x = b->q1,
-                                .dense_x_scale = b->s1, .dense_y = b->dense_y, .workspace = b->moe_ws};
+                                .dense_x_scale = b->s1, .dense_y = b->dense_y, .workspace = b->moe_ws,
+                                .pdl = b->pdl};
                         if (!b->fused_dense)
                                 fa.dense_w_gate_up = NULL;
                         if (b->fused_router) {
@@ -992,7 +999,7 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         /* the decode GEMV streams the 738 MB head at 2.5 TB/s vs 2.0 (H100, R1) */
                         if ((b->gemv_head || b->decode_gemv) && kern_gemv_decode_supported(V, H, nr)) {
                                 TRY(kern_gemv_decode(b->head_w, b->head_scale, V, H, b->aq, NULL, b->a_scale, nr,
-                                                     b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
+                                                     b->logits, KERN_OUT_F32_SOFTCAP, cap, b->pdl, b->stream));
                         } else if (nr <= SMALL_M_MAX || H % 16 != 0) {
                                 TRY(kern_fp8_linear_small(b->head_w, b->head_scale, V, H, b->aq, b->a_scale, nr,
                                                           b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));

@@ -523,7 +523,7 @@ static void test_gemv(uint32_t n, uint32_t k, uint32_t m, int bf16_in, int f32) 
         size_t ob = (size_t) m * n * (f32 ? 4 : 2);
         void *dy = kt_dev(ob);
         KT_OK(kern_gemv_decode(dw, dws, n, k, bf16_in ? NULL : dx, bf16_in ? dxb : NULL, bf16_in ? NULL : dxs, m, dy,
-                               f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f, 0));
+                               f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f, false, 0));
         void *y = kt_down(dy, ob);
         struct kt_err e = {0};
         for (uint32_t r = 0; r < m; r++)
@@ -544,6 +544,35 @@ static void test_gemv(uint32_t n, uint32_t k, uint32_t m, int bf16_in, int f32) 
         kt_check(name, &e, f32 ? 1e-5 : 4e-3);
         cudaFree(dw), cudaFree(dx), cudaFree(dws), cudaFree(dxs), cudaFree(dxb), cudaFree(dy);
         free(w), free(x), free(ws), free(xs), free(xb), free(y);
+}
+
+/* Programmatic dependent launch: kern_quant_rows (which lets its dependents start) then kern_gemv_decode
+ * launched early must give the bits of the plain launch; the BF16 input changes every round, so a GEMV that
+ * read its input before the quantization finished would differ. */
+static void test_pdl(uint32_t n, uint32_t k) {
+        const uint32_t rounds = 20;
+        uint8_t *w = malloc((size_t) n * k);
+        float *ws = malloc(4 * (size_t) n);
+        uint16_t *xb = malloc(2 * (size_t) k * rounds);
+        quant_rows(w, ws, n, k, 1.0f / sqrtf((float) k));
+        for (size_t i = 0; i < (size_t) k * rounds; i++)
+                xb[i] = kt_f32_to_bf16(normal());
+        uint8_t *dw = kt_up(w, (size_t) n * k), *dq = kt_dev(k);
+        float *dws = kt_up(ws, 4 * (size_t) n), *dqs = kt_dev(4);
+        uint16_t *dxb = kt_up(xb, 2 * (size_t) k * rounds);
+        uint16_t *dy = kt_dev(2 * (size_t) n * rounds * 2);
+        for (int pdl = 0; pdl < 2; pdl++)
+                for (uint32_t r = 0; r < rounds; r++) {
+                        KT_OK(kern_quant_rows(dxb + (size_t) r * k, 1, k, dq, dqs, 0));
+                        KT_OK(kern_gemv_decode(dw, dws, n, k, dq, NULL, dqs, 1, dy + ((size_t) pdl * rounds + r) * n,
+                                               KERN_OUT_BF16, 0.0f, pdl, 0));
+                }
+        uint16_t *y = kt_down(dy, 2 * (size_t) n * rounds * 2);
+        char name[96];
+        snprintf(name, sizeof(name), "gemv_decode n=%u k=%u: programmatic dependent launch = plain launch", n, k);
+        kt_expect(name, memcmp(y, y + (size_t) n * rounds, 2 * (size_t) n * rounds) == 0);
+        cudaFree(dw), cudaFree(dq), cudaFree(dws), cudaFree(dqs), cudaFree(dxb), cudaFree(dy);
+        free(w), free(ws), free(xb), free(y);
 }
 
 /* The small-M FP8 GEMV (gemm.cu) and kern_gemv_decode on the decode shapes, weights rotating through
@@ -569,7 +598,8 @@ static void bench_gemv(const char *name, uint32_t n, uint32_t k, uint32_t m, int
                                 size_t i = (size_t) (b * reps + r) % copies;
                                 if (mine)
                                         KT_OK(kern_gemv_decode(w + i * wb, ws, n, k, x, NULL, xs, m, y,
-                                                               f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f, 0));
+                                                               f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f,
+                                                               false, 0));
                                 else
                                         KT_OK(kern_fp8_linear_small(w + i * wb, ws, n, k, x, xs, m, y,
                                                                     f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f,
@@ -616,6 +646,8 @@ int main(int argc, char **argv) {
         test_gemv(3000, 256, 3, 0, 1);
         test_gemv(100, 48, 2, 0, 0);
         test_gemv(4099, 2816, 1, 0, 1);         /* LM-head like: rows not a multiple of 16 */
+        test_pdl(8192, 2816);
+        test_pdl(2816, 4096);
         if (argc < 2 || strcmp(argv[1], "--no-bench") != 0) {
                 bench_gemv("qkv", 8192, 2816, 1, 0);
                 bench_gemv("o", 2816, 4096, 1, 0);
