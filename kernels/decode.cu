@@ -67,6 +67,7 @@ struct moe_table {
         int32_t u_count[MOE_MAX_PAIRS];
         int32_t u_pairs[MOE_MAX_PAIRS][MOE_MAX_TOKENS];
         int32_t idx[MOE_MAX_PAIRS];
+        float w[MOE_MAX_PAIRS];         /* routing weights, when the kernel routes */
         int32_t first[MOE_MAX_PAIRS];   /* first pair with the same expert */
         int32_t rank[MOE_MAX_PAIRS];    /* unique-expert number of a first pair */
 };
@@ -324,106 +325,34 @@ static __device__ void phase1_item(const struct moe_params &p, const struct moe_
         }
 }
 
-/* Router logits of expert e for every token: one warp per token, the loop of router_logits_kernel
- * (norm.cu), so the logits and hence the choices are the same bits as the separate router's. */
+/* Router logits of expert e for every token: one warp per token, kern_router's dot product. */
 static __device__ void router_item(const struct moe_params &p, uint32_t e) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         const uint32_t n = p.hidden;
         for (uint32_t t = warp; t < p.n_tokens; t += MOE_WARPS) {
-                const uint16_t *a = p.r_in + (size_t) t * n, *w = p.r_proj + (size_t) e * n;
-                float acc = 0.0f;
-                if (n % 8 == 0) {
-                        for (uint32_t i0 = lane * 8; i0 < n; i0 += 4 * 32 * 8) {
-                                uint4 av[4], wv[4];
-#pragma unroll
-                                for (int u = 0; u < 4; u++) {
-                                        uint32_t i = i0 + u * 32 * 8;
-                                        av[u] = i < n ? *reinterpret_cast<const uint4 *>(a + i) : make_uint4(0, 0, 0, 0);
-                                        wv[u] = i < n ? __ldg(reinterpret_cast<const uint4 *>(w + i))
-                                                      : make_uint4(0, 0, 0, 0);
-                                }
-#pragma unroll
-                                for (int u = 0; u < 4; u++) {
-                                        const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av[u]);
-                                        const uint16_t *wh = reinterpret_cast<const uint16_t *>(&wv[u]);
-#pragma unroll
-                                        for (int j = 0; j < 8; j++)
-                                                acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
-                                }
-                        }
-                } else {
-                        for (uint32_t i = lane; i < n; i += 32)
-                                acc += bf16_bits_to_f32(a[i]) * bf16_bits_to_f32(w[i]);
-                }
-                acc = warp_sum(acc);
+                float acc = warp_dot_bf16(p.r_in + (size_t) t * n, p.r_proj + (size_t) e * n, n);
                 if (lane == 0)
                         p.logits[(size_t) t * p.n_experts + e] = acc;
         }
 }
 
-/* Softmax over all experts, top-k (ties: lower index), renormalised, times the per-expert scale: the
- * steps of router_topk_kernel (norm.cu) on a shared-memory copy of the logits, one warp per token. Every
- * block computes the same choices into tb->idx; block 0 also writes them out for the FFN combine. */
+/* kern_router's top-k on a shared-memory copy of the logits, one warp per token: every block computes the
+ * same choices into tb->idx; block 0 also writes them out for the FFN combine. */
 static __device__ void router_topk(const struct moe_params &p, struct moe_table *tb, float *lg_all) {
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int warp = threadIdx.x >> 5;
         const uint32_t E = p.n_experts, top_k = p.top_k;
         for (uint32_t i = threadIdx.x; i < p.n_tokens * E; i += blockDim.x)
                 lg_all[i] = __ldcg(p.logits + i);
         __syncthreads();
-        for (uint32_t t = warp; t < p.n_tokens; t += MOE_WARPS) {
-                float *lg = lg_all + (size_t) t * E;
-                float mx = -INFINITY;
-                for (uint32_t e = lane; e < E; e += 32)
-                        mx = fmaxf(mx, lg[e]);
-                mx = warp_max(mx);
-                float total = 0.0f;
-                for (uint32_t e = lane; e < E; e += 32) {
-                        float pr = __expf(lg[e] - mx);
-                        lg[e] = pr;
-                        total += pr;
-                }
-                total = warp_sum(total);
-                __syncwarp();
-                float picked_sum = 0.0f, picked_p[KERNELS_MAX_TOPK];
-                int picked[KERNELS_MAX_TOPK];
-                for (uint32_t k = 0; k < top_k; k++) {
-                        float best = -1.0f;
-                        int best_e = 0x7fffffff;
-                        for (uint32_t e = lane; e < E; e += 32) {
-                                float pr = lg[e];
-                                if (pr > best) {
-                                        best = pr;
-                                        best_e = (int) e;
-                                }
-                        }
-#pragma unroll
-                        for (int off = 16; off > 0; off >>= 1) {
-                                float ob = __shfl_xor_sync(0xffffffffu, best, off);
-                                int oe = __shfl_xor_sync(0xffffffffu, best_e, off);
-                                if (ob > best || (ob == best && oe < best_e)) {
-                                        best = ob;
-                                        best_e = oe;
-                                }
-                        }
-                        picked[k] = best_e;
-                        picked_p[k] = best / total;
-                        picked_sum += best / total;
-                        __syncwarp();
-                        if (lane == 0)
-                                lg[best_e] = -2.0f;
-                        __syncwarp();
-                }
-                if (lane == 0)
-                        for (uint32_t k = 0; k < top_k; k++) {
-                                tb->idx[t * top_k + k] = picked[k];
-                                if (blockIdx.x == 0) {
-                                        p.topk_idx[t * top_k + k] = picked[k];
-                                        p.topk_w[t * top_k + k] = picked_p[k] / picked_sum *
-                                                                  bf16_bits_to_f32(p.r_pes[picked[k]]);
-                                }
-                        }
-        }
+        for (uint32_t t = warp; t < p.n_tokens; t += MOE_WARPS)
+                warp_router_topk(lg_all + (size_t) t * E, E, top_k, p.r_pes, tb->idx + t * top_k,
+                                 tb->w + t * top_k);
         __syncthreads();
+        if (blockIdx.x == 0)
+                for (uint32_t i = threadIdx.x; i < p.n_tokens * top_k; i += blockDim.x) {
+                        p.topk_idx[i] = tb->idx[i];
+                        p.topk_w[i] = tb->w[i];
+                }
 }
 
 /* Ask L2 for this block's phase-2 weights (of the phase-2 items in [first, end) that it will take) while
