@@ -132,6 +132,22 @@ static __device__ __forceinline__ void mma_e4m3_16x8x32(float *c, uint32_t a0, u
                      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/* c += the 16 weight rows held in a0 / a1 (chunks ch0 .. ch0 + UNR - 1, those below end) times the
+ * activations in shared memory (this lane's column at xrow) */
+template <int UNR>
+static __device__ __forceinline__ void mma_chunks_smem(float *c, const uint4 *a0, const uint4 *a1, uint32_t ch0,
+                                                       uint32_t end, const uint8_t *xrow, int tig) {
+#pragma unroll
+        for (int r = 0; r < UNR; r++) {
+                uint32_t ch = ch0 + r;
+                if (ch >= end)
+                        break;
+                uint4 xv = *reinterpret_cast<const uint4 *>(xrow + ch * 64 + tig * 16);
+                mma_e4m3_16x8x32(c, a0[r].x, a1[r].x, a0[r].y, a1[r].y, xv.x, xv.y);
+                mma_e4m3_16x8x32(c, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv.z, xv.w);
+        }
+}
+
 /* 16 bytes of a row from byte k0 on; zeros past k or when !ok. Unaligned rows (K % 16 != 0, the tiny test
  * models) take byte loads. */
 static __device__ __forceinline__ uint4 load16(const uint8_t *row, uint32_t k0, uint32_t k, bool aligned,
@@ -455,15 +471,7 @@ static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_t
                                         a1[r] = load16(w1, k0, I, aligned, ok1 && ch < n_chunks);
                                 }
                         }
-#pragma unroll
-                        for (int r = 0; r < P2_UNR; r++) {
-                                uint32_t ch = ch0 + r;
-                                if (ch >= n_chunks)
-                                        break;
-                                uint4 xv = *reinterpret_cast<const uint4 *>(act + gid * I_pad + ch * 64 + tig * 16);
-                                mma_e4m3_16x8x32(c, a0[r].x, a1[r].x, a0[r].y, a1[r].y, xv.x, xv.y);
-                                mma_e4m3_16x8x32(c, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv.z, xv.w);
-                        }
+                        mma_chunks_smem<P2_UNR>(c, a0, a1, ch0, n_chunks, act + gid * I_pad, tig);
                 }
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
@@ -753,15 +761,7 @@ gemv_decode_kernel(const uint8_t *w, const float *w_scale, uint32_t n_out, uint3
                                 a1[r] = load16(w1, ch * 64 + tig * 16, k, true, ok1 && ch < c_end);
                         }
                 }
-#pragma unroll
-                for (int r = 0; r < GEMV_UNR; r++) {
-                        uint32_t ch = ch0 + r;
-                        if (ch >= c_end)
-                                break;
-                        uint4 xv = *reinterpret_cast<const uint4 *>(xq + gid * stride + ch * 64 + tig * 16);
-                        mma_e4m3_16x8x32(c, a0[r].x, a1[r].x, a0[r].y, a1[r].y, xv.x, xv.y);
-                        mma_e4m3_16x8x32(c, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv.z, xv.w);
-                }
+                mma_chunks_smem<GEMV_UNR>(c, a0, a1, ch0, c_end, xq + gid * stride, tig);
         }
 #pragma unroll
         for (int j = 0; j < 4; j++)
