@@ -351,6 +351,21 @@ static int cmp_float(const void *a, const void *b) {
         return x < y ? -1 : x > y;
 }
 
+/* microseconds per launch of the `reps` launches since e0 */
+static float stop_us(cudaEvent_t e0, cudaEvent_t e1, uint32_t reps) {
+        float ms;
+        KT_CUDA(cudaEventRecord(e1, 0));
+        KT_CUDA(cudaEventSynchronize(e1));
+        KT_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        return ms * 1e3f / reps;
+}
+
+/* sorts t */
+static float median(float *t, uint32_t n) {
+        qsort(t, n, sizeof(float), cmp_float);
+        return t[n / 2];
+}
+
 /* Full-size timing: weights filled with a constant code (values do not matter for time), each launch on
  * its own expert set (128 / top_k sets cycle) so that consecutive launches do not find them in L2; the
  * dense MLP rotates through copies too. */
@@ -453,15 +468,10 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                                         old_run(&o, &a);
                                 }
                         }
-                        KT_CUDA(cudaEventRecord(e1, 0));
-                        KT_CUDA(cudaEventSynchronize(e1));
-                        float ms;
-                        KT_CUDA(cudaEventElapsedTime(&ms, e0, e1));
                         if (b > 0)
-                                t[b - 1] = ms * 1e3f / reps;
+                                t[b - 1] = stop_us(e0, e1, reps);
                 }
-                qsort(t, batches, sizeof(float), cmp_float);
-                float us = t[batches / 2];
+                float us = median(t, batches);
                 printf("# bench ffn %s T=%u%s%s: %.2f us/layer (median of %u x %u launches; min %.2f), "
                        "%.2f MB of weights -> %.2f TB/s\n", path == 0 ? "fused" : "old  ", T,
                        dense ? " experts+dense" : " experts", route ? "+router" : "", us, batches, reps, t[0],
@@ -605,15 +615,10 @@ static void bench_gemv(const char *name, uint32_t n, uint32_t k, uint32_t m, int
                                                                     f32 ? KERN_OUT_F32_SOFTCAP : KERN_OUT_BF16, 30.0f,
                                                                     0));
                         }
-                        KT_CUDA(cudaEventRecord(e1, 0));
-                        KT_CUDA(cudaEventSynchronize(e1));
-                        float ms;
-                        KT_CUDA(cudaEventElapsedTime(&ms, e0, e1));
                         if (b > 0)
-                                t[b - 1] = ms * 1e3f / reps;
+                                t[b - 1] = stop_us(e0, e1, reps);
                 }
-                qsort(t, batches, sizeof(float), cmp_float);
-                float us = t[batches / 2];
+                float us = median(t, batches);
                 printf("# bench %s %s n=%u k=%u m=%u: %.2f us per launch back to back (%.2f TB/s)\n",
                        mine ? "gemv_decode " : "linear_small", name, n, k, m, us, wb / (us * 1e-6) / 1e12);
                 printf("RESULT gemv_%s_m%u_%s_us %.2f\n", name, m, mine ? "decode" : "small", us);
