@@ -59,7 +59,24 @@ struct moe_params {
         const uint16_t *r_in, *r_proj, *r_pes;  /* router input [T][H], weights [E][H], per-expert scale */
         float *logits;                  /* [T][E] scratch */
         unsigned *barrier;              /* 2 counters, zero before the first launch, zero again after each */
+        uint32_t flags;                 /* KERN_FFN_DECODE_NO_* (measurements) */
+        unsigned long long *times;      /* phase marks (measurements), NULL: none */
 };
+
+/* Measurements: the time (globaltimer, ns) at which the last block reached mark m; times[15] the first
+ * block's start. */
+static __device__ __forceinline__ void mark(const struct moe_params &p, int m) {
+        if (!p.times)
+                return;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+                unsigned long long now;
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+                atomicMax(p.times + m, now);
+                if (m == 0)
+                        atomicMin(p.times + 15, now);
+        }
+}
 
 struct moe_table {
         int32_t n_u;
@@ -502,32 +519,42 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
         const uint32_t td = p.dn.w_gu ? p.dn.n_itiles : 0, te = p.ex.n_itiles;
         const uint32_t n_rtiles = (p.hidden + P2_ROWS - 1) / P2_ROWS, td2 = p.dn.w_gu ? n_rtiles : 0;
 
+        const bool down_pf = !(p.flags & KERN_FFN_DECODE_NO_DOWN_PREFETCH);
+        const bool item_pf = !(p.flags & KERN_FFN_DECODE_NO_ITEM_PREFETCH);
+
+        mark(p, 0);
         /* launched early (PDL): ask for this block's first weights, then wait for the inputs */
-        if (blockIdx.x < td)
+        if (item_pf && blockIdx.x < td)
                 prefetch_item1(p, tb, -1, blockIdx.x);
-        else if (p.r_proj && blockIdx.x - td < p.n_experts)
+        else if (item_pf && p.r_proj && blockIdx.x - td < p.n_experts)
                 prefetch_l2(reinterpret_cast<const uint8_t *>(p.r_proj + (size_t) (blockIdx.x - td) * p.hidden),
                             (size_t) p.hidden * 2);
         griddep_wait();
+        mark(p, 1);
 
         if (p.r_proj) {
                 /* routing here: the dense MLP's phase 1 and the router logits first, then top-k */
-                ffn_prefetch_down(p, tb, 0, td2);
+                if (down_pf)
+                        ffn_prefetch_down(p, tb, 0, td2);
                 for (uint32_t item = blockIdx.x; item < td + p.n_experts; item += gridDim.x) {
-                        if (item + gridDim.x < td)
+                        if (item_pf && item + gridDim.x < td)
                                 prefetch_item1(p, tb, -1, item + gridDim.x);
                         if (item < td)
                                 phase1_item(p, tb, red, -1, item);
                         else
                                 router_item(p, item - td);
                 }
+                mark(p, 2);
                 grid_barrier(p.barrier);
+                mark(p, 3);
                 router_topk(p, tb, reinterpret_cast<float *>(act));
                 build_table(p, tb);
-                ffn_prefetch_down(p, tb, td2, td2 + (uint32_t) tb->n_u * n_rtiles);
+                if (down_pf)
+                        ffn_prefetch_down(p, tb, td2, td2 + (uint32_t) tb->n_u * n_rtiles);
+                mark(p, 4);
                 const uint32_t n1 = (uint32_t) tb->n_u * te;
                 for (uint32_t item = blockIdx.x; item < n1; item += gridDim.x) {
-                        if (item + gridDim.x < n1)
+                        if (item_pf && item + gridDim.x < n1)
                                 prefetch_item1(p, tb, (int) ((item + gridDim.x) / te), (item + gridDim.x) % te);
                         phase1_item(p, tb, red, (int) (item / te), item % te);
                 }
@@ -536,12 +563,14 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                         tb->idx[i] = p.topk_idx[i];
                 __syncthreads();
                 build_table(p, tb);
-                ffn_prefetch_down(p, tb, 0, td2 + (uint32_t) tb->n_u * n_rtiles);
+                if (down_pf)
+                        ffn_prefetch_down(p, tb, 0, td2 + (uint32_t) tb->n_u * n_rtiles);
+                mark(p, 4);
                 const uint32_t n1 = td + (uint32_t) tb->n_u * te;
                 for (uint32_t item = blockIdx.x; item < n1; item += gridDim.x) {
                         int uid;
                         uint32_t it;
-                        if (item + gridDim.x < n1) {
+                        if (item_pf && item + gridDim.x < n1) {
                                 item_get(item + gridDim.x, td, te, &uid, &it);
                                 prefetch_item1(p, tb, uid, it);
                         }
@@ -549,8 +578,11 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                         phase1_item(p, tb, red, uid, it);
                 }
         }
+        mark(p, 5);
         grid_barrier(p.barrier);
+        mark(p, 6);
         ffn_phase2(p, tb, act, act_scale_s);
+        mark(p, 7);
 }
 
 /* the activation area also holds the logits of every token during the top-k */
@@ -631,6 +663,8 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         p.r_pes = a->router_per_expert_scale;
         p.logits = (float *) (ws + off[5]);
         p.barrier = (unsigned *) ws;
+        p.flags = a->debug_flags;
+        p.times = a->debug_times;
         return launch_pdl(a->pdl, ffn_decode_kernel, dim3(grid_max), dim3(MOE_THREADS),
                           smem_bytes(a->inter, dense_inter, a->n_experts), stream, p);
 }

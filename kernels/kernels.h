@@ -164,7 +164,13 @@ struct kern_ffn_decode {
         uint16_t *dense_y;              /* [n_tokens][hidden] */
         void *workspace;
         bool pdl;                       /* programmatic dependent launch (see kern_gemv_decode) */
+        /* measurements only: KERN_FFN_DECODE_NO_* variants; device uint64 [16] (zero, [15] ~0) that receives
+         * per-phase times (the last block's globaltimer at each mark, [15] the first start) */
+        uint32_t debug_flags;
+        unsigned long long *debug_times;
 };
+#define KERN_FFN_DECODE_NO_DOWN_PREFETCH 1u
+#define KERN_FFN_DECODE_NO_ITEM_PREFETCH 2u
 size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t n_experts, uint32_t inter, uint32_t dense_inter);
 bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_experts, uint32_t hidden,
                                uint32_t inter, uint32_t dense_inter);

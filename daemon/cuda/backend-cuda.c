@@ -60,7 +60,8 @@ struct backend {
         int32_t *topk_idx, *pair_rows, *n_groups;
         struct kern_gemm_group *groups;
         void *moe_ws;                   /* fused FFN of decode steps (kern_ffn_decode) */
-        bool fused_moe;                 /* GEMMA4D_CUDA_NO_FUSED_MOE=1 turns it off */
+        bool fused_moe;                 /* opt-in GEMMA4D_CUDA_FUSED_FFN=1 (slower than the separate kernels
+                                         * on H100 so far: docs/perf-notes.md) */
         bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
         bool decode_gemv;               /* kern_gemv_decode for the decode linears; GEMMA4D_CUDA_NO_DECODE_GEMV=1 */
@@ -68,7 +69,7 @@ struct backend {
         bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
         bool pdl;                       /* decode kernels launched as programmatic dependents; GEMMA4D_CUDA_NO_PDL=1 */
         bool parallel_dense;            /* unfused decode: dense MLP on the side stream; GEMMA4D_CUDA_NO_PARALLEL_DENSE */
-        bool prefetch;                  /* decode: L2 prefetch of upcoming weights; GEMMA4D_CUDA_NO_PREFETCH=1 */
+        bool prefetch;                  /* decode: L2 prefetch of upcoming weights; opt-in GEMMA4D_CUDA_PREFETCH=1 */
         /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
          * from and joins back into the main one (also inside graphs); GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
         cudaStream_t side;
@@ -502,8 +503,8 @@ static int alloc_activations(struct backend *b, char **reterr) {
                                                                                         b->e_inter, b->inter)
                                                             : 16)))
                 return cuda_errorf(reterr, -EIO, "backend cuda: cannot clear the MoE workspace");
-        b->fused_moe = c->enable_moe && !env_flag("GEMMA4D_CUDA_NO_FUSED_MOE");
-        b->prefetch = !env_flag("GEMMA4D_CUDA_NO_PREFETCH");
+        b->fused_moe = c->enable_moe && env_flag("GEMMA4D_CUDA_FUSED_FFN");
+        b->prefetch = env_flag("GEMMA4D_CUDA_PREFETCH");
         b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
         b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
         b->decode_gemv = !env_flag("GEMMA4D_CUDA_NO_DECODE_GEMV");

@@ -434,7 +434,11 @@ static void bench_ffn(uint32_t T, int dense, int route) {
         KT_CUDA(cudaEventCreate(&e0));
         KT_CUDA(cudaEventCreate(&e1));
         double bytes_per = (double) uniq_total / sets * (3.0 * I * H) + (dense ? (double) ndense : 0.0);
-        for (int path = 0; path < 2; path++) {
+        for (int path = 0; path < 5; path++) {
+                /* paths: 0 fused, 1 old, 2-4 fused without the down prefetch / the item prefetch / both */
+                uint32_t dflags = path >= 2 ? (uint32_t) path - 1 : 0;
+                if (path >= 2 && T != 1)
+                        break;
                 float t[16];
                 for (uint32_t b = 0; b <= batches; b++) {
                         KT_CUDA(cudaEventRecord(e0, 0));
@@ -457,7 +461,8 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                                         a.topk_w = rw;
                                         a.router_in = rin, a.router_proj = rp, a.router_per_expert_scale = rpes;
                                 }
-                                if (path == 0) {
+                                a.debug_flags = dflags;
+                                if (path != 1) {
                                         KT_OK(kern_ffn_decode(&a, 0));
                                 } else {
                                         if (route) {
@@ -472,12 +477,44 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                                 t[b - 1] = stop_us(e0, e1, reps);
                 }
                 float us = median(t, batches);
+                static const char *const pname[] = {"fused", "old", "fused-no-down-pf", "fused-no-item-pf",
+                                                    "fused-no-pf"};
                 printf("# bench ffn %s T=%u%s%s: %.2f us/layer (median of %u x %u launches; min %.2f), "
-                       "%.2f MB of weights -> %.2f TB/s\n", path == 0 ? "fused" : "old  ", T,
+                       "%.2f MB of weights -> %.2f TB/s\n", pname[path], T,
                        dense ? " experts+dense" : " experts", route ? "+router" : "", us, batches, reps, t[0],
                        bytes_per / 1e6, bytes_per / (us * 1e-6) / 1e12);
-                printf("RESULT ffn_%s_%s%s_T%u_us %.2f\n", path == 0 ? "fused" : "old", dense ? "all" : "moe",
+                printf("RESULT ffn_%s_%s%s_T%u_us %.2f\n", pname[path], dense ? "all" : "moe",
                        route ? "_router" : "", T, us);
+                if (path != 0)
+                        continue;
+                /* one more launch with phase marks: where the time goes */
+                unsigned long long hz[16] = {0}, *dt = kt_dev(sizeof(hz));
+                hz[15] = ~0ull;
+                KT_CUDA(cudaMemcpy(dt, hz, sizeof(hz), cudaMemcpyHostToDevice));
+                struct kern_ffn_decode a = {
+                        .w_gate_up = wgu, .w_down = wd, .s_gate_up = sgu, .s_down = sd, .n_experts = E, .hidden = H,
+                        .inter = I, .n_tokens = T, .top_k = top_k, .x = x, .x_scale = xs, .topk_idx = didx, .y = y,
+                        .workspace = ws, .debug_times = dt};
+                if (dense) {
+                        a.dense_w_gate_up = wdense, a.dense_w_down = wdense + (size_t) 2 * ID * H;
+                        a.dense_s_gate_up = sdense, a.dense_s_down = sdense, a.dense_inter = ID;
+                        a.dense_x = x, a.dense_x_scale = xs, a.dense_y = yd;
+                }
+                if (route) {
+                        a.topk_idx = didx + (size_t) sets * T * top_k;
+                        a.topk_w = rw;
+                        a.router_in = rin, a.router_proj = rproj, a.router_per_expert_scale = rpes;
+                }
+                KT_OK(kern_ffn_decode(&a, 0));
+                unsigned long long *ht = kt_down(dt, sizeof(hz));
+                printf("# phases (us from the first block's start; last block at each mark): started %.2f, "
+                       "inputs ready %.2f, phase 0 %.2f, barrier A %.2f, table+prefetch %.2f, phase 1 %.2f, "
+                       "barrier B %.2f, phase 2 %.2f\n", (ht[0] - ht[15]) * 1e-3, (ht[1] - ht[15]) * 1e-3,
+                       ht[2] ? (ht[2] - ht[15]) * 1e-3 : 0.0, ht[3] ? (ht[3] - ht[15]) * 1e-3 : 0.0,
+                       (ht[4] - ht[15]) * 1e-3, (ht[5] - ht[15]) * 1e-3, (ht[6] - ht[15]) * 1e-3,
+                       (ht[7] - ht[15]) * 1e-3);
+                cudaFree(dt);
+                free(ht);
         }
         cudaEventDestroy(e0), cudaEventDestroy(e1);
         old_free(&o);
