@@ -706,23 +706,25 @@ extern "C" int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t
  * activations sit in shared memory; a BF16 input is quantized there per row (the steps of kern_quant_rows,
  * so the attention output needs no separate launch). */
 
-#define GEMV_WARPS 4
+#define GEMV_WARPS_MAX 8
 #define GEMV_UNR 12
 #define GEMV_MAX_K 8192
 
-static __global__ void __launch_bounds__(GEMV_WARPS * 32, 4)
+/* W warps per block: 4, or 8 for a K over 4 x GEMV_UNR chunks (o_proj), so that one pass still loads it */
+template <int W>
+static __global__ void __launch_bounds__(W * 32, 16 / W)
 gemv_decode_kernel(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                    const uint16_t *x_bf16, const float *x_scale, uint32_t m, void *y, int out, float softcap) {
         extern __shared__ __align__(16) uint8_t gsm[];
         const uint32_t stride = k + 16;         /* rows 16 bytes apart in banks */
-        float *red = reinterpret_cast<float *>(gsm);                    /* [GEMV_WARPS][4][32] */
-        float *xs_s = red + GEMV_WARPS * 4 * 32;                        /* [8] */
+        float *red = reinterpret_cast<float *>(gsm);                    /* [W][4][32] */
+        float *xs_s = red + GEMV_WARPS_MAX * 4 * 32;                    /* [8] */
         uint8_t *xq = reinterpret_cast<uint8_t *>(xs_s + 8);            /* [8][stride] */
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
         const uint32_t row0 = blockIdx.x * 16 + gid, row1 = row0 + 8;
         const bool ok0 = row0 < n_out, ok1 = row1 < n_out;
         const uint8_t *w0 = w + (size_t) (ok0 ? row0 : 0) * k, *w1 = w + (size_t) (ok1 ? row1 : 0) * k;
-        const uint32_t n_chunks = (k + 63) / 64, per = (n_chunks + GEMV_WARPS - 1) / GEMV_WARPS;
+        const uint32_t n_chunks = (k + 63) / 64, per = (n_chunks + W - 1) / W;
         const uint32_t c_begin = warp * per, c_end = min(c_begin + per, n_chunks);
         float c[4] = {0, 0, 0, 0};
         uint4 a0[GEMV_UNR], a1[GEMV_UNR];
@@ -803,7 +805,7 @@ gemv_decode_kernel(const uint8_t *w, const float *w_scale, uint32_t n_out, uint3
         __syncthreads();
         if (warp != 0)
                 return;
-        for (int o = 1; o < GEMV_WARPS; o++)
+        for (int o = 1; o < W; o++)
 #pragma unroll
                 for (int j = 0; j < 4; j++)
                         c[j] += red[(o * 4 + j) * 32 + lane];
@@ -837,13 +839,21 @@ extern "C" int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t
         static bool smem_set;
         if (!kern_gemv_decode_supported(n_out, k, m) || (!x_bf16 && (!x || !x_scale)))
                 return -EINVAL;
-        size_t smem = (GEMV_WARPS * 4 * 32 + 8) * sizeof(float) + (size_t) 8 * (k + 16);
+        const size_t head = (GEMV_WARPS_MAX * 4 * 32 + 8) * sizeof(float);
+        size_t smem = head + (size_t) 8 * (k + 16);
         if (!smem_set) {
-                if (cudaFuncSetAttribute((const void *) gemv_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (GEMV_WARPS * 4 * 32 + 8) * sizeof(float) + 8 * (GEMV_MAX_K + 16)) != cudaSuccess)
+                if (cudaFuncSetAttribute((const void *) gemv_decode_kernel<4>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int) (head + 8 * (GEMV_MAX_K + 16))) != cudaSuccess ||
+                    cudaFuncSetAttribute((const void *) gemv_decode_kernel<8>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int) (head + 8 * (GEMV_MAX_K + 16))) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
-        return launch_pdl(pdl, gemv_decode_kernel, dim3((n_out + 15) / 16), dim3(GEMV_WARPS * 32), smem, stream, w,
+        if ((k + 63) / 64 > 4 * GEMV_UNR)
+                return launch_pdl(pdl, gemv_decode_kernel<8>, dim3((n_out + 15) / 16), dim3(8 * 32), smem, stream, w,
+                                  w_scale, n_out, k, x, x_bf16, x_scale, m, y, (int) out, softcap);
+        return launch_pdl(pdl, gemv_decode_kernel<4>, dim3((n_out + 15) / 16), dim3(4 * 32), smem, stream, w,
                           w_scale, n_out, k, x, x_bf16, x_scale, m, y, (int) out, softcap);
 }

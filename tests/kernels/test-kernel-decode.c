@@ -685,6 +685,8 @@ int main(int argc, char **argv) {
         test_gemv(2816, 4096, 1, 1, 0);         /* o_proj with the attention output's quantization inside */
         test_gemv(2816, 4096, 5, 1, 0);
         test_gemv(1000, 2112, 8, 0, 0);
+        test_gemv(512, 8192, 2, 0, 0);          /* full-layer o_proj K: 8 warps, two passes */
+        test_gemv(512, 8192, 3, 1, 0);
         test_gemv(3000, 256, 3, 0, 1);
         test_gemv(100, 48, 2, 0, 0);
         test_gemv(4099, 2816, 1, 0, 1);         /* LM-head like: rows not a multiple of 16 */
