@@ -857,3 +857,113 @@ extern "C" int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t
         return launch_pdl(pdl, gemv_decode_kernel<4>, dim3((n_out + 15) / 16), dim3(4 * 32), smem, stream, w,
                           w_scale, n_out, k, x, x_bf16, x_scale, m, y, (int) out, softcap);
 }
+
+/* ---- routing of a decode step in one launch ----
+ * kern_router's logits (one warp per token and expert over a few blocks), a grid barrier, then block 0 does
+ * kern_router's top-k and kern_moe_route's grouping (each expert one group: at most 8 pairs) -- three
+ * launches of the latency-bound part of a decode step in one. */
+
+#define ROUTE_BARRIER_OFF 16    /* bytes into the workspace's barrier area (the FFN kernel uses 0..7) */
+
+static __global__ void __launch_bounds__(256) route_decode_kernel(const uint16_t *r_in, uint32_t n_tokens, uint32_t n,
+                                                                  const uint16_t *proj, const uint16_t *pes,
+                                                                  uint32_t n_experts, uint32_t top_k, float *logits,
+                                                                  int32_t *topk_idx, float *topk_w, int32_t *pair_rows,
+                                                                  struct kern_gemm_group *groups, int32_t *n_groups,
+                                                                  unsigned *barrier) {
+        extern __shared__ __align__(16) uint8_t rsm[];
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+        for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw) {
+                uint32_t e = wi % n_experts, t = wi / n_experts;
+                float acc = warp_dot_bf16(r_in + (size_t) t * n, proj + (size_t) e * n, n);
+                if (lane == 0)
+                        logits[(size_t) t * n_experts + e] = acc;
+        }
+        grid_barrier(barrier);
+        if (blockIdx.x != 0)
+                return;
+        const uint32_t P = n_tokens * top_k;
+        float *lg = reinterpret_cast<float *>(rsm);                     /* [T][E] */
+        int32_t *idx = reinterpret_cast<int32_t *>(lg + n_tokens * n_experts);  /* [P] */
+        float *wts = reinterpret_cast<float *>(idx + P);                /* [P] */
+        int32_t *cnt = reinterpret_cast<int32_t *>(wts + P);            /* [E]: pairs, then first position */
+        int32_t *gix = cnt + n_experts;                                 /* [E]: group number */
+        for (uint32_t i = threadIdx.x; i < n_tokens * n_experts; i += blockDim.x)
+                lg[i] = __ldcg(logits + i);
+        for (uint32_t e = threadIdx.x; e < n_experts; e += blockDim.x)
+                cnt[e] = 0;
+        __syncthreads();
+        for (uint32_t t = warp; t < n_tokens; t += nw)
+                warp_router_topk(lg + (size_t) t * n_experts, n_experts, top_k, pes, idx + t * top_k,
+                                 wts + t * top_k);
+        __syncthreads();
+        for (uint32_t i = threadIdx.x; i < P; i += blockDim.x) {
+                topk_idx[i] = idx[i];
+                topk_w[i] = wts[i];
+                atomicAdd(&cnt[idx[i]], 1);
+        }
+        __syncthreads();
+        /* experts in ascending order (as kern_moe_route): first positions and group numbers, one warp */
+        if (warp == 0) {
+                int32_t pos = 0, g = 0;
+                for (uint32_t e0 = 0; e0 < n_experts; e0 += 32) {
+                        uint32_t e = e0 + lane;
+                        int32_t c = e < n_experts ? cnt[e] : 0, cp = c, gp = c > 0;
+                        for (int o = 1; o < 32; o <<= 1) {      /* inclusive scans */
+                                int32_t a = __shfl_up_sync(0xffffffffu, cp, o), b = __shfl_up_sync(0xffffffffu, gp, o);
+                                if (lane >= o) {
+                                        cp += a;
+                                        gp += b;
+                                }
+                        }
+                        if (e < n_experts) {
+                                cnt[e] = pos + cp - c;
+                                gix[e] = c > 0 ? g + gp - 1 : -1;
+                                if (c > 0)
+                                        groups[g + gp - 1] = (struct kern_gemm_group){(int32_t) e, pos + cp - c, c};
+                        }
+                        pos += __shfl_sync(0xffffffffu, cp, 31);
+                        g += __shfl_sync(0xffffffffu, gp, 31);
+                }
+                if (lane == 0)
+                        *n_groups = g;
+        }
+        __syncthreads();
+        /* pairs of one expert in pair order (deterministic) */
+        for (uint32_t i = threadIdx.x; i < P; i += blockDim.x) {
+                int32_t e = idx[i], before = 0;
+                for (uint32_t j = 0; j < i; j++)
+                        before += idx[j] == e;
+                pair_rows[cnt[e] + before] = (int32_t) i;
+        }
+}
+
+extern "C" bool kern_route_decode_supported(uint32_t n_tokens, uint32_t n_experts, uint32_t top_k) {
+        return n_tokens >= 1 && n_tokens <= MOE_MAX_TOKENS && top_k >= 1 && top_k <= KERNELS_MAX_TOPK &&
+               top_k <= n_experts && n_experts <= 4096;
+}
+
+extern "C" int kern_route_decode(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt,
+                                 float *logits, int32_t *topk_idx, float *topk_w, int32_t *pair_rows,
+                                 struct kern_gemm_group *groups, int32_t *n_groups, void *workspace,
+                                 cudaStream_t stream) {
+        static int sms;
+        if (!kern_route_decode_supported(n_rows, rt->n_experts, rt->top_k))
+                return -EINVAL;
+        if (sms == 0) {
+                int dev = 0;
+                if (cudaGetDevice(&dev) != cudaSuccess ||
+                    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+                        return -EIO;
+        }
+        uint32_t warps = rt->n_experts * n_rows, grid = (warps + 7) / 8;
+        if (grid > (uint32_t) sms)
+                grid = (uint32_t) sms;  /* one small block per SM at most: all resident for the barrier */
+        size_t smem = ((size_t) n_rows * rt->n_experts + 2 * (size_t) n_rows * rt->top_k + 2 * rt->n_experts) * 4;
+        if (smem > 48 * 1024)
+                return -EINVAL;
+        route_decode_kernel<<<grid, 256, smem, stream>>>(r, n_rows, n, rt->proj, rt->per_expert_scale, rt->n_experts,
+                                                        rt->top_k, logits, topk_idx, topk_w, pair_rows, groups,
+                                                        n_groups, (unsigned *) ((uint8_t *) workspace + ROUTE_BARRIER_OFF));
+        return KERN_CHECK_LAUNCH();
+}

@@ -68,6 +68,7 @@ struct backend {
         bool gemv_quant;                /* ... with the attention output's quantization inside; GEMMA4D_CUDA_GEMV_QUANT=1 */
         bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
         bool pdl;                       /* decode kernels launched as programmatic dependents; GEMMA4D_CUDA_NO_PDL=1 */
+        bool route_decode;              /* kern_route_decode for decode steps; GEMMA4D_CUDA_NO_ROUTE_DECODE=1 */
         bool parallel_dense;            /* unfused decode: dense MLP on the side stream; GEMMA4D_CUDA_NO_PARALLEL_DENSE */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; opt-in GEMMA4D_CUDA_PREFETCH=1 */
         /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
@@ -510,6 +511,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
         b->decode_gemv = !env_flag("GEMMA4D_CUDA_NO_DECODE_GEMV");
         b->gemv_quant = env_flag("GEMMA4D_CUDA_GEMV_QUANT");
         b->pdl = !env_flag("GEMMA4D_CUDA_NO_PDL");
+        b->route_decode = !env_flag("GEMMA4D_CUDA_NO_ROUTE_DECODE");
         b->gemv_head = !env_flag("GEMMA4D_CUDA_NO_GEMV_HEAD");
         b->parallel_dense = !env_flag("GEMMA4D_CUDA_NO_PARALLEL_DENSE");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
@@ -916,9 +918,17 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 /* decode steps: the router, the dense MLP and the experts in one launch */
                 bool fused = c->enable_moe && b->fused_moe &&
                              kern_ffn_decode_supported(T, b->top_k, c->n_experts, H, b->e_inter, b->inter);
+                /* decode steps: router and grouping in one launch */
+                bool route_once = c->enable_moe && !fused && b->route_decode && T <= SMALL_M_MAX &&
+                                  kern_route_decode_supported(T, c->n_experts, b->top_k);
                 if (c->enable_moe && !(fused && b->fused_router)) {
                         struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
-                        TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, b->stream));
+                        if (route_once)
+                                TRY(kern_route_decode(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w,
+                                                      b->pair_rows, b->groups, b->n_groups, b->moe_ws, b->stream));
+                        else
+                                TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w,
+                                                b->stream));
                         prof_mark(b, P_ROUTER);
                 }
                 if (!fused || !b->fused_dense) {
@@ -956,8 +966,9 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 if (c->enable_moe && !fused) {
                         uint32_t I = b->e_inter;
                         uint32_t maxg = kern_moe_max_groups(P, c->n_experts);
-                        TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
-                                           b->stream));
+                        if (!route_once)
+                                TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
+                                                   b->stream));
                         prof_mark(b, P_ROUTE);
                         TRY(kern_fp8_linear_grouped(D->e_gate_up.w, D->e_gate_up.scale, 2 * I, H, b->q2, b->s2,
                                                     b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64,

@@ -524,6 +524,57 @@ static void bench_ffn(uint32_t T, int dense, int route) {
         free(idx);
 }
 
+/* kern_route_decode = kern_router + kern_moe_route: the same top-k bits, the same groups (ascending
+ * experts), each group's pairs the same set */
+static void test_route(uint32_t T, uint32_t E, uint32_t top_k, uint32_t H) {
+        uint32_t P = T * top_k, maxg = kern_moe_max_groups(P, E);
+        uint16_t *h_in = malloc(2 * (size_t) T * H), *h_proj = malloc(2 * (size_t) E * H), *h_pes = malloc(2 * E);
+        for (size_t i = 0; i < (size_t) T * H; i++)
+                h_in[i] = kt_f32_to_bf16(normal());
+        for (size_t i = 0; i < (size_t) E * H; i++)
+                h_proj[i] = kt_f32_to_bf16(normal() / sqrtf((float) H));
+        for (uint32_t i = 0; i < E; i++)
+                h_pes[i] = kt_f32_to_bf16(1.0f + 0.3f * kt_uniform());
+        uint16_t *rin = kt_up(h_in, 2 * (size_t) T * H), *rproj = kt_up(h_proj, 2 * (size_t) E * H);
+        uint16_t *rpes = kt_up(h_pes, 2 * E);
+        size_t wsb = kern_ffn_decode_workspace(top_k, E, 16, 0);
+        void *ws = kt_dev(wsb);
+        KT_CUDA(cudaMemset(ws, 0, wsb));
+        float *lg = kt_dev(4 * (size_t) T * E), *w0 = kt_dev(4 * P), *w1 = kt_dev(4 * P);
+        int32_t *i0 = kt_dev(4 * P), *i1 = kt_dev(4 * P), *r0 = kt_dev(4 * P), *r1 = kt_dev(4 * P);
+        int32_t *n0 = kt_dev(4), *n1 = kt_dev(4);
+        struct kern_gemm_group *g0 = kt_dev(sizeof(*g0) * maxg), *g1 = kt_dev(sizeof(*g1) * maxg);
+        struct kern_router rt = {rproj, rpes, E, top_k};
+        KT_OK(kern_router(rin, T, H, &rt, lg, i0, w0, 0));
+        KT_OK(kern_moe_route(i0, P, E, r0, g0, n0, 0));
+        KT_OK(kern_route_decode(rin, T, H, &rt, lg, i1, w1, r1, g1, n1, ws, 0));
+        KT_OK(kern_route_decode(rin, T, H, &rt, lg, i1, w1, r1, g1, n1, ws, 0));  /* barrier reuse */
+        int32_t *hi0 = kt_down(i0, 4 * P), *hi1 = kt_down(i1, 4 * P), *hr0 = kt_down(r0, 4 * P);
+        int32_t *hr1 = kt_down(r1, 4 * P), *hn0 = kt_down(n0, 4), *hn1 = kt_down(n1, 4);
+        float *hw0 = kt_down(w0, 4 * P), *hw1 = kt_down(w1, 4 * P);
+        struct kern_gemm_group *hg0 = kt_down(g0, sizeof(*g0) * maxg), *hg1 = kt_down(g1, sizeof(*g1) * maxg);
+        int same = memcmp(hi0, hi1, 4 * P) == 0 && memcmp(hw0, hw1, 4 * P) == 0 && *hn0 == *hn1;
+        for (int32_t g = 0; same && g < *hn0; g++) {
+                same &= hg0[g].expert == hg1[g].expert && hg0[g].start == hg1[g].start && hg0[g].count == hg1[g].count;
+                for (int32_t i = hg1[g].start; same && i < hg1[g].start + hg1[g].count; i++) {
+                        int found = 0;
+                        for (int32_t j = hg0[g].start; j < hg0[g].start + hg0[g].count; j++)
+                                found |= hr0[j] == hr1[i];
+                        same &= found && hi1[hr1[i]] == hg1[g].expert;
+                }
+        }
+        char name[128];
+        snprintf(name, sizeof(name), "route_decode T=%u E=%u top_k=%u H=%u = kern_router + kern_moe_route", T, E,
+                 top_k, H);
+        kt_expect(name, same);
+        if (!same)
+                printf("# groups %d vs %d; token 0: %d %g vs %d %g\n", *hn1, *hn0, hi1[0], hw1[0], hi0[0], hw0[0]);
+        cudaFree(rin), cudaFree(rproj), cudaFree(rpes), cudaFree(ws), cudaFree(lg), cudaFree(w0), cudaFree(w1);
+        cudaFree(i0), cudaFree(i1), cudaFree(r0), cudaFree(r1), cudaFree(n0), cudaFree(n1), cudaFree(g0), cudaFree(g1);
+        free(h_in), free(h_proj), free(h_pes), free(hi0), free(hi1), free(hr0), free(hr1), free(hn0), free(hn1);
+        free(hw0), free(hw1), free(hg0), free(hg1);
+}
+
 /* the prefetch changes no data and refuses unaligned starts */
 static void test_prefetch(void) {
         size_t n = 48u << 20;
@@ -681,6 +732,11 @@ int main(int argc, char **argv) {
         test_ffn(4, 16, 32, 192, 800, 1000, 0); /* top_k 16, inter over one pass of phase 2 */
         test_ffn(4, 16, 32, 192, 800, 1000, 1);
         test_prefetch();
+        test_route(1, 128, 8, 2816);
+        test_route(8, 128, 8, 2816);
+        test_route(5, 16, 4, 100);              /* tiny-b */
+        test_route(7, 8, 2, 64);
+        test_route(8, 40, 16, 192);
         test_gemv(8192, 2816, 1, 0, 0);
         test_gemv(2816, 4096, 1, 1, 0);         /* o_proj with the attention output's quantization inside */
         test_gemv(2816, 4096, 5, 1, 0);
