@@ -873,6 +873,13 @@ static __global__ void __launch_bounds__(256) route_decode_kernel(const uint16_t
                                                                   unsigned *barrier) {
         extern __shared__ __align__(16) uint8_t rsm[];
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+        /* launched early (PDL): this block's router rows into L2, then wait for the router input */
+        for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw)
+                if (wi < n_experts && lane == 0)
+                        for (uint32_t off = 0; off < n * 2; off += 128)
+                                asm volatile("prefetch.global.L2 [%0];"
+                                             ::"l"(__cvta_generic_to_global((const uint8_t *) (proj + (size_t) wi * n) + off)));
+        griddep_wait();
         for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw) {
                 uint32_t e = wi % n_experts, t = wi / n_experts;
                 float acc = warp_dot_bf16(r_in + (size_t) t * n, proj + (size_t) e * n, n);
@@ -945,7 +952,7 @@ extern "C" bool kern_route_decode_supported(uint32_t n_tokens, uint32_t n_expert
 
 extern "C" int kern_route_decode(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt,
                                  float *logits, int32_t *topk_idx, float *topk_w, int32_t *pair_rows,
-                                 struct kern_gemm_group *groups, int32_t *n_groups, void *workspace,
+                                 struct kern_gemm_group *groups, int32_t *n_groups, void *workspace, bool pdl,
                                  cudaStream_t stream) {
         static int sms;
         if (!kern_route_decode_supported(n_rows, rt->n_experts, rt->top_k))
@@ -962,8 +969,7 @@ extern "C" int kern_route_decode(const uint16_t *r, uint32_t n_rows, uint32_t n,
         size_t smem = ((size_t) n_rows * rt->n_experts + 2 * (size_t) n_rows * rt->top_k + 2 * rt->n_experts) * 4;
         if (smem > 48 * 1024)
                 return -EINVAL;
-        route_decode_kernel<<<grid, 256, smem, stream>>>(r, n_rows, n, rt->proj, rt->per_expert_scale, rt->n_experts,
-                                                        rt->top_k, logits, topk_idx, topk_w, pair_rows, groups,
-                                                        n_groups, (unsigned *) ((uint8_t *) workspace + ROUTE_BARRIER_OFF));
-        return KERN_CHECK_LAUNCH();
+        return launch_pdl(pdl, route_decode_kernel, dim3(grid), dim3(256), smem, stream, r, n_rows, n, rt->proj,
+                          rt->per_expert_scale, rt->n_experts, rt->top_k, logits, topk_idx, topk_w, pair_rows, groups,
+                          n_groups, (unsigned *) ((uint8_t *) workspace + ROUTE_BARRIER_OFF));
 }

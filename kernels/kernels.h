@@ -177,11 +177,12 @@ bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_exp
 int kern_ffn_decode(const struct kern_ffn_decode *args, cudaStream_t stream);
 
 /* kern_router and kern_moe_route of a decode step (up to 8 tokens) in one launch, with the same results
- * (each expert's pairs in pair order). workspace: a kern_ffn_decode workspace (its barrier area). */
+ * (each expert's pairs in pair order). workspace: a kern_ffn_decode workspace (its barrier area). pdl: as
+ * for kern_gemv_decode (the router rows are requested into L2 before the wait). */
 bool kern_route_decode_supported(uint32_t n_tokens, uint32_t n_experts, uint32_t top_k);
 int kern_route_decode(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt, float *logits,
                       int32_t *topk_idx, float *topk_w, int32_t *pair_rows, struct kern_gemm_group *groups,
-                      int32_t *n_groups, void *workspace, cudaStream_t stream);
+                      int32_t *n_groups, void *workspace, bool pdl, cudaStream_t stream);
 
 /* Small-M FP8 linear for decode steps (up to 8 rows, k % 16 == 0, k <= 8192), same contract as
  * kern_fp8_linear_small; with x_bf16 set the input is BF16 [m][k] and is quantized per row inside (the

@@ -925,7 +925,8 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                         struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
                         if (route_once)
                                 TRY(kern_route_decode(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w,
-                                                      b->pair_rows, b->groups, b->n_groups, b->moe_ws, b->stream));
+                                                      b->pair_rows, b->groups, b->n_groups, b->moe_ws, b->pdl,
+                                                      b->stream));
                         else
                                 TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w,
                                                 b->stream));

@@ -547,8 +547,8 @@ static void test_route(uint32_t T, uint32_t E, uint32_t top_k, uint32_t H) {
         struct kern_router rt = {rproj, rpes, E, top_k};
         KT_OK(kern_router(rin, T, H, &rt, lg, i0, w0, 0));
         KT_OK(kern_moe_route(i0, P, E, r0, g0, n0, 0));
-        KT_OK(kern_route_decode(rin, T, H, &rt, lg, i1, w1, r1, g1, n1, ws, 0));
-        KT_OK(kern_route_decode(rin, T, H, &rt, lg, i1, w1, r1, g1, n1, ws, 0));  /* barrier reuse */
+        KT_OK(kern_route_decode(rin, T, H, &rt, lg, i1, w1, r1, g1, n1, ws, false, 0));
+        KT_OK(kern_route_decode(rin, T, H, &rt, lg, i1, w1, r1, g1, n1, ws, true, 0));  /* barrier reuse, PDL */
         int32_t *hi0 = kt_down(i0, 4 * P), *hi1 = kt_down(i1, 4 * P), *hr0 = kt_down(r0, 4 * P);
         int32_t *hr1 = kt_down(r1, 4 * P), *hn0 = kt_down(n0, 4), *hn1 = kt_down(n1, 4);
         float *hw0 = kt_down(w0, 4 * P), *hw1 = kt_down(w1, 4 * P);
