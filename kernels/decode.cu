@@ -33,9 +33,11 @@
 #define MOE_MAX_TOKENS 8
 #define MOE_MAX_PAIRS (MOE_MAX_TOKENS * KERNELS_MAX_TOPK)
 #define P1_ROWS 16              /* inter positions per phase-1 item (16 gate + 16 up rows) */
-#define P1_UNR 6                /* 64-byte K chunks in flight per warp: 44 chunks of hidden 2816 in one pass */
+/* 64-byte K chunks in flight per warp (U1: phase 1, U2: phase 2 per pass), as template parameters: the
+ * wide variant loads a whole phase-1 item (hidden 2816 = 44 chunks over 8 warps) and an expert's inter (704 =
+ * 11 chunks) in one pass at one block per SM; the narrow one takes two passes at two blocks per SM, so that
+ * one block's loads are in flight while the other reduces. */
 #define P2_ROWS (MOE_WARPS * 16)
-#define P2_UNR 12               /* chunks per pass: expert inter 704 = 11 chunks, one pass */
 #define BARRIER_BYTES 256
 #define SMEM_MAX (200 * 1024)
 
@@ -278,6 +280,7 @@ static __device__ void prefetch_item1(const struct moe_params &p, const struct m
 }
 
 /* One phase-1 item: 16 gate and 16 up rows of unit uid against its columns; every thread of the block. */
+template <int P1_UNR>
 static __device__ void phase1_item(const struct moe_params &p, const struct moe_table *tb, float *red, int uid,
                                    uint32_t it) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
@@ -409,6 +412,7 @@ static __device__ void ffn_prefetch_down(const struct moe_params &p, const struc
         }
 }
 
+template <int P2_UNR>
 static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_table *tb, uint8_t *act,
                                   float *act_scale_s) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
@@ -509,7 +513,8 @@ static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_t
 #define SMEM_SCALE (SMEM_RED + MOE_WARPS * 2 * 4 * 32 * sizeof(float))
 #define SMEM_ACT (SMEM_SCALE + 16 * sizeof(float))
 
-static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struct moe_params p) {
+template <int U1, int U2, int MINB>
+static __global__ void __launch_bounds__(MOE_THREADS, MINB) ffn_decode_kernel(struct moe_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
         struct moe_table *tb = reinterpret_cast<struct moe_table *>(smem);
         float *red = reinterpret_cast<float *>(smem + SMEM_RED);
@@ -540,7 +545,7 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                         if (item_pf && item + gridDim.x < td)
                                 prefetch_item1(p, tb, -1, item + gridDim.x);
                         if (item < td)
-                                phase1_item(p, tb, red, -1, item);
+                                phase1_item<U1>(p, tb, red, -1, item);
                         else
                                 router_item(p, item - td);
                 }
@@ -556,7 +561,7 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                 for (uint32_t item = blockIdx.x; item < n1; item += gridDim.x) {
                         if (item_pf && item + gridDim.x < n1)
                                 prefetch_item1(p, tb, (int) ((item + gridDim.x) / te), (item + gridDim.x) % te);
-                        phase1_item(p, tb, red, (int) (item / te), item % te);
+                        phase1_item<U1>(p, tb, red, (int) (item / te), item % te);
                 }
         } else {
                 for (uint32_t i = threadIdx.x; i < p.n_tokens * p.top_k; i += blockDim.x)
@@ -575,13 +580,13 @@ static __global__ void __launch_bounds__(MOE_THREADS, 1) ffn_decode_kernel(struc
                                 prefetch_item1(p, tb, uid, it);
                         }
                         item_get(item, td, te, &uid, &it);
-                        phase1_item(p, tb, red, uid, it);
+                        phase1_item<U1>(p, tb, red, uid, it);
                 }
         }
         mark(p, 5);
         grid_barrier(p.barrier);
         mark(p, 6);
-        ffn_phase2(p, tb, act, act_scale_s);
+        ffn_phase2<U2>(p, tb, act, act_scale_s);
         mark(p, 7);
 }
 
@@ -622,25 +627,28 @@ extern "C" bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uin
 }
 
 extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t stream) {
-        static int grid_max;            /* blocks that fit at once: the barrier needs them all resident */
+        static int grid_max[2];         /* blocks that fit at once: the barrier needs them all resident */
         uint32_t dense_inter = a->dense_w_gate_up ? a->dense_inter : 0;
+        size_t smem = smem_bytes(a->inter, dense_inter, a->n_experts);
+        /* the narrow variant (two blocks per SM) where its shared memory allows */
+        const int v = (a->debug_flags & KERN_FFN_DECODE_WIDE) || smem > SMEM_MAX / 2 ? 0 : 1;
+        const void *fn = v ? (const void *) ffn_decode_kernel<3, 6, 2> : (const void *) ffn_decode_kernel<6, 12, 1>;
 
         if (!kern_ffn_decode_supported(a->n_tokens, a->top_k, a->n_experts, a->hidden, a->inter, dense_inter) ||
             (a->dense_w_gate_up && dense_inter == 0) ||
             (a->router_proj && (!a->router_in || !a->router_per_expert_scale || !a->topk_w)))
                 return -EINVAL;
-        if (grid_max == 0) {
+        if (grid_max[v] == 0) {
                 int dev = 0, sms = 0, per_sm = 0;
+                int cap = v ? SMEM_MAX / 2 : SMEM_MAX;
                 if (cudaGetDevice(&dev) != cudaSuccess ||
                     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
                         return -EIO;
-                if (cudaFuncSetAttribute((const void *) ffn_decode_kernel,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_MAX) != cudaSuccess ||
-                    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ffn_decode_kernel, MOE_THREADS,
-                                                                  SMEM_MAX) != cudaSuccess)
+                if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, cap) != cudaSuccess ||
+                    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, MOE_THREADS, cap) != cudaSuccess)
                         return -EIO;
-                /* sized with the largest shared memory any shape may ask for, so it holds for every launch */
-                grid_max = sms * (per_sm > 0 ? per_sm : 1);
+                /* sized with the largest shared memory the variant takes, so it holds for every launch */
+                grid_max[v] = sms * (per_sm > 0 ? per_sm : 1);
         }
         struct moe_params p;
         uint8_t *ws = (uint8_t *) a->workspace;
@@ -665,8 +673,10 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         p.barrier = (unsigned *) ws;
         p.flags = a->debug_flags;
         p.times = a->debug_times;
-        return launch_pdl(a->pdl, ffn_decode_kernel, dim3(grid_max), dim3(MOE_THREADS),
-                          smem_bytes(a->inter, dense_inter, a->n_experts), stream, p);
+        if (v)
+                return launch_pdl(a->pdl, ffn_decode_kernel<3, 6, 2>, dim3(grid_max[v]), dim3(MOE_THREADS), smem,
+                                  stream, p);
+        return launch_pdl(a->pdl, ffn_decode_kernel<6, 12, 1>, dim3(grid_max[v]), dim3(MOE_THREADS), smem, stream, p);
 }
 
 /* ---- L2 prefetch of weights that the next ops will read ----

@@ -171,6 +171,7 @@ struct kern_ffn_decode {
 };
 #define KERN_FFN_DECODE_NO_DOWN_PREFETCH 1u
 #define KERN_FFN_DECODE_NO_ITEM_PREFETCH 2u
+#define KERN_FFN_DECODE_WIDE 4u         /* one block per SM, whole items per pass */
 size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t n_experts, uint32_t inter, uint32_t dense_inter);
 bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_experts, uint32_t hidden,
                                uint32_t inter, uint32_t dense_inter);

@@ -434,11 +434,12 @@ static void bench_ffn(uint32_t T, int dense, int route) {
         KT_CUDA(cudaEventCreate(&e0));
         KT_CUDA(cudaEventCreate(&e1));
         double bytes_per = (double) uniq_total / sets * (3.0 * I * H) + (dense ? (double) ndense : 0.0);
-        for (int path = 0; path < 5; path++) {
-                /* paths: 0 fused, 1 old, 2-4 fused without the down prefetch / the item prefetch / both */
-                uint32_t dflags = path >= 2 ? (uint32_t) path - 1 : 0;
-                if (path >= 2 && T != 1)
-                        break;
+        for (int path = 0; path < 6; path++) {
+                /* paths: 0 fused, 1 old, 2-4 fused without the down prefetch / the item prefetch / both,
+                 * 5 the wide variant (one block per SM) */
+                uint32_t dflags = path == 5 ? KERN_FFN_DECODE_WIDE : path >= 2 ? (uint32_t) path - 1 : 0;
+                if (path >= 2 && path < 5 && T != 1)
+                        continue;
                 float t[16];
                 for (uint32_t b = 0; b <= batches; b++) {
                         KT_CUDA(cudaEventRecord(e0, 0));
@@ -478,14 +479,14 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                 }
                 float us = median(t, batches);
                 static const char *const pname[] = {"fused", "old", "fused-no-down-pf", "fused-no-item-pf",
-                                                    "fused-no-pf"};
+                                                    "fused-no-pf", "fused-wide"};
                 printf("# bench ffn %s T=%u%s%s: %.2f us/layer (median of %u x %u launches; min %.2f), "
                        "%.2f MB of weights -> %.2f TB/s\n", pname[path], T,
                        dense ? " experts+dense" : " experts", route ? "+router" : "", us, batches, reps, t[0],
                        bytes_per / 1e6, bytes_per / (us * 1e-6) / 1e12);
                 printf("RESULT ffn_%s_%s%s_T%u_us %.2f\n", pname[path], dense ? "all" : "moe",
                        route ? "_router" : "", T, us);
-                if (path != 0)
+                if (path != 0 && path != 5)
                         continue;
                 /* one more launch with phase marks: where the time goes */
                 unsigned long long hz[16] = {0}, *dt = kt_dev(sizeof(hz));
@@ -494,7 +495,7 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                 struct kern_ffn_decode a = {
                         .w_gate_up = wgu, .w_down = wd, .s_gate_up = sgu, .s_down = sd, .n_experts = E, .hidden = H,
                         .inter = I, .n_tokens = T, .top_k = top_k, .x = x, .x_scale = xs, .topk_idx = didx, .y = y,
-                        .workspace = ws, .debug_times = dt};
+                        .workspace = ws, .debug_flags = dflags, .debug_times = dt};
                 if (dense) {
                         a.dense_w_gate_up = wdense, a.dense_w_down = wdense + (size_t) 2 * ID * H;
                         a.dense_s_gate_up = sdense, a.dense_s_down = sdense, a.dense_inter = ID;
@@ -507,7 +508,8 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                 }
                 KT_OK(kern_ffn_decode(&a, 0));
                 unsigned long long *ht = kt_down(dt, sizeof(hz));
-                printf("# phases (us from the first block's start; last block at each mark): started %.2f, "
+                printf("# %s ", pname[path]);
+                printf("phases (us from the first block's start; last block at each mark): started %.2f, "
                        "inputs ready %.2f, phase 0 %.2f, barrier A %.2f, table+prefetch %.2f, phase 1 %.2f, "
                        "barrier B %.2f, phase 2 %.2f\n", (ht[0] - ht[15]) * 1e-3, (ht[1] - ht[15]) * 1e-3,
                        ht[2] ? (ht[2] - ht[15]) * 1e-3 : 0.0, ht[3] ? (ht[3] - ht[15]) * 1e-3 : 0.0,
