@@ -631,7 +631,7 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         uint32_t dense_inter = a->dense_w_gate_up ? a->dense_inter : 0;
         size_t smem = smem_bytes(a->inter, dense_inter, a->n_experts);
         /* the narrow variant (two blocks per SM) where its shared memory allows */
-        const int v = (a->debug_flags & KERN_FFN_DECODE_WIDE) || smem > SMEM_MAX / 2 ? 0 : 1;
+        const int v = (a->flags & KERN_FFN_DECODE_WIDE) || smem > SMEM_MAX / 2 ? 0 : 1;
         const void *fn = v ? (const void *) ffn_decode_kernel<3, 6, 2> : (const void *) ffn_decode_kernel<6, 12, 1>;
 
         if (!kern_ffn_decode_supported(a->n_tokens, a->top_k, a->n_experts, a->hidden, a->inter, dense_inter) ||
@@ -671,7 +671,7 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         p.r_pes = a->router_per_expert_scale;
         p.logits = (float *) (ws + off[5]);
         p.barrier = (unsigned *) ws;
-        p.flags = a->debug_flags;
+        p.flags = a->flags;
         p.times = a->debug_times;
         if (v)
                 return launch_pdl(a->pdl, ffn_decode_kernel<3, 6, 2>, dim3(grid_max[v]), dim3(MOE_THREADS), smem,

@@ -164,9 +164,9 @@ struct kern_ffn_decode {
         uint16_t *dense_y;              /* [n_tokens][hidden] */
         void *workspace;
         bool pdl;                       /* programmatic dependent launch (see kern_gemv_decode) */
-        /* measurements only: KERN_FFN_DECODE_NO_* variants; device uint64 [16] (zero, [15] ~0) that receives
-         * per-phase times (the last block's globaltimer at each mark, [15] the first start) */
-        uint32_t debug_flags;
+        uint32_t flags;                 /* KERN_FFN_DECODE_* variants */
+        /* measurements only: device uint64 [16] (zero, [15] ~0) that receives per-phase times (the last
+         * block's globaltimer at each mark, [15] the first start); NULL: none */
         unsigned long long *debug_times;
 };
 #define KERN_FFN_DECODE_NO_DOWN_PREFETCH 1u

@@ -64,7 +64,8 @@ struct backend {
                                          * on H100 so far: docs/perf-notes.md) */
         bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
-        bool decode_gemv;               /* kern_gemv_decode for the decode linears; GEMMA4D_CUDA_NO_DECODE_GEMV=1 */
+        bool decode_gemv;               /* kern_gemv_decode for qkv / o_proj of decode steps: opt-in
+                                         * GEMMA4D_CUDA_DECODE_GEMV=1 (R3: 248.6 vs 252.4 tok/s without) */
         bool gemv_quant;                /* ... with the attention output's quantization inside; GEMMA4D_CUDA_GEMV_QUANT=1 */
         bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
         bool pdl;                       /* decode kernels launched as programmatic dependents; GEMMA4D_CUDA_NO_PDL=1 */
@@ -508,7 +509,7 @@ static int alloc_activations(struct backend *b, char **reterr) {
         b->prefetch = env_flag("GEMMA4D_CUDA_PREFETCH");
         b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
         b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
-        b->decode_gemv = !env_flag("GEMMA4D_CUDA_NO_DECODE_GEMV");
+        b->decode_gemv = env_flag("GEMMA4D_CUDA_DECODE_GEMV");
         b->gemv_quant = env_flag("GEMMA4D_CUDA_GEMV_QUANT");
         b->pdl = !env_flag("GEMMA4D_CUDA_NO_PDL");
         b->route_decode = !env_flag("GEMMA4D_CUDA_NO_ROUTE_DECODE");
@@ -953,7 +954,9 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                 .dense_w_down = D->down.w, .dense_s_gate_up = D->gate_up.scale,
                                 .dense_s_down = D->down.scale, .dense_inter = b->inter, .dense_x = b->q1,
                                 .dense_x_scale = b->s1, .dense_y = b->dense_y, .workspace = b->moe_ws,
-                                .pdl = b->pdl};
+                                .pdl = b->pdl,
+                                /* R3: the L2 prefetches inside cost more than they saved */
+                                .flags = KERN_FFN_DECODE_NO_DOWN_PREFETCH | KERN_FFN_DECODE_NO_ITEM_PREFETCH};
                         if (!b->fused_dense)
                                 fa.dense_w_gate_up = NULL;
                         if (b->fused_router) {

@@ -304,7 +304,7 @@ static void test_ffn(uint32_t T, uint32_t top_k, uint32_t E, uint32_t H, uint32_
                 struct kern_router rt = {rproj, rpes, E, top_k};
                 KT_OK(kern_router(rin, T, H, &rt, logits, C.didx, w_o, 0));
         }
-        a2.debug_flags = KERN_FFN_DECODE_WIDE;  /* the other variant: same sums in the same order */
+        a2.flags = KERN_FFN_DECODE_WIDE;  /* the other variant: same sums in the same order */
         KT_OK(kern_ffn_decode(&a, 0));
         KT_OK(kern_ffn_decode(&a2, 0));
         old_make(&o, T, top_k, E, I, ID);
@@ -463,7 +463,7 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                                         a.topk_w = rw;
                                         a.router_in = rin, a.router_proj = rp, a.router_per_expert_scale = rpes;
                                 }
-                                a.debug_flags = dflags;
+                                a.flags = dflags;
                                 if (path != 1) {
                                         KT_OK(kern_ffn_decode(&a, 0));
                                 } else {
@@ -496,7 +496,7 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                 struct kern_ffn_decode a = {
                         .w_gate_up = wgu, .w_down = wd, .s_gate_up = sgu, .s_down = sd, .n_experts = E, .hidden = H,
                         .inter = I, .n_tokens = T, .top_k = top_k, .x = x, .x_scale = xs, .topk_idx = didx, .y = y,
-                        .workspace = ws, .debug_flags = dflags, .debug_times = dt};
+                        .workspace = ws, .flags = dflags, .debug_times = dt};
                 if (dense) {
                         a.dense_w_gate_up = wdense, a.dense_w_down = wdense + (size_t) 2 * ID * H;
                         a.dense_s_gate_up = sdense, a.dense_s_down = sdense, a.dense_inter = ID;
