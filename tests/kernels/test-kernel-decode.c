@@ -74,6 +74,20 @@ static float gelu_tanh_ref(float z) {
         return 0.5f * z * (1.0f + tanhf(0.7978845608028654f * (z + 0.044715f * z * z * z)));
 }
 
+/* random router inputs on the device: input [T][H], weights [E][H] ~ N(0, 1/H), per-expert scales ~ 1 */
+static void router_make(uint32_t T, uint32_t E, uint32_t H, uint16_t **rin, uint16_t **rproj, uint16_t **rpes) {
+        uint16_t *h_in = malloc(2 * (size_t) T * H), *h_proj = malloc(2 * (size_t) E * H), *h_pes = malloc(2 * E);
+        for (size_t i = 0; i < (size_t) T * H; i++)
+                h_in[i] = kt_f32_to_bf16(normal());
+        for (size_t i = 0; i < (size_t) E * H; i++)
+                h_proj[i] = kt_f32_to_bf16(normal() / sqrtf((float) H));
+        for (uint32_t i = 0; i < E; i++)
+                h_pes[i] = kt_f32_to_bf16(1.0f + 0.3f * kt_uniform());
+        *rin = kt_up(h_in, 2 * (size_t) T * H), *rproj = kt_up(h_proj, 2 * (size_t) E * H);
+        *rpes = kt_up(h_pes, 2 * E);
+        free(h_in), free(h_proj), free(h_pes);
+}
+
 struct moe_case {
         uint32_t T, top_k, E, H, I, ID;
         uint8_t *wgu, *wd, *x, *dgu, *dd, *xd;
@@ -284,16 +298,7 @@ static void test_ffn(uint32_t T, uint32_t top_k, uint32_t E, uint32_t H, uint32_
         int32_t *idx_f = NULL;
         float *w_f = NULL, *w_o = NULL, *logits = NULL;
         if (route) {
-                uint16_t *h_in = malloc(2 * (size_t) T * H), *h_proj = malloc(2 * (size_t) E * H), *h_pes = malloc(2 * E);
-                for (size_t i = 0; i < (size_t) T * H; i++)
-                        h_in[i] = kt_f32_to_bf16(normal());
-                for (size_t i = 0; i < (size_t) E * H; i++)
-                        h_proj[i] = kt_f32_to_bf16(normal() / sqrtf((float) H));
-                for (uint32_t i = 0; i < E; i++)
-                        h_pes[i] = kt_f32_to_bf16(1.0f + 0.3f * kt_uniform());
-                rin = kt_up(h_in, 2 * (size_t) T * H), rproj = kt_up(h_proj, 2 * (size_t) E * H);
-                rpes = kt_up(h_pes, 2 * E);
-                free(h_in), free(h_proj), free(h_pes);
+                router_make(T, E, H, &rin, &rproj, &rpes);
                 idx_f = kt_dev(4 * P), w_f = kt_dev(4 * P), w_o = kt_dev(4 * P), logits = kt_dev(4 * (size_t) T * E);
                 a.topk_idx = a2.topk_idx = idx_f;
                 a.topk_w = a2.topk_w = w_f;
@@ -531,15 +536,8 @@ static void bench_ffn(uint32_t T, int dense, int route) {
  * experts), each group's pairs the same set */
 static void test_route(uint32_t T, uint32_t E, uint32_t top_k, uint32_t H) {
         uint32_t P = T * top_k, maxg = kern_moe_max_groups(P, E);
-        uint16_t *h_in = malloc(2 * (size_t) T * H), *h_proj = malloc(2 * (size_t) E * H), *h_pes = malloc(2 * E);
-        for (size_t i = 0; i < (size_t) T * H; i++)
-                h_in[i] = kt_f32_to_bf16(normal());
-        for (size_t i = 0; i < (size_t) E * H; i++)
-                h_proj[i] = kt_f32_to_bf16(normal() / sqrtf((float) H));
-        for (uint32_t i = 0; i < E; i++)
-                h_pes[i] = kt_f32_to_bf16(1.0f + 0.3f * kt_uniform());
-        uint16_t *rin = kt_up(h_in, 2 * (size_t) T * H), *rproj = kt_up(h_proj, 2 * (size_t) E * H);
-        uint16_t *rpes = kt_up(h_pes, 2 * E);
+        uint16_t *rin, *rproj, *rpes;
+        router_make(T, E, H, &rin, &rproj, &rpes);
         size_t wsb = kern_ffn_decode_workspace(top_k, E, 16, 0);
         void *ws = kt_dev(wsb);
         KT_CUDA(cudaMemset(ws, 0, wsb));
@@ -574,7 +572,7 @@ static void test_route(uint32_t T, uint32_t E, uint32_t top_k, uint32_t H) {
                 printf("# groups %d vs %d; token 0: %d %g vs %d %g\n", *hn1, *hn0, hi1[0], hw1[0], hi0[0], hw0[0]);
         cudaFree(rin), cudaFree(rproj), cudaFree(rpes), cudaFree(ws), cudaFree(lg), cudaFree(w0), cudaFree(w1);
         cudaFree(i0), cudaFree(i1), cudaFree(r0), cudaFree(r1), cudaFree(n0), cudaFree(n1), cudaFree(g0), cudaFree(g1);
-        free(h_in), free(h_proj), free(h_pes), free(hi0), free(hi1), free(hr0), free(hr1), free(hn0), free(hn1);
+        free(hi0), free(hi1), free(hr0), free(hr1), free(hn0), free(hn1);
         free(hw0), free(hw1), free(hg0), free(hg1);
 }
 
