@@ -766,7 +766,8 @@ gemv_decode_kernel(const uint8_t *w, const float *w_scale, uint32_t n_out, uint3
                                         uint32_t qw[2] = {0, 0};
 #pragma unroll
                                         for (int j = 0; j < 8; j++)
-                                                qw[j / 4] |= (uint32_t) f32_to_e4m3(bf16_bits_to_f32(h[j]) / sc) << (8 * (j % 4));
+                                                qw[j / 4] |= (uint32_t) f32_to_e4m3(bf16_bits_to_f32(h[j]) / sc)
+                                                             << (8 * (j % 4));
                                         q = make_uint2(qw[0], qw[1]);
                                 }
                                 *reinterpret_cast<uint2 *>(xq + r * stride + i) = q;
@@ -872,11 +873,12 @@ static __global__ void __launch_bounds__(256) route_decode_kernel(const uint16_t
         extern __shared__ __align__(16) uint8_t rsm[];
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
         /* launched early (PDL): this block's router rows into L2, then wait for the router input */
-        for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw)
+        for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw) {
+                const uint8_t *row = (const uint8_t *) (proj + (size_t) wi * n);
                 if (wi < n_experts && lane == 0)
                         for (uint32_t off = 0; off < n * 2; off += 128)
-                                asm volatile("prefetch.global.L2 [%0];"
-                                             ::"l"(__cvta_generic_to_global((const uint8_t *) (proj + (size_t) wi * n) + off)));
+                                asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(row + off)));
+        }
         griddep_wait();
         for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw) {
                 uint32_t e = wi % n_experts, t = wi / n_experts;

@@ -66,14 +66,17 @@ struct backend {
         bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
         bool decode_gemv;               /* kern_gemv_decode for qkv / o_proj of decode steps: opt-in
                                          * GEMMA4D_CUDA_DECODE_GEMV=1 (R3: 248.6 vs 252.4 tok/s without) */
-        bool gemv_quant;                /* ... with the attention output's quantization inside; GEMMA4D_CUDA_GEMV_QUANT=1 */
+        bool gemv_quant;                /* ... with the attention output's quantization inside;
+                                         * GEMMA4D_CUDA_GEMV_QUANT=1 */
         bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
         bool pdl;                       /* decode kernels launched as programmatic dependents; GEMMA4D_CUDA_NO_PDL=1 */
         bool route_decode;              /* kern_route_decode for decode steps; GEMMA4D_CUDA_NO_ROUTE_DECODE=1 */
-        bool parallel_dense;            /* unfused decode: dense MLP on the side stream; GEMMA4D_CUDA_NO_PARALLEL_DENSE */
+        bool parallel_dense;            /* unfused decode: dense MLP on the side stream;
+                                         * GEMMA4D_CUDA_NO_PARALLEL_DENSE=1 */
         bool prefetch;                  /* decode: L2 prefetch of upcoming weights; opt-in GEMMA4D_CUDA_PREFETCH=1 */
-        /* decode: work off the critical path (L2 prefetches, KV commit) runs on a second stream that forks
-         * from and joins back into the main one (also inside graphs); GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
+        /* decode: work off the critical path (KV commit, the dense MLP, L2 prefetches) runs on a second
+         * stream that forks from and joins back into the main one (also inside graphs);
+         * GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
         cudaStream_t side;
         cudaEvent_t side_fork, side_join;
         bool side_pending;              /* side work not yet joined */
@@ -111,8 +114,8 @@ static const char *const prof_names[PROF_CATS] = {
         [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
         [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
         [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
-        [P_EDOWN] = "moe down", [P_EFUSED] = "ffn fused", [P_PREFETCH] = "l2 prefetch", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
-        [P_COPY] = "logits copy",
+        [P_EDOWN] = "moe down", [P_EFUSED] = "ffn fused", [P_PREFETCH] = "l2 prefetch",
+        [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head", [P_COPY] = "logits copy",
 };
 
 static bool cuda_ok(cudaError_t e) {
@@ -493,7 +496,8 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->pair_rows, (size_t) b->p_max * 4},
                 {(void **) &b->n_groups, 16},
                 {(void **) &b->groups, (size_t) b->max_groups * sizeof(struct kern_gemm_group)},
-                {&b->moe_ws, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, c->n_experts, b->e_inter, b->inter) : 0},
+                {&b->moe_ws,
+                 c->enable_moe ? kern_ffn_decode_workspace(b->top_k, c->n_experts, b->e_inter, b->inter) : 0},
         };
         for (size_t i = 0; i < sizeof(a) / sizeof(a[0]) && r == 0; i++)
                 r = dev_alloc(a[i].p, a[i].bytes);

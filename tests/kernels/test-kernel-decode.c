@@ -429,7 +429,8 @@ static void bench_ffn(uint32_t T, int dense, int route) {
                         hin[i] = 0x3f80;
                 for (uint32_t i = 0; i < E; i++)
                         hp[i] = 0x3f80;
-                rproj = kt_up(h, 2 * (size_t) sets * E * H), rin = kt_up(hin, 2 * (size_t) T * H), rpes = kt_up(hp, 2 * E);
+                rproj = kt_up(h, 2 * (size_t) sets * E * H), rin = kt_up(hin, 2 * (size_t) T * H);
+                rpes = kt_up(hp, 2 * E);
                 free(h), free(hin), free(hp);
                 if (T > 1)
                         uniq_total = sets * top_k;
