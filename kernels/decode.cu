@@ -873,11 +873,10 @@ static __global__ void __launch_bounds__(256) route_decode_kernel(const uint16_t
         extern __shared__ __align__(16) uint8_t rsm[];
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
         /* launched early (PDL): this block's router rows into L2, then wait for the router input */
-        for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw) {
+        for (uint32_t wi = blockIdx.x * nw + warp; lane == 0 && wi < n_experts; wi += gridDim.x * nw) {
                 const uint8_t *row = (const uint8_t *) (proj + (size_t) wi * n);
-                if (wi < n_experts && lane == 0)
-                        for (uint32_t off = 0; off < n * 2; off += 128)
-                                asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(row + off)));
+                for (uint32_t off = 0; off < n * 2; off += 128)
+                        asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(row + off)));
         }
         griddep_wait();
         for (uint32_t wi = blockIdx.x * nw + warp; wi < n_experts * n_tokens; wi += gridDim.x * nw) {
