@@ -401,16 +401,13 @@ static __device__ void ffn_prefetch_down(const struct moe_params &p, const struc
 }
 
 template <int P2_UNR>
-/* Phase-2 items [lo, hi) of the numbering dense row tiles first, then the experts'. */
 static __device__ void ffn_phase2(const struct moe_params &p, const struct moe_table *tb, uint8_t *act,
-                                  float *act_scale_s, uint32_t lo, uint32_t hi) {
+                                  float *act_scale_s) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gid = lane >> 2, tig = lane & 3;
         const uint32_t H = p.hidden, n_rtiles = (H + P2_ROWS - 1) / P2_ROWS;
         const uint32_t td = p.dn.w_gu ? n_rtiles : 0, n_items = td + (uint32_t) tb->n_u * n_rtiles;
-        if (hi > n_items)
-                hi = n_items;
 
-        for (uint32_t item = lo + blockIdx.x; item < hi; item += gridDim.x) {
+        for (uint32_t item = blockIdx.x; item < n_items; item += gridDim.x) {
                 int uid;
                 uint32_t rt;
                 item_get(item, td, n_rtiles, &uid, &rt);
@@ -548,14 +545,10 @@ static __global__ void __launch_bounds__(MOE_THREADS, MINB) ffn_decode_kernel(st
                 if (down_pf)
                         ffn_prefetch_down(p, tb, td2, td2 + (uint32_t) tb->n_u * n_rtiles);
                 mark(p, 4);
-                /* the dense MLP's down projection (its input is complete now) beside the experts'
-                 * gate|up: its long items start first, and the blocks that take them start the gate|up
-                 * items last */
-                ffn_phase2<U2>(p, tb, act, act_scale_s, 0, td2);
-                const uint32_t n1 = (uint32_t) tb->n_u * te, G = gridDim.x;
-                for (uint32_t item = (blockIdx.x + G - td2 % G) % G; item < n1; item += G) {
-                        if (item_pf && item + G < n1)
-                                prefetch_item1(p, tb, (int) ((item + G) / te), (item + G) % te);
+                const uint32_t n1 = (uint32_t) tb->n_u * te;
+                for (uint32_t item = blockIdx.x; item < n1; item += gridDim.x) {
+                        if (item_pf && item + gridDim.x < n1)
+                                prefetch_item1(p, tb, (int) ((item + gridDim.x) / te), (item + gridDim.x) % te);
                         phase1_item<U1>(p, tb, red, (int) (item / te), item % te);
                 }
         } else {
@@ -581,7 +574,7 @@ static __global__ void __launch_bounds__(MOE_THREADS, MINB) ffn_decode_kernel(st
         mark(p, 5);
         grid_barrier(p.barrier);
         mark(p, 6);
-        ffn_phase2<U2>(p, tb, act, act_scale_s, p.r_proj ? td2 : 0, 0xffffffffu);
+        ffn_phase2<U2>(p, tb, act, act_scale_s);
         mark(p, 7);
 }
 
