@@ -32,7 +32,7 @@
 #define MOE_THREADS (MOE_WARPS * 32)
 #define MOE_MAX_TOKENS 8
 #define MOE_MAX_PAIRS (MOE_MAX_TOKENS * KERNELS_MAX_TOPK)
-#define P1_ROWS 8               /* inter positions per phase-1 item (8 gate + 8 up rows: one m16 tile) */
+#define P1_ROWS 16              /* inter positions per phase-1 item (16 gate + 16 up rows) */
 /* 64-byte K chunks in flight per warp (U1: phase 1, U2: phase 2 per pass), as template parameters: the
  * wide variant loads a whole phase-1 item (hidden 2816 = 44 chunks over 8 warps) and an expert's inter (704 =
  * 11 chunks) in one pass at one block per SM; the narrow one takes two passes at two blocks per SM, so that
@@ -287,66 +287,78 @@ static __device__ void phase1_item(const struct moe_params &p, const struct moe_
         const uint32_t H = p.hidden;
         const uint32_t n_chunks = (H + 63) / 64;
         const bool aligned = H % 16 == 0;
-        const struct unit un = unit_get(p, tb, uid);
-        const uint32_t I = un.s.inter;
-        /* one m16 tile: rows 0-7 are gate rows i0..i0+7, rows 8-15 the matching up rows, so a lane ends
-         * with the gate and up sums of the same (i, column) */
-        const uint32_t i = it * P1_ROWS + gid;
-        const bool ok = i < I;
-        const uint8_t *g = un.s.w_gu + (size_t) (ok ? i : 0) * H, *u = g + (size_t) I * H;
-        const uint8_t *xr = gid < un.cnt ? un.s.x + (size_t) unit_token(un, gid) * H : NULL;
-        float c[4] = {0, 0, 0, 0};
+        {
+                const struct unit un = unit_get(p, tb, uid);
+                const uint32_t I = un.s.inter;
+                const uint32_t i0 = it * P1_ROWS + gid, i1 = i0 + 8;
+                const bool ok0 = i0 < I, ok1 = i1 < I;
+                const uint8_t *g0 = un.s.w_gu + (size_t) (ok0 ? i0 : 0) * H;
+                const uint8_t *g1 = un.s.w_gu + (size_t) (ok1 ? i1 : 0) * H;
+                const uint8_t *u0 = g0 + (size_t) I * H, *u1 = g1 + (size_t) I * H;
+                const uint8_t *xr = gid < un.cnt ? un.s.x + (size_t) unit_token(un, gid) * H : NULL;
+                float cg[4] = {0, 0, 0, 0}, cu[4] = {0, 0, 0, 0};
 
-        for (uint32_t ch0 = warp; ch0 < n_chunks; ch0 += P1_UNR * MOE_WARPS) {
-                uint4 a0[P1_UNR], a1[P1_UNR], xv[P1_UNR];
+                for (uint32_t ch0 = warp; ch0 < n_chunks; ch0 += P1_UNR * MOE_WARPS) {
+                        uint4 a0[P1_UNR], a1[P1_UNR], b0[P1_UNR], b1[P1_UNR], xv[P1_UNR];
 #pragma unroll
-                for (int r = 0; r < P1_UNR; r++) {
-                        uint32_t ch = ch0 + r * MOE_WARPS, k0 = ch * 64 + tig * 16;
-                        bool cok = ch < n_chunks;
-                        a0[r] = load16(g, k0, H, aligned, ok && cok);
-                        a1[r] = load16(u, k0, H, aligned, ok && cok);
-                        xv[r] = load16(xr, k0, H, aligned, xr != NULL && cok);
+                        for (int r = 0; r < P1_UNR; r++) {
+                                uint32_t ch = ch0 + r * MOE_WARPS, k0 = ch * 64 + tig * 16;
+                                bool cok = ch < n_chunks;
+                                a0[r] = load16(g0, k0, H, aligned, ok0 && cok);
+                                a1[r] = load16(g1, k0, H, aligned, ok1 && cok);
+                                b0[r] = load16(u0, k0, H, aligned, ok0 && cok);
+                                b1[r] = load16(u1, k0, H, aligned, ok1 && cok);
+                                xv[r] = load16(xr, k0, H, aligned, xr != NULL && cok);
+                        }
+#pragma unroll
+                        for (int r = 0; r < P1_UNR; r++) {
+                                mma_e4m3_16x8x32(cg, a0[r].x, a1[r].x, a0[r].y, a1[r].y, xv[r].x, xv[r].y);
+                                mma_e4m3_16x8x32(cg, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv[r].z, xv[r].w);
+                                mma_e4m3_16x8x32(cu, b0[r].x, b1[r].x, b0[r].y, b1[r].y, xv[r].x, xv[r].y);
+                                mma_e4m3_16x8x32(cu, b0[r].z, b1[r].z, b0[r].w, b1[r].w, xv[r].z, xv[r].w);
+                        }
                 }
 #pragma unroll
-                for (int r = 0; r < P1_UNR; r++) {
-                        mma_e4m3_16x8x32(c, a0[r].x, a1[r].x, a0[r].y, a1[r].y, xv[r].x, xv[r].y);
-                        mma_e4m3_16x8x32(c, a0[r].z, a1[r].z, a0[r].w, a1[r].w, xv[r].z, xv[r].w);
+                for (int j = 0; j < 4; j++) {
+                        red[((warp * 2 + 0) * 4 + j) * 32 + lane] = cg[j];
+                        red[((warp * 2 + 1) * 4 + j) * 32 + lane] = cu[j];
                 }
+                __syncthreads();
+                if (warp == 0) {
+                        for (int w = 1; w < MOE_WARPS; w++)
+#pragma unroll
+                                for (int j = 0; j < 4; j++) {
+                                        cg[j] += red[((w * 2 + 0) * 4 + j) * 32 + lane];
+                                        cu[j] += red[((w * 2 + 1) * 4 + j) * 32 + lane];
+                                }
+                        float amax[2] = {0.0f, 0.0f};
+#pragma unroll
+                        for (int j = 0; j < 4; j++) {
+                                int col = tig * 2 + (j & 1);
+                                uint32_t i = j >= 2 ? i1 : i0;
+                                if (col >= un.cnt || i >= I)
+                                        continue;
+                                float sx = un.s.x_scale[unit_token(un, col)];
+                                /* the same roundings as gate_up -> BF16, then kern_geglu_quant */
+                                float g = round_bf16(sx * (un.s.s_gu[i] * cg[j]));
+                                float up = round_bf16(sx * (un.s.s_gu[I + i] * cu[j]));
+                                float hv = round_bf16(round_bf16(gelu_tanh(g)) * up);
+                                un.s.h[(size_t) unit_row(un, col) * I + i] = f32_to_bf16_bits(hv);
+                                amax[j & 1] = fmaxf(amax[j & 1], fabsf(hv));
+                        }
+                        /* lanes with the same tig hold the same two columns */
+#pragma unroll
+                        for (int c = 0; c < 2; c++) {
+                                for (int o = 4; o < 32; o <<= 1)
+                                        amax[c] = fmaxf(amax[c], __shfl_xor_sync(0xffffffffu, amax[c], o));
+                                int col = tig * 2 + c;
+                                if (gid == 0 && col < un.cnt)
+                                        un.s.amax_part[(size_t) unit_row(un, col) * un.s.n_itiles + it] =
+                                                amax[c];
+                        }
+                }
+                __syncthreads();
         }
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-                red[(warp * 4 + j) * 32 + lane] = c[j];
-        __syncthreads();
-        if (warp == 0) {
-                for (int w = 1; w < MOE_WARPS; w++)
-#pragma unroll
-                        for (int j = 0; j < 4; j++)
-                                c[j] += red[(w * 4 + j) * 32 + lane];
-                float amax[2] = {0.0f, 0.0f};
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                        int col = tig * 2 + j;
-                        if (col >= un.cnt || !ok)
-                                continue;
-                        float sx = un.s.x_scale[unit_token(un, col)];
-                        /* the same roundings as gate_up -> BF16, then kern_geglu_quant */
-                        float gv = round_bf16(sx * (un.s.s_gu[i] * c[j]));
-                        float up = round_bf16(sx * (un.s.s_gu[I + i] * c[2 + j]));
-                        float hv = round_bf16(round_bf16(gelu_tanh(gv)) * up);
-                        un.s.h[(size_t) unit_row(un, col) * I + i] = f32_to_bf16_bits(hv);
-                        amax[j] = fabsf(hv);
-                }
-                /* lanes with the same tig hold the same two columns */
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                        for (int o = 4; o < 32; o <<= 1)
-                                amax[j] = fmaxf(amax[j], __shfl_xor_sync(0xffffffffu, amax[j], o));
-                        int col = tig * 2 + j;
-                        if (gid == 0 && col < un.cnt)
-                                un.s.amax_part[(size_t) unit_row(un, col) * un.s.n_itiles + it] = amax[j];
-                }
-        }
-        __syncthreads();
 }
 
 /* Router logits of expert e for every token: one warp per token, kern_router's dot product. */
@@ -620,7 +632,7 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         size_t smem = smem_bytes(a->inter, dense_inter, a->n_experts);
         /* the narrow variant (two blocks per SM) where its shared memory allows */
         const int v = (a->flags & KERN_FFN_DECODE_WIDE) || smem > SMEM_MAX / 2 ? 0 : 1;
-        const void *fn = v ? (const void *) ffn_decode_kernel<6, 6, 2> : (const void *) ffn_decode_kernel<6, 12, 1>;
+        const void *fn = v ? (const void *) ffn_decode_kernel<3, 6, 2> : (const void *) ffn_decode_kernel<6, 12, 1>;
 
         if (!kern_ffn_decode_supported(a->n_tokens, a->top_k, a->n_experts, a->hidden, a->inter, dense_inter) ||
             (a->dense_w_gate_up && dense_inter == 0) ||
@@ -662,7 +674,7 @@ extern "C" int kern_ffn_decode(const struct kern_ffn_decode *a, cudaStream_t str
         p.flags = a->flags;
         p.times = a->debug_times;
         if (v)
-                return launch_pdl(a->pdl, ffn_decode_kernel<6, 6, 2>, dim3(grid_max[v]), dim3(MOE_THREADS), smem,
+                return launch_pdl(a->pdl, ffn_decode_kernel<3, 6, 2>, dim3(grid_max[v]), dim3(MOE_THREADS), smem,
                                   stream, p);
         return launch_pdl(a->pdl, ffn_decode_kernel<6, 12, 1>, dim3(grid_max[v]), dim3(MOE_THREADS), smem, stream, p);
 }
