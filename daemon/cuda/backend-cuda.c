@@ -819,6 +819,17 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
         return 0;
 }
 
+/* backend-debug.h: before layer l of a debug step, cuda-debug.c loads another input (and the layer runs) or
+ * has the layer skipped. Nothing when serving (dbg NULL). */
+#define DEBUG_LAYER_IN(b, l, T)                                                                              \
+        if ((b)->dbg) {                                                                                      \
+                int k_ = cuda_debug_layer_in((b), (l), (T));                                                 \
+                if (k_ < 0)                                                                                  \
+                        return k_;                                                                           \
+                if (k_ == 0)                                                                                 \
+                        continue;                                                                            \
+        }
+
 #define TRY(x)                                                                                               \
         do {                                                                                                 \
                 int r_ = (x);                                                                                \
@@ -902,14 +913,7 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                 const struct kern_batch *bt = D->type == LAYER_FULL ? bt_full : bt_slide;
                 uint32_t qw = c->n_heads * D->head_dim;
 
-                if (b->dbg) {
-                        int k = cuda_debug_layer_in(b, l, T);
-                        if (k <= 0) {
-                                if (k < 0)
-                                        return k;
-                                continue;
-                        }
-                }
+                DEBUG_LAYER_IN(b, l, T);
                 TRY(linear(b, &D->qkv, b->aq, b->a_scale, T, b->qkv));
                 prof_mark(b, P_QKV);
                 TRY(prefetch_after_qkv(b, D, T));
@@ -1102,14 +1106,7 @@ static int run_layers_bf16(struct backend *b, uint32_t T, const int32_t *d_token
                 struct dev_layer *D = &b->layers[l];
                 const struct kern_batch *bt = D->type == LAYER_FULL ? bt_full : bt_slide;
 
-                if (b->dbg) {
-                        int k = cuda_debug_layer_in(b, l, T);
-                        if (k <= 0) {
-                                if (k < 0)
-                                        return k;
-                                continue;
-                        }
-                }
+                DEBUG_LAYER_IN(b, l, T);
                 TRY(cuda_bf16_linear(b->blas, &D->qkv, in, T, b->qkv, st));
                 prof_mark(b, P_QKV);
                 TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, st));
