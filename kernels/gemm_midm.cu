@@ -1,0 +1,316 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * FP8 linear for 9..128 activation rows: a weight stream.
+ *
+ * At these row counts a dense linear is still bound by reading its weights once from HBM, but the tokens are
+ * too many to re-read from L2 per warp (what the small-M kernel does). So a block owns MIDM_ROWS weight rows
+ * and one K slice, stages the activations of that slice in shared memory (cp.async, double-buffered), and each
+ * warp streams its 16 weight rows straight from global memory into registers, one stage ahead of the mma's:
+ * the weights never touch shared memory, and every staged activation byte feeds MIDM_WARPS warps.
+ *
+ * Weights are the M side of mma.sync m16n8k32 (e4m3 x e4m3 -> f32), tokens the N side (8 per tile). A dot
+ * product does not care how K is ordered as long as both operands use the same order, so each lane loads 16
+ * contiguous bytes of a weight row and of a token row and the two mma's of a 64-byte chunk take their halves
+ * (the same trick as gemm.cu's small-M kernel).
+ *
+ * When the row blocks alone cannot fill the GPU, K is split over the blocks of a thread-block cluster; the
+ * partial sums meet in distributed shared memory, so the split costs no extra launch and no workspace.
+ */
+#include <cooperative_groups.h>
+
+#include "common.cuh"
+
+namespace cg = cooperative_groups;
+
+#define MIDM_WARPS 8
+#define MIDM_ROWS (MIDM_WARPS * 16)     /* weight rows per block */
+#define MIDM_STAGE 256                  /* K bytes per pipeline stage */
+#define MIDM_STEPS (MIDM_STAGE / 64)    /* 64-byte chunks per stage */
+/* Shared row stride of a staged token: 16-byte accesses of 8 lanes (two tokens x four 16-byte columns) hit
+ * distinct banks when consecutive tokens are 64 bytes apart modulo 128. */
+#define MIDM_XSTRIDE (MIDM_STAGE + 64)
+#define MIDM_MAX_CLUSTER 8
+
+struct midm_params {
+        const uint8_t *w;
+        const float *w_scale;
+        uint32_t n_out, k, m;
+        const uint8_t *x;
+        const float *x_scale;
+        void *y;
+        enum kern_out out;
+        float softcap;
+        uint32_t k_chunks_per_slice;    /* 64-byte chunks of K per cluster rank */
+};
+
+static __device__ __forceinline__ void midm_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Streaming weight load: read once, so keep it out of L1. volatile keeps it ahead of the mma's it overlaps. */
+static __device__ __forceinline__ uint4 midm_ldw(const uint8_t *p, bool ok) {
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (ok)
+                asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                             : "l"(p));
+        return v;
+}
+
+/* 16 bytes global -> shared; src_bytes 0 fills zeros (tokens past m, K past the slice). */
+static __device__ __forceinline__ void midm_cp16(void *smem, const void *gmem, uint32_t src_bytes) {
+        uint32_t s = (uint32_t) __cvta_generic_to_shared(smem);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+
+static __device__ __forceinline__ void midm_cp_commit(void) {
+        asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+static __device__ __forceinline__ void midm_cp_wait(void) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* Stage the tokens' bytes [kb, kb + MIDM_STAGE) of the slice (zeros at or past kend) into xs. */
+template <int NT>
+static __device__ __forceinline__ void midm_stage_x(const struct midm_params &p, uint8_t *xs, uint32_t kb,
+                                                    uint32_t kend) {
+        constexpr int CHUNKS = NT * 8 * (MIDM_STAGE / 16);
+        for (int i = threadIdx.x; i < CHUNKS; i += MIDM_WARPS * 32) {
+                uint32_t tok = i / (MIDM_STAGE / 16), col = (i % (MIDM_STAGE / 16)) * 16;
+                uint32_t k0 = kb + col;
+                bool ok = tok < p.m && k0 < kend;
+                const uint8_t *src = ok ? p.x + (size_t) tok * p.k + k0 : p.x;
+                midm_cp16(xs + tok * MIDM_XSTRIDE + col, src, ok ? 16 : 0);
+        }
+        midm_cp_commit();
+}
+
+/* Weight registers of one stage: per 64-byte chunk, 16 bytes of row gid and of row gid + 8. */
+static __device__ __forceinline__ void midm_load_w(const uint8_t *w0, const uint8_t *w1, uint32_t kb,
+                                                   uint32_t kend, int tig, uint4 *lo, uint4 *hi) {
+#pragma unroll
+        for (int s = 0; s < MIDM_STEPS; s++) {
+                uint32_t k0 = kb + s * 64 + tig * 16;
+                bool ok = k0 < kend;
+                lo[s] = midm_ldw(w0 + k0, ok);
+                hi[s] = midm_ldw(w1 + k0, ok);
+        }
+}
+
+template <int NT>
+static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct midm_params p) {
+        extern __shared__ __align__(16) uint8_t smem[];
+        cg::cluster_group cluster = cg::this_cluster();
+        const uint32_t n_ranks = cluster.num_blocks(), rank = cluster.block_rank();
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int gid = lane >> 2, tig = lane & 3;
+        const uint32_t row_block = blockIdx.x / n_ranks;
+        const uint32_t n_tiles = (p.m + 7) / 8;         /* token tiles that hold real tokens */
+
+        /* rows past n_out read the last row (always valid memory) and are never written */
+        uint32_t r0 = row_block * MIDM_ROWS + warp * 16 + gid;
+        const uint8_t *w0 = p.w + (size_t) min(r0, p.n_out - 1) * p.k;
+        const uint8_t *w1 = p.w + (size_t) min(r0 + 8, p.n_out - 1) * p.k;
+
+        uint32_t kbeg = rank * p.k_chunks_per_slice * 64;
+        uint32_t kend = min(p.k, kbeg + p.k_chunks_per_slice * 64);
+        if (kbeg > kend)
+                kbeg = kend;
+        const uint32_t n_stages = (kend - kbeg + MIDM_STAGE - 1) / MIDM_STAGE;
+
+        constexpr uint32_t XBUF = NT * 8 * MIDM_XSTRIDE;      /* bytes of one staging buffer */
+        float c[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+                c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0.0f;
+
+        uint4 lo[MIDM_STEPS], hi[MIDM_STEPS], nlo[MIDM_STEPS], nhi[MIDM_STEPS];
+        if (n_stages > 0) {
+                midm_stage_x<NT>(p, smem, kbeg, kend);
+                midm_load_w(w0, w1, kbeg, kend, tig, nlo, nhi);
+        }
+        for (uint32_t s = 0; s < n_stages; s++) {
+#pragma unroll
+                for (int i = 0; i < MIDM_STEPS; i++) {
+                        lo[i] = nlo[i];
+                        hi[i] = nhi[i];
+                }
+                if (s + 1 < n_stages) {
+                        uint32_t kb = kbeg + (s + 1) * MIDM_STAGE;
+                        midm_stage_x<NT>(p, smem + ((s + 1) & 1) * XBUF, kb, kend);
+                        midm_load_w(w0, w1, kb, kend, tig, nlo, nhi);
+                        midm_cp_wait<1>();
+                } else {
+                        midm_cp_wait<0>();
+                }
+                __syncthreads();
+                const uint8_t *xs = smem + (s & 1) * XBUF + gid * MIDM_XSTRIDE + tig * 16;
+#pragma unroll
+                for (int i = 0; i < MIDM_STEPS; i++) {
+#pragma unroll
+                        for (int t = 0; t < NT; t++) {
+                                if ((uint32_t) t >= n_tiles)
+                                        break;
+                                uint4 b = *reinterpret_cast<const uint4 *>(xs + t * 8 * MIDM_XSTRIDE + i * 64);
+                                midm_mma(c[t], lo[i].x, hi[i].x, lo[i].y, hi[i].y, b.x, b.y);
+                                midm_mma(c[t], lo[i].z, hi[i].z, lo[i].w, hi[i].w, b.z, b.w);
+                        }
+                }
+                __syncthreads();
+        }
+
+        /* Partial sums to shared memory as [token][row] (the staging buffers are free now), so that the
+         * reduction over the cluster and the output stores walk consecutive rows. */
+        float *red = reinterpret_cast<float *>(smem);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                        int tok = t * 8 + tig * 2 + (j & 1);
+                        int row = warp * 16 + gid + (j >= 2 ? 8 : 0);
+                        red[tok * MIDM_ROWS + row] = c[t][j];
+                }
+        }
+        cluster.sync();
+
+        const uint32_t total = p.m * MIDM_ROWS;
+        for (uint32_t e = rank * MIDM_WARPS * 32 + threadIdx.x; e < total; e += n_ranks * MIDM_WARPS * 32) {
+                uint32_t tok = e / MIDM_ROWS, n = row_block * MIDM_ROWS + e % MIDM_ROWS;
+                if (n >= p.n_out)
+                        continue;
+                float acc = 0.0f;
+                for (uint32_t q = 0; q < n_ranks; q++)
+                        acc += cluster.map_shared_rank(red, q)[e];
+                float v = p.x_scale[tok] * (p.w_scale[n] * acc);
+                size_t off = (size_t) tok * p.n_out + n;
+                if (p.out == KERN_OUT_BF16) {
+                        ((uint16_t *) p.y)[off] = f32_to_bf16_bits(v);
+                } else {
+                        if (p.softcap > 0.0f)
+                                v = p.softcap * tanhf(v / p.softcap);
+                        ((float *) p.y)[off] = v;
+                }
+        }
+        /* peers read this block's partials: stay resident until every block is done */
+        cluster.sync();
+}
+
+template <int NT>
+static size_t midm_smem(void) {
+        size_t stage = 2 * (size_t) NT * 8 * MIDM_XSTRIDE, red = (size_t) NT * 8 * MIDM_ROWS * sizeof(float);
+        return stage > red ? stage : red;
+}
+
+/* Per instantiation: the shared-memory opt-in and, per cluster size, how many clusters fit at once. Queried
+ * once; the answers do not change while the process lives. */
+struct midm_plan_cache {
+        bool ready;
+        int max_clusters[MIDM_MAX_CLUSTER + 1];
+};
+
+template <int NT>
+static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
+        static struct midm_plan_cache cache;
+        const size_t smem = midm_smem<NT>();
+        const uint32_t row_blocks = (p->n_out + MIDM_ROWS - 1) / MIDM_ROWS;
+        const uint32_t chunks = (p->k + 63) / 64;
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+
+        if (!cache.ready) {
+                if (cudaFuncSetAttribute(midm_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
+                    cudaSuccess)
+                        return -EIO;
+                for (int q = 1; q <= MIDM_MAX_CLUSTER; q++) {
+                        cudaLaunchConfig_t c = {};
+                        cudaLaunchAttribute a;
+                        c.gridDim = dim3(q * 64);
+                        c.blockDim = dim3(MIDM_WARPS * 32);
+                        c.dynamicSmemBytes = smem;
+                        a.id = cudaLaunchAttributeClusterDimension;
+                        a.val.clusterDim.x = q;
+                        a.val.clusterDim.y = 1;
+                        a.val.clusterDim.z = 1;
+                        c.attrs = &a;
+                        c.numAttrs = 1;
+                        int n = 0;
+                        if (cudaOccupancyMaxActiveClusters(&n, midm_kernel<NT>, &c) != cudaSuccess)
+                                n = 0;
+                        cache.max_clusters[q] = n;
+                }
+                (void) cudaGetLastError();
+                cache.ready = true;
+        }
+
+        /* Pick the cluster size (K split) that minimises waves x chunks per block: one wave of clusters that
+         * each stream a shorter K beats fewer, longer blocks as long as they all fit at once. */
+        uint32_t best = 1;
+        uint64_t best_cost = UINT64_MAX;
+        for (uint32_t q = 1; q <= MIDM_MAX_CLUSTER && q <= chunks; q++) {
+                if (cache.max_clusters[q] <= 0)
+                        continue;
+                uint64_t waves = (row_blocks + cache.max_clusters[q] - 1) / cache.max_clusters[q];
+                uint64_t cost = waves * ((chunks + q - 1) / q);
+                if (cost < best_cost) {
+                        best_cost = cost;
+                        best = q;
+                }
+        }
+        if (best_cost == UINT64_MAX)
+                return -EIO;
+        if (cluster_force >= 1 && cluster_force <= MIDM_MAX_CLUSTER && cache.max_clusters[cluster_force] > 0)
+                best = cluster_force;
+        p->k_chunks_per_slice = (chunks + best - 1) / best;
+
+        cfg.gridDim = dim3(row_blocks * best);
+        cfg.blockDim = dim3(MIDM_WARPS * 32);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = best;
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT>, *p) != cudaSuccess)
+                return -EIO;
+        return KERN_CHECK_LAUNCH();
+}
+
+extern "C" {
+uint32_t kern_fp8_linear_mid_cluster = 0;
+}
+
+extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
+                                   const uint8_t *x, const float *x_scale, uint32_t m, void *y, enum kern_out out,
+                                   float softcap, cudaStream_t stream) {
+        struct midm_params p = {};
+
+        if (k == 0 || k % 16 != 0 || n_out == 0 || m > KERN_MID_M_MAX)
+                return -EINVAL;
+        if (m == 0)
+                return 0;
+        p.w = w;
+        p.w_scale = w_scale;
+        p.n_out = n_out;
+        p.k = k;
+        p.m = m;
+        p.x = x;
+        p.x_scale = x_scale;
+        p.y = y;
+        p.out = out;
+        p.softcap = softcap;
+        if (m <= 16)
+                return midm_launch<2>(&p, kern_fp8_linear_mid_cluster, stream);
+        if (m <= 32)
+                return midm_launch<4>(&p, kern_fp8_linear_mid_cluster, stream);
+        if (m <= 64)
+                return midm_launch<8>(&p, kern_fp8_linear_mid_cluster, stream);
+        return midm_launch<16>(&p, kern_fp8_linear_mid_cluster, stream);
+}
