@@ -207,65 +207,48 @@ static size_t midm_smem(void) {
         return stage > red ? stage : red;
 }
 
-/* Per instantiation: the shared-memory opt-in and, per cluster size, how many clusters fit at once. Queried
- * once; the answers do not change while the process lives. */
-struct midm_plan_cache {
-        bool ready;
-        int max_clusters[MIDM_MAX_CLUSTER + 1];
-};
-
-template <int NT>
-static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
-        static struct midm_plan_cache cache;
-        const size_t smem = midm_smem<NT>();
-        const uint32_t row_blocks = (p->n_out + MIDM_ROWS - 1) / MIDM_ROWS;
-        const uint32_t chunks = (p->k + 63) / 64;
-        cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[1];
-
-        if (!cache.ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
-                    cudaSuccess)
-                        return -EIO;
-                for (int q = 1; q <= MIDM_MAX_CLUSTER; q++) {
-                        cudaLaunchConfig_t c = {};
-                        cudaLaunchAttribute a;
-                        c.gridDim = dim3(q * 64);
-                        c.blockDim = dim3(MIDM_WARPS * 32);
-                        c.dynamicSmemBytes = smem;
-                        a.id = cudaLaunchAttributeClusterDimension;
-                        a.val.clusterDim.x = q;
-                        a.val.clusterDim.y = 1;
-                        a.val.clusterDim.z = 1;
-                        c.attrs = &a;
-                        c.numAttrs = 1;
-                        int n = 0;
-                        if (cudaOccupancyMaxActiveClusters(&n, midm_kernel<NT>, &c) != cudaSuccess)
-                                n = 0;
-                        cache.max_clusters[q] = n;
-                }
-                (void) cudaGetLastError();
-                cache.ready = true;
-        }
-
-        /* Pick the cluster size (K split) that minimises waves x chunks per block: one wave of clusters that
-         * each stream a shorter K beats fewer, longer blocks as long as they all fit at once. */
+/* The K split (cluster size) for a shape: the one that minimises waves x 64-byte chunks per block, where a
+ * wave is one block per SM. It depends on the shape and the GPU only, never on the row count, so a token's
+ * output does not change with the batch it runs in (the tests compare batched rows with single steps). */
+static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
+        static int n_sm;
         uint32_t best = 1;
         uint64_t best_cost = UINT64_MAX;
+
+        if (n_sm <= 0) {
+                int dev = 0;
+                if (cudaGetDevice(&dev) != cudaSuccess ||
+                    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n_sm <= 0)
+                        n_sm = 132;
+        }
         for (uint32_t q = 1; q <= MIDM_MAX_CLUSTER && q <= chunks; q++) {
-                if (cache.max_clusters[q] <= 0)
-                        continue;
-                uint64_t waves = (row_blocks + cache.max_clusters[q] - 1) / cache.max_clusters[q];
+                uint64_t waves = ((uint64_t) row_blocks * q + n_sm - 1) / n_sm;
                 uint64_t cost = waves * ((chunks + q - 1) / q);
                 if (cost < best_cost) {
                         best_cost = cost;
                         best = q;
                 }
         }
-        if (best_cost == UINT64_MAX)
-                return -EIO;
-        if (cluster_force >= 1 && cluster_force <= MIDM_MAX_CLUSTER && cache.max_clusters[cluster_force] > 0)
-                best = cluster_force;
+        return best;
+}
+
+template <int NT>
+static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
+        static bool smem_ready;
+        const size_t smem = midm_smem<NT>();
+        const uint32_t row_blocks = (p->n_out + MIDM_ROWS - 1) / MIDM_ROWS;
+        const uint32_t chunks = (p->k + 63) / 64;
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+
+        if (!smem_ready) {
+                if (cudaFuncSetAttribute(midm_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
+                    cudaSuccess)
+                        return -EIO;
+                smem_ready = true;
+        }
+        uint32_t best = cluster_force >= 1 && cluster_force <= MIDM_MAX_CLUSTER ? cluster_force
+                                                                               : midm_pick_cluster(row_blocks, chunks);
         p->k_chunks_per_slice = (chunks + best - 1) / best;
 
         cfg.gridDim = dim3(row_blocks * best);

@@ -167,6 +167,34 @@ static void test_mid(uint32_t n, uint32_t k, uint32_t m, int f32_cap, uint32_t c
         case_free(&C);
 }
 
+/* A token's output must not depend on how many other tokens share the launch (the backend's batching
+ * invariants compare batched rows with single steps at 1e-3): bitwise equal rows for every row count. */
+static void test_batch_invariance(uint32_t n, uint32_t k) {
+        static const uint32_t ms[] = {9, 16, 17, 33, 64, 65, 100};
+        struct mcase C;
+        char name[128];
+
+        case_make(&C, n, k, KERN_MID_M_MAX);
+        uint16_t *dy = kt_dev(2 * (size_t) KERN_MID_M_MAX * n);
+        KT_OK(kern_fp8_linear_mid(C.dw, C.dws, n, k, C.dx, C.dxs, KERN_MID_M_MAX, dy, KERN_OUT_BF16, 0.0f, 0));
+        uint16_t *full = kt_down(dy, 2 * (size_t) KERN_MID_M_MAX * n);
+        for (size_t i = 0; i < sizeof(ms) / sizeof(ms[0]); i++) {
+                KT_CUDA(cudaMemset(dy, 0xff, 2 * (size_t) KERN_MID_M_MAX * n));
+                KT_OK(kern_fp8_linear_mid(C.dw, C.dws, n, k, C.dx, C.dxs, ms[i], dy, KERN_OUT_BF16, 0.0f, 0));
+                uint16_t *y = kt_down(dy, 2 * (size_t) ms[i] * n);
+                size_t diff = 0;
+                for (size_t j = 0; j < (size_t) ms[i] * n; j++)
+                        diff += y[j] != full[j];
+                snprintf(name, sizeof(name), "fp8_linear_mid n=%u k=%u: %u rows = first %u of %u (%zu differ)", n,
+                         k, ms[i], ms[i], KERN_MID_M_MAX, diff);
+                kt_expect(name, diff == 0);
+                free(y);
+        }
+        free(full);
+        cudaFree(dy);
+        case_free(&C);
+}
+
 static void test_bad_args(void) {
         uint8_t *d = kt_dev(4096);
         kt_expect("fp8_linear_mid rejects k % 16 != 0",
@@ -264,6 +292,16 @@ static void bench_shape(struct kern_blas *blas, const char *name, uint32_t n, ui
                        "speedup=%.2f\n",
                        name, n, k, B.m, tm, tm > 0 ? bytes / tm * 1e-3 : 0, tb, tb > 0 ? bytes / tb * 1e-3 : 0,
                        tm > 0 && tb > 0 ? tb / tm : 0);
+                /* every K split at 16 and 64 rows: shows whether the launcher's choice is the fastest */
+                if (B.m != 16 && B.m != 64)
+                        continue;
+                printf("RESULT midm-split shape=%s m=%u", name, B.m);
+                for (uint32_t q = 1; q <= 8; q++) {
+                        kern_fp8_linear_mid_cluster = q;
+                        printf(" kc%u=%.2f", q, bench_time(&B, 0));
+                }
+                kern_fp8_linear_mid_cluster = 0;
+                printf(" (us)\n");
         }
         for (uint32_t c = 0; c < B.copies; c++)
                 cudaFree(B.w[c]);
@@ -314,6 +352,8 @@ int main(int argc, char **argv) {
                 case_free(&C);
         }
         test_mid(520, 320, 70, 0, 8);
+        test_batch_invariance(2816, 2112);
+        test_batch_invariance(4224, 2816);
         test_mid(130, 2816, 128, 1, 3);
         if (bench) {
                 KT_OK(kern_blas_create(&blas));
