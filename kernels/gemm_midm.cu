@@ -24,11 +24,10 @@ namespace cg = cooperative_groups;
 
 #define MIDM_WARPS 8
 #define MIDM_ROWS (MIDM_WARPS * 16)     /* weight rows per block */
-#define MIDM_STAGE 256                  /* K bytes per pipeline stage */
-#define MIDM_STEPS (MIDM_STAGE / 64)    /* 64-byte chunks per stage */
-/* Shared row stride of a staged token: 16-byte accesses of 8 lanes (two tokens x four 16-byte columns) hit
- * distinct banks when consecutive tokens are 64 bytes apart modulo 128. */
-#define MIDM_XSTRIDE (MIDM_STAGE + 64)
+/* A pipeline stage is STEPS 64-byte chunks of K. Shared row stride of a staged token: 16-byte accesses of
+ * 8 lanes (two tokens x four 16-byte columns) hit distinct banks when consecutive tokens are 64 bytes apart
+ * modulo 128. */
+#define MIDM_XSTRIDE(STEPS) ((STEPS) * 64 + 64)
 #define MIDM_MAX_CLUSTER 8
 
 struct midm_params {
@@ -76,26 +75,27 @@ static __device__ __forceinline__ void midm_cp_wait(void) {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-/* Stage the tokens' bytes [kb, kb + MIDM_STAGE) of the slice (zeros at or past kend) into xs. */
-template <int NT>
+/* Stage the tokens' bytes [kb, kb + STEPS * 64) of the slice (zeros at or past kend) into xs. */
+template <int NT, int STEPS>
 static __device__ __forceinline__ void midm_stage_x(const struct midm_params &p, uint8_t *xs, uint32_t kb,
                                                     uint32_t kend) {
-        constexpr int CHUNKS = NT * 8 * (MIDM_STAGE / 16);
+        constexpr int CHUNKS = NT * 8 * STEPS * 4;
         for (int i = threadIdx.x; i < CHUNKS; i += MIDM_WARPS * 32) {
-                uint32_t tok = i / (MIDM_STAGE / 16), col = (i % (MIDM_STAGE / 16)) * 16;
+                uint32_t tok = i / (STEPS * 4), col = (i % (STEPS * 4)) * 16;
                 uint32_t k0 = kb + col;
                 bool ok = tok < p.m && k0 < kend;
                 const uint8_t *src = ok ? p.x + (size_t) tok * p.k + k0 : p.x;
-                midm_cp16(xs + tok * MIDM_XSTRIDE + col, src, ok ? 16 : 0);
+                midm_cp16(xs + tok * MIDM_XSTRIDE(STEPS) + col, src, ok ? 16 : 0);
         }
         midm_cp_commit();
 }
 
 /* Weight registers of one stage: per 64-byte chunk, 16 bytes of row gid and of row gid + 8. */
+template <int STEPS>
 static __device__ __forceinline__ void midm_load_w(const uint8_t *w0, const uint8_t *w1, uint32_t kb,
                                                    uint32_t kend, int tig, uint4 *lo, uint4 *hi) {
 #pragma unroll
-        for (int s = 0; s < MIDM_STEPS; s++) {
+        for (int s = 0; s < STEPS; s++) {
                 uint32_t k0 = kb + s * 64 + tig * 16;
                 bool ok = k0 < kend;
                 lo[s] = midm_ldw(w0 + k0, ok);
@@ -103,7 +103,7 @@ static __device__ __forceinline__ void midm_load_w(const uint8_t *w0, const uint
         }
 }
 
-template <int NT>
+template <int NT, int STEPS>
 static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct midm_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
         cg::cluster_group cluster = cg::this_cluster();
@@ -122,42 +122,43 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
         uint32_t kend = min(p.k, kbeg + p.k_chunks_per_slice * 64);
         if (kbeg > kend)
                 kbeg = kend;
-        const uint32_t n_stages = (kend - kbeg + MIDM_STAGE - 1) / MIDM_STAGE;
+        constexpr uint32_t STAGE = STEPS * 64, XSTRIDE = MIDM_XSTRIDE(STEPS);
+        const uint32_t n_stages = (kend - kbeg + STAGE - 1) / STAGE;
 
-        constexpr uint32_t XBUF = NT * 8 * MIDM_XSTRIDE;      /* bytes of one staging buffer */
+        constexpr uint32_t XBUF = NT * 8 * XSTRIDE;      /* bytes of one staging buffer */
         float c[NT][4];
 #pragma unroll
         for (int t = 0; t < NT; t++)
                 c[t][0] = c[t][1] = c[t][2] = c[t][3] = 0.0f;
 
-        uint4 lo[MIDM_STEPS], hi[MIDM_STEPS], nlo[MIDM_STEPS], nhi[MIDM_STEPS];
+        uint4 lo[STEPS], hi[STEPS], nlo[STEPS], nhi[STEPS];
         if (n_stages > 0) {
-                midm_stage_x<NT>(p, smem, kbeg, kend);
-                midm_load_w(w0, w1, kbeg, kend, tig, nlo, nhi);
+                midm_stage_x<NT, STEPS>(p, smem, kbeg, kend);
+                midm_load_w<STEPS>(w0, w1, kbeg, kend, tig, nlo, nhi);
         }
         for (uint32_t s = 0; s < n_stages; s++) {
 #pragma unroll
-                for (int i = 0; i < MIDM_STEPS; i++) {
+                for (int i = 0; i < STEPS; i++) {
                         lo[i] = nlo[i];
                         hi[i] = nhi[i];
                 }
                 if (s + 1 < n_stages) {
-                        uint32_t kb = kbeg + (s + 1) * MIDM_STAGE;
-                        midm_stage_x<NT>(p, smem + ((s + 1) & 1) * XBUF, kb, kend);
-                        midm_load_w(w0, w1, kb, kend, tig, nlo, nhi);
+                        uint32_t kb = kbeg + (s + 1) * STAGE;
+                        midm_stage_x<NT, STEPS>(p, smem + ((s + 1) & 1) * XBUF, kb, kend);
+                        midm_load_w<STEPS>(w0, w1, kb, kend, tig, nlo, nhi);
                         midm_cp_wait<1>();
                 } else {
                         midm_cp_wait<0>();
                 }
                 __syncthreads();
-                const uint8_t *xs = smem + (s & 1) * XBUF + gid * MIDM_XSTRIDE + tig * 16;
+                const uint8_t *xs = smem + (s & 1) * XBUF + gid * XSTRIDE + tig * 16;
 #pragma unroll
-                for (int i = 0; i < MIDM_STEPS; i++) {
+                for (int i = 0; i < STEPS; i++) {
 #pragma unroll
                         for (int t = 0; t < NT; t++) {
                                 if ((uint32_t) t >= n_tiles)
                                         break;
-                                uint4 b = *reinterpret_cast<const uint4 *>(xs + t * 8 * MIDM_XSTRIDE + i * 64);
+                                uint4 b = *reinterpret_cast<const uint4 *>(xs + t * 8 * XSTRIDE + i * 64);
                                 midm_mma(c[t], lo[i].x, hi[i].x, lo[i].y, hi[i].y, b.x, b.y);
                                 midm_mma(c[t], lo[i].z, hi[i].z, lo[i].w, hi[i].w, b.z, b.w);
                         }
@@ -201,9 +202,9 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
         cluster.sync();
 }
 
-template <int NT>
+template <int NT, int STEPS>
 static size_t midm_smem(void) {
-        size_t stage = 2 * (size_t) NT * 8 * MIDM_XSTRIDE, red = (size_t) NT * 8 * MIDM_ROWS * sizeof(float);
+        size_t stage = 2 * (size_t) NT * 8 * MIDM_XSTRIDE(STEPS), red = (size_t) NT * 8 * MIDM_ROWS * sizeof(float);
         return stage > red ? stage : red;
 }
 
@@ -232,17 +233,17 @@ static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
         return best;
 }
 
-template <int NT>
+template <int NT, int STEPS>
 static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
         static bool smem_ready;
-        const size_t smem = midm_smem<NT>();
+        const size_t smem = midm_smem<NT, STEPS>();
         const uint32_t row_blocks = (p->n_out + MIDM_ROWS - 1) / MIDM_ROWS;
         const uint32_t chunks = (p->k + 63) / 64;
         cudaLaunchConfig_t cfg = {};
         cudaLaunchAttribute attr[1];
 
         if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
+                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
                     cudaSuccess)
                         return -EIO;
                 smem_ready = true;
@@ -261,13 +262,21 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
         attr[0].val.clusterDim.z = 1;
         cfg.attrs = attr;
         cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT>, *p) != cudaSuccess)
+        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT, STEPS>, *p) != cudaSuccess)
                 return -EIO;
         return KERN_CHECK_LAUNCH();
 }
 
 extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
+uint32_t kern_fp8_linear_mid_steps = 0;
+}
+
+template <int NT>
+static int midm_launch_nt(struct midm_params *p, cudaStream_t stream) {
+        if (kern_fp8_linear_mid_steps == 8)
+                return midm_launch<NT, 8>(p, kern_fp8_linear_mid_cluster, stream);
+        return midm_launch<NT, 4>(p, kern_fp8_linear_mid_cluster, stream);
 }
 
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
@@ -290,10 +299,10 @@ extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint3
         p.out = out;
         p.softcap = softcap;
         if (m <= 16)
-                return midm_launch<2>(&p, kern_fp8_linear_mid_cluster, stream);
+                return midm_launch_nt<2>(&p, stream);
         if (m <= 32)
-                return midm_launch<4>(&p, kern_fp8_linear_mid_cluster, stream);
+                return midm_launch_nt<4>(&p, stream);
         if (m <= 64)
-                return midm_launch<8>(&p, kern_fp8_linear_mid_cluster, stream);
-        return midm_launch<16>(&p, kern_fp8_linear_mid_cluster, stream);
+                return midm_launch_nt<8>(&p, stream);
+        return midm_launch_nt<16>(&p, stream);
 }

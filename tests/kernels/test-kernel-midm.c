@@ -295,6 +295,9 @@ static void bench_shape(struct kern_blas *blas, const char *name, uint32_t n, ui
                 /* every K split at 16 and 64 rows: shows whether the launcher's choice is the fastest */
                 if (B.m != 16 && B.m != 64)
                         continue;
+                kern_fp8_linear_mid_steps = 8;
+                printf("RESULT midm-steps8 shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
+                kern_fp8_linear_mid_steps = 0;
                 printf("RESULT midm-split shape=%s m=%u", name, B.m);
                 for (uint32_t q = 1; q <= 8; q++) {
                         kern_fp8_linear_mid_cluster = q;
@@ -335,14 +338,22 @@ int main(int argc, char **argv) {
                         run_mid(&C, ms[mi], shapes[s].head, 0);
                 case_free(&C);
         }
-        /* odd shapes: n not a multiple of the 128-row block or of 16, k not a multiple of 64 or below it */
-        test_mid(1000, 2816, 100, 0, 0);
-        test_mid(1000, 2816, 37, 1, 0);
-        test_mid(24, 80, 9, 0, 0);
-        test_mid(200, 48, 128, 0, 0);
-        test_mid(136, 2112, 64, 1, 0);
-        test_mid(300, 1040, 20, 0, 0);
-        test_mid(8, 16, 12, 0, 0);
+        /* odd shapes: n not a multiple of the 128-row block or of 16, k not a multiple of 64 or below it;
+         * both pipeline stage sizes */
+        for (uint32_t steps = 4; steps <= 8; steps += 4) {
+                printf("# pipeline stages of %u x 64 bytes\n", steps);
+                kern_fp8_linear_mid_steps = steps;
+                test_mid(1000, 2816, 100, 0, 0);
+                test_mid(1000, 2816, 37, 1, 0);
+                test_mid(24, 80, 9, 0, 0);
+                test_mid(200, 48, 128, 0, 0);
+                test_mid(136, 2112, 64, 1, 0);
+                test_mid(300, 1040, 20, 0, 0);
+                test_mid(8, 16, 12, 0, 0);
+                test_mid(8192, 2816, 64, 0, 0);
+                test_mid(2816, 2112, 128, 0, 3);
+        }
+        kern_fp8_linear_mid_steps = 0;
         /* every K split the cluster can take, including more ranks than 64-byte chunks */
         {
                 struct mcase C;
