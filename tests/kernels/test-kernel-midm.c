@@ -6,7 +6,7 @@
  * Tolerance: e4m3 x e4m3 products are exact in FP32 and the sums differ from the reference only in order
  * (and in how the K split adds its partials), so the error is the final BF16 rounding (relative 2^-9 per
  * element, ~1.5e-3 RMS after scaling): 4e-3, as for the other FP8 linears. FP32 + softcap outputs: 1e-5.
- * Large shapes check a sample of output rows (first and last block, the rest strided) against the host
+ * Large shapes check a sample of output rows (first and last 64, the rest strided) against the host
  * reference so the test stays within seconds; every token of a sampled row is checked.
  *
  * Timing: cudaEvent around batches of 10 launches that cycle through enough weight copies to exceed L2
@@ -22,7 +22,7 @@
 #define BENCH_BATCH 10
 #define BENCH_REPS 11
 #define BENCH_MIN_BYTES (160u << 20)
-#define SAMPLE_ROWS 512
+#define SAMPLE_ROWS 256
 
 static float e4m3_lut[256];
 
@@ -34,11 +34,15 @@ struct mcase {
         float *dws, *dxs;
 };
 
+/* Random finite e4m3 bytes, eight per step of a 64-bit xorshift: the LM head alone is 738 MB. */
 static void fill_e4m3(uint8_t *p, size_t n) {
-        for (size_t i = 0; i < n; i += 4) {
-                uint32_t r = kt_u32() ^ (kt_u32() << 16);
-                for (size_t j = 0; j < 4 && i + j < n; j++) {
-                        uint8_t b = (uint8_t) (r >> (8 * j));
+        uint64_t st = ((uint64_t) kt_u32() << 32 | kt_u32()) | 1;
+        for (size_t i = 0; i < n; i += 8) {
+                st ^= st << 13;
+                st ^= st >> 7;
+                st ^= st << 17;
+                for (size_t j = 0; j < 8 && i + j < n; j++) {
+                        uint8_t b = (uint8_t) (st >> (8 * j));
                         p[i + j] = (b & 0x7f) == 0x7f ? 0 : b;  /* no NaN */
                 }
         }
@@ -67,7 +71,7 @@ static void case_free(struct mcase *C) {
         free(C->w), free(C->x), free(C->ws), free(C->xs);
 }
 
-/* Output rows checked: all of them for small n, else the first and last 128 and a stride in between. */
+/* Output rows checked: all of them for small n, else the first and last 64 and a stride in between. */
 static uint32_t sample_rows(uint32_t n, uint32_t *rows) {
         uint32_t c = 0;
         if (n <= SAMPLE_ROWS) {
@@ -75,12 +79,12 @@ static uint32_t sample_rows(uint32_t n, uint32_t *rows) {
                         rows[c++] = i;
                 return c;
         }
-        for (uint32_t i = 0; i < 128; i++)
+        for (uint32_t i = 0; i < 64; i++)
                 rows[c++] = i;
-        uint32_t stride = (n - 256) / (SAMPLE_ROWS - 256) + 1;
-        for (uint32_t i = 128 + 37 % stride; i < n - 128 && c < SAMPLE_ROWS - 128; i += stride)
+        uint32_t stride = (n - 128) / (SAMPLE_ROWS - 128) + 1;
+        for (uint32_t i = 64 + 37 % stride; i < n - 64 && c < SAMPLE_ROWS - 64; i += stride)
                 rows[c++] = i;
-        for (uint32_t i = n - 128; i < n; i++)
+        for (uint32_t i = n - 64; i < n; i++)
                 rows[c++] = i;
         return c;
 }
