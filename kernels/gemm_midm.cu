@@ -42,14 +42,6 @@ struct midm_params {
         uint32_t k_chunks_per_slice;    /* 64-byte chunks of K per cluster rank */
 };
 
-static __device__ __forceinline__ void midm_mma(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* Streaming weight load: read once, so keep it out of L1. volatile keeps it ahead of the mma's it overlaps. */
 static __device__ __forceinline__ uint4 midm_ldw(const uint8_t *p, bool ok) {
         uint4 v = make_uint4(0, 0, 0, 0);
@@ -159,8 +151,8 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
                                 if ((uint32_t) t >= n_tiles)
                                         break;
                                 uint4 b = *reinterpret_cast<const uint4 *>(xs + t * 8 * XSTRIDE + i * 64);
-                                midm_mma(c[t], lo[i].x, hi[i].x, lo[i].y, hi[i].y, b.x, b.y);
-                                midm_mma(c[t], lo[i].z, hi[i].z, lo[i].w, hi[i].w, b.z, b.w);
+                                mma_e4m3_m16n8k32(c[t], lo[i].x, hi[i].x, lo[i].y, hi[i].y, b.x, b.y);
+                                mma_e4m3_m16n8k32(c[t], lo[i].z, hi[i].z, lo[i].w, hi[i].w, b.z, b.w);
                         }
                 }
                 __syncthreads();
@@ -188,15 +180,8 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
                 float acc = 0.0f;
                 for (uint32_t q = 0; q < n_ranks; q++)
                         acc += cluster.map_shared_rank(red, q)[e];
-                float v = p.x_scale[tok] * (p.w_scale[n] * acc);
-                size_t off = (size_t) tok * p.n_out + n;
-                if (p.out == KERN_OUT_BF16) {
-                        ((uint16_t *) p.y)[off] = f32_to_bf16_bits(v);
-                } else {
-                        if (p.softcap > 0.0f)
-                                v = p.softcap * tanhf(v / p.softcap);
-                        ((float *) p.y)[off] = v;
-                }
+                store_linear_out(p.y, (size_t) tok * p.n_out + n, p.x_scale[tok] * (p.w_scale[n] * acc), p.out,
+                                 p.softcap);
         }
         /* peers read this block's partials: stay resident until every block is done */
         cluster.sync();
@@ -282,22 +267,12 @@ static int midm_launch_nt(struct midm_params *p, cudaStream_t stream) {
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
                                    const uint8_t *x, const float *x_scale, uint32_t m, void *y, enum kern_out out,
                                    float softcap, cudaStream_t stream) {
-        struct midm_params p = {};
+        struct midm_params p = {w, w_scale, n_out, k, m, x, x_scale, y, out, softcap, 0};
 
         if (k == 0 || k % 16 != 0 || n_out == 0 || m > KERN_MID_M_MAX)
                 return -EINVAL;
         if (m == 0)
                 return 0;
-        p.w = w;
-        p.w_scale = w_scale;
-        p.n_out = n_out;
-        p.k = k;
-        p.m = m;
-        p.x = x;
-        p.x_scale = x_scale;
-        p.y = y;
-        p.out = out;
-        p.softcap = softcap;
         if (m <= 16)
                 return midm_launch_nt<2>(&p, stream);
         if (m <= 32)
