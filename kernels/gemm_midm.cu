@@ -68,7 +68,7 @@ static __device__ __forceinline__ void midm_cp_wait(void) {
 }
 
 /* Stage the tokens' bytes [kb, kb + STEPS * 64) of the slice (zeros at or past kend) into xs. */
-template <int NT, int STEPS>
+template <int NT, int STEPS, int STRIDE>
 static __device__ __forceinline__ void midm_stage_x(const struct midm_params &p, uint8_t *xs, uint32_t kb,
                                                     uint32_t kend) {
         constexpr int CHUNKS = NT * 8 * STEPS * 4;
@@ -77,7 +77,7 @@ static __device__ __forceinline__ void midm_stage_x(const struct midm_params &p,
                 uint32_t k0 = kb + col;
                 bool ok = tok < p.m && k0 < kend;
                 const uint8_t *src = ok ? p.x + (size_t) tok * p.k + k0 : p.x;
-                midm_cp16(xs + tok * MIDM_XSTRIDE(STEPS) + col, src, ok ? 16 : 0);
+                midm_cp16(xs + tok * STRIDE + col, src, ok ? 16 : 0);
         }
         midm_cp_commit();
 }
@@ -95,7 +95,45 @@ static __device__ __forceinline__ void midm_load_w(const uint8_t *w0, const uint
         }
 }
 
-template <int NT, int STEPS>
+/* Two e4m3 values (low byte first) to an f16x2 register: exact, every e4m3 value is an f16 value. */
+static __device__ __forceinline__ uint32_t midm_f16x2(uint32_t two) {
+        __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (two & 0xffffu), __NV_E4M3);
+        return (uint32_t) h.x | (uint32_t) h.y << 16;
+}
+
+/* 16 e4m3 bytes to 8 f16x2 registers, in byte order. */
+static __device__ __forceinline__ void midm_widen16(uint4 v, uint32_t *h) {
+        h[0] = midm_f16x2(v.x), h[1] = midm_f16x2(v.x >> 16);
+        h[2] = midm_f16x2(v.y), h[3] = midm_f16x2(v.y >> 16);
+        h[4] = midm_f16x2(v.z), h[5] = midm_f16x2(v.z >> 16);
+        h[6] = midm_f16x2(v.w), h[7] = midm_f16x2(v.w >> 16);
+}
+
+static __device__ __forceinline__ void midm_mma_f16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                                    uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* Shared layout per (NT, STEPS, F16): two staging buffers of raw e4m3 tokens, plus (F16) one buffer of the
+ * current stage widened to f16. */
+template <int NT, int STEPS, bool F16>
+struct midm_layout {
+        static constexpr uint32_t STAGE = STEPS * 64;
+        /* e4m3 path: the mma's read the staging buffers, padded against bank conflicts (see MIDM_XSTRIDE);
+         * f16 path: the conversion pass reads them linearly, no padding */
+        static constexpr uint32_t RAW_STRIDE = F16 ? STAGE : MIDM_XSTRIDE(STEPS);
+        static constexpr uint32_t RAW_BUF = NT * 8 * RAW_STRIDE;
+        /* f16 rows: a lane reads 32 bytes at tig * 32 of two tokens per phase; an odd number of 16-byte
+         * units per row puts the two tokens on opposite bank halves */
+        static constexpr uint32_t H_STRIDE = STAGE * 2 + 16;
+        static constexpr uint32_t H_OFF = 2 * RAW_BUF;
+        static constexpr uint32_t BYTES = H_OFF + (F16 ? NT * 8 * H_STRIDE : 0);
+};
+
+template <int NT, int STEPS, bool F16>
 static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct midm_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
         cg::cluster_group cluster = cg::this_cluster();
@@ -114,10 +152,9 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
         uint32_t kend = min(p.k, kbeg + p.k_chunks_per_slice * 64);
         if (kbeg > kend)
                 kbeg = kend;
-        constexpr uint32_t STAGE = STEPS * 64, XSTRIDE = MIDM_XSTRIDE(STEPS);
+        using L = midm_layout<NT, STEPS, F16>;
+        constexpr uint32_t STAGE = L::STAGE, XSTRIDE = L::RAW_STRIDE, XBUF = L::RAW_BUF;
         const uint32_t n_stages = (kend - kbeg + STAGE - 1) / STAGE;
-
-        constexpr uint32_t XBUF = NT * 8 * XSTRIDE;      /* bytes of one staging buffer */
         float c[NT][4];
 #pragma unroll
         for (int t = 0; t < NT; t++)
@@ -125,7 +162,7 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
 
         uint4 lo[STEPS], hi[STEPS], nlo[STEPS], nhi[STEPS];
         if (n_stages > 0) {
-                midm_stage_x<NT, STEPS>(p, smem, kbeg, kend);
+                midm_stage_x<NT, STEPS, XSTRIDE>(p, smem, kbeg, kend);
                 midm_load_w<STEPS>(w0, w1, kbeg, kend, tig, nlo, nhi);
         }
         for (uint32_t s = 0; s < n_stages; s++) {
@@ -136,23 +173,59 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
                 }
                 if (s + 1 < n_stages) {
                         uint32_t kb = kbeg + (s + 1) * STAGE;
-                        midm_stage_x<NT, STEPS>(p, smem + ((s + 1) & 1) * XBUF, kb, kend);
+                        midm_stage_x<NT, STEPS, XSTRIDE>(p, smem + ((s + 1) & 1) * XBUF, kb, kend);
                         midm_load_w<STEPS>(w0, w1, kb, kend, tig, nlo, nhi);
                         midm_cp_wait<1>();
                 } else {
                         midm_cp_wait<0>();
                 }
                 __syncthreads();
-                const uint8_t *xs = smem + (s & 1) * XBUF + gid * XSTRIDE + tig * 16;
+                if (F16) {
+                        /* widen this stage's tokens once for all warps */
+                        const uint8_t *raw = smem + (s & 1) * XBUF;
+                        for (uint32_t i = threadIdx.x; i < n_tiles * 8 * STEPS * 4; i += MIDM_WARPS * 32) {
+                                uint32_t tok = i / (STEPS * 4), col = (i % (STEPS * 4)) * 16;
+                                uint32_t h[8];
+                                midm_widen16(*reinterpret_cast<const uint4 *>(raw + tok * STAGE + col), h);
+                                uint4 *dst = reinterpret_cast<uint4 *>(smem + L::H_OFF + tok * L::H_STRIDE + col * 2);
+                                dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
+                                dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
+                        }
+                        __syncthreads();
+                        const uint8_t *xs = smem + L::H_OFF + gid * L::H_STRIDE + tig * 32;
 #pragma unroll
-                for (int i = 0; i < STEPS; i++) {
+                        for (int i = 0; i < STEPS; i++) {
+                                /* K order inside a 64-byte chunk is the lane's byte order: f16 pair 2j + {0, 1}
+                                 * of the lane's 16 bytes feeds k16 step j, the same in A and in B */
+                                uint32_t al[8], ah[8];
+                                midm_widen16(lo[i], al);
+                                midm_widen16(hi[i], ah);
 #pragma unroll
-                        for (int t = 0; t < NT; t++) {
-                                if ((uint32_t) t >= n_tiles)
-                                        break;
-                                uint4 b = *reinterpret_cast<const uint4 *>(xs + t * 8 * XSTRIDE + i * 64);
-                                mma_e4m3_m16n8k32(c[t], lo[i].x, hi[i].x, lo[i].y, hi[i].y, b.x, b.y);
-                                mma_e4m3_m16n8k32(c[t], lo[i].z, hi[i].z, lo[i].w, hi[i].w, b.z, b.w);
+                                for (int t = 0; t < NT; t++) {
+                                        if ((uint32_t) t >= n_tiles)
+                                                break;
+                                        const uint4 *bp = reinterpret_cast<const uint4 *>(
+                                                xs + t * 8 * L::H_STRIDE + i * 128);
+                                        uint4 b0 = bp[0], b1 = bp[1];
+                                        uint32_t b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                                        for (int j = 0; j < 4; j++)
+                                                midm_mma_f16(c[t], al[2 * j], ah[2 * j], al[2 * j + 1], ah[2 * j + 1],
+                                                             b[2 * j], b[2 * j + 1]);
+                                }
+                        }
+                } else {
+                        const uint8_t *xs = smem + (s & 1) * XBUF + gid * XSTRIDE + tig * 16;
+#pragma unroll
+                        for (int i = 0; i < STEPS; i++) {
+#pragma unroll
+                                for (int t = 0; t < NT; t++) {
+                                        if ((uint32_t) t >= n_tiles)
+                                                break;
+                                        uint4 b = *reinterpret_cast<const uint4 *>(xs + t * 8 * XSTRIDE + i * 64);
+                                        mma_e4m3_m16n8k32(c[t], lo[i].x, hi[i].x, lo[i].y, hi[i].y, b.x, b.y);
+                                        mma_e4m3_m16n8k32(c[t], lo[i].z, hi[i].z, lo[i].w, hi[i].w, b.z, b.w);
+                                }
                         }
                 }
                 __syncthreads();
@@ -187,9 +260,9 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
         cluster.sync();
 }
 
-template <int NT, int STEPS>
+template <int NT, int STEPS, bool F16>
 static size_t midm_smem(void) {
-        size_t stage = 2 * (size_t) NT * 8 * MIDM_XSTRIDE(STEPS), red = (size_t) NT * 8 * MIDM_ROWS * sizeof(float);
+        size_t stage = midm_layout<NT, STEPS, F16>::BYTES, red = (size_t) NT * 8 * MIDM_ROWS * sizeof(float);
         return stage > red ? stage : red;
 }
 
@@ -218,17 +291,17 @@ static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
         return best;
 }
 
-template <int NT, int STEPS>
+template <int NT, int STEPS, bool F16>
 static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
         static bool smem_ready;
-        const size_t smem = midm_smem<NT, STEPS>();
+        const size_t smem = midm_smem<NT, STEPS, F16>();
         const uint32_t row_blocks = (p->n_out + MIDM_ROWS - 1) / MIDM_ROWS;
         const uint32_t chunks = (p->k + 63) / 64;
         cudaLaunchConfig_t cfg = {};
         cudaLaunchAttribute attr[1];
 
         if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
+                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
                     cudaSuccess)
                         return -EIO;
                 smem_ready = true;
@@ -247,7 +320,7 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
         attr[0].val.clusterDim.z = 1;
         cfg.attrs = attr;
         cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT, STEPS>, *p) != cudaSuccess)
+        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT, STEPS, F16>, *p) != cudaSuccess)
                 return -EIO;
         return KERN_CHECK_LAUNCH();
 }
@@ -255,13 +328,16 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
 extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
 uint32_t kern_fp8_linear_mid_steps = 0;
+bool kern_fp8_linear_mid_e4m3_mma = false;
 }
 
 template <int NT>
 static int midm_launch_nt(struct midm_params *p, cudaStream_t stream) {
+        if (kern_fp8_linear_mid_e4m3_mma)
+                return midm_launch<NT, 4, false>(p, kern_fp8_linear_mid_cluster, stream);
         if (kern_fp8_linear_mid_steps == 8)
-                return midm_launch<NT, 8>(p, kern_fp8_linear_mid_cluster, stream);
-        return midm_launch<NT, 4>(p, kern_fp8_linear_mid_cluster, stream);
+                return midm_launch<NT, 8, true>(p, kern_fp8_linear_mid_cluster, stream);
+        return midm_launch<NT, 4, true>(p, kern_fp8_linear_mid_cluster, stream);
 }
 
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,

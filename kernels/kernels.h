@@ -106,9 +106,11 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
 /* Mid-M FP8 linear (gemm_midm.cu), same contract as kern_fp8_linear_small for 1..KERN_MID_M_MAX rows and
  * k % 16 == 0: weights streamed once from HBM, tokens staged in shared memory, K split over a block cluster
  * when the row blocks alone cannot fill the GPU. Tests and benchmarks only: kern_fp8_linear_mid_cluster != 0
- * forces that cluster size (1..8), kern_fp8_linear_mid_steps the 64-byte K chunks per pipeline stage (4, 8). */
+ * forces that cluster size (1..8), kern_fp8_linear_mid_steps the 64-byte K chunks per pipeline stage (4, 8),
+ * kern_fp8_linear_mid_e4m3_mma the e4m3 mma.sync instead of the f16 one. */
 #define KERN_MID_M_MAX 128
 extern uint32_t kern_fp8_linear_mid_cluster, kern_fp8_linear_mid_steps;
+extern bool kern_fp8_linear_mid_e4m3_mma;
 int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                         const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                         cudaStream_t stream);
