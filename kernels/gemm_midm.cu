@@ -101,12 +101,23 @@ static __device__ __forceinline__ uint32_t midm_f16x2(uint32_t two) {
         return (uint32_t) h.x | (uint32_t) h.y << 16;
 }
 
-/* 16 e4m3 bytes to 8 f16x2 registers, in byte order. */
+/* Two e4m3 values to f16x2 scaled by 2^-8, with integer ops only: e4m3 is f16 with a 4-bit exponent whose
+ * bias is 8 less, so its magnitude bits shifted into f16's exponent/mantissa fields read as value * 2^-8
+ * (subnormals included); the sign moves to bit 15. The epilogue multiplies the 2^-16 back in. */
+static __device__ __forceinline__ uint32_t midm_f16x2_bits(uint32_t two) {
+        uint32_t x = __byte_perm(two, 0, 0x4140);       /* 0x00 b1 00 b0 */
+        return ((x << 7) & 0x3f803f80u) | ((x << 8) & 0x80008000u);
+}
+
+/* 16 e4m3 bytes to 8 f16x2 registers, in byte order (BITS: scaled by 2^-8, see midm_f16x2_bits). */
+template <bool BITS>
 static __device__ __forceinline__ void midm_widen16(uint4 v, uint32_t *h) {
-        h[0] = midm_f16x2(v.x), h[1] = midm_f16x2(v.x >> 16);
-        h[2] = midm_f16x2(v.y), h[3] = midm_f16x2(v.y >> 16);
-        h[4] = midm_f16x2(v.z), h[5] = midm_f16x2(v.z >> 16);
-        h[6] = midm_f16x2(v.w), h[7] = midm_f16x2(v.w >> 16);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+                h[2 * i] = BITS ? midm_f16x2_bits(w[i]) : midm_f16x2(w[i]);
+                h[2 * i + 1] = BITS ? midm_f16x2_bits(w[i] >> 16) : midm_f16x2(w[i] >> 16);
+        }
 }
 
 static __device__ __forceinline__ void midm_mma_f16(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -133,7 +144,7 @@ struct midm_layout {
         static constexpr uint32_t BYTES = H_OFF + (F16 ? NT * 8 * H_STRIDE : 0);
 };
 
-template <int NT, int STEPS, bool F16>
+template <int NT, int STEPS, bool F16, bool BITS>
 static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct midm_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
         cg::cluster_group cluster = cg::this_cluster();
@@ -186,7 +197,7 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
                         for (uint32_t i = threadIdx.x; i < n_tiles * 8 * STEPS * 4; i += MIDM_WARPS * 32) {
                                 uint32_t tok = i / (STEPS * 4), col = (i % (STEPS * 4)) * 16;
                                 uint32_t h[8];
-                                midm_widen16(*reinterpret_cast<const uint4 *>(raw + tok * STAGE + col), h);
+                                midm_widen16<BITS>(*reinterpret_cast<const uint4 *>(raw + tok * STAGE + col), h);
                                 uint4 *dst = reinterpret_cast<uint4 *>(smem + L::H_OFF + tok * L::H_STRIDE + col * 2);
                                 dst[0] = make_uint4(h[0], h[1], h[2], h[3]);
                                 dst[1] = make_uint4(h[4], h[5], h[6], h[7]);
@@ -198,8 +209,8 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
                                 /* K order inside a 64-byte chunk is the lane's byte order: f16 pair 2j + {0, 1}
                                  * of the lane's 16 bytes feeds k16 step j, the same in A and in B */
                                 uint32_t al[8], ah[8];
-                                midm_widen16(lo[i], al);
-                                midm_widen16(hi[i], ah);
+                                midm_widen16<BITS>(lo[i], al);
+                                midm_widen16<BITS>(hi[i], ah);
 #pragma unroll
                                 for (int t = 0; t < NT; t++) {
                                         if ((uint32_t) t >= n_tiles)
@@ -234,13 +245,14 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
         /* Partial sums to shared memory as [token][row] (the staging buffers are free now), so that the
          * reduction over the cluster and the output stores walk consecutive rows. */
         float *red = reinterpret_cast<float *>(smem);
+        const float unscale = BITS ? 65536.0f : 1.0f;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
                         int tok = t * 8 + tig * 2 + (j & 1);
                         int row = warp * 16 + gid + (j >= 2 ? 8 : 0);
-                        red[tok * MIDM_ROWS + row] = c[t][j];
+                        red[tok * MIDM_ROWS + row] = c[t][j] * unscale;
                 }
         }
         cluster.sync();
@@ -291,7 +303,7 @@ static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
         return best;
 }
 
-template <int NT, int STEPS, bool F16>
+template <int NT, int STEPS, bool F16, bool BITS>
 static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
         static bool smem_ready;
         const size_t smem = midm_smem<NT, STEPS, F16>();
@@ -301,7 +313,7 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
         cudaLaunchAttribute attr[1];
 
         if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS, F16>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
+                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS, F16, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
                     cudaSuccess)
                         return -EIO;
                 smem_ready = true;
@@ -320,7 +332,7 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
         attr[0].val.clusterDim.z = 1;
         cfg.attrs = attr;
         cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT, STEPS, F16>, *p) != cudaSuccess)
+        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT, STEPS, F16, BITS>, *p) != cudaSuccess)
                 return -EIO;
         return KERN_CHECK_LAUNCH();
 }
@@ -329,15 +341,18 @@ extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
 uint32_t kern_fp8_linear_mid_steps = 0;
 bool kern_fp8_linear_mid_e4m3_mma = false;
+bool kern_fp8_linear_mid_widen_bits = false;
 }
 
 template <int NT>
 static int midm_launch_nt(struct midm_params *p, cudaStream_t stream) {
         if (kern_fp8_linear_mid_e4m3_mma)
-                return midm_launch<NT, 4, false>(p, kern_fp8_linear_mid_cluster, stream);
+                return midm_launch<NT, 4, false, false>(p, kern_fp8_linear_mid_cluster, stream);
+        if (kern_fp8_linear_mid_widen_bits)
+                return midm_launch<NT, 4, true, true>(p, kern_fp8_linear_mid_cluster, stream);
         if (kern_fp8_linear_mid_steps == 8)
-                return midm_launch<NT, 8, true>(p, kern_fp8_linear_mid_cluster, stream);
-        return midm_launch<NT, 4, true>(p, kern_fp8_linear_mid_cluster, stream);
+                return midm_launch<NT, 8, true, false>(p, kern_fp8_linear_mid_cluster, stream);
+        return midm_launch<NT, 4, true, false>(p, kern_fp8_linear_mid_cluster, stream);
 }
 
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,

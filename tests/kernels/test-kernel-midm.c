@@ -305,6 +305,9 @@ static void bench_shape(struct kern_blas *blas, const char *name, uint32_t n, ui
                 kern_fp8_linear_mid_e4m3_mma = true;
                 printf("RESULT midm-e4m3mma shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
                 kern_fp8_linear_mid_e4m3_mma = false;
+                kern_fp8_linear_mid_widen_bits = true;
+                printf("RESULT midm-bits shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
+                kern_fp8_linear_mid_widen_bits = false;
                 printf("RESULT midm-split shape=%s m=%u", name, B.m);
                 for (uint32_t q = 1; q <= 8; q++) {
                         kern_fp8_linear_mid_cluster = q;
@@ -347,11 +350,13 @@ int main(int argc, char **argv) {
         }
         /* odd shapes: n not a multiple of the 128-row block or of 16, k not a multiple of 64 or below it;
          * both pipeline stage sizes */
-        for (uint32_t variant = 0; variant < 3; variant++) {
+        for (uint32_t variant = 0; variant < 4; variant++) {
                 uint32_t steps = variant == 1 ? 8 : 4;
-                printf("# pipeline stages of %u x 64 bytes, %s mma\n", steps, variant == 2 ? "e4m3" : "f16");
+                printf("# pipeline stages of %u x 64 bytes, %s mma%s\n", steps, variant == 2 ? "e4m3" : "f16",
+                       variant == 3 ? ", integer widening" : "");
                 kern_fp8_linear_mid_steps = steps;
                 kern_fp8_linear_mid_e4m3_mma = variant == 2;
+                kern_fp8_linear_mid_widen_bits = variant == 3;
                 test_mid(1000, 2816, 100, 0, 0);
                 test_mid(1000, 2816, 37, 1, 0);
                 test_mid(24, 80, 9, 0, 0);
