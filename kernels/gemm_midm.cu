@@ -144,6 +144,46 @@ struct midm_layout {
         static constexpr uint32_t BYTES = H_OFF + (F16 ? NT * 8 * H_STRIDE : 0);
 };
 
+/* The block's partial sums c (the mma accumulator layout, times unscale) reduced over the cluster's K slices
+ * and stored. Every thread of every block in the cluster calls it once, after its last use of smem. */
+template <int NT>
+static __device__ __forceinline__ void midm_finish(const struct midm_params &p, float (&c)[NT][4], uint8_t *smem,
+                                                   float unscale) {
+        cg::cluster_group cluster = cg::this_cluster();
+        const uint32_t n_ranks = cluster.num_blocks(), rank = cluster.block_rank();
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int gid = lane >> 2, tig = lane & 3;
+        const uint32_t row_block = blockIdx.x / n_ranks;
+
+        /* Partial sums to shared memory as [token][row] (the staging buffers are free now), so that the
+         * reduction over the cluster and the output stores walk consecutive rows. */
+        float *red = reinterpret_cast<float *>(smem);
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                        int tok = t * 8 + tig * 2 + (j & 1);
+                        int row = warp * 16 + gid + (j >= 2 ? 8 : 0);
+                        red[tok * MIDM_ROWS + row] = c[t][j] * unscale;
+                }
+        }
+        cluster.sync();
+
+        const uint32_t total = p.m * MIDM_ROWS;
+        for (uint32_t e = rank * MIDM_WARPS * 32 + threadIdx.x; e < total; e += n_ranks * MIDM_WARPS * 32) {
+                uint32_t tok = e / MIDM_ROWS, n = row_block * MIDM_ROWS + e % MIDM_ROWS;
+                if (n >= p.n_out)
+                        continue;
+                float acc = 0.0f;
+                for (uint32_t q = 0; q < n_ranks; q++)
+                        acc += cluster.map_shared_rank(red, q)[e];
+                store_linear_out(p.y, (size_t) tok * p.n_out + n, p.x_scale[tok] * (p.w_scale[n] * acc), p.out,
+                                 p.softcap);
+        }
+        /* peers read this block's partials: stay resident until every block is done */
+        cluster.sync();
+}
+
 template <int NT, int STEPS, bool F16, bool BITS>
 static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct midm_params p) {
         extern __shared__ __align__(16) uint8_t smem[];
@@ -242,34 +282,54 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_kernel(struct mid
                 __syncthreads();
         }
 
-        /* Partial sums to shared memory as [token][row] (the staging buffers are free now), so that the
-         * reduction over the cluster and the output stores walk consecutive rows. */
-        float *red = reinterpret_cast<float *>(smem);
-        const float unscale = BITS ? 65536.0f : 1.0f;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                        int tok = t * 8 + tig * 2 + (j & 1);
-                        int row = warp * 16 + gid + (j >= 2 ? 8 : 0);
-                        red[tok * MIDM_ROWS + row] = c[t][j] * unscale;
-                }
-        }
-        cluster.sync();
+        midm_finish<NT>(p, c, smem, BITS ? 65536.0f : 1.0f);
+}
 
-        const uint32_t total = p.m * MIDM_ROWS;
-        for (uint32_t e = rank * MIDM_WARPS * 32 + threadIdx.x; e < total; e += n_ranks * MIDM_WARPS * 32) {
-                uint32_t tok = e / MIDM_ROWS, n = row_block * MIDM_ROWS + e % MIDM_ROWS;
-                if (n >= p.n_out)
-                        continue;
-                float acc = 0.0f;
-                for (uint32_t q = 0; q < n_ranks; q++)
-                        acc += cluster.map_shared_rank(red, q)[e];
-                store_linear_out(p.y, (size_t) tok * p.n_out + n, p.x_scale[tok] * (p.w_scale[n] * acc), p.out,
-                                 p.softcap);
-        }
-        /* peers read this block's partials: stay resident until every block is done */
-        cluster.sync();
+/* wgmma m64nNk32 e4m3, A (64 weight rows) from registers, B (N tokens) from shared memory, D += A B. */
+static __device__ __forceinline__ void midm_wgmma(float (&d)[8], const uint32_t *a, uint64_t desc) {
+        asm volatile("wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 "
+                     "{%0,%1,%2,%3,%4,%5,%6,%7}, {%8,%9,%10,%11}, %12, 1, 1, 1;\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+static __device__ __forceinline__ void midm_wgmma(float (&d)[16], const uint32_t *a, uint64_t desc) {
+        asm volatile("wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 "
+                     "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, 1, 1, 1;\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+static __device__ __forceinline__ void midm_wgmma(float (&d)[32], const uint32_t *a, uint64_t desc) {
+        asm volatile("wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+                     "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, 1, 1, 1;\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                       "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                       "+f"(d[30]), "+f"(d[31])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+}
+
+static __device__ __forceinline__ void midm_wgmma(float (&d)[64], const uint32_t *a, uint64_t desc) {
+        asm volatile("wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+                     "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, 1, 1, 1;\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                       "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                       "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                       "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                       "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+                       "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+                       "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+                       "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+                       "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
 }
 
 template <int NT, int STEPS, bool F16>
@@ -303,21 +363,16 @@ static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
         return best;
 }
 
-template <int NT, int STEPS, bool F16, bool BITS>
-static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
-        static bool smem_ready;
-        const size_t smem = midm_smem<NT, STEPS, F16>();
+typedef void (*midm_kernel_fn)(struct midm_params);
+
+/* Grid of row blocks x K split, one cluster per row block. */
+static int midm_launch_cfg(struct midm_params *p, uint32_t cluster_force, size_t smem, cudaStream_t stream,
+                           midm_kernel_fn fn) {
         const uint32_t row_blocks = (p->n_out + MIDM_ROWS - 1) / MIDM_ROWS;
         const uint32_t chunks = (p->k + 63) / 64;
         cudaLaunchConfig_t cfg = {};
         cudaLaunchAttribute attr[1];
 
-        if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS, F16, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
-                    cudaSuccess)
-                        return -EIO;
-                smem_ready = true;
-        }
         uint32_t best = cluster_force >= 1 && cluster_force <= MIDM_MAX_CLUSTER ? cluster_force
                                                                                : midm_pick_cluster(row_blocks, chunks);
         p->k_chunks_per_slice = (chunks + best - 1) / best;
@@ -332,9 +387,141 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
         attr[0].val.clusterDim.z = 1;
         cfg.attrs = attr;
         cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, midm_kernel<NT, STEPS, F16, BITS>, *p) != cudaSuccess)
+        if (cudaLaunchKernelEx(&cfg, fn, *p) != cudaSuccess)
                 return -EIO;
         return KERN_CHECK_LAUNCH();
+}
+
+template <int NT, int STEPS, bool F16, bool BITS>
+static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
+        static bool smem_ready;
+        const size_t smem = midm_smem<NT, STEPS, F16>();
+
+        if (!smem_ready) {
+                if (cudaFuncSetAttribute(midm_kernel<NT, STEPS, F16, BITS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int) smem) != cudaSuccess)
+                        return -EIO;
+                smem_ready = true;
+        }
+        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT, STEPS, F16, BITS>);
+}
+
+/* Shared-memory matrix descriptor, no swizzle: core matrices of 8 rows x 16 bytes stored as 128 contiguous
+ * bytes; lbo = bytes between core matrices along K, sbo = along N. */
+static __device__ __forceinline__ uint64_t midm_desc(const void *smem, uint32_t lbo, uint32_t sbo) {
+        uint64_t a = (uint32_t) __cvta_generic_to_shared(smem);
+        return ((a >> 4) & 0x3fff) | (uint64_t) ((lbo >> 4) & 0x3fff) << 16 | (uint64_t) ((sbo >> 4) & 0x3fff) << 32;
+}
+
+/*
+ * Hopper path: the same weight stream (each lane holds 16 contiguous bytes of rows gid and gid + 8 per
+ * 64-byte chunk, which is the wgmma register fragment of A up to a K order), tokens as the B operand of
+ * wgmma m64nNk32 read by the tensor cores straight from shared memory. The lane's K order is undone on the
+ * token side: per 64-byte chunk, wgmma h (0, 1) takes 4-byte word 2h + kc of every lane's 16 bytes as its
+ * K half kc, so the staging pass writes token word 4 tg + q of a chunk to core matrix (2 chunk + q / 2, q % 2)
+ * at column 4 tg. Per k32 instruction the token tile is [N / 8 core rows][2 K halves][8 tokens][16 bytes].
+ */
+template <int NT, bool SWAP>
+static __global__ void __launch_bounds__(MIDM_WARPS * 32) midm_wg_kernel(struct midm_params p) {
+        constexpr int STEPS = 4, N = NT * 8;
+        constexpr uint32_t STAGE = STEPS * 64, RAW_STRIDE = STAGE + 16, RAW_BUF = N * RAW_STRIDE;
+        constexpr uint32_t INSTR = N * 32;                      /* bytes of one k32 token tile */
+        extern __shared__ __align__(16) uint8_t smem[];
+        cg::cluster_group cluster = cg::this_cluster();
+        const uint32_t n_ranks = cluster.num_blocks(), rank = cluster.block_rank();
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const int gid = lane >> 2, tig = lane & 3;
+        const uint32_t row_block = blockIdx.x / n_ranks;
+
+        uint32_t r0 = row_block * MIDM_ROWS + warp * 16 + gid;
+        const uint8_t *w0 = p.w + (size_t) min(r0, p.n_out - 1) * p.k;
+        const uint8_t *w1 = p.w + (size_t) min(r0 + 8, p.n_out - 1) * p.k;
+        uint32_t kbeg = rank * p.k_chunks_per_slice * 64;
+        uint32_t kend = min(p.k, kbeg + p.k_chunks_per_slice * 64);
+        if (kbeg > kend)
+                kbeg = kend;
+        const uint32_t n_stages = (kend - kbeg + STAGE - 1) / STAGE;
+        uint8_t *tiles = smem + 2 * RAW_BUF;
+        /* SWAP: the other reading of which descriptor offset walks K (see midm_desc) */
+        const uint32_t lbo = SWAP ? 256 : 128, sbo = SWAP ? 128 : 256;
+
+        float d[N / 2];
+#pragma unroll
+        for (int i = 0; i < N / 2; i++)
+                d[i] = 0.0f;
+
+        uint4 lo[STEPS], hi[STEPS], nlo[STEPS], nhi[STEPS];
+        if (n_stages > 0) {
+                midm_stage_x<NT, STEPS, RAW_STRIDE>(p, smem, kbeg, kend);
+                midm_load_w<STEPS>(w0, w1, kbeg, kend, tig, nlo, nhi);
+        }
+        for (uint32_t s = 0; s < n_stages; s++) {
+#pragma unroll
+                for (int i = 0; i < STEPS; i++) {
+                        lo[i] = nlo[i];
+                        hi[i] = nhi[i];
+                }
+                if (s + 1 < n_stages) {
+                        uint32_t kb = kbeg + (s + 1) * STAGE;
+                        midm_stage_x<NT, STEPS, RAW_STRIDE>(p, smem + ((s + 1) & 1) * RAW_BUF, kb, kend);
+                        midm_load_w<STEPS>(w0, w1, kb, kend, tig, nlo, nhi);
+                        midm_cp_wait<1>();
+                } else {
+                        midm_cp_wait<0>();
+                }
+                __syncthreads();
+                /* reorder this stage's tokens into the core-matrix tiles: one (token, chunk) per item */
+                const uint8_t *raw = smem + (s & 1) * RAW_BUF;
+                for (uint32_t i = threadIdx.x; i < N * STEPS; i += MIDM_WARPS * 32) {
+                        uint32_t tok = i % N, ch = i / N;
+                        const uint4 *src = reinterpret_cast<const uint4 *>(raw + tok * RAW_STRIDE + ch * 64);
+                        uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
+                        uint8_t *dst = tiles + (tok / 8) * 256 + (tok % 8) * 16;
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR) = make_uint4(v0.x, v1.x, v2.x, v3.x);
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR + 128) = make_uint4(v0.y, v1.y, v2.y, v3.y);
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR) = make_uint4(v0.z, v1.z, v2.z, v3.z);
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR + 128) =
+                                make_uint4(v0.w, v1.w, v2.w, v3.w);
+                }
+                /* ordinary stores read next by the tensor cores (async proxy) */
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                __syncthreads();
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+                for (int i = 0; i < STEPS; i++) {
+                        const uint32_t a0[4] = {lo[i].x, hi[i].x, lo[i].y, hi[i].y};
+                        const uint32_t a1[4] = {lo[i].z, hi[i].z, lo[i].w, hi[i].w};
+                        midm_wgmma(d, a0, midm_desc(tiles + (2 * i) * INSTR, lbo, sbo));
+                        midm_wgmma(d, a1, midm_desc(tiles + (2 * i + 1) * INSTR, lbo, sbo));
+                }
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                __syncthreads();
+        }
+
+        float c[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                        c[t][j] = d[4 * t + j];
+        midm_finish<NT>(p, c, smem, 1.0f);
+}
+
+template <int NT, bool SWAP>
+static int midm_wg_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
+        static bool smem_ready;
+        constexpr uint32_t N = NT * 8, STAGE = 256;
+        size_t smem = 2 * (size_t) N * (STAGE + 16) + (size_t) N * STAGE, red = (size_t) N * MIDM_ROWS * 4;
+        if (red > smem)
+                smem = red;
+        if (!smem_ready) {
+                if (cudaFuncSetAttribute(midm_wg_kernel<NT, SWAP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int) smem) != cudaSuccess)
+                        return -EIO;
+                smem_ready = true;
+        }
+        return midm_launch_cfg(p, cluster_force, smem, stream, midm_wg_kernel<NT, SWAP>);
 }
 
 extern "C" {
@@ -342,10 +529,15 @@ uint32_t kern_fp8_linear_mid_cluster = 0;
 uint32_t kern_fp8_linear_mid_steps = 0;
 bool kern_fp8_linear_mid_e4m3_mma = false;
 bool kern_fp8_linear_mid_widen_bits = false;
+uint32_t kern_fp8_linear_mid_wgmma = 0;
 }
 
 template <int NT>
 static int midm_launch_nt(struct midm_params *p, cudaStream_t stream) {
+        if (kern_fp8_linear_mid_wgmma == 1)
+                return midm_wg_launch<NT, false>(p, kern_fp8_linear_mid_cluster, stream);
+        if (kern_fp8_linear_mid_wgmma == 2)
+                return midm_wg_launch<NT, true>(p, kern_fp8_linear_mid_cluster, stream);
         if (kern_fp8_linear_mid_e4m3_mma)
                 return midm_launch<NT, 4, false, false>(p, kern_fp8_linear_mid_cluster, stream);
         if (kern_fp8_linear_mid_widen_bits)

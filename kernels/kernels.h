@@ -112,6 +112,7 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
 #define KERN_MID_M_MAX 128
 extern uint32_t kern_fp8_linear_mid_cluster, kern_fp8_linear_mid_steps;
 extern bool kern_fp8_linear_mid_e4m3_mma, kern_fp8_linear_mid_widen_bits;
+extern uint32_t kern_fp8_linear_mid_wgmma;      /* 1, 2: wgmma path, two descriptor readings */
 int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                         const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                         cudaStream_t stream);

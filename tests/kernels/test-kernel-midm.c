@@ -13,7 +13,7 @@
  * (decode reads each layer's weights once, cold), 3 warm-up batches, median of 11. "GB/s" counts weights +
  * activations + outputs once. The LM head shape times cuBLASLt plus the softcap pass it needs (the backend's
  * path) against the fused FP32 softcap output of the mid-M kernel.
- * Usage: test-kernel-midm [--no-bench]. Exit 77 without a GPU.
+ * Usage: test-kernel-midm [--no-bench] [--wgmma=1|2] (every launch on the wgmma path). Exit 77 without a GPU.
  */
 #include <errno.h>
 
@@ -297,7 +297,7 @@ static void bench_shape(struct kern_blas *blas, const char *name, uint32_t n, ui
                        name, n, k, B.m, tm, tm > 0 ? bytes / tm * 1e-3 : 0, tb, tb > 0 ? bytes / tb * 1e-3 : 0,
                        tm > 0 && tb > 0 ? tb / tm : 0);
                 /* every K split at 16 and 64 rows: shows whether the launcher's choice is the fastest */
-                if (B.m != 16 && B.m != 64)
+                if ((B.m != 16 && B.m != 64) || kern_fp8_linear_mid_wgmma)
                         continue;
                 kern_fp8_linear_mid_steps = 8;
                 printf("RESULT midm-steps8 shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
@@ -333,8 +333,17 @@ int main(int argc, char **argv) {
                 {"o_full", 2816, 8192, 0},      {"dense_gate_up", 4224, 2816, 0}, {"dense_down", 2816, 2112, 0},
                 {"lm_head", 262144, 2816, 1},
         };
-        int bench = !(argc > 1 && strcmp(argv[1], "--no-bench") == 0);
+        int bench = 1;
         struct kern_blas *blas;
+
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--no-bench") == 0)
+                        bench = 0;
+                else if (strncmp(argv[i], "--wgmma=", 8) == 0)
+                        kern_fp8_linear_mid_wgmma = (uint32_t) atoi(argv[i] + 8);
+        }
+        if (kern_fp8_linear_mid_wgmma)
+                printf("# every launch takes the wgmma path, descriptor reading %u\n", kern_fp8_linear_mid_wgmma);
 
         kt_require_gpu();
         for (int i = 0; i < 256; i++)
