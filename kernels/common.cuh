@@ -34,15 +34,6 @@ static __device__ __forceinline__ float e4m3_to_f32(uint8_t v) {
         return __half2float(__half(h));
 }
 
-/* c += A (16x32, row) x B (32x8, col), e4m3 in, FP32 accumulate; fragments as in the PTX ISA's m16n8k32. */
-static __device__ __forceinline__ void mma_e4m3_m16n8k32(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
-                                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* One element of a linear's output in the caller's format: BF16, or FP32 through cap * tanh(v / cap). */
 static __device__ __forceinline__ void store_linear_out(void *y, size_t off, float v, enum kern_out out,
                                                         float softcap) {

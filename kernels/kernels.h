@@ -103,16 +103,13 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
                           const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                           cudaStream_t stream);
 
-/* Mid-M FP8 linear (gemm_midm.cu), same contract as kern_fp8_linear_small for 1..KERN_MID_M_MAX rows and
- * k % 16 == 0: weights streamed once from HBM, tokens staged in shared memory, K split over a block cluster
- * when the row blocks alone cannot fill the GPU. Tests and benchmarks only: kern_fp8_linear_mid_cluster != 0
- * forces that cluster size (1..8), kern_fp8_linear_mid_steps the 64-byte K chunks per pipeline stage (4, 8),
- * kern_fp8_linear_mid_e4m3_mma the e4m3 mma.sync instead of the f16 one, kern_fp8_linear_mid_widen_bits integer
- * e4m3 -> f16 widening instead of cvt. */
+/* Mid-M FP8 linear (gemm_midm.cu, wgmma: sm_90a), same contract as kern_fp8_linear_small for
+ * 1..KERN_MID_M_MAX rows and k % 16 == 0: weights streamed once from HBM into registers, tokens staged in
+ * shared memory, K split over a block cluster when the row blocks alone cannot fill the GPU. The FP8 tensor
+ * cores accumulate with fewer mantissa bits than FP32 (relative error ~5e-4 at k = 2816, below a BF16
+ * rounding). Tests only: kern_fp8_linear_mid_cluster != 0 forces that cluster size (1..8). */
 #define KERN_MID_M_MAX 128
-extern uint32_t kern_fp8_linear_mid_cluster, kern_fp8_linear_mid_steps;
-extern bool kern_fp8_linear_mid_e4m3_mma, kern_fp8_linear_mid_widen_bits;
-extern uint32_t kern_fp8_linear_mid_wgmma;      /* 1, 2: wgmma path, two descriptor readings */
+extern uint32_t kern_fp8_linear_mid_cluster;
 int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                         const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                         cudaStream_t stream);

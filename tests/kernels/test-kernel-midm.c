@@ -5,7 +5,9 @@
  *
  * Tolerance: e4m3 x e4m3 products are exact in FP32 and the sums differ from the reference only in order
  * (and in how the K split adds its partials), so the error is the final BF16 rounding (relative 2^-9 per
- * element, ~1.5e-3 RMS after scaling): 4e-3, as for the other FP8 linears. FP32 + softcap outputs: 1e-5.
+ * element, ~1.5e-3 RMS after scaling): 4e-3, as for the other FP8 linears. FP32 + softcap outputs: 2e-3,
+ * because Hopper's FP8 tensor cores accumulate with fewer mantissa bits than FP32 (measured 3e-4..6e-4
+ * relative on H100 for k = 2112..2816; the cuBLASLt head path rounds to BF16 first, ~1.5e-3).
  * Large shapes check a sample of output rows (first and last 64, the rest strided) against the host
  * reference so the test stays within seconds; every token of a sampled row is checked.
  *
@@ -13,7 +15,7 @@
  * (decode reads each layer's weights once, cold), 3 warm-up batches, median of 11. "GB/s" counts weights +
  * activations + outputs once. The LM head shape times cuBLASLt plus the softcap pass it needs (the backend's
  * path) against the fused FP32 softcap output of the mid-M kernel.
- * Usage: test-kernel-midm [--no-bench] [--wgmma=1|2] (every launch on the wgmma path). Exit 77 without a GPU.
+ * Usage: test-kernel-midm [--no-bench]. Exit 77 without a GPU.
  */
 #include <errno.h>
 
@@ -95,7 +97,7 @@ static void case_check(const struct mcase *C, const void *y, int f32_cap, float 
         uint32_t nr = sample_rows(C->n, rows);
         double *xf = malloc(sizeof(double) * C->k);
         struct kt_err e = {0};
-        double tol = f32_cap ? 1e-5 : 4e-3, max_abs = 0;
+        double tol = f32_cap ? 2e-3 : 4e-3, max_abs = 0;
         int shown = 0;
 
         for (uint32_t t = 0; t < C->m; t++) {
@@ -297,17 +299,8 @@ static void bench_shape(struct kern_blas *blas, const char *name, uint32_t n, ui
                        name, n, k, B.m, tm, tm > 0 ? bytes / tm * 1e-3 : 0, tb, tb > 0 ? bytes / tb * 1e-3 : 0,
                        tm > 0 && tb > 0 ? tb / tm : 0);
                 /* every K split at 16 and 64 rows: shows whether the launcher's choice is the fastest */
-                if ((B.m != 16 && B.m != 64) || kern_fp8_linear_mid_wgmma)
+                if (B.m != 16 && B.m != 64)
                         continue;
-                kern_fp8_linear_mid_steps = 8;
-                printf("RESULT midm-steps8 shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
-                kern_fp8_linear_mid_steps = 0;
-                kern_fp8_linear_mid_e4m3_mma = true;
-                printf("RESULT midm-e4m3mma shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
-                kern_fp8_linear_mid_e4m3_mma = false;
-                kern_fp8_linear_mid_widen_bits = true;
-                printf("RESULT midm-bits shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
-                kern_fp8_linear_mid_widen_bits = false;
                 printf("RESULT midm-split shape=%s m=%u", name, B.m);
                 for (uint32_t q = 1; q <= 8; q++) {
                         kern_fp8_linear_mid_cluster = q;
@@ -336,15 +329,9 @@ int main(int argc, char **argv) {
         int bench = 1;
         struct kern_blas *blas;
 
-        for (int i = 1; i < argc; i++) {
+        for (int i = 1; i < argc; i++)
                 if (strcmp(argv[i], "--no-bench") == 0)
                         bench = 0;
-                else if (strncmp(argv[i], "--wgmma=", 8) == 0)
-                        kern_fp8_linear_mid_wgmma = (uint32_t) atoi(argv[i] + 8);
-        }
-        if (kern_fp8_linear_mid_wgmma)
-                printf("# every launch takes the wgmma path, descriptor reading %u\n", kern_fp8_linear_mid_wgmma);
-
         kt_require_gpu();
         for (int i = 0; i < 256; i++)
                 e4m3_lut[i] = kt_e4m3_to_f32((uint8_t) i);
@@ -357,35 +344,24 @@ int main(int argc, char **argv) {
                         run_mid(&C, ms[mi], shapes[s].head, 0);
                 case_free(&C);
         }
-        /* odd shapes: n not a multiple of the 128-row block or of 16, k not a multiple of 64 or below it;
-         * both pipeline stage sizes */
-        for (uint32_t variant = 0; variant < 4; variant++) {
-                uint32_t steps = variant == 1 ? 8 : 4;
-                printf("# pipeline stages of %u x 64 bytes, %s mma%s\n", steps, variant == 2 ? "e4m3" : "f16",
-                       variant == 3 ? ", integer widening" : "");
-                kern_fp8_linear_mid_steps = steps;
-                kern_fp8_linear_mid_e4m3_mma = variant == 2;
-                kern_fp8_linear_mid_widen_bits = variant == 3;
-                test_mid(1000, 2816, 100, 0, 0);
-                test_mid(1000, 2816, 37, 1, 0);
-                test_mid(24, 80, 9, 0, 0);
-                test_mid(200, 48, 128, 0, 0);
-                test_mid(136, 2112, 64, 1, 0);
-                test_mid(300, 1040, 20, 0, 0);
-                test_mid(8, 16, 12, 0, 0);
-                test_mid(8192, 2816, 64, 0, 0);
-                test_mid(2816, 2112, 128, 0, 3);
-        }
-        kern_fp8_linear_mid_steps = 0;
+        /* odd shapes: n not a multiple of the 128-row block or of 16, k not a multiple of 64 or below it */
+        test_mid(1000, 2816, 100, 0, 0);
+        test_mid(1000, 2816, 37, 1, 0);
+        test_mid(24, 80, 9, 0, 0);
+        test_mid(200, 48, 128, 0, 0);
+        test_mid(136, 2112, 64, 1, 0);
+        test_mid(300, 1040, 20, 0, 0);
+        test_mid(8, 16, 12, 0, 0);
         /* every K split the cluster can take, including more ranks than 64-byte chunks */
         {
                 struct mcase C;
-                case_make(&C, 2816, 2112, 33);
+                case_make(&C, 2816, 2112, 128);
                 for (uint32_t q = 1; q <= 8; q++)
-                        run_mid(&C, 33, 0, q);
+                        run_mid(&C, q == 3 ? 128 : 33, 0, q);
                 case_free(&C);
         }
         test_mid(520, 320, 70, 0, 8);
+        test_mid(130, 2816, 128, 1, 3);
         test_batch_invariance(2816, 2112);
         test_batch_invariance(4224, 2816);
         test_mid(130, 2816, 128, 1, 3);
