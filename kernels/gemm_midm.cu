@@ -26,8 +26,7 @@ namespace cg = cooperative_groups;
 #define MIDM_ROWS (MIDM_WARPS * 16)     /* weight rows per block: two warpgroups of 64 */
 #define MIDM_STEPS 4                    /* 64-byte K chunks per pipeline stage */
 #define MIDM_STAGE (MIDM_STEPS * 64)
-#define MIDM_AHEAD 2                    /* stages in flight beyond the one being multiplied */
-#define MIDM_RING (MIDM_AHEAD + 1)
+#define MIDM_AHEAD 2                    /* stages in flight beyond the one being multiplied (default) */
 /* staged token rows are padded by 16 bytes so that the reorder pass (consecutive lanes, consecutive tokens)
  * reads distinct banks */
 #define MIDM_RAW_STRIDE (MIDM_STAGE + 16)
@@ -207,9 +206,9 @@ struct midm_wregs {
  * goes to k32 instruction 2 chunk + q / 2, K half q % 2, column 4 tg: wgmma h of a chunk takes word 2 h + kc
  * of every lane's 16 weight bytes as its K half kc. One k32 token tile is [N / 8][2][8 tokens][16 bytes].
  */
-template <int NT>
+template <int NT, int AHEAD>
 static __global__ void __launch_bounds__(MIDM_WARPS * 32, 1) midm_kernel(struct midm_params p) {
-        constexpr uint32_t N = NT * 8, RAW_BUF = N * MIDM_RAW_STRIDE, INSTR = N * 32;
+        constexpr uint32_t N = NT * 8, RAW_BUF = N * MIDM_RAW_STRIDE, INSTR = N * 32, RING = AHEAD + 1;
         extern __shared__ __align__(16) uint8_t smem[];
         cg::cluster_group cluster = cg::this_cluster();
         const uint32_t n_ranks = cluster.num_blocks(), rank = cluster.block_rank();
@@ -226,17 +225,17 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32, 1) midm_kernel(struct 
         if (kbeg > kend)
                 kbeg = kend;
         const uint32_t n_stages = (kend - kbeg + MIDM_STAGE - 1) / MIDM_STAGE;
-        uint8_t *tiles = smem + MIDM_RING * RAW_BUF;
+        uint8_t *tiles = smem + RING * RAW_BUF;
 
         float d[N / 2];
 #pragma unroll
         for (int i = 0; i < N / 2; i++)
                 d[i] = 0.0f;
 
-        /* prologue: stages 0 .. MIDM_AHEAD - 1 in flight (an empty commit group keeps the counting uniform) */
-        struct midm_wregs wr[MIDM_RING];
+        /* prologue: stages 0 .. AHEAD - 1 in flight (an empty commit group keeps the counting uniform) */
+        struct midm_wregs wr[RING];
 #pragma unroll
-        for (int a = 0; a < MIDM_AHEAD; a++) {
+        for (int a = 0; a < AHEAD; a++) {
                 uint32_t kb = kbeg + a * MIDM_STAGE;
                 if ((uint32_t) a < n_stages) {
                         midm_stage_x<NT>(p, smem + a * RAW_BUF, kb, kend);
@@ -248,20 +247,20 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32, 1) midm_kernel(struct 
         for (uint32_t s = 0; s < n_stages; s++) {
                 /* rotate: wr[0] is this stage, wr[1 ..] the ones in flight; the freed set takes s + AHEAD */
 #pragma unroll
-                for (int a = 0; a < MIDM_AHEAD; a++)
+                for (int a = 0; a < AHEAD; a++)
                         wr[a] = wr[a + 1];
-                uint32_t ahead = s + MIDM_AHEAD;
+                uint32_t ahead = s + AHEAD;
                 if (ahead < n_stages) {
                         uint32_t kb = kbeg + ahead * MIDM_STAGE;
-                        midm_stage_x<NT>(p, smem + (ahead % MIDM_RING) * RAW_BUF, kb, kend);
-                        midm_load_w(w0, w1, kb, kend, tig, wr[MIDM_AHEAD].lo, wr[MIDM_AHEAD].hi);
+                        midm_stage_x<NT>(p, smem + (ahead % RING) * RAW_BUF, kb, kend);
+                        midm_load_w(w0, w1, kb, kend, tig, wr[AHEAD].lo, wr[AHEAD].hi);
                 } else {
                         midm_cp_commit();
                 }
-                midm_cp_wait<MIDM_AHEAD>();
+                midm_cp_wait<AHEAD>();
                 __syncthreads();
                 /* reorder this stage's tokens into the k32 tiles: one (token, chunk) per item */
-                const uint8_t *raw = smem + (s % MIDM_RING) * RAW_BUF;
+                const uint8_t *raw = smem + (s % RING) * RAW_BUF;
                 for (uint32_t i = threadIdx.x; i < N * MIDM_STEPS; i += MIDM_WARPS * 32) {
                         uint32_t tok = i % N, ch = i / N;
                         const uint4 *src = reinterpret_cast<const uint4 *>(raw + tok * MIDM_RAW_STRIDE + ch * 64);
@@ -293,9 +292,9 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32, 1) midm_kernel(struct 
         midm_finish<NT>(p, d, smem);
 }
 
-template <int NT>
+template <int NT, int AHEAD>
 static size_t midm_smem(void) {
-        size_t stage = MIDM_RING * (size_t) NT * 8 * MIDM_RAW_STRIDE + (size_t) NT * 8 * MIDM_STAGE;
+        size_t stage = (AHEAD + 1) * (size_t) NT * 8 * MIDM_RAW_STRIDE + (size_t) NT * 8 * MIDM_STAGE;
         size_t red = (size_t) NT * 8 * MIDM_ROWS * sizeof(float);
         return stage > red ? stage : red;
 }
@@ -354,22 +353,32 @@ static int midm_launch_cfg(struct midm_params *p, uint32_t cluster_force, size_t
         return KERN_CHECK_LAUNCH();
 }
 
-template <int NT>
+template <int NT, int AHEAD>
 static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
         static bool smem_ready;
-        const size_t smem = midm_smem<NT>();
+        const size_t smem = midm_smem<NT, AHEAD>();
 
         if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
+                if (cudaFuncSetAttribute(midm_kernel<NT, AHEAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
                     cudaSuccess)
                         return -EIO;
                 smem_ready = true;
         }
-        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT>);
+        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT, AHEAD>);
 }
 
 extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
+uint32_t kern_fp8_linear_mid_ahead = 0;
+}
+
+template <int NT>
+static int midm_launch_nt(struct midm_params *p, uint32_t q, cudaStream_t stream) {
+        if (kern_fp8_linear_mid_ahead == 1)
+                return midm_launch<NT, 1>(p, q, stream);
+        if (kern_fp8_linear_mid_ahead == 3)
+                return midm_launch<NT, 3>(p, q, stream);
+        return midm_launch<NT, MIDM_AHEAD>(p, q, stream);
 }
 
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
@@ -383,10 +392,10 @@ extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint3
         if (m == 0)
                 return 0;
         if (m <= 16)
-                return midm_launch<2>(&p, q, stream);
+                return midm_launch_nt<2>(&p, q, stream);
         if (m <= 32)
-                return midm_launch<4>(&p, q, stream);
+                return midm_launch_nt<4>(&p, q, stream);
         if (m <= 64)
-                return midm_launch<8>(&p, q, stream);
-        return midm_launch<16>(&p, q, stream);
+                return midm_launch_nt<8>(&p, q, stream);
+        return midm_launch_nt<16>(&p, q, stream);
 }
