@@ -26,12 +26,12 @@ namespace cg = cooperative_groups;
 #define MIDM_ROWS (MIDM_WARPS * 16)     /* weight rows per block: two warpgroups of 64 */
 #define MIDM_STEPS 4                    /* 64-byte K chunks per pipeline stage */
 #define MIDM_STAGE (MIDM_STEPS * 64)
-#define MIDM_AHEAD 2                    /* stages in flight beyond the one being multiplied (default) */
+#define MIDM_AHEAD 1                    /* stages in flight beyond the one being multiplied (R3: 1 beat 2 and 3) */
 /* staged token rows are padded by 16 bytes so that the reorder pass (consecutive lanes, consecutive tokens)
  * reads distinct banks */
 #define MIDM_RAW_STRIDE (MIDM_STAGE + 16)
 #define MIDM_MAX_CLUSTER 8
-#define MIDM_BLOCK_OVERHEAD 4           /* a block's fill and reduction, in 64-byte chunks (fits R2's K splits) */
+#define MIDM_BLOCK_OVERHEAD 16          /* a block's fill and reduction, in 64-byte chunks (fits R3's K splits) */
 
 struct midm_params {
         const uint8_t *w;
@@ -206,8 +206,8 @@ struct midm_wregs {
  * goes to k32 instruction 2 chunk + q / 2, K half q % 2, column 4 tg: wgmma h of a chunk takes word 2 h + kc
  * of every lane's 16 weight bytes as its K half kc. One k32 token tile is [N / 8][2][8 tokens][16 bytes].
  */
-template <int NT, int AHEAD>
-static __global__ void __launch_bounds__(MIDM_WARPS * 32, 1) midm_kernel(struct midm_params p) {
+template <int NT, int AHEAD, int MINB>
+static __global__ void __launch_bounds__(MIDM_WARPS * 32, MINB) midm_kernel(struct midm_params p) {
         constexpr uint32_t N = NT * 8, RAW_BUF = N * MIDM_RAW_STRIDE, INSTR = N * 32, RING = AHEAD + 1;
         extern __shared__ __align__(16) uint8_t smem[];
         cg::cluster_group cluster = cg::this_cluster();
@@ -299,22 +299,49 @@ static size_t midm_smem(void) {
         return stage > red ? stage : red;
 }
 
+template <int NT, int AHEAD>
+static size_t midm_smem(void);
+
 /* The K split (cluster size) for a shape: the one that minimises waves x (64-byte chunks per block + the
- * block's fixed cost), where a wave is one block per SM (the register budget allows no second one). It depends on the shape and the GPU only, never on the row count, so a token's
- * output does not change with the batch it runs in (the tests compare batched rows with single steps). */
+ * block's fixed cost), where a wave is as many clusters of that size as fit at once (clusters must sit in one
+ * GPC, so sizes that do not divide a GPC's SMs waste some). The fit is asked for the largest instantiation
+ * (one block per SM) whatever the row count, so that the split, and with it the summation order, depends on
+ * the shape and the GPU only: a token's output does not change with the batch it runs in (the tests compare
+ * batched rows with single steps). */
 static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
-        static int n_sm;
+        static int max_clusters[MIDM_MAX_CLUSTER + 1];
+        static bool ready;
         uint32_t best = 1;
         uint64_t best_cost = UINT64_MAX;
 
-        if (n_sm <= 0) {
-                int dev = 0;
-                if (cudaGetDevice(&dev) != cudaSuccess ||
-                    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n_sm <= 0)
-                        n_sm = 132;
+        if (!ready) {
+                const size_t smem = midm_smem<16, MIDM_AHEAD>();
+                cudaFuncSetAttribute(midm_kernel<16, MIDM_AHEAD, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int) smem);
+                for (int q = 1; q <= MIDM_MAX_CLUSTER; q++) {
+                        cudaLaunchConfig_t cfg = {};
+                        cudaLaunchAttribute attr;
+                        int n = 0;
+                        cfg.gridDim = dim3(q * 64);
+                        cfg.blockDim = dim3(MIDM_WARPS * 32);
+                        cfg.dynamicSmemBytes = smem;
+                        attr.id = cudaLaunchAttributeClusterDimension;
+                        attr.val.clusterDim.x = q;
+                        attr.val.clusterDim.y = 1;
+                        attr.val.clusterDim.z = 1;
+                        cfg.attrs = &attr;
+                        cfg.numAttrs = 1;
+                        if (cudaOccupancyMaxActiveClusters(&n, midm_kernel<16, MIDM_AHEAD, 1>, &cfg) != cudaSuccess)
+                                n = 0;
+                        max_clusters[q] = n;
+                }
+                (void) cudaGetLastError();
+                ready = true;
         }
         for (uint32_t q = 1; q <= MIDM_MAX_CLUSTER && q <= chunks; q++) {
-                uint64_t waves = ((uint64_t) row_blocks * q + n_sm - 1) / n_sm;
+                if (max_clusters[q] <= 0)
+                        continue;
+                uint64_t waves = (row_blocks + max_clusters[q] - 1) / max_clusters[q];
                 uint64_t cost = waves * ((chunks + q - 1) / q + MIDM_BLOCK_OVERHEAD);
                 if (cost < best_cost) {
                         best_cost = cost;
@@ -353,32 +380,30 @@ static int midm_launch_cfg(struct midm_params *p, uint32_t cluster_force, size_t
         return KERN_CHECK_LAUNCH();
 }
 
-template <int NT, int AHEAD>
+template <int NT, int AHEAD, int MINB>
 static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
         static bool smem_ready;
         const size_t smem = midm_smem<NT, AHEAD>();
 
         if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT, AHEAD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem) !=
-                    cudaSuccess)
+                if (cudaFuncSetAttribute(midm_kernel<NT, AHEAD, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int) smem) != cudaSuccess)
                         return -EIO;
                 smem_ready = true;
         }
-        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT, AHEAD>);
+        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT, AHEAD, MINB>);
 }
 
 extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
-uint32_t kern_fp8_linear_mid_ahead = 0;
+uint32_t kern_fp8_linear_mid_occupancy = 0;
 }
 
 template <int NT>
 static int midm_launch_nt(struct midm_params *p, uint32_t q, cudaStream_t stream) {
-        if (kern_fp8_linear_mid_ahead == 1)
-                return midm_launch<NT, 1>(p, q, stream);
-        if (kern_fp8_linear_mid_ahead == 3)
-                return midm_launch<NT, 3>(p, q, stream);
-        return midm_launch<NT, MIDM_AHEAD>(p, q, stream);
+        if (NT <= 8 && kern_fp8_linear_mid_occupancy == 2)
+                return midm_launch<NT, MIDM_AHEAD, (NT <= 8 ? 2 : 1)>(p, q, stream);
+        return midm_launch<NT, MIDM_AHEAD, 1>(p, q, stream);
 }
 
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,

@@ -19,8 +19,9 @@
 
 #define SMALL_M_MAX 8           /* up to this many rows the mma small-M kernel; beyond, cuBLASLt (measured: at 64
                                  * rows the small-M kernel ran qkv in 58 us/layer, far above cuBLASLt's ~11-20) */
-#define MID_M_MAX KERN_MID_M_MAX /* up to this many rows the weight-streaming mid-M kernel (gemm_midm.cu);
-                                 * beyond, cuBLASLt */
+#define MID_M_MAX 16            /* up to this many rows the weight-streaming mid-M kernel (gemm_midm.cu), beyond
+                                 * cuBLASLt: measured on H100 at 16 rows 1.06-1.5x faster than cuBLASLt on every
+                                 * dense shape and the LM head, at 32 and more rows slower (docs/perf-notes.md) */
 #define HEAD_CHUNK 256          /* logits rows per LM-head launch */
 #define PROF_EVENTS 4096
 
@@ -36,7 +37,8 @@ struct backend {
         struct backend_capacity cap;
         cudaStream_t stream;
         struct kern_blas *blas;
-        uint32_t mid_m_max;             /* MID_M_MAX, or GEMMA4D_CUDA_MIDM_MAX (0 = cuBLASLt from 9 rows) */
+        uint32_t mid_m_max;             /* MID_M_MAX, or GEMMA4D_CUDA_MIDM_MAX (0 = cuBLASLt from 9 rows; at most
+                                         * KERN_MID_M_MAX) */
         bool lost;
 
         struct dev_layer *layers;
@@ -595,7 +597,7 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
         b->mid_m_max = MID_M_MAX;
         if (getenv("GEMMA4D_CUDA_MIDM_MAX")) {
                 unsigned long v = strtoul(getenv("GEMMA4D_CUDA_MIDM_MAX"), NULL, 10);
-                b->mid_m_max = v < MID_M_MAX ? (uint32_t) v : MID_M_MAX;
+                b->mid_m_max = v < KERN_MID_M_MAX ? (uint32_t) v : KERN_MID_M_MAX;
         }
         b->prof = getenv("GEMMA4D_CUDA_PROFILE") && strcmp(getenv("GEMMA4D_CUDA_PROFILE"), "0") != 0;
         for (uint32_t i = 0; b->prof && i < PROF_EVENTS; i++)
