@@ -232,60 +232,70 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32, MINB) midm_kernel(stru
         for (int i = 0; i < N / 2; i++)
                 d[i] = 0.0f;
 
-        /* prologue: stages 0 .. AHEAD - 1 in flight (an empty commit group keeps the counting uniform) */
+        /* Stage s lives in ring slot s % RING (weight registers and token buffer). The stage loop is unrolled
+         * by RING so that every slot index is a compile-time constant: rotating register sets instead would
+         * move registers whose loads are still in flight, and a move waits for its load. Prologue: stages
+         * 0 .. AHEAD - 1 in flight (an empty commit group keeps the group counting uniform). */
         struct midm_wregs wr[RING];
 #pragma unroll
         for (int a = 0; a < AHEAD; a++) {
                 uint32_t kb = kbeg + a * MIDM_STAGE;
                 if ((uint32_t) a < n_stages) {
                         midm_stage_x<NT>(p, smem + a * RAW_BUF, kb, kend);
-                        midm_load_w(w0, w1, kb, kend, tig, wr[a + 1].lo, wr[a + 1].hi);
+                        midm_load_w(w0, w1, kb, kend, tig, wr[a].lo, wr[a].hi);
                 } else {
                         midm_cp_commit();
                 }
         }
-        for (uint32_t s = 0; s < n_stages; s++) {
-                /* rotate: wr[0] is this stage, wr[1 ..] the ones in flight; the freed set takes s + AHEAD */
+        for (uint32_t s0 = 0; s0 < n_stages; s0 += RING) {
 #pragma unroll
-                for (int a = 0; a < AHEAD; a++)
-                        wr[a] = wr[a + 1];
-                uint32_t ahead = s + AHEAD;
-                if (ahead < n_stages) {
-                        uint32_t kb = kbeg + ahead * MIDM_STAGE;
-                        midm_stage_x<NT>(p, smem + (ahead % RING) * RAW_BUF, kb, kend);
-                        midm_load_w(w0, w1, kb, kend, tig, wr[AHEAD].lo, wr[AHEAD].hi);
-                } else {
-                        midm_cp_commit();
-                }
-                midm_cp_wait<AHEAD>();
-                __syncthreads();
-                /* reorder this stage's tokens into the k32 tiles: one (token, chunk) per item */
-                const uint8_t *raw = smem + (s % RING) * RAW_BUF;
-                for (uint32_t i = threadIdx.x; i < N * MIDM_STEPS; i += MIDM_WARPS * 32) {
-                        uint32_t tok = i % N, ch = i / N;
-                        const uint4 *src = reinterpret_cast<const uint4 *>(raw + tok * MIDM_RAW_STRIDE + ch * 64);
-                        uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
-                        uint8_t *dst = tiles + (tok / 8) * 256 + (tok % 8) * 16;
-                        *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR) = make_uint4(v0.x, v1.x, v2.x, v3.x);
-                        *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR + 128) = make_uint4(v0.y, v1.y, v2.y, v3.y);
-                        *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR) = make_uint4(v0.z, v1.z, v2.z, v3.z);
-                        *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR + 128) =
-                                make_uint4(v0.w, v1.w, v2.w, v3.w);
-                }
-                /* ordinary stores read next by the tensor cores (async proxy) */
-                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                __syncthreads();
-                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+                for (int u = 0; u < RING; u++) {
+                        const uint32_t s = s0 + u;
+                        if (s >= n_stages)
+                                break;
+                        /* the slot of stage s + AHEAD held stage s - 1, finished in the previous pass */
+                        const int next = (u + AHEAD) % RING;
+                        if (s + AHEAD < n_stages) {
+                                uint32_t kb = kbeg + (s + AHEAD) * MIDM_STAGE;
+                                midm_stage_x<NT>(p, smem + next * RAW_BUF, kb, kend);
+                                midm_load_w(w0, w1, kb, kend, tig, wr[next].lo, wr[next].hi);
+                        } else {
+                                midm_cp_commit();
+                        }
+                        midm_cp_wait<AHEAD>();
+                        __syncthreads();
+                        /* reorder this stage's tokens into the k32 tiles: one (token, chunk) per item */
+                        const uint8_t *raw = smem + u * RAW_BUF;
+                        for (uint32_t i = threadIdx.x; i < N * MIDM_STEPS; i += MIDM_WARPS * 32) {
+                                uint32_t tok = i % N, ch = i / N;
+                                const uint4 *src =
+                                        reinterpret_cast<const uint4 *>(raw + tok * MIDM_RAW_STRIDE + ch * 64);
+                                uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
+                                uint8_t *dst = tiles + (tok / 8) * 256 + (tok % 8) * 16;
+                                *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR) = make_uint4(v0.x, v1.x, v2.x, v3.x);
+                                *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR + 128) =
+                                        make_uint4(v0.y, v1.y, v2.y, v3.y);
+                                *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR) =
+                                        make_uint4(v0.z, v1.z, v2.z, v3.z);
+                                *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR + 128) =
+                                        make_uint4(v0.w, v1.w, v2.w, v3.w);
+                        }
+                        /* ordinary stores read next by the tensor cores (async proxy) */
+                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                        __syncthreads();
+                        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-                for (int i = 0; i < MIDM_STEPS; i++) {
-                        const uint32_t a0[4] = {wr[0].lo[i].x, wr[0].hi[i].x, wr[0].lo[i].y, wr[0].hi[i].y};
-                        const uint32_t a1[4] = {wr[0].lo[i].z, wr[0].hi[i].z, wr[0].lo[i].w, wr[0].hi[i].w};
-                        midm_wgmma(d, a0, midm_desc(tiles + (2 * i) * INSTR));
-                        midm_wgmma(d, a1, midm_desc(tiles + (2 * i + 1) * INSTR));
+                        for (int i = 0; i < MIDM_STEPS; i++) {
+                                const uint4 lo = wr[u].lo[i], hi = wr[u].hi[i];
+                                const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
+                                const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
+                                midm_wgmma(d, a0, midm_desc(tiles + (2 * i) * INSTR));
+                                midm_wgmma(d, a1, midm_desc(tiles + (2 * i + 1) * INSTR));
+                        }
+                        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                        /* the next stage's first barrier also orders these reads of tiles before its reorder */
+                        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
                 }
-                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-                /* the next stage's first barrier also orders these reads of tiles before its reorder */
-                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         }
         midm_cp_wait<0>();
         __syncthreads();
@@ -397,10 +407,15 @@ static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream
 extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
 uint32_t kern_fp8_linear_mid_occupancy = 0;
+uint32_t kern_fp8_linear_mid_ahead = 0;
 }
 
 template <int NT>
 static int midm_launch_nt(struct midm_params *p, uint32_t q, cudaStream_t stream) {
+        if (kern_fp8_linear_mid_ahead == 2)
+                return midm_launch<NT, 2, 1>(p, q, stream);
+        if (kern_fp8_linear_mid_ahead == 3)
+                return midm_launch<NT, 3, 1>(p, q, stream);
         if (NT <= 8 && kern_fp8_linear_mid_occupancy == 2)
                 return midm_launch<NT, MIDM_AHEAD, (NT <= 8 ? 2 : 1)>(p, q, stream);
         return midm_launch<NT, MIDM_AHEAD, 1>(p, q, stream);
