@@ -15,6 +15,10 @@
  *
  * When the row blocks alone cannot fill the GPU, K is split over the blocks of a thread-block cluster; the
  * partial sums meet in distributed shared memory, so the split costs no extra launch and no workspace.
+ *
+ * Measured on H100 (docs/perf-notes.md, "mid"): faster than cuBLASLt at 16 rows on every dense shape of the
+ * model and on the LM head, slower from 32 rows on (the per-stage barriers and the token reorder grow with
+ * the row count while one block per SM has nothing to overlap them with).
  */
 #include <cooperative_groups.h>
 
@@ -26,7 +30,8 @@ namespace cg = cooperative_groups;
 #define MIDM_ROWS (MIDM_WARPS * 16)     /* weight rows per block: two warpgroups of 64 */
 #define MIDM_STEPS 4                    /* 64-byte K chunks per pipeline stage */
 #define MIDM_STAGE (MIDM_STEPS * 64)
-#define MIDM_AHEAD 1                    /* stages in flight beyond the one being multiplied (R3: 1 beat 2 and 3) */
+#define MIDM_AHEAD 1                    /* stages in flight beyond the one being multiplied: measured, 1 beat 2
+                                         * and 3 (fewer registers, two blocks per SM at 16 rows) */
 /* staged token rows are padded by 16 bytes so that the reorder pass (consecutive lanes, consecutive tokens)
  * reads distinct banks */
 #define MIDM_RAW_STRIDE (MIDM_STAGE + 16)
@@ -206,8 +211,8 @@ struct midm_wregs {
  * goes to k32 instruction 2 chunk + q / 2, K half q % 2, column 4 tg: wgmma h of a chunk takes word 2 h + kc
  * of every lane's 16 weight bytes as its K half kc. One k32 token tile is [N / 8][2][8 tokens][16 bytes].
  */
-template <int NT, int AHEAD, int MINB>
-static __global__ void __launch_bounds__(MIDM_WARPS * 32, MINB) midm_kernel(struct midm_params p) {
+template <int NT, int AHEAD>
+static __global__ void __launch_bounds__(MIDM_WARPS * 32, 1) midm_kernel(struct midm_params p) {
         constexpr uint32_t N = NT * 8, RAW_BUF = N * MIDM_RAW_STRIDE, INSTR = N * 32, RING = AHEAD + 1;
         extern __shared__ __align__(16) uint8_t smem[];
         cg::cluster_group cluster = cg::this_cluster();
@@ -232,70 +237,60 @@ static __global__ void __launch_bounds__(MIDM_WARPS * 32, MINB) midm_kernel(stru
         for (int i = 0; i < N / 2; i++)
                 d[i] = 0.0f;
 
-        /* Stage s lives in ring slot s % RING (weight registers and token buffer). The stage loop is unrolled
-         * by RING so that every slot index is a compile-time constant: rotating register sets instead would
-         * move registers whose loads are still in flight, and a move waits for its load. Prologue: stages
-         * 0 .. AHEAD - 1 in flight (an empty commit group keeps the group counting uniform). */
+        /* prologue: stages 0 .. AHEAD - 1 in flight (an empty commit group keeps the counting uniform) */
         struct midm_wregs wr[RING];
 #pragma unroll
         for (int a = 0; a < AHEAD; a++) {
                 uint32_t kb = kbeg + a * MIDM_STAGE;
                 if ((uint32_t) a < n_stages) {
                         midm_stage_x<NT>(p, smem + a * RAW_BUF, kb, kend);
-                        midm_load_w(w0, w1, kb, kend, tig, wr[a].lo, wr[a].hi);
+                        midm_load_w(w0, w1, kb, kend, tig, wr[a + 1].lo, wr[a + 1].hi);
                 } else {
                         midm_cp_commit();
                 }
         }
-        for (uint32_t s0 = 0; s0 < n_stages; s0 += RING) {
+        for (uint32_t s = 0; s < n_stages; s++) {
+                /* rotate: wr[0] is this stage, wr[1 ..] the ones in flight; the freed set takes s + AHEAD */
 #pragma unroll
-                for (int u = 0; u < RING; u++) {
-                        const uint32_t s = s0 + u;
-                        if (s >= n_stages)
-                                break;
-                        /* the slot of stage s + AHEAD held stage s - 1, finished in the previous pass */
-                        const int next = (u + AHEAD) % RING;
-                        if (s + AHEAD < n_stages) {
-                                uint32_t kb = kbeg + (s + AHEAD) * MIDM_STAGE;
-                                midm_stage_x<NT>(p, smem + next * RAW_BUF, kb, kend);
-                                midm_load_w(w0, w1, kb, kend, tig, wr[next].lo, wr[next].hi);
-                        } else {
-                                midm_cp_commit();
-                        }
-                        midm_cp_wait<AHEAD>();
-                        __syncthreads();
-                        /* reorder this stage's tokens into the k32 tiles: one (token, chunk) per item */
-                        const uint8_t *raw = smem + u * RAW_BUF;
-                        for (uint32_t i = threadIdx.x; i < N * MIDM_STEPS; i += MIDM_WARPS * 32) {
-                                uint32_t tok = i % N, ch = i / N;
-                                const uint4 *src =
-                                        reinterpret_cast<const uint4 *>(raw + tok * MIDM_RAW_STRIDE + ch * 64);
-                                uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
-                                uint8_t *dst = tiles + (tok / 8) * 256 + (tok % 8) * 16;
-                                *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR) = make_uint4(v0.x, v1.x, v2.x, v3.x);
-                                *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR + 128) =
-                                        make_uint4(v0.y, v1.y, v2.y, v3.y);
-                                *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR) =
-                                        make_uint4(v0.z, v1.z, v2.z, v3.z);
-                                *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR + 128) =
-                                        make_uint4(v0.w, v1.w, v2.w, v3.w);
-                        }
-                        /* ordinary stores read next by the tensor cores (async proxy) */
-                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                        __syncthreads();
-                        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-                        for (int i = 0; i < MIDM_STEPS; i++) {
-                                const uint4 lo = wr[u].lo[i], hi = wr[u].hi[i];
-                                const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y};
-                                const uint32_t a1[4] = {lo.z, hi.z, lo.w, hi.w};
-                                midm_wgmma(d, a0, midm_desc(tiles + (2 * i) * INSTR));
-                                midm_wgmma(d, a1, midm_desc(tiles + (2 * i + 1) * INSTR));
-                        }
-                        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-                        /* the next stage's first barrier also orders these reads of tiles before its reorder */
-                        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                for (int a = 0; a < AHEAD; a++)
+                        wr[a] = wr[a + 1];
+                uint32_t ahead = s + AHEAD;
+                if (ahead < n_stages) {
+                        uint32_t kb = kbeg + ahead * MIDM_STAGE;
+                        midm_stage_x<NT>(p, smem + (ahead % RING) * RAW_BUF, kb, kend);
+                        midm_load_w(w0, w1, kb, kend, tig, wr[AHEAD].lo, wr[AHEAD].hi);
+                } else {
+                        midm_cp_commit();
                 }
+                midm_cp_wait<AHEAD>();
+                __syncthreads();
+                /* reorder this stage's tokens into the k32 tiles: one (token, chunk) per item */
+                const uint8_t *raw = smem + (s % RING) * RAW_BUF;
+                for (uint32_t i = threadIdx.x; i < N * MIDM_STEPS; i += MIDM_WARPS * 32) {
+                        uint32_t tok = i % N, ch = i / N;
+                        const uint4 *src = reinterpret_cast<const uint4 *>(raw + tok * MIDM_RAW_STRIDE + ch * 64);
+                        uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
+                        uint8_t *dst = tiles + (tok / 8) * 256 + (tok % 8) * 16;
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR) = make_uint4(v0.x, v1.x, v2.x, v3.x);
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch) * INSTR + 128) = make_uint4(v0.y, v1.y, v2.y, v3.y);
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR) = make_uint4(v0.z, v1.z, v2.z, v3.z);
+                        *reinterpret_cast<uint4 *>(dst + (2 * ch + 1) * INSTR + 128) =
+                                make_uint4(v0.w, v1.w, v2.w, v3.w);
+                }
+                /* ordinary stores read next by the tensor cores (async proxy) */
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                __syncthreads();
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+                for (int i = 0; i < MIDM_STEPS; i++) {
+                        const uint32_t a0[4] = {wr[0].lo[i].x, wr[0].hi[i].x, wr[0].lo[i].y, wr[0].hi[i].y};
+                        const uint32_t a1[4] = {wr[0].lo[i].z, wr[0].hi[i].z, wr[0].lo[i].w, wr[0].hi[i].w};
+                        midm_wgmma(d, a0, midm_desc(tiles + (2 * i) * INSTR));
+                        midm_wgmma(d, a1, midm_desc(tiles + (2 * i + 1) * INSTR));
+                }
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                /* the next stage's first barrier also orders these reads of tiles before its reorder */
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         }
         midm_cp_wait<0>();
         __syncthreads();
@@ -326,7 +321,7 @@ static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
 
         if (!ready) {
                 const size_t smem = midm_smem<16, MIDM_AHEAD>();
-                cudaFuncSetAttribute(midm_kernel<16, MIDM_AHEAD, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                cudaFuncSetAttribute(midm_kernel<16, MIDM_AHEAD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int) smem);
                 for (int q = 1; q <= MIDM_MAX_CLUSTER; q++) {
                         cudaLaunchConfig_t cfg = {};
@@ -341,7 +336,7 @@ static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
                         attr.val.clusterDim.z = 1;
                         cfg.attrs = &attr;
                         cfg.numAttrs = 1;
-                        if (cudaOccupancyMaxActiveClusters(&n, midm_kernel<16, MIDM_AHEAD, 1>, &cfg) != cudaSuccess)
+                        if (cudaOccupancyMaxActiveClusters(&n, midm_kernel<16, MIDM_AHEAD>, &cfg) != cudaSuccess)
                                 n = 0;
                         max_clusters[q] = n;
                 }
@@ -390,35 +385,22 @@ static int midm_launch_cfg(struct midm_params *p, uint32_t cluster_force, size_t
         return KERN_CHECK_LAUNCH();
 }
 
-template <int NT, int AHEAD, int MINB>
+template <int NT, int AHEAD>
 static int midm_launch(struct midm_params *p, uint32_t cluster_force, cudaStream_t stream) {
         static bool smem_ready;
         const size_t smem = midm_smem<NT, AHEAD>();
 
         if (!smem_ready) {
-                if (cudaFuncSetAttribute(midm_kernel<NT, AHEAD, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                if (cudaFuncSetAttribute(midm_kernel<NT, AHEAD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int) smem) != cudaSuccess)
                         return -EIO;
                 smem_ready = true;
         }
-        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT, AHEAD, MINB>);
+        return midm_launch_cfg(p, cluster_force, smem, stream, midm_kernel<NT, AHEAD>);
 }
 
 extern "C" {
 uint32_t kern_fp8_linear_mid_cluster = 0;
-uint32_t kern_fp8_linear_mid_occupancy = 0;
-uint32_t kern_fp8_linear_mid_ahead = 0;
-}
-
-template <int NT>
-static int midm_launch_nt(struct midm_params *p, uint32_t q, cudaStream_t stream) {
-        if (kern_fp8_linear_mid_ahead == 2)
-                return midm_launch<NT, 2, 1>(p, q, stream);
-        if (kern_fp8_linear_mid_ahead == 3)
-                return midm_launch<NT, 3, 1>(p, q, stream);
-        if (NT <= 8 && kern_fp8_linear_mid_occupancy == 2)
-                return midm_launch<NT, MIDM_AHEAD, (NT <= 8 ? 2 : 1)>(p, q, stream);
-        return midm_launch<NT, MIDM_AHEAD, 1>(p, q, stream);
 }
 
 extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
@@ -432,10 +414,10 @@ extern "C" int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint3
         if (m == 0)
                 return 0;
         if (m <= 16)
-                return midm_launch_nt<2>(&p, q, stream);
+                return midm_launch<2, MIDM_AHEAD>(&p, q, stream);
         if (m <= 32)
-                return midm_launch_nt<4>(&p, q, stream);
+                return midm_launch<4, MIDM_AHEAD>(&p, q, stream);
         if (m <= 64)
-                return midm_launch_nt<8>(&p, q, stream);
-        return midm_launch_nt<16>(&p, q, stream);
+                return midm_launch<8, MIDM_AHEAD>(&p, q, stream);
+        return midm_launch<16, MIDM_AHEAD>(&p, q, stream);
 }

@@ -107,11 +107,9 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
  * 1..KERN_MID_M_MAX rows and k % 16 == 0: weights streamed once from HBM into registers, tokens staged in
  * shared memory, K split over a block cluster when the row blocks alone cannot fill the GPU. The FP8 tensor
  * cores accumulate with fewer mantissa bits than FP32 (relative error ~5e-4 at k = 2816, below a BF16
- * rounding). Tests only: kern_fp8_linear_mid_cluster != 0 forces that cluster size (1..8),
- * kern_fp8_linear_mid_occupancy = 2 caps registers for two blocks per SM (up to 64 rows),
- * kern_fp8_linear_mid_ahead (2, 3) deepens the pipeline. */
+ * rounding). Tests only: kern_fp8_linear_mid_cluster != 0 forces that cluster size (1..8). */
 #define KERN_MID_M_MAX 128
-extern uint32_t kern_fp8_linear_mid_cluster, kern_fp8_linear_mid_occupancy, kern_fp8_linear_mid_ahead;
+extern uint32_t kern_fp8_linear_mid_cluster;
 int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
                         const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                         cudaStream_t stream);

@@ -298,17 +298,9 @@ static void bench_shape(struct kern_blas *blas, const char *name, uint32_t n, ui
                        "speedup=%.2f\n",
                        name, n, k, B.m, tm, tm > 0 ? bytes / tm * 1e-3 : 0, tb, tb > 0 ? bytes / tb * 1e-3 : 0,
                        tm > 0 && tb > 0 ? tb / tm : 0);
-                /* two blocks per SM, and every K split, up to 64 rows: shows whether the launcher's choice is the fastest */
+                /* every K split up to 64 rows: shows whether the launcher's choice is the fastest */
                 if (B.m > 64)
                         continue;
-                kern_fp8_linear_mid_occupancy = 2;
-                printf("RESULT midm-occ2 shape=%s m=%u mid_us=%.2f\n", name, B.m, bench_time(&B, 0));
-                kern_fp8_linear_mid_occupancy = 0;
-                for (uint32_t a = 2; a <= 3; a++) {
-                        kern_fp8_linear_mid_ahead = a;
-                        printf("RESULT midm-ahead%u shape=%s m=%u mid_us=%.2f\n", a, name, B.m, bench_time(&B, 0));
-                }
-                kern_fp8_linear_mid_ahead = 0;
                 printf("RESULT midm-split shape=%s m=%u", name, B.m);
                 for (uint32_t q = 1; q <= 8; q++) {
                         kern_fp8_linear_mid_cluster = q;
@@ -370,24 +362,6 @@ int main(int argc, char **argv) {
         }
         test_mid(520, 320, 70, 0, 8);
         test_mid(130, 2816, 128, 1, 3);
-        printf("# two blocks per SM (register cap)\n");
-        kern_fp8_linear_mid_occupancy = 2;
-        test_mid(1000, 2816, 64, 0, 0);
-        test_mid(200, 48, 33, 0, 0);
-        test_mid(8192, 2816, 64, 0, 0);
-        test_mid(2816, 2112, 17, 0, 3);
-        test_mid(4224, 2816, 9, 1, 0);
-        kern_fp8_linear_mid_occupancy = 0;
-        for (uint32_t a = 2; a <= 3; a++) {
-                printf("# pipeline depth %u\n", a);
-                kern_fp8_linear_mid_ahead = a;
-                test_mid(1000, 2816, 100, 0, 0);
-                test_mid(200, 48, 128, 0, 0);
-                test_mid(8192, 2816, 64, 0, 0);
-                test_mid(2816, 2112, 17, 0, 3);
-                test_mid(24, 80, 9, 0, 0);
-        }
-        kern_fp8_linear_mid_ahead = 0;
         test_batch_invariance(2816, 2112);
         test_batch_invariance(4224, 2816);
         test_mid(130, 2816, 128, 1, 3);
