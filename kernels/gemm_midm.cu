@@ -36,7 +36,7 @@ namespace cg = cooperative_groups;
  * reads distinct banks */
 #define MIDM_RAW_STRIDE (MIDM_STAGE + 16)
 #define MIDM_MAX_CLUSTER 8
-#define MIDM_BLOCK_OVERHEAD 16          /* a block's fill and reduction, in 64-byte chunks (fits R3's K splits) */
+#define MIDM_BLOCK_OVERHEAD 4           /* a block's fill and reduction, in 64-byte chunks */
 
 struct midm_params {
         const uint8_t *w;
@@ -304,49 +304,25 @@ static size_t midm_smem(void) {
         return stage > red ? stage : red;
 }
 
-template <int NT, int AHEAD>
-static size_t midm_smem(void);
-
 /* The K split (cluster size) for a shape: the one that minimises waves x (64-byte chunks per block + the
- * block's fixed cost), where a wave is as many clusters of that size as fit at once (clusters must sit in one
- * GPC, so sizes that do not divide a GPC's SMs waste some). The fit is asked for the largest instantiation
- * (one block per SM) whatever the row count, so that the split, and with it the summation order, depends on
- * the shape and the GPU only: a token's output does not change with the batch it runs in (the tests compare
- * batched rows with single steps). */
+ * block's fixed cost), counting a wave as one block per SM. This is the rule every H100 timing in
+ * docs/perf-notes.md ran with; at 64 rows it is not the best split (clusters must sit in one GPC), at 16 rows,
+ * where two blocks share an SM, it is. It depends on the shape and the GPU only, never on the row count, so a
+ * token's output does not change with the batch it runs in (the tests compare batched rows with single
+ * steps). */
 static uint32_t midm_pick_cluster(uint32_t row_blocks, uint32_t chunks) {
-        static int max_clusters[MIDM_MAX_CLUSTER + 1];
-        static bool ready;
+        static int n_sm;
         uint32_t best = 1;
         uint64_t best_cost = UINT64_MAX;
 
-        if (!ready) {
-                const size_t smem = midm_smem<16, MIDM_AHEAD>();
-                cudaFuncSetAttribute(midm_kernel<16, MIDM_AHEAD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int) smem);
-                for (int q = 1; q <= MIDM_MAX_CLUSTER; q++) {
-                        cudaLaunchConfig_t cfg = {};
-                        cudaLaunchAttribute attr;
-                        int n = 0;
-                        cfg.gridDim = dim3(q * 64);
-                        cfg.blockDim = dim3(MIDM_WARPS * 32);
-                        cfg.dynamicSmemBytes = smem;
-                        attr.id = cudaLaunchAttributeClusterDimension;
-                        attr.val.clusterDim.x = q;
-                        attr.val.clusterDim.y = 1;
-                        attr.val.clusterDim.z = 1;
-                        cfg.attrs = &attr;
-                        cfg.numAttrs = 1;
-                        if (cudaOccupancyMaxActiveClusters(&n, midm_kernel<16, MIDM_AHEAD>, &cfg) != cudaSuccess)
-                                n = 0;
-                        max_clusters[q] = n;
-                }
-                (void) cudaGetLastError();
-                ready = true;
+        if (n_sm <= 0) {
+                int dev = 0;
+                if (cudaGetDevice(&dev) != cudaSuccess ||
+                    cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n_sm <= 0)
+                        n_sm = 132;
         }
         for (uint32_t q = 1; q <= MIDM_MAX_CLUSTER && q <= chunks; q++) {
-                if (max_clusters[q] <= 0)
-                        continue;
-                uint64_t waves = (row_blocks + max_clusters[q] - 1) / max_clusters[q];
+                uint64_t waves = ((uint64_t) row_blocks * q + n_sm - 1) / n_sm;
                 uint64_t cost = waves * ((chunks + q - 1) / q + MIDM_BLOCK_OVERHEAD);
                 if (cost < best_cost) {
                         best_cost = cost;
