@@ -10,20 +10,16 @@
  * from the pages, so prefill chunks of any length are correct on the sliding ring.
  * kv_commit: scratch -> pages after attention.
  */
-#include "common.cuh"
+#include "attention.cuh"
 
 #define ATT_WARPS 4
 
 /* tests: force the split (decode) kernel for every batch, to check both paths on the same inputs */
 extern "C" {
 bool kern_attention_force_split = false;
+int kern_attention_force_path = KERN_ATT_PATH_AUTO, kern_attention_last_path = KERN_ATT_PATH_AUTO;
 }
 
-struct att_ctx {
-        struct kern_batch bt;
-        uint32_t n_heads, n_kv, d, page_size, ring, window;
-        const uint8_t *k_pages, *v_pages, *k_new, *v_new;
-};
 
 template <bool FP8>
 static __device__ __forceinline__ void store_kv(void *base, size_t idx, float v) {
@@ -175,19 +171,6 @@ static __device__ __forceinline__ void load_kv(const uint8_t *base, size_t elem,
                 for (int i = 0; i < DPL; i++)
                         out[i] = bf16_bits_to_f32(b[i]);
         }
-}
-
-/* Element offset of key position j's row for kv head kvh. */
-static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const int32_t *table, int32_t j,
-                                                 int32_t pos0, int32_t row0, uint32_t kvh, bool *fresh) {
-        if (j >= pos0) {
-                *fresh = true;
-                return ((size_t) (row0 + j - pos0) * c.n_kv + kvh) * c.d;
-        }
-        *fresh = false;
-        uint32_t pi = (uint32_t) j / c.page_size;
-        int32_t page = table[c.ring ? pi % c.ring : pi];
-        return (((size_t) page * c.page_size + (uint32_t) j % c.page_size) * c.n_kv + kvh) * c.d;
 }
 
 template <int DPL, bool FP8, bool VEC>
@@ -469,6 +452,45 @@ static int launch_tile(bool fp8, uint32_t n_tokens, const uint16_t *q, const str
         return KERN_CHECK_LAUNCH();
 }
 
+/* Which kernel takes a batch. Prefill-like batches (several queries per sequence) go to a tile kernel that
+ * reads each K/V tile once per GQA group of query rows; decode batches (one query per sequence) would leave
+ * most of its rows empty and go to a per-(token, key split) kernel: the tensor-core one when there are enough
+ * (token, kv head) pairs to fill the GPU, otherwise the CUDA-core split-K kernel, which spreads a few queries'
+ * keys over more blocks. Tests may force a path; a forced path that cannot take the layer falls back. */
+static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *L) {
+        uint32_t group = L->n_heads / L->n_kv_heads;
+        bool tile_ok = group <= TILE_PAIRS;
+        uint32_t qt = tile_ok ? TILE_PAIRS / group : 1;
+        bool prefill_like = bt->n_tokens >= 2 * qt && bt->n_tokens >= qt * bt->n_seqs;
+        int path = kern_attention_force_split ? KERN_ATT_PATH_SPLIT : kern_attention_force_path;
+
+        switch (path) {
+        case KERN_ATT_PATH_SPLIT:
+                return path;
+        case KERN_ATT_PATH_TILE:
+                if (tile_ok)
+                        return path;
+                break;
+        case KERN_ATT_PATH_MMA_PREFILL:
+                if (att_mma_supported(L, true))
+                        return path;
+                break;
+        case KERN_ATT_PATH_MMA_DECODE:
+                if (att_mma_supported(L, false))
+                        return path;
+                break;
+        default:
+                break;
+        }
+        if (prefill_like && att_mma_supported(L, true))
+                return KERN_ATT_PATH_MMA_PREFILL;
+        if (prefill_like && tile_ok)
+                return KERN_ATT_PATH_TILE;
+        if (att_mma_supported(L, false) && bt->n_tokens * L->n_kv_heads >= ATT_MMA_DECODE_MIN_UNITS)
+                return KERN_ATT_PATH_MMA_DECODE;
+        return KERN_ATT_PATH_SPLIT;
+}
+
 extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *v_new, const struct kern_batch *bt,
                               const struct kern_attn_layer *L, float *partial, size_t partial_floats,
                               uint16_t *out, cudaStream_t stream) {
@@ -481,12 +503,11 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         uint32_t rows = bt->n_tokens * L->n_heads;
         uint32_t dpl = (L->head_dim + 31) / 32;
         dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
-        uint32_t group = L->n_heads / L->n_kv_heads;
-        /* prefill-like batches (several queries per sequence): the shared-memory tile kernel, K/V read once per
-         * 16 query-head pairs; decode batches (one query per sequence) would leave its warps idle */
-        uint32_t qt = TILE_PAIRS / (group < TILE_PAIRS ? group : TILE_PAIRS);
-        if (group <= TILE_PAIRS && bt->n_tokens >= 2 * qt && bt->n_tokens >= qt * bt->n_seqs &&
-            !kern_attention_force_split) {
+        int path = pick_path(bt, L);
+        kern_attention_last_path = path;
+        if (path == KERN_ATT_PATH_MMA_PREFILL)
+                return att_mma_prefill(q, c, L->kv_fp8, out, stream);
+        if (path == KERN_ATT_PATH_TILE) {
                 switch (dpl) {
                 case 1: return launch_tile<1>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
                 case 2: return launch_tile<2>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
@@ -495,13 +516,31 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
                 default: return launch_tile<16>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
                 }
         }
+        size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
+        if (path == KERN_ATT_PATH_MMA_DECODE) {
+                /* about two waves of blocks, each split taking at least ATT_MMA_MIN_CHUNK keys */
+                uint32_t units = bt->n_tokens * L->n_kv_heads;
+                uint32_t n_split = (2 * 132 + units - 1) / units, most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
+                if (n_split > most)
+                        n_split = most;
+                if (n_split > cap)
+                        n_split = cap ? (uint32_t) cap : 1;
+                if (n_split < 1)
+                        n_split = 1;
+                if (att_mma_decode(q, c, L->kv_fp8, n_split, partial, out, stream) < 0)
+                        return -EIO;
+                if (n_split > 1) {
+                        attention_merge_kernel<<<rows, 128, 0, stream>>>(partial, n_split, L->head_dim, out);
+                        return KERN_CHECK_LAUNCH();
+                }
+                return 0;
+        }
         uint32_t n_split = (264 + rows - 1) / rows;
         uint32_t by_len = (keys + 1023) / 1024, most = (keys + 63) / 64;
         if (n_split < by_len)
                 n_split = by_len;
         if (n_split > most)
                 n_split = most;
-        size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
         if (n_split > cap)
                 n_split = cap ? (uint32_t) cap : 1;
         if (n_split < 1)

@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Tensor-core attention (flash-attention style) for head dims 256 and 512, on mma.sync m16n8k16 (BF16 inputs,
+ * FP32 accumulation).
+ *
+ * A block owns a tile of query rows, where a row is one (token, query head) pair and the rows of one token are
+ * the query heads of one GQA group: they share every key, so a K/V tile staged once in shared memory serves
+ * them all. The block walks its keys in tiles of BK: K and V rows are gathered from the pages (or from this
+ * step's k_new / v_new), FP8 widened to BF16 on the way, into shared memory; then
+ *   S = Q K^T    warp (wr, wc) computes rows [16 wr, 16 wr + 16) x keys [wc BK/WC, (wc + 1) BK/WC), full depth;
+ *   softmax      row maxima are exchanged through shared memory, so every warp of a row group rescales with
+ *                the same running maximum; P = exp(S - m) rounded to BF16 (HF casts the probabilities to BF16
+ *                before PV) goes to shared memory;
+ *   O += P V     warp (wr, wc) owns output columns [wc D/WC, (wc + 1) D/WC) of its 16 rows over the whole key
+ *                tile, so no warp holds more than D/WC FP32 accumulator columns (128 registers at D = 512).
+ * Keys outside the causal / sliding-window range of every row of the tile are never visited; the tiles on
+ * the range's edges are masked per element.
+ *
+ * Two shapes of the same kernel:
+ *   prefill: 64 rows (32 tokens x 2 heads on sliding layers, 8 tokens x 8 heads on full ones), 8 warps;
+ *   decode:  one token per block (its GQA group as the rows, padded to 16), 4 warps splitting the key tile,
+ *            and the keys split over gridDim.z blocks whose partial (max, sum, unnormalised output) rows are
+ *            merged afterwards (attention.cu's merge kernel).
+ * Tokens of one block that belong to different sequences are handled one sequence at a time, the other rows
+ * masked.
+ */
+#include "attention.cuh"
+
+#include <cuda_bf16.h>
+
+static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
+        return (uint32_t) __cvta_generic_to_shared(p);
+}
+
+static __device__ __forceinline__ void ldsm_x4(const void *p, uint32_t r[4]) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_u32(p)));
+}
+
+static __device__ __forceinline__ void ldsm_x4_trans(const void *p, uint32_t r[4]) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_u32(p)));
+}
+
+/* d += a b, m16n8k16, BF16 in, FP32 accumulate */
+static __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+        __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&b);
+}
+
+/* two e4m3 (low byte first) -> two BF16, exactly (every e4m3 value is a BF16 value) */
+static __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v) {
+        __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (v & 0xffffu), __NV_E4M3);
+        float2 f = __half22float2(__half2(h));
+        return pack_bf16x2(f.x, f.y);
+}
+
+/* 16 e4m3 -> 16 BF16 (two 16-byte vectors) */
+static __device__ __forceinline__ void e4m3x16_to_bf16(uint4 in, uint4 *lo, uint4 *hi) {
+        lo->x = e4m3x2_to_bf16x2(in.x);
+        lo->y = e4m3x2_to_bf16x2(in.x >> 16);
+        lo->z = e4m3x2_to_bf16x2(in.y);
+        lo->w = e4m3x2_to_bf16x2(in.y >> 16);
+        hi->x = e4m3x2_to_bf16x2(in.z);
+        hi->y = e4m3x2_to_bf16x2(in.z >> 16);
+        hi->z = e4m3x2_to_bf16x2(in.w);
+        hi->w = e4m3x2_to_bf16x2(in.w >> 16);
+}
+
+template <int D, int WR, int WC, int BK>
+struct fa_shape {
+        static constexpr int ROWS = 16 * WR;
+        static constexpr int THREADS = 32 * WR * WC;
+        static constexpr int LD = D + 8;        /* padded rows: ldmatrix rows fall in distinct bank groups */
+        static constexpr int LDP = BK + 8;
+        static constexpr size_t SMEM = ((size_t) ROWS * LD + 2 * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
+                                       (size_t) 2 * WC * ROWS * 4;
+};
+
+/* Gather keys [kt, kt + nk) of kv head kvh into ks / vs as BF16 rows; rows nk..BK-1 are zeroed (P is 0
+ * there, but 0 * garbage could be NaN). */
+template <int D, int BK, int THREADS, bool FP8>
+static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, const struct att_ctx &c,
+                                                const int32_t *table, int32_t kt, int nk, int32_t pos0,
+                                                int32_t row0, uint32_t kvh) {
+        constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, CH = D * ELT / 16;
+        constexpr int ITERS = BK * CH / THREADS, G = ITERS < 4 ? ITERS : 4;
+        static_assert(BK * CH % THREADS == 0 && ITERS % G == 0, "tile must split evenly over the threads");
+#pragma unroll
+        for (int g0 = 0; g0 < ITERS; g0 += G) {
+                uint4 kb[G], vb[G];
+#pragma unroll
+                for (int u = 0; u < G; u++) {
+                        const int i = threadIdx.x + (g0 + u) * THREADS, kr = i / CH, w = i % CH;
+                        if (kr < nk) {
+                                bool fresh;
+                                size_t off = key_row(c, table, kt + kr, pos0, row0, kvh, &fresh) * ELT + w * 16;
+                                kb[u] = *reinterpret_cast<const uint4 *>((fresh ? c.k_new : c.k_pages) + off);
+                                vb[u] = *reinterpret_cast<const uint4 *>((fresh ? c.v_new : c.v_pages) + off);
+                        } else {
+                                kb[u] = make_uint4(0, 0, 0, 0);
+                                vb[u] = make_uint4(0, 0, 0, 0);
+                        }
+                }
+#pragma unroll
+                for (int u = 0; u < G; u++) {
+                        const int i = threadIdx.x + (g0 + u) * THREADS, kr = i / CH, w = i % CH;
+                        if (FP8) {
+                                uint4 *kd = reinterpret_cast<uint4 *>(ks + kr * LD + w * 16);
+                                uint4 *vd = reinterpret_cast<uint4 *>(vs + kr * LD + w * 16);
+                                e4m3x16_to_bf16(kb[u], kd, kd + 1);
+                                e4m3x16_to_bf16(vb[u], vd, vd + 1);
+                        } else {
+                                *reinterpret_cast<uint4 *>(ks + kr * LD + w * 8) = kb[u];
+                                *reinterpret_cast<uint4 *>(vs + kr * LD + w * 8) = vb[u];
+                        }
+                }
+        }
+}
+
+/*
+ * grid: (token groups of tpb tokens, kv heads, key splits). With gridDim.z == 1 the rows are finished into
+ * out; otherwise each row writes (m, l, o[D]) for its split into partial[(row * gridDim.z + split) * (D + 2)]
+ * (row = token * n_heads + head) and a chunk of at least min_chunk keys per split.
+ */
+template <int D, int WR, int WC, int BK, bool FP8>
+static __global__ void __launch_bounds__(32 * WR * WC, (D == 256 && WR * WC == 8) ? 2 : 1)
+        fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, float *partial,
+                  uint16_t *out) {
+        using S = fa_shape<D, WR, WC, BK>;
+        constexpr int ROWS = S::ROWS, THREADS = S::THREADS, LD = S::LD, LDP = S::LDP;
+        constexpr int KW = BK / WC;             /* keys per warp in S */
+        constexpr int NS = KW / 8;              /* S n-tiles per warp */
+        constexpr int DW = D / WC;              /* output columns per warp */
+        constexpr int NO = DW / 8;              /* O n-tiles per warp */
+        static_assert(NS % 2 == 0 && NO % 2 == 0, "n-tiles are loaded in pairs");
+        extern __shared__ __align__(16) uint8_t fa_sm[];
+        uint16_t *qs = reinterpret_cast<uint16_t *>(fa_sm);
+        uint16_t *ks = qs + ROWS * LD, *vs = ks + BK * LD, *ps = vs + BK * LD;
+        float *red_m = reinterpret_cast<float *>(ps + ROWS * LDP), *red_l = red_m + WC * ROWS;
+
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr = warp / WC, wc = warp % WC;
+        const uint32_t g = c.n_heads / c.n_kv, kvh = blockIdx.y, n_split = gridDim.z, split = blockIdx.z;
+        const uint32_t t_begin = blockIdx.x * tpb, t_end = min(t_begin + tpb, c.bt.n_tokens);
+        const uint32_t used_rows = (t_end - t_begin) * g;
+
+        /* Q tile, zero rows past the block's tokens */
+        for (uint32_t i = threadIdx.x; i < (uint32_t) ROWS * (D / 8); i += THREADS) {
+                const uint32_t r = i / (D / 8), w = i % (D / 8);
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (r < used_rows) {
+                        const uint32_t t = t_begin + r / g, h = kvh * g + r % g;
+                        v = *reinterpret_cast<const uint4 *>(q + ((size_t) t * c.n_heads + h) * D + w * 8);
+                }
+                *reinterpret_cast<uint4 *>(qs + r * LD + w * 8) = v;
+        }
+
+        /* this thread's two rows of the S / O fragments */
+        const int ra = wr * 16 + (lane >> 2), rb = ra + 8;
+        const uint32_t ta = t_begin + (uint32_t) ra / g, tb = t_begin + (uint32_t) rb / g;
+
+        for (uint32_t t0 = t_begin; t0 < t_end;) {
+                const int32_t seq = c.bt.tok_seq[t0];
+                uint32_t t1 = t0 + 1;
+                while (t1 < t_end && c.bt.tok_seq[t1] == seq)
+                        t1++;
+                const int32_t pos0 = c.bt.seq_pos0[seq], row0 = c.bt.seq_row0[seq];
+                const int32_t *table = c.bt.tables + c.bt.seq_table0[seq];
+                const bool in_a = (uint32_t) ra < used_rows && ta >= t0 && ta < t1;
+                const bool in_b = (uint32_t) rb < used_rows && tb >= t0 && tb < t1;
+                const int32_t qa = in_a ? c.bt.tok_pos[ta] : -1, qb = in_b ? c.bt.tok_pos[tb] : -1;
+                const int32_t la = c.window ? qa - (int32_t) c.window + 1 : 0;
+                const int32_t lb = c.window ? qb - (int32_t) c.window + 1 : 0;
+                const int32_t first_pos = c.bt.tok_pos[t0], last_pos = c.bt.tok_pos[t1 - 1];
+                int32_t klo = c.window ? max(0, first_pos - (int32_t) c.window + 1) : 0, khi = last_pos + 1;
+                if (n_split > 1) {
+                        /* whole key tiles per split, and never fewer than min_chunk keys: with a loose
+                         * bound on the context (decode graphs) the trailing splits simply find no keys */
+                        int32_t chunk = (khi - klo + (int32_t) n_split - 1) / (int32_t) n_split;
+                        chunk = max((chunk + BK - 1) / BK * BK, (int32_t) min_chunk);
+                        klo = klo + (int32_t) split * chunk;
+                        khi = min(khi, klo + chunk);
+                }
+
+                float o[NO][4];
+#pragma unroll
+                for (int n = 0; n < NO; n++)
+                        o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+                float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
+
+                for (int32_t kt = klo; kt < khi; kt += BK) {
+                        const int nk = min(BK, khi - kt);
+                        __syncthreads();
+                        stage_kv<D, BK, THREADS, FP8>(ks, vs, c, table, kt, nk, pos0, row0, kvh);
+                        __syncthreads();
+
+                        float s[NS][4];
+#pragma unroll
+                        for (int n = 0; n < NS; n++)
+                                s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+                        const uint16_t *qp = qs + (wr * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+                        const uint16_t *kp = ks + (wc * KW + (lane & 7) + ((lane >> 4) << 3)) * LD +
+                                             ((lane >> 3) & 1) * 8;
+#pragma unroll
+                        for (int kk = 0; kk < D / 16; kk++) {
+                                uint32_t a[4];
+                                ldsm_x4(qp + kk * 16, a);
+#pragma unroll
+                                for (int np = 0; np < NS / 2; np++) {
+                                        uint32_t b[4];
+                                        ldsm_x4(kp + np * 16 * LD + kk * 16, b);
+                                        mma_bf16(s[2 * np], a, b[0], b[1]);
+                                        mma_bf16(s[2 * np + 1], a, b[2], b[3]);
+                                }
+                        }
+
+                        /* mask, then this warp's row maxima */
+                        float xa = -INFINITY, xb = -INFINITY;
+#pragma unroll
+                        for (int n = 0; n < NS; n++)
+#pragma unroll
+                                for (int e = 0; e < 2; e++) {
+                                        const int32_t j = kt + wc * KW + n * 8 + (lane & 3) * 2 + e;
+                                        if (j > qa || j < la || j >= khi)
+                                                s[n][e] = -INFINITY;
+                                        if (j > qb || j < lb || j >= khi)
+                                                s[n][2 + e] = -INFINITY;
+                                        xa = fmaxf(xa, s[n][e]);
+                                        xb = fmaxf(xb, s[n][2 + e]);
+                                }
+                        xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
+                        xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
+                        xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
+                        xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
+                        if ((lane & 3) == 0) {
+                                red_m[wc * ROWS + ra] = xa;
+                                red_m[wc * ROWS + rb] = xb;
+                        }
+                        __syncthreads();
+                        float na = ma, nb = mb;
+#pragma unroll
+                        for (int w = 0; w < WC; w++) {
+                                na = fmaxf(na, red_m[w * ROWS + ra]);
+                                nb = fmaxf(nb, red_m[w * ROWS + rb]);
+                        }
+                        /* a row without any visible key so far keeps m = -inf: exponentiate against 0 */
+                        const float ca = na == -INFINITY ? 1.0f : __expf(ma - na);
+                        const float cb = nb == -INFINITY ? 1.0f : __expf(mb - nb);
+                        const float za = na == -INFINITY ? 0.0f : na, zb = nb == -INFINITY ? 0.0f : nb;
+                        ma = na;
+                        mb = nb;
+                        sa *= ca;
+                        sb *= cb;
+                        uint16_t *pa = ps + ra * LDP + wc * KW + (lane & 3) * 2, *pb = pa + 8 * LDP;
+#pragma unroll
+                        for (int n = 0; n < NS; n++) {
+                                uint32_t wa = pack_bf16x2(__expf(s[n][0] - za), __expf(s[n][1] - za));
+                                uint32_t wb = pack_bf16x2(__expf(s[n][2] - zb), __expf(s[n][3] - zb));
+                                /* the row sums add the rounded probabilities that PV multiplies */
+                                sa += __uint_as_float(wa << 16) + __uint_as_float(wa & 0xffff0000u);
+                                sb += __uint_as_float(wb << 16) + __uint_as_float(wb & 0xffff0000u);
+                                *reinterpret_cast<uint32_t *>(pa + n * 8) = wa;
+                                *reinterpret_cast<uint32_t *>(pb + n * 8) = wb;
+                        }
+#pragma unroll
+                        for (int n = 0; n < NO; n++) {
+                                o[n][0] *= ca;
+                                o[n][1] *= ca;
+                                o[n][2] *= cb;
+                                o[n][3] *= cb;
+                        }
+                        __syncthreads();
+
+                        const uint16_t *pp = ps + (wr * 16 + (lane & 15)) * LDP + (lane >> 4) * 8;
+                        const uint16_t *vp = vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + wc * DW +
+                                             (lane >> 4) * 8;
+#pragma unroll
+                        for (int kk = 0; kk < BK / 16; kk++) {
+                                uint32_t a[4];
+                                ldsm_x4(pp + kk * 16, a);
+#pragma unroll
+                                for (int np = 0; np < NO / 2; np++) {
+                                        uint32_t b[4];
+                                        ldsm_x4_trans(vp + kk * 16 * LD + np * 16, b);
+                                        mma_bf16(o[2 * np], a, b[0], b[1]);
+                                        mma_bf16(o[2 * np + 1], a, b[2], b[3]);
+                                }
+                        }
+                }
+
+                /* full row sums: the quad's columns, then the warps of the row group */
+                sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+                sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+                sb += __shfl_xor_sync(0xffffffffu, sb, 1);
+                sb += __shfl_xor_sync(0xffffffffu, sb, 2);
+                if ((lane & 3) == 0) {
+                        red_l[wc * ROWS + ra] = sa;
+                        red_l[wc * ROWS + rb] = sb;
+                }
+                __syncthreads();
+                float ta_sum = 0.0f, tb_sum = 0.0f;
+#pragma unroll
+                for (int w = 0; w < WC; w++) {
+                        ta_sum += red_l[w * ROWS + ra];
+                        tb_sum += red_l[w * ROWS + rb];
+                }
+                const int col = wc * DW + (lane & 3) * 2;
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                        const bool in = half ? in_b : in_a;
+                        if (!in)
+                                continue;
+                        const int r = half ? rb : ra;
+                        const uint32_t t = t_begin + (uint32_t) r / g, h = kvh * g + (uint32_t) r % g;
+                        const size_t row = (size_t) t * c.n_heads + h;
+                        const float m = half ? mb : ma, l = half ? tb_sum : ta_sum;
+                        if (n_split == 1) {
+                                const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                                uint16_t *dst = out + row * D + col;
+#pragma unroll
+                                for (int n = 0; n < NO; n++)
+                                        *reinterpret_cast<uint32_t *>(dst + n * 8) =
+                                                pack_bf16x2(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+                        } else {
+                                float *pp = partial + (row * n_split + split) * (D + 2);
+                                if (wc == 0 && (lane & 3) == 0) {
+                                        pp[0] = m;
+                                        pp[1] = l;
+                                }
+                                if (m == -INFINITY)
+                                        continue;       /* the merge skips the output of a keyless split */
+#pragma unroll
+                                for (int n = 0; n < NO; n++)
+                                        *reinterpret_cast<float2 *>(pp + 2 + col + n * 8) =
+                                                make_float2(o[n][2 * half], o[n][2 * half + 1]);
+                        }
+                }
+                __syncthreads();        /* red_l is rewritten by the next sequence's rows */
+                t0 = t1;
+        }
+}
+
+bool att_mma_supported(const struct kern_attn_layer *L, bool prefill) {
+        const uint32_t g = L->n_heads / L->n_kv_heads;
+        if (L->head_dim != 256 && L->head_dim != 512)
+                return false;
+        return prefill ? 64 % g == 0 : g <= 16;
+}
+
+template <int D, int WR, int WC, int BK, bool FP8>
+static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t tpb, uint32_t min_chunk,
+                     float *partial, uint16_t *out, cudaStream_t stream) {
+        using S = fa_shape<D, WR, WC, BK>;
+        static bool attr_set;
+        auto fn = fa_kernel<D, WR, WC, BK, FP8>;
+        /* the attribute is per function and per device; the daemon runs on one device */
+        if (!attr_set) {
+                if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) S::SMEM) !=
+                    cudaSuccess)
+                        return -EIO;
+                attr_set = true;
+        }
+        fn<<<grid, S::THREADS, S::SMEM, stream>>>(q, c, tpb, min_chunk, partial, out);
+        return KERN_CHECK_LAUNCH();
+}
+
+/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves), key tiles of 64 */
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16_t *out, cudaStream_t stream) {
+        const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
+        dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
+        if (c.d == 256)
+                return fp8 ? launch_fa<256, 4, 2, 64, true>(grid, q, c, tpb, 0, NULL, out, stream)
+                           : launch_fa<256, 4, 2, 64, false>(grid, q, c, tpb, 0, NULL, out, stream);
+        return fp8 ? launch_fa<512, 4, 2, 64, true>(grid, q, c, tpb, 0, NULL, out, stream)
+                   : launch_fa<512, 4, 2, 64, false>(grid, q, c, tpb, 0, NULL, out, stream);
+}
+
+/* decode shape: one token per block, 4 warps splitting each key tile of 64, n_split blocks per (token, kv
+ * head) taking at least ATT_MMA_MIN_CHUNK keys each */
+int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, float *partial,
+                   uint16_t *out, cudaStream_t stream) {
+        dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
+        if (c.d == 256)
+                return fp8 ? launch_fa<256, 1, 4, 64, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
+                           : launch_fa<256, 1, 4, 64, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+        return fp8 ? launch_fa<512, 1, 4, 64, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
+                   : launch_fa<512, 1, 4, 64, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+}
