@@ -18,7 +18,7 @@
  *
  * Two shapes of the same kernel:
  *   prefill: 64 rows (32 tokens x 2 heads on sliding layers, 8 tokens x 8 heads on full ones), 8 warps;
- *   decode:  one token per block (its GQA group as the rows, padded to 16), 4 warps splitting the key tile,
+ *   decode:  one token per block (its GQA group as the rows, padded to 16), 4 warps splitting key tiles of 32,
  *            and the keys split over gridDim.z blocks whose partial (max, sum, unnormalised output) rows are
  *            merged afterwards (attention.cu's merge kernel).
  * Tokens of one block that belong to different sequences are handled one sequence at a time, the other rows
@@ -35,6 +35,12 @@ static __device__ __forceinline__ uint32_t smem_u32(const void *p) {
 static __device__ __forceinline__ void ldsm_x4(const void *p, uint32_t r[4]) {
         asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                      : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(smem_u32(p)));
+}
+
+static __device__ __forceinline__ void ldsm_x2(const void *p, uint32_t r[2]) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
                      : "r"(smem_u32(p)));
 }
 
@@ -93,7 +99,8 @@ static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, cons
                                                 const int32_t *table, int32_t kt, int nk, int32_t pos0,
                                                 int32_t row0, uint32_t kvh) {
         constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, CH = D * ELT / 16;
-        constexpr int ITERS = BK * CH / THREADS, G = ITERS < 4 ? ITERS : 4;
+        /* loads in flight per thread: 8 pairs in the small decode blocks, 4 where registers are tight */
+        constexpr int ITERS = BK * CH / THREADS, GM = THREADS >= 256 ? 4 : 8, G = ITERS < GM ? ITERS : GM;
         static_assert(BK * CH % THREADS == 0 && ITERS % G == 0, "tile must split evenly over the threads");
 #pragma unroll
         for (int g0 = 0; g0 < ITERS; g0 += G) {
@@ -132,8 +139,14 @@ static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, cons
  * out; otherwise each row writes (m, l, o[D]) for its split into partial[(row * gridDim.z + split) * (D + 2)]
  * (row = token * n_heads + head) and a chunk of at least min_chunk keys per split.
  */
+template <int D, int WR, int WC, int BK>
+struct fa_occupancy {
+        /* blocks per SM the register budget is cut for (shared memory allows as many) */
+        static constexpr int MIN_BLOCKS = WR * WC == 8 ? (D == 256 ? 2 : 1) : (D == 256 ? 4 : 2);
+};
+
 template <int D, int WR, int WC, int BK, bool FP8>
-static __global__ void __launch_bounds__(32 * WR * WC, (D == 256 && WR * WC == 8) ? 2 : 1)
+static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, BK>::MIN_BLOCKS))
         fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, float *partial,
                   uint16_t *out) {
         using S = fa_shape<D, WR, WC, BK>;
@@ -142,7 +155,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (D == 256 && WR * WC == 8
         constexpr int NS = KW / 8;              /* S n-tiles per warp */
         constexpr int DW = D / WC;              /* output columns per warp */
         constexpr int NO = DW / 8;              /* O n-tiles per warp */
-        static_assert(NS % 2 == 0 && NO % 2 == 0, "n-tiles are loaded in pairs");
+        static_assert((NS == 1 || NS % 2 == 0) && NO % 2 == 0, "n-tiles are loaded in pairs");
         extern __shared__ __align__(16) uint8_t fa_sm[];
         uint16_t *qs = reinterpret_cast<uint16_t *>(fa_sm);
         uint16_t *ks = qs + ROWS * LD, *vs = ks + BK * LD, *ps = vs + BK * LD;
@@ -214,6 +227,11 @@ static __global__ void __launch_bounds__(32 * WR * WC, (D == 256 && WR * WC == 8
                         for (int kk = 0; kk < D / 16; kk++) {
                                 uint32_t a[4];
                                 ldsm_x4(qp + kk * 16, a);
+                                if (NS == 1) {
+                                        uint32_t b[2];
+                                        ldsm_x2(kp + kk * 16, b);
+                                        mma_bf16(s[0], a, b[0], b[1]);
+                                }
 #pragma unroll
                                 for (int np = 0; np < NS / 2; np++) {
                                         uint32_t b[4];
@@ -384,14 +402,15 @@ int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16
                    : launch_fa<512, 4, 2, 64, false>(grid, q, c, tpb, 0, NULL, out, stream);
 }
 
-/* decode shape: one token per block, 4 warps splitting each key tile of 64, n_split blocks per (token, kv
- * head) taking at least ATT_MMA_MIN_CHUNK keys each */
+/* decode shape: one token per block, 4 warps splitting each key tile of 32 (small blocks, several per SM, so
+ * that enough K/V bytes are in flight), n_split blocks per (token, kv head) taking at least ATT_MMA_MIN_CHUNK
+ * keys each */
 int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, float *partial,
                    uint16_t *out, cudaStream_t stream) {
         dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
         if (c.d == 256)
-                return fp8 ? launch_fa<256, 1, 4, 64, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
-                           : launch_fa<256, 1, 4, 64, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
-        return fp8 ? launch_fa<512, 1, 4, 64, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
-                   : launch_fa<512, 1, 4, 64, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+                return fp8 ? launch_fa<256, 1, 4, 32, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
+                           : launch_fa<256, 1, 4, 32, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+        return fp8 ? launch_fa<512, 1, 4, 32, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
+                   : launch_fa<512, 1, 4, 32, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
 }

@@ -518,9 +518,10 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         }
         size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
         if (path == KERN_ATT_PATH_MMA_DECODE) {
-                /* about two waves of blocks, each split taking at least ATT_MMA_MIN_CHUNK keys */
+                /* about three blocks per SM, each split taking at least ATT_MMA_MIN_CHUNK keys */
                 uint32_t units = bt->n_tokens * L->n_kv_heads;
-                uint32_t n_split = (2 * 132 + units - 1) / units, most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
+                uint32_t n_split = (3 * 132 + units - 1) / units;
+                uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
                 if (n_split > most)
                         n_split = most;
                 if (n_split > cap)
