@@ -1,12 +1,18 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * Tensor-core attention (flash-attention style) for head dims 256 and 512, on mma.sync m16n8k16 (BF16 inputs,
+ * Tensor-core attention (flash-attention style) for head dims 256 and 512, on mma.sync m16n8k16 (FP16 inputs,
  * FP32 accumulation).
+ *
+ * Why FP16 operands although the model is BF16: every operand value is exactly representable in FP16 (e4m3
+ * K/V; BF16 q, k, v after their RMSNorms, |x| <= sqrt(d) * max|norm weight|, far below 65504, with 8
+ * significant bits of FP16's 11; probabilities rounded to BF16 first, as HF does, in [0, 1]; only magnitudes
+ * below 2^-14 lose bits, as FP16 subnormals, an absolute error under 2^-25), so the products are those of a
+ * BF16 kernel, and e4m3 -> FP16 is one instruction per pair where e4m3 -> BF16 takes four.
  *
  * A block owns a tile of query rows, where a row is one (token, query head) pair and the rows of one token are
  * the query heads of one GQA group: they share every key, so a K/V tile staged once in shared memory serves
  * them all. The block walks its keys in tiles of BK: K and V rows are gathered from the pages (or from this
- * step's k_new / v_new), FP8 widened to BF16 on the way, into shared memory; then
+ * step's k_new / v_new), widened to FP16 on the way, into shared memory; then
  *   S = Q K^T    warp (wr, wc) computes rows [16 wr, 16 wr + 16) x keys [wc BK/WC, (wc + 1) BK/WC), full depth;
  *   softmax      row maxima are exchanged through shared memory, so every warp of a row group rescales with
  *                the same running maximum; P = exp(S - m) rounded to BF16 (HF casts the probabilities to BF16
@@ -50,9 +56,9 @@ static __device__ __forceinline__ void ldsm_x4_trans(const void *p, uint32_t r[4
                      : "r"(smem_u32(p)));
 }
 
-/* d += a b, m16n8k16, BF16 in, FP32 accumulate */
-static __device__ __forceinline__ void mma_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+/* d += a b, m16n8k16, FP16 in, FP32 accumulate */
+static __device__ __forceinline__ void mma_f16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
                      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -63,23 +69,37 @@ static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
         return *reinterpret_cast<uint32_t *>(&b);
 }
 
-/* two e4m3 (low byte first) -> two BF16, exactly (every e4m3 value is a BF16 value) */
-static __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v) {
+/* two e4m3 (low byte first) -> two FP16, exactly */
+static __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t v) {
         __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t) (v & 0xffffu), __NV_E4M3);
-        float2 f = __half22float2(__half2(h));
-        return pack_bf16x2(f.x, f.y);
+        return (uint32_t) h.x | ((uint32_t) h.y << 16);
 }
 
-/* 16 e4m3 -> 16 BF16 (two 16-byte vectors) */
-static __device__ __forceinline__ void e4m3x16_to_bf16(uint4 in, uint4 *lo, uint4 *hi) {
-        lo->x = e4m3x2_to_bf16x2(in.x);
-        lo->y = e4m3x2_to_bf16x2(in.x >> 16);
-        lo->z = e4m3x2_to_bf16x2(in.y);
-        lo->w = e4m3x2_to_bf16x2(in.y >> 16);
-        hi->x = e4m3x2_to_bf16x2(in.z);
-        hi->y = e4m3x2_to_bf16x2(in.z >> 16);
-        hi->z = e4m3x2_to_bf16x2(in.w);
-        hi->w = e4m3x2_to_bf16x2(in.w >> 16);
+/* 16 e4m3 -> 16 FP16 (two 16-byte vectors) */
+static __device__ __forceinline__ void e4m3x16_to_f16(uint4 in, uint4 *lo, uint4 *hi) {
+        lo->x = e4m3x2_to_f16x2(in.x);
+        lo->y = e4m3x2_to_f16x2(in.x >> 16);
+        lo->z = e4m3x2_to_f16x2(in.y);
+        lo->w = e4m3x2_to_f16x2(in.y >> 16);
+        hi->x = e4m3x2_to_f16x2(in.z);
+        hi->y = e4m3x2_to_f16x2(in.z >> 16);
+        hi->z = e4m3x2_to_f16x2(in.w);
+        hi->w = e4m3x2_to_f16x2(in.w >> 16);
+}
+
+/* two floats -> FP16x2 (low first) */
+static __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+        __half2 h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&h);
+}
+
+/* two BF16 (low first) -> two FP16 */
+static __device__ __forceinline__ uint32_t bf16x2_to_f16x2(uint32_t v) {
+        return pack_f16x2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+}
+
+static __device__ __forceinline__ uint4 bf16x8_to_f16(uint4 v) {
+        return make_uint4(bf16x2_to_f16x2(v.x), bf16x2_to_f16x2(v.y), bf16x2_to_f16x2(v.z), bf16x2_to_f16x2(v.w));
 }
 
 template <int D, int WR, int WC, int BK>
@@ -92,7 +112,7 @@ struct fa_shape {
                                        (size_t) 2 * WC * ROWS * 4;
 };
 
-/* Gather keys [kt, kt + nk) of kv head kvh into ks / vs as BF16 rows; rows nk..BK-1 are zeroed (P is 0
+/* Gather keys [kt, kt + nk) of kv head kvh into ks / vs as FP16 rows; rows nk..BK-1 are zeroed (P is 0
  * there, but 0 * garbage could be NaN). */
 template <int D, int BK, int THREADS, bool FP8>
 static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, const struct att_ctx &c,
@@ -100,7 +120,8 @@ static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, cons
                                                 int32_t row0, uint32_t kvh) {
         constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, CH = D * ELT / 16;
         /* loads in flight per thread: 8 pairs in the small decode blocks, 4 where registers are tight */
-        constexpr int ITERS = BK * CH / THREADS, GM = THREADS >= 256 ? 4 : 8, G = ITERS < GM ? ITERS : GM;
+        constexpr int ITERS = BK * CH / THREADS, GM = THREADS < 256 ? 8 : 4;
+        constexpr int G = ITERS < GM ? ITERS : GM;
         static_assert(BK * CH % THREADS == 0 && ITERS % G == 0, "tile must split evenly over the threads");
 #pragma unroll
         for (int g0 = 0; g0 < ITERS; g0 += G) {
@@ -124,11 +145,11 @@ static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, cons
                         if (FP8) {
                                 uint4 *kd = reinterpret_cast<uint4 *>(ks + kr * LD + w * 16);
                                 uint4 *vd = reinterpret_cast<uint4 *>(vs + kr * LD + w * 16);
-                                e4m3x16_to_bf16(kb[u], kd, kd + 1);
-                                e4m3x16_to_bf16(vb[u], vd, vd + 1);
+                                e4m3x16_to_f16(kb[u], kd, kd + 1);
+                                e4m3x16_to_f16(vb[u], vd, vd + 1);
                         } else {
-                                *reinterpret_cast<uint4 *>(ks + kr * LD + w * 8) = kb[u];
-                                *reinterpret_cast<uint4 *>(vs + kr * LD + w * 8) = vb[u];
+                                *reinterpret_cast<uint4 *>(ks + kr * LD + w * 8) = bf16x8_to_f16(kb[u]);
+                                *reinterpret_cast<uint4 *>(vs + kr * LD + w * 8) = bf16x8_to_f16(vb[u]);
                         }
                 }
         }
@@ -172,7 +193,8 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                 uint4 v = make_uint4(0, 0, 0, 0);
                 if (r < used_rows) {
                         const uint32_t t = t_begin + r / g, h = kvh * g + r % g;
-                        v = *reinterpret_cast<const uint4 *>(q + ((size_t) t * c.n_heads + h) * D + w * 8);
+                        v = bf16x8_to_f16(
+                                *reinterpret_cast<const uint4 *>(q + ((size_t) t * c.n_heads + h) * D + w * 8));
                 }
                 *reinterpret_cast<uint4 *>(qs + r * LD + w * 8) = v;
         }
@@ -230,14 +252,14 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 if (NS == 1) {
                                         uint32_t b[2];
                                         ldsm_x2(kp + kk * 16, b);
-                                        mma_bf16(s[0], a, b[0], b[1]);
+                                        mma_f16(s[0], a, b[0], b[1]);
                                 }
 #pragma unroll
                                 for (int np = 0; np < NS / 2; np++) {
                                         uint32_t b[4];
                                         ldsm_x4(kp + np * 16 * LD + kk * 16, b);
-                                        mma_bf16(s[2 * np], a, b[0], b[1]);
-                                        mma_bf16(s[2 * np + 1], a, b[2], b[3]);
+                                        mma_f16(s[2 * np], a, b[0], b[1]);
+                                        mma_f16(s[2 * np + 1], a, b[2], b[3]);
                                 }
                         }
 
@@ -286,8 +308,8 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 /* the row sums add the rounded probabilities that PV multiplies */
                                 sa += __uint_as_float(wa << 16) + __uint_as_float(wa & 0xffff0000u);
                                 sb += __uint_as_float(wb << 16) + __uint_as_float(wb & 0xffff0000u);
-                                *reinterpret_cast<uint32_t *>(pa + n * 8) = wa;
-                                *reinterpret_cast<uint32_t *>(pb + n * 8) = wb;
+                                *reinterpret_cast<uint32_t *>(pa + n * 8) = bf16x2_to_f16x2(wa);
+                                *reinterpret_cast<uint32_t *>(pb + n * 8) = bf16x2_to_f16x2(wb);
                         }
 #pragma unroll
                         for (int n = 0; n < NO; n++) {
@@ -309,8 +331,8 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 for (int np = 0; np < NO / 2; np++) {
                                         uint32_t b[4];
                                         ldsm_x4_trans(vp + kk * 16 * LD + np * 16, b);
-                                        mma_bf16(o[2 * np], a, b[0], b[1]);
-                                        mma_bf16(o[2 * np + 1], a, b[2], b[3]);
+                                        mma_f16(o[2 * np], a, b[0], b[1]);
+                                        mma_f16(o[2 * np + 1], a, b[2], b[3]);
                                 }
                         }
                 }
