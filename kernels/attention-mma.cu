@@ -102,15 +102,72 @@ static __device__ __forceinline__ uint4 bf16x8_to_f16(uint4 v) {
         return make_uint4(bf16x2_to_f16x2(v.x), bf16x2_to_f16x2(v.y), bf16x2_to_f16x2(v.z), bf16x2_to_f16x2(v.w));
 }
 
-template <int D, int WR, int WC, int BK>
+template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
 struct fa_shape {
         static constexpr int ROWS = 16 * WR;
         static constexpr int THREADS = 32 * WR * WC;
         static constexpr int LD = D + 8;        /* padded rows: ldmatrix rows fall in distinct bank groups */
         static constexpr int LDP = BK + 8;
+        /* PIPE: the next tile's raw K/V bytes land here (cp.async) while the current tile is computed */
+        static constexpr size_t RAW = PIPE ? (size_t) 2 * BK * D * (FP8 ? 1 : 2) : 0;
         static constexpr size_t SMEM = ((size_t) ROWS * LD + 2 * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
-                                       (size_t) 2 * WC * ROWS * 4;
+                                       (size_t) 2 * WC * ROWS * 4 + RAW;
 };
+
+static __device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_u32(dst)), "l"(src));
+}
+
+static __device__ __forceinline__ void cp_async_commit() {
+        asm volatile("cp.async.commit_group;\n" ::);
+}
+
+static __device__ __forceinline__ void cp_async_wait_all() {
+        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+/* PIPE staging, first half: start copying keys [kt, kt + nk) of kv head kvh into raw (K rows, then V rows) */
+template <int D, int BK, int THREADS, bool FP8>
+static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_ctx &c, const int32_t *table,
+                                                 int32_t kt, int nk, int32_t pos0, int32_t row0, uint32_t kvh) {
+        constexpr int ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
+        static_assert(BK * CH % THREADS == 0, "tile must split evenly over the threads");
+#pragma unroll
+        for (int u = 0; u < ITERS; u++) {
+                const int i = threadIdx.x + u * THREADS, kr = i / CH, w = i % CH;
+                if (kr < nk) {
+                        bool fresh;
+                        size_t off = key_row(c, table, kt + kr, pos0, row0, kvh, &fresh) * ELT + w * 16;
+                        cp_async16(raw + kr * RB + w * 16, (fresh ? c.k_new : c.k_pages) + off);
+                        cp_async16(raw + (BK + kr) * RB + w * 16, (fresh ? c.v_new : c.v_pages) + off);
+                }
+        }
+        cp_async_commit();
+}
+
+/* PIPE staging, second half: raw rows -> FP16 ks / vs, rows nk..BK-1 zeroed */
+template <int D, int BK, int THREADS, bool FP8>
+static __device__ __forceinline__ void widen_raw(uint16_t *ks, uint16_t *vs, const uint8_t *raw, int nk) {
+        constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
+#pragma unroll
+        for (int u = 0; u < ITERS; u++) {
+                const int i = threadIdx.x + u * THREADS, kr = i / CH, w = i % CH;
+                uint4 kb = make_uint4(0, 0, 0, 0), vb = kb;
+                if (kr < nk) {
+                        kb = *reinterpret_cast<const uint4 *>(raw + kr * RB + w * 16);
+                        vb = *reinterpret_cast<const uint4 *>(raw + (BK + kr) * RB + w * 16);
+                }
+                if (FP8) {
+                        uint4 *kd = reinterpret_cast<uint4 *>(ks + kr * LD + w * 16);
+                        uint4 *vd = reinterpret_cast<uint4 *>(vs + kr * LD + w * 16);
+                        e4m3x16_to_f16(kb, kd, kd + 1);
+                        e4m3x16_to_f16(vb, vd, vd + 1);
+                } else {
+                        *reinterpret_cast<uint4 *>(ks + kr * LD + w * 8) = bf16x8_to_f16(kb);
+                        *reinterpret_cast<uint4 *>(vs + kr * LD + w * 8) = bf16x8_to_f16(vb);
+                }
+        }
+}
 
 /* Gather keys [kt, kt + nk) of kv head kvh into ks / vs as FP16 rows; rows nk..BK-1 are zeroed (P is 0
  * there, but 0 * garbage could be NaN). */
@@ -166,11 +223,11 @@ struct fa_occupancy {
         static constexpr int MIN_BLOCKS = WR * WC == 8 ? (D == 256 ? 2 : 1) : (D == 256 ? 4 : 2);
 };
 
-template <int D, int WR, int WC, int BK, bool FP8>
+template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
 static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, BK>::MIN_BLOCKS))
         fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, float *partial,
                   uint16_t *out) {
-        using S = fa_shape<D, WR, WC, BK>;
+        using S = fa_shape<D, WR, WC, BK, FP8, PIPE>;
         constexpr int ROWS = S::ROWS, THREADS = S::THREADS, LD = S::LD, LDP = S::LDP;
         constexpr int KW = BK / WC;             /* keys per warp in S */
         constexpr int NS = KW / 8;              /* S n-tiles per warp */
@@ -181,6 +238,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
         uint16_t *qs = reinterpret_cast<uint16_t *>(fa_sm);
         uint16_t *ks = qs + ROWS * LD, *vs = ks + BK * LD, *ps = vs + BK * LD;
         float *red_m = reinterpret_cast<float *>(ps + ROWS * LDP), *red_l = red_m + WC * ROWS;
+        uint8_t *raw = reinterpret_cast<uint8_t *>(red_l + WC * ROWS);
 
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr = warp / WC, wc = warp % WC;
         const uint32_t g = c.n_heads / c.n_kv, kvh = blockIdx.y, n_split = gridDim.z, split = blockIdx.z;
@@ -232,11 +290,24 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
                 float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
 
+                if (PIPE && klo < khi)
+                        issue_raw<D, BK, THREADS, FP8>(raw, c, table, klo, min(BK, khi - klo), pos0, row0, kvh);
                 for (int32_t kt = klo; kt < khi; kt += BK) {
                         const int nk = min(BK, khi - kt);
-                        __syncthreads();
-                        stage_kv<D, BK, THREADS, FP8>(ks, vs, c, table, kt, nk, pos0, row0, kvh);
-                        __syncthreads();
+                        if (PIPE) {
+                                cp_async_wait_all();
+                                __syncthreads();
+                                widen_raw<D, BK, THREADS, FP8>(ks, vs, raw, nk);
+                                __syncthreads();
+                                /* the next tile's bytes travel while this one is computed */
+                                if (kt + BK < khi)
+                                        issue_raw<D, BK, THREADS, FP8>(raw, c, table, kt + BK,
+                                                                       min(BK, khi - kt - BK), pos0, row0, kvh);
+                        } else {
+                                __syncthreads();
+                                stage_kv<D, BK, THREADS, FP8>(ks, vs, c, table, kt, nk, pos0, row0, kvh);
+                                __syncthreads();
+                        }
 
                         float s[NS][4];
 #pragma unroll
@@ -396,12 +467,12 @@ bool att_mma_supported(const struct kern_attn_layer *L, bool prefill) {
         return prefill ? 64 % g == 0 : g <= 16;
 }
 
-template <int D, int WR, int WC, int BK, bool FP8>
+template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
 static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t tpb, uint32_t min_chunk,
                      float *partial, uint16_t *out, cudaStream_t stream) {
-        using S = fa_shape<D, WR, WC, BK>;
+        using S = fa_shape<D, WR, WC, BK, FP8, PIPE>;
         static bool attr_set;
-        auto fn = fa_kernel<D, WR, WC, BK, FP8>;
+        auto fn = fa_kernel<D, WR, WC, BK, FP8, PIPE>;
         /* the attribute is per function and per device; the daemon runs on one device */
         if (!attr_set) {
                 if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) S::SMEM) !=
@@ -413,15 +484,24 @@ static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint
         return KERN_CHECK_LAUNCH();
 }
 
-/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves), key tiles of 64 */
-int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16_t *out, cudaStream_t stream) {
+/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves); key tiles of 64 staged through registers,
+ * or (pipe) key tiles of 32 whose next tile is copied (cp.async) while the current one is computed */
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool pipe, uint16_t *out,
+                    cudaStream_t stream) {
         const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
         dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
+        if (pipe) {
+                if (c.d == 256)
+                        return fp8 ? launch_fa<256, 4, 2, 32, true, true>(grid, q, c, tpb, 0, NULL, out, stream)
+                                   : launch_fa<256, 4, 2, 32, false, true>(grid, q, c, tpb, 0, NULL, out, stream);
+                return fp8 ? launch_fa<512, 4, 2, 32, true, true>(grid, q, c, tpb, 0, NULL, out, stream)
+                           : launch_fa<512, 4, 2, 32, false, true>(grid, q, c, tpb, 0, NULL, out, stream);
+        }
         if (c.d == 256)
-                return fp8 ? launch_fa<256, 4, 2, 64, true>(grid, q, c, tpb, 0, NULL, out, stream)
-                           : launch_fa<256, 4, 2, 64, false>(grid, q, c, tpb, 0, NULL, out, stream);
-        return fp8 ? launch_fa<512, 4, 2, 64, true>(grid, q, c, tpb, 0, NULL, out, stream)
-                   : launch_fa<512, 4, 2, 64, false>(grid, q, c, tpb, 0, NULL, out, stream);
+                return fp8 ? launch_fa<256, 4, 2, 64, true, false>(grid, q, c, tpb, 0, NULL, out, stream)
+                           : launch_fa<256, 4, 2, 64, false, false>(grid, q, c, tpb, 0, NULL, out, stream);
+        return fp8 ? launch_fa<512, 4, 2, 64, true, false>(grid, q, c, tpb, 0, NULL, out, stream)
+                   : launch_fa<512, 4, 2, 64, false, false>(grid, q, c, tpb, 0, NULL, out, stream);
 }
 
 /* decode shape: one token per block, 4 warps splitting each key tile of 32 (small blocks, several per SM, so
@@ -431,8 +511,8 @@ int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_
                    uint16_t *out, cudaStream_t stream) {
         dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
         if (c.d == 256)
-                return fp8 ? launch_fa<256, 1, 4, 32, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
-                           : launch_fa<256, 1, 4, 32, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
-        return fp8 ? launch_fa<512, 1, 4, 32, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
-                   : launch_fa<512, 1, 4, 32, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+                return fp8 ? launch_fa<256, 1, 4, 32, true, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
+                           : launch_fa<256, 1, 4, 32, false, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+        return fp8 ? launch_fa<512, 1, 4, 32, true, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
+                   : launch_fa<512, 1, 4, 32, false, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
 }

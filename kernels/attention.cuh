@@ -28,6 +28,7 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
 /* fewer (token, kv head) pairs than this: decode batches take the CUDA-core split-K kernel */
 #define ATT_MMA_DECODE_MIN_UNITS 64
 bool att_mma_supported(const struct kern_attn_layer *L, bool prefill);
-int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16_t *out, cudaStream_t stream);
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool pipe, uint16_t *out,
+                    cudaStream_t stream);
 int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, float *partial,
                    uint16_t *out, cudaStream_t stream);

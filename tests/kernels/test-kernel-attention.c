@@ -66,6 +66,7 @@ static const char *path_name(int p) {
         case KERN_ATT_PATH_TILE: return "smem tile";
         case KERN_ATT_PATH_MMA_PREFILL: return "mma prefill";
         case KERN_ATT_PATH_MMA_DECODE: return "mma decode";
+        case KERN_ATT_PATH_MMA_PREFILL_PIPE: return "mma prefill pipe";
         default: return "?";
         }
 }
@@ -341,7 +342,7 @@ static double time_path(int path, const struct kern_batch *bt, const struct kern
         for (int i = 0; i < 3; i++)
                 KT_OK(kern_attention(dq, dkn, dvn, bt, L, dpart, pf, dout, 0));
         KT_CUDA(cudaDeviceSynchronize());
-        if (kern_attention_last_path != path) {
+        if (path != KERN_ATT_PATH_AUTO && kern_attention_last_path != path) {
                 kern_attention_force_path = KERN_ATT_PATH_AUTO;
                 return -1;
         }
@@ -363,8 +364,8 @@ static double time_path(int path, const struct kern_batch *bt, const struct kern
         return ms[reps / 2];
 }
 
-/* times: [0] old path, [1] new path, [2] the default choice (ms) */
-static void bench_one(const struct bench *Bn, int old_path, int new_path, double times[3]) {
+/* times: [0] old path, [1] new path, [2] the default choice, [3] new path 2 (ms; 2 may be 0: none) */
+static void bench_one(const struct bench *Bn, int old_path, int new_path, int new_path2, double times[4]) {
         const uint32_t B = 16, elt = Bn->fp8 ? 1 : 2, nh = Bn->nh, nkv = Bn->nkv, d = Bn->d;
         const uint32_t ring = Bn->window ? (Bn->window + B - 1) / B + 1 : 0;
         const uint32_t end = Bn->ctx + Bn->ntok, per_seq = ring ? ring : (end + B - 1) / B;
@@ -415,9 +416,10 @@ static void bench_one(const struct bench *Bn, int old_path, int new_path, double
         float *dpart = kt_dev(4 * pf);
 
         int reps = T >= 4096 ? 7 : 21;
-        const int paths[3] = {old_path, new_path, KERN_ATT_PATH_AUTO};
-        double lo[3], hi[3];
-        for (int i = 0; i < 3; i++)
+        const int paths[4] = {old_path, new_path, KERN_ATT_PATH_AUTO, new_path2};
+        double lo[4] = {0}, hi[4] = {0};
+        times[3] = -1;
+        for (int i = 0; i < (new_path2 ? 4 : 3); i++)
                 times[i] = time_path(paths[i], &bt, &L, dq, dkn, dvn, dpart, pf, dout, reps, &lo[i], &hi[i]);
         kern_attention_force_path = KERN_ATT_PATH_AUTO;
         KT_OK(kern_attention(dq, dkn, dvn, &bt, &L, dpart, pf, dout, 0));
@@ -427,6 +429,10 @@ static void bench_one(const struct bench *Bn, int old_path, int new_path, double
                Bn->name, path_name(old_path), times[0], lo[0], hi[0], path_name(new_path), times[1], lo[1], hi[1],
                path_name(kern_attention_last_path), times[2], times[1] > 0 ? times[0] / times[1] : 0.0,
                times[1] > 0 ? flop / (times[1] * 1e-3) / 1e12 : 0.0, flop, bt.max_keys);
+        if (new_path2)
+                printf("RESULT attn %s: variant[%s] %.4f ms (%.4f-%.4f), %.1f TFLOP/s\n", Bn->name,
+                       path_name(new_path2), times[3], lo[3], hi[3],
+                       times[3] > 0 ? flop / (times[3] * 1e-3) / 1e12 : 0.0);
         fflush(stdout);
         cudaFree((void *) bt.tok_seq), cudaFree((void *) bt.tok_pos), cudaFree((void *) bt.seq_row0);
         cudaFree((void *) bt.seq_pos0), cudaFree((void *) bt.seq_ntok), cudaFree((void *) bt.seq_table0);
@@ -437,25 +443,25 @@ static void bench_one(const struct bench *Bn, int old_path, int new_path, double
 
 /* the model's 25 sliding + 5 full layers: old kernels against new, per layer type and per forward */
 static void benchmarks(void) {
-        double sl[3], fl[3];
+        double sl[4], fl[4];
         struct bench b;
 
         printf("# timings (cudaEvent, 3 warm-ups, median of 7-21 runs); model: 25 sliding (d256, 8 kv heads, window "
                "1024) + 5 full (d512, 2 kv heads) layers, FP8 KV, page size 16\n");
         b = (struct bench){"prefill 8192 sliding fp8", 16, 8, 256, 1024, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, sl);
         b = (struct bench){"prefill 8192 full fp8", 16, 2, 512, 0, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, fl);
-        printf("RESULT attn prefill 8192 x 30 layers: old %.1f ms, new %.1f ms, default %.1f ms\n",
-               25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1], 25 * sl[2] + 5 * fl[2]);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, fl);
+        printf("RESULT attn prefill 8192 x 30 layers: old %.1f ms, new %.1f ms, pipe variant %.1f ms, default %.1f ms\n",
+               25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1], 25 * sl[3] + 5 * fl[3], 25 * sl[2] + 5 * fl[2]);
         b = (struct bench){"prefill 8192 sliding bf16", 16, 8, 256, 1024, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, sl);
         b = (struct bench){"prefill 8192 full bf16", 16, 2, 512, 0, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, fl);
         b = (struct bench){"chunked prefill 2048 at 6144 sliding fp8", 16, 8, 256, 1024, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, sl);
         b = (struct bench){"chunked prefill 2048 at 6144 full fp8", 16, 2, 512, 0, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, fl);
 
         static const uint32_t streams[] = {64, 16, 4, 1};
         for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
@@ -465,18 +471,18 @@ static void benchmarks(void) {
                         snprintf(n1, sizeof(n1), "decode %ux300 sliding fp8%s", streams[i], bn);
                         snprintf(n2, sizeof(n2), "decode %ux300 full fp8%s", streams[i], bn);
                         b = (struct bench){n1, 16, 8, 256, 1024, 1, streams[i], 299, 1, bound ? 1024 : 0};
-                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, sl);
+                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, 0, sl);
                         b = (struct bench){n2, 16, 2, 512, 0, 1, streams[i], 299, 1, bound ? 32768 : 0};
-                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, fl);
+                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, 0, fl);
                         printf("RESULT attn decode %ux300%s x 30 layers: old %.3f ms, new %.3f ms, default %.3f ms\n",
                                streams[i], bn, 25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1],
                                25 * sl[2] + 5 * fl[2]);
                 }
         }
         b = (struct bench){"decode 64x2000 full fp8", 16, 2, 512, 0, 1, 64, 1999, 1, 0};
-        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, fl);
+        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, 0, fl);
         b = (struct bench){"decode 1x8000 full fp8", 16, 2, 512, 0, 1, 1, 7999, 1, 0};
-        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, fl);
+        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, 0, fl);
 }
 
 int main(int argc, char **argv) {
@@ -524,7 +530,8 @@ int main(int argc, char **argv) {
                 {"prefill 8192 full d512 fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, pre8k, 1, 12, 1},
         };
         static const int paths[] = {KERN_ATT_PATH_AUTO, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_TILE,
-                                    KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_DECODE};
+                                    KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_DECODE,
+                                    KERN_ATT_PATH_MMA_PREFILL_PIPE};
         /* GEMMA4D_ATTN_TEST=quick: the reference checks only; =bench: the timings only */
         const char *mode = getenv("GEMMA4D_ATTN_TEST");
         int checks = !mode || strcmp(mode, "bench") != 0, timings = !mode || strcmp(mode, "quick") != 0;
