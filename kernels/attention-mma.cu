@@ -216,6 +216,10 @@ static __device__ __forceinline__ void stage_kv(uint16_t *ks, uint16_t *vs, cons
  * grid: (token groups of tpb tokens, kv heads, key splits). With gridDim.z == 1 the rows are finished into
  * out; otherwise each row writes (m, l, o[D]) for its split into partial[(row * gridDim.z + split) * (D + 2)]
  * (row = token * n_heads + head) and a chunk of at least min_chunk keys per split.
+ * Mixed batches (short_seg > 0): a sequence that has fewer than short_seg tokens in a prefill-shaped block
+ * (prefill_tpb tokens) would cost that block a walk over all its keys for a few rows, serially with the
+ * block's other sequences; the prefill-shaped launch skips those, and a decode-shaped launch takes exactly
+ * them (one block per token, the rest exit at once).
  */
 template <int D, int WR, int WC, int BK>
 struct fa_occupancy {
@@ -225,8 +229,8 @@ struct fa_occupancy {
 
 template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
 static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, BK>::MIN_BLOCKS))
-        fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, float *partial,
-                  uint16_t *out) {
+        fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, uint32_t prefill_tpb,
+                  uint32_t short_seg, float *partial, uint16_t *out) {
         using S = fa_shape<D, WR, WC, BK, FP8, PIPE>;
         constexpr int ROWS = S::ROWS, THREADS = S::THREADS, LD = S::LD, LDP = S::LDP;
         constexpr int KW = BK / WC;             /* keys per warp in S */
@@ -244,6 +248,20 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
         const uint32_t g = c.n_heads / c.n_kv, kvh = blockIdx.y, n_split = gridDim.z, split = blockIdx.z;
         const uint32_t t_begin = blockIdx.x * tpb, t_end = min(t_begin + tpb, c.bt.n_tokens);
         const uint32_t used_rows = (t_end - t_begin) * g;
+
+        if (tpb == 1 && short_seg) {
+                /* decode-shaped companion: only tokens of short sequence runs in their prefill block */
+                const uint32_t pb0 = t_begin / prefill_tpb * prefill_tpb;
+                const uint32_t pb1 = min(pb0 + prefill_tpb, c.bt.n_tokens);
+                const int32_t seq = c.bt.tok_seq[t_begin];
+                uint32_t a = t_begin, b = t_begin + 1;
+                while (a > pb0 && c.bt.tok_seq[a - 1] == seq)
+                        a--;
+                while (b < pb1 && c.bt.tok_seq[b] == seq)
+                        b++;
+                if (b - a >= short_seg)
+                        return;
+        }
 
         /* Q tile, zero rows past the block's tokens */
         for (uint32_t i = threadIdx.x; i < (uint32_t) ROWS * (D / 8); i += THREADS) {
@@ -266,6 +284,10 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                 uint32_t t1 = t0 + 1;
                 while (t1 < t_end && c.bt.tok_seq[t1] == seq)
                         t1++;
+                if (tpb > 1 && t1 - t0 < short_seg) {
+                        t0 = t1;        /* the decode-shaped companion launch takes these */
+                        continue;
+                }
                 const int32_t pos0 = c.bt.seq_pos0[seq], row0 = c.bt.seq_row0[seq];
                 const int32_t *table = c.bt.tables + c.bt.seq_table0[seq];
                 const bool in_a = (uint32_t) ra < used_rows && ta >= t0 && ta < t1;
@@ -469,7 +491,8 @@ bool att_mma_supported(const struct kern_attn_layer *L, bool prefill) {
 
 template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
 static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t tpb, uint32_t min_chunk,
-                     float *partial, uint16_t *out, cudaStream_t stream) {
+                     uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
+                     cudaStream_t stream) {
         using S = fa_shape<D, WR, WC, BK, FP8, PIPE>;
         static bool attr_set;
         auto fn = fa_kernel<D, WR, WC, BK, FP8, PIPE>;
@@ -480,39 +503,56 @@ static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint
                         return -EIO;
                 attr_set = true;
         }
-        fn<<<grid, S::THREADS, S::SMEM, stream>>>(q, c, tpb, min_chunk, partial, out);
+        fn<<<grid, S::THREADS, S::SMEM, stream>>>(q, c, tpb, min_chunk, prefill_tpb, short_seg, partial, out);
         return KERN_CHECK_LAUNCH();
 }
 
 /* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves); key tiles of 64 staged through registers,
- * or (pipe) key tiles of 32 whose next tile is copied (cp.async) while the current one is computed */
+ * or (pipe) key tiles of 32 whose next tile is copied (cp.async) while the current one is computed.
+ * With several sequences in the batch, short sequence runs go to a decode-shaped launch (fa_kernel). */
 int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool pipe, uint16_t *out,
                     cudaStream_t stream) {
         const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
+        const uint32_t short_seg = c.bt.n_seqs > 1 ? (tpb / 4 > 2 ? tpb / 4 : 2) : 0;
         dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
+        int r;
         if (pipe) {
                 if (c.d == 256)
-                        return fp8 ? launch_fa<256, 4, 2, 32, true, true>(grid, q, c, tpb, 0, NULL, out, stream)
-                                   : launch_fa<256, 4, 2, 32, false, true>(grid, q, c, tpb, 0, NULL, out, stream);
-                return fp8 ? launch_fa<512, 4, 2, 32, true, true>(grid, q, c, tpb, 0, NULL, out, stream)
-                           : launch_fa<512, 4, 2, 32, false, true>(grid, q, c, tpb, 0, NULL, out, stream);
+                        r = fp8 ? launch_fa<256, 4, 2, 32, true, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                                : launch_fa<256, 4, 2, 32, false, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+                else
+                        r = fp8 ? launch_fa<512, 4, 2, 32, true, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                                : launch_fa<512, 4, 2, 32, false, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+        } else {
+                if (c.d == 256)
+                        r = fp8 ? launch_fa<256, 4, 2, 64, true, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                                : launch_fa<256, 4, 2, 64, false, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+                else
+                        r = fp8 ? launch_fa<512, 4, 2, 64, true, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                                : launch_fa<512, 4, 2, 64, false, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
         }
-        if (c.d == 256)
-                return fp8 ? launch_fa<256, 4, 2, 64, true, false>(grid, q, c, tpb, 0, NULL, out, stream)
-                           : launch_fa<256, 4, 2, 64, false, false>(grid, q, c, tpb, 0, NULL, out, stream);
-        return fp8 ? launch_fa<512, 4, 2, 64, true, false>(grid, q, c, tpb, 0, NULL, out, stream)
-                   : launch_fa<512, 4, 2, 64, false, false>(grid, q, c, tpb, 0, NULL, out, stream);
+        if (r < 0 || !short_seg)
+                return r;
+        /* the companion writes its rows directly (one split): a merge would run over every row */
+        return att_mma_decode_rows(q, c, fp8, 1, tpb, short_seg, NULL, out, stream);
 }
 
 /* decode shape: one token per block, 4 warps splitting each key tile of 32 (small blocks, several per SM, so
  * that enough K/V bytes are in flight), n_split blocks per (token, kv head) taking at least ATT_MMA_MIN_CHUNK
- * keys each */
+ * keys each; d256 copies the next tile while computing the current one (d512's shared memory is full) */
+int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split,
+                        uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
+                        cudaStream_t stream) {
+        dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
+        const uint32_t mc = ATT_MMA_MIN_CHUNK, pt = prefill_tpb, ss = short_seg;
+        if (c.d == 256)
+                return fp8 ? launch_fa<256, 1, 4, 32, true, true>(grid, q, c, 1, mc, pt, ss, partial, out, stream)
+                           : launch_fa<256, 1, 4, 32, false, true>(grid, q, c, 1, mc, pt, ss, partial, out, stream);
+        return fp8 ? launch_fa<512, 1, 4, 32, true, false>(grid, q, c, 1, mc, pt, ss, partial, out, stream)
+                   : launch_fa<512, 1, 4, 32, false, false>(grid, q, c, 1, mc, pt, ss, partial, out, stream);
+}
+
 int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, float *partial,
                    uint16_t *out, cudaStream_t stream) {
-        dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
-        if (c.d == 256)
-                return fp8 ? launch_fa<256, 1, 4, 32, true, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
-                           : launch_fa<256, 1, 4, 32, false, true>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
-        return fp8 ? launch_fa<512, 1, 4, 32, true, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream)
-                   : launch_fa<512, 1, 4, 32, false, false>(grid, q, c, 1, ATT_MMA_MIN_CHUNK, partial, out, stream);
+        return att_mma_decode_rows(q, c, fp8, n_split, 1, 0, partial, out, stream);
 }
