@@ -64,6 +64,12 @@ static __device__ __forceinline__ void mma_f16(float d[4], const uint32_t a[4], 
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* two adjacent n-tiles: d[0] += a (b0, b1), d[1] += a (b2, b3), as one ldmatrix.x4 loads them */
+static __device__ __forceinline__ void mma_f16_x2(float d[][4], const uint32_t a[4], const uint32_t b[4]) {
+        mma_f16(d[0], a, b[0], b[1]);
+        mma_f16(d[1], a, b[2], b[3]);
+}
+
 static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
         __nv_bfloat162 b = __floats2bfloat162_rn(lo, hi);
         return *reinterpret_cast<uint32_t *>(&b);
@@ -351,8 +357,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 for (int np = 0; np < NS / 2; np++) {
                                         uint32_t b[4];
                                         ldsm_x4(kp + np * 16 * LD + kk * 16, b);
-                                        mma_f16(s[2 * np], a, b[0], b[1]);
-                                        mma_f16(s[2 * np + 1], a, b[2], b[3]);
+                                        mma_f16_x2(&s[2 * np], a, b);
                                 }
                         }
 
@@ -424,8 +429,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 for (int np = 0; np < NO / 2; np++) {
                                         uint32_t b[4];
                                         ldsm_x4_trans(vp + kk * 16 * LD + np * 16, b);
-                                        mma_f16(o[2 * np], a, b[0], b[1]);
-                                        mma_f16(o[2 * np + 1], a, b[2], b[3]);
+                                        mma_f16_x2(&o[2 * np], a, b);
                                 }
                         }
                 }

@@ -452,6 +452,23 @@ static int launch_tile(bool fp8, uint32_t n_tokens, const uint16_t *q, const str
         return KERN_CHECK_LAUNCH();
 }
 
+/* want, at most `most` (each split needs keys), at most what the partial scratch holds, at least 1 */
+static uint32_t clamp_split(uint32_t want, uint32_t most, size_t cap) {
+        if (want > most)
+                want = most;
+        if (want > cap)
+                want = cap ? (uint32_t) cap : 1;
+        return want < 1 ? 1 : want;
+}
+
+static int merge_splits(const float *partial, uint32_t n_split, uint32_t rows, uint32_t d, uint16_t *out,
+                        cudaStream_t stream) {
+        if (n_split <= 1)
+                return 0;
+        attention_merge_kernel<<<rows, 128, 0, stream>>>(partial, n_split, d, out);
+        return KERN_CHECK_LAUNCH();
+}
+
 /* Which kernel takes a batch. Prefill-like batches (several queries per sequence) go to a tile kernel that
  * reads each K/V tile once per GQA group of query rows; decode batches (one query per sequence) would leave
  * most of its rows empty and go to a per-(token, key split) kernel: the tensor-core one when there are enough
@@ -521,32 +538,14 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         if (path == KERN_ATT_PATH_MMA_DECODE) {
                 /* about three blocks per SM, each split taking at least ATT_MMA_MIN_CHUNK keys */
                 uint32_t units = bt->n_tokens * L->n_kv_heads;
-                uint32_t n_split = (3 * 132 + units - 1) / units;
-                uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
-                if (n_split > most)
-                        n_split = most;
-                if (n_split > cap)
-                        n_split = cap ? (uint32_t) cap : 1;
-                if (n_split < 1)
-                        n_split = 1;
+                uint32_t n_split = clamp_split((3 * 132 + units - 1) / units,
+                                               (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK, cap);
                 if (att_mma_decode(q, c, L->kv_fp8, n_split, partial, out, stream) < 0)
                         return -EIO;
-                if (n_split > 1) {
-                        attention_merge_kernel<<<rows, 128, 0, stream>>>(partial, n_split, L->head_dim, out);
-                        return KERN_CHECK_LAUNCH();
-                }
-                return 0;
+                return merge_splits(partial, n_split, rows, L->head_dim, out, stream);
         }
-        uint32_t n_split = (264 + rows - 1) / rows;
-        uint32_t by_len = (keys + 1023) / 1024, most = (keys + 63) / 64;
-        if (n_split < by_len)
-                n_split = by_len;
-        if (n_split > most)
-                n_split = most;
-        if (n_split > cap)
-                n_split = cap ? (uint32_t) cap : 1;
-        if (n_split < 1)
-                n_split = 1;
+        uint32_t n_split = (264 + rows - 1) / rows, by_len = (keys + 1023) / 1024;
+        n_split = clamp_split(n_split > by_len ? n_split : by_len, (keys + 63) / 64, cap);
         dim3 grid(rows, n_split);
 
         switch (dpl) {
@@ -559,11 +558,7 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         }
         if (KERN_CHECK_LAUNCH() < 0)
                 return -EIO;
-        if (n_split > 1) {
-                attention_merge_kernel<<<rows, 128, 0, stream>>>(partial, n_split, L->head_dim, out);
-                return KERN_CHECK_LAUNCH();
-        }
-        return 0;
+        return merge_splits(partial, n_split, rows, L->head_dim, out, stream);
 }
 
 static __global__ void kv_commit_kernel(const uint8_t *k_new, const uint8_t *v_new, struct att_ctx c,
