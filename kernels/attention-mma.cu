@@ -514,27 +514,23 @@ static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint
 /* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves); key tiles of 64 staged through registers,
  * or (pipe) key tiles of 32 whose next tile is copied (cp.async) while the current one is computed.
  * With several sequences in the batch, short sequence runs go to a decode-shaped launch (fa_kernel). */
+template <int BK, bool PIPE>
+static int launch_prefill(dim3 grid, const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t tpb,
+                          uint32_t short_seg, uint16_t *out, cudaStream_t stream) {
+        if (c.d == 256)
+                return fp8 ? launch_fa<256, 4, 2, BK, true, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                           : launch_fa<256, 4, 2, BK, false, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+        return fp8 ? launch_fa<512, 4, 2, BK, true, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                   : launch_fa<512, 4, 2, BK, false, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+}
+
 int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool pipe, uint16_t *out,
                     cudaStream_t stream) {
         const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
         const uint32_t short_seg = c.bt.n_seqs > 1 ? (tpb / 4 > 2 ? tpb / 4 : 2) : 0;
         dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
-        int r;
-        if (pipe) {
-                if (c.d == 256)
-                        r = fp8 ? launch_fa<256, 4, 2, 32, true, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                                : launch_fa<256, 4, 2, 32, false, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-                else
-                        r = fp8 ? launch_fa<512, 4, 2, 32, true, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                                : launch_fa<512, 4, 2, 32, false, true>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-        } else {
-                if (c.d == 256)
-                        r = fp8 ? launch_fa<256, 4, 2, 64, true, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                                : launch_fa<256, 4, 2, 64, false, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-                else
-                        r = fp8 ? launch_fa<512, 4, 2, 64, true, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                                : launch_fa<512, 4, 2, 64, false, false>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-        }
+        int r = pipe ? launch_prefill<32, true>(grid, q, c, fp8, tpb, short_seg, out, stream)
+                     : launch_prefill<64, false>(grid, q, c, fp8, tpb, short_seg, out, stream);
         if (r < 0 || !short_seg)
                 return r;
         /* the companion writes its rows directly (one split): a merge would run over every row */
