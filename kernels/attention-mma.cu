@@ -108,15 +108,18 @@ static __device__ __forceinline__ uint4 bf16x8_to_f16(uint4 v) {
         return make_uint4(bf16x2_to_f16x2(v.x), bf16x2_to_f16x2(v.y), bf16x2_to_f16x2(v.z), bf16x2_to_f16x2(v.w));
 }
 
-template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
+template <int D, int WR, int WC, int BK, bool FP8, bool PIPE, int QR>
 struct fa_shape {
         static constexpr int ROWS = 16 * WR;
+        /* Q rows held in shared memory: all ROWS, or 8 when a decode block's GQA group fits in 8 rows (rows
+         * 8-15 of the mma then read rows 0-7 again and are masked: no room spent on padding rows) */
+        static_assert(QR == ROWS || (QR == 8 && WR == 1), "Q rows: all, or 8 of a single row group");
         static constexpr int THREADS = 32 * WR * WC;
         static constexpr int LD = D + 8;        /* padded rows: ldmatrix rows fall in distinct bank groups */
         static constexpr int LDP = BK + 8;
         /* PIPE: the next tile's raw K/V bytes land here (cp.async) while the current tile is computed */
         static constexpr size_t RAW = PIPE ? (size_t) 2 * BK * D * (FP8 ? 1 : 2) : 0;
-        static constexpr size_t SMEM = ((size_t) ROWS * LD + 2 * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
+        static constexpr size_t SMEM = ((size_t) QR * LD + 2 * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
                                        (size_t) 2 * WC * ROWS * 4 + RAW;
 };
 
@@ -233,11 +236,11 @@ struct fa_occupancy {
         static constexpr int MIN_BLOCKS = WR * WC == 8 ? (D == 256 ? 2 : 1) : (D == 256 ? 4 : 2);
 };
 
-template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
+template <int D, int WR, int WC, int BK, bool FP8, bool PIPE, int QR>
 static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, BK>::MIN_BLOCKS))
         fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, uint32_t prefill_tpb,
                   uint32_t short_seg, float *partial, uint16_t *out) {
-        using S = fa_shape<D, WR, WC, BK, FP8, PIPE>;
+        using S = fa_shape<D, WR, WC, BK, FP8, PIPE, QR>;
         constexpr int ROWS = S::ROWS, THREADS = S::THREADS, LD = S::LD, LDP = S::LDP;
         constexpr int KW = BK / WC;             /* keys per warp in S */
         constexpr int NS = KW / 8;              /* S n-tiles per warp */
@@ -246,7 +249,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
         static_assert((NS == 1 || NS % 2 == 0) && NO % 2 == 0, "n-tiles are loaded in pairs");
         extern __shared__ __align__(16) uint8_t fa_sm[];
         uint16_t *qs = reinterpret_cast<uint16_t *>(fa_sm);
-        uint16_t *ks = qs + ROWS * LD, *vs = ks + BK * LD, *ps = vs + BK * LD;
+        uint16_t *ks = qs + QR * LD, *vs = ks + BK * LD, *ps = vs + BK * LD;
         float *red_m = reinterpret_cast<float *>(ps + ROWS * LDP), *red_l = red_m + WC * ROWS;
         uint8_t *raw = reinterpret_cast<uint8_t *>(red_l + WC * ROWS);
 
@@ -270,7 +273,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
         }
 
         /* Q tile, zero rows past the block's tokens */
-        for (uint32_t i = threadIdx.x; i < (uint32_t) ROWS * (D / 8); i += THREADS) {
+        for (uint32_t i = threadIdx.x; i < (uint32_t) QR * (D / 8); i += THREADS) {
                 const uint32_t r = i / (D / 8), w = i % (D / 8);
                 uint4 v = make_uint4(0, 0, 0, 0);
                 if (r < used_rows) {
@@ -341,7 +344,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
 #pragma unroll
                         for (int n = 0; n < NS; n++)
                                 s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-                        const uint16_t *qp = qs + (wr * 16 + (lane & 15)) * LD + (lane >> 4) * 8;
+                        const uint16_t *qp = qs + (wr * 16 + (lane & (QR == 8 ? 7 : 15))) * LD + (lane >> 4) * 8;
                         const uint16_t *kp = ks + (wc * KW + (lane & 7) + ((lane >> 4) << 3)) * LD +
                                              ((lane >> 3) & 1) * 8;
 #pragma unroll
@@ -493,13 +496,13 @@ bool att_mma_supported(const struct kern_attn_layer *L, bool prefill) {
         return prefill ? 64 % g == 0 : g <= 16;
 }
 
-template <int D, int WR, int WC, int BK, bool FP8, bool PIPE>
+template <int D, int WR, int WC, int BK, bool FP8, bool PIPE, int QR = 16 * WR>
 static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t tpb, uint32_t min_chunk,
                      uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
                      cudaStream_t stream) {
-        using S = fa_shape<D, WR, WC, BK, FP8, PIPE>;
+        using S = fa_shape<D, WR, WC, BK, FP8, PIPE, QR>;
         static bool attr_set;
-        auto fn = fa_kernel<D, WR, WC, BK, FP8, PIPE>;
+        auto fn = fa_kernel<D, WR, WC, BK, FP8, PIPE, QR>;
         /* the attribute is per function and per device; the daemon runs on one device */
         if (!attr_set) {
                 if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) S::SMEM) !=
@@ -539,17 +542,29 @@ int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool p
 
 /* decode shape: one token per block, 4 warps splitting each key tile of 32 (small blocks, several per SM, so
  * that enough K/V bytes are in flight), n_split blocks per (token, kv head) taking at least ATT_MMA_MIN_CHUNK
- * keys each; d256 copies the next tile while computing the current one (d512's shared memory is full) */
+ * keys each; the next tile is copied while the current one is computed where shared memory leaves room for
+ * it at two blocks per SM (d512: FP8 with a GQA group of at most 8) */
+template <int D, bool FP8, bool PIPE>
+static int launch_decode(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t prefill_tpb,
+                         uint32_t short_seg, float *partial, uint16_t *out, cudaStream_t stream) {
+        const uint32_t mc = ATT_MMA_MIN_CHUNK;
+        if (c.n_heads / c.n_kv <= 8)
+                return launch_fa<D, 1, 4, 32, FP8, PIPE, 8>(grid, q, c, 1, mc, prefill_tpb, short_seg, partial,
+                                                            out, stream);
+        return launch_fa<D, 1, 4, 32, FP8, PIPE && D == 256, 16>(grid, q, c, 1, mc, prefill_tpb, short_seg,
+                                                                 partial, out, stream);
+}
+
 int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split,
                         uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
                         cudaStream_t stream) {
         dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
-        const uint32_t mc = ATT_MMA_MIN_CHUNK, pt = prefill_tpb, ss = short_seg;
+        const uint32_t pt = prefill_tpb, ss = short_seg;
         if (c.d == 256)
-                return fp8 ? launch_fa<256, 1, 4, 32, true, true>(grid, q, c, 1, mc, pt, ss, partial, out, stream)
-                           : launch_fa<256, 1, 4, 32, false, true>(grid, q, c, 1, mc, pt, ss, partial, out, stream);
-        return fp8 ? launch_fa<512, 1, 4, 32, true, false>(grid, q, c, 1, mc, pt, ss, partial, out, stream)
-                   : launch_fa<512, 1, 4, 32, false, false>(grid, q, c, 1, mc, pt, ss, partial, out, stream);
+                return fp8 ? launch_decode<256, true, true>(grid, q, c, pt, ss, partial, out, stream)
+                           : launch_decode<256, false, true>(grid, q, c, pt, ss, partial, out, stream);
+        return fp8 ? launch_decode<512, true, true>(grid, q, c, pt, ss, partial, out, stream)
+                   : launch_decode<512, false, false>(grid, q, c, pt, ss, partial, out, stream);
 }
 
 int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, float *partial,

@@ -535,6 +535,10 @@ int main(int argc, char **argv) {
                 {"decode 64 x 250-439 sliding bf16", 16, 8, 256, 16, 1024, 128, 10000.0f, 0, 0, 1, dec64, 64, 0, 0},
                 {"decode 64 x 250-439 full fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, dec64, 64, 0, 0},
                 {"decode 64 x 250-439 full bf16", 16, 2, 512, 16, 0, 64, 1e6f, 1, 0, 0, dec64, 64, 0, 0},
+                {"full d256 gqa16 fp8 (16-row decode Q tile)", 16, 1, 256, 16, 0, 64, 1e6f, 1, 1, 0, fl, 4, 0, 0},
+                {"full d512 gqa16 bf16 (16-row decode Q tile)", 16, 1, 512, 16, 0, 64, 1e6f, 1, 0, 0, fl, 4, 0, 0},
+                {"mixed sliding d256 gqa4 window 300 fp8", 16, 4, 256, 16, 300, 128, 10000.0f, 0, 1, 1, mixed_sl, 7,
+                 48, 0},
                 {"prefill 8192 sliding w1024 fp8", 16, 8, 256, 16, 1024, 128, 10000.0f, 0, 1, 1, pre8k, 1, 24, 1},
                 {"prefill 8192 full d512 fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, pre8k, 1, 12, 1},
         };
