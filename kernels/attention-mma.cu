@@ -135,21 +135,40 @@ static __device__ __forceinline__ void cp_async_wait_all() {
         asm volatile("cp.async.wait_group 0;\n" ::: "memory");
 }
 
-/* PIPE staging, first half: start copying keys [kt, kt + nk) of kv head kvh into raw (K rows, then V rows) */
+/* PIPE staging, step one: where this thread's chunks of keys [kt, kt + nk) live: the page of each (read
+ * from the page table a tile ahead, so that the table's latency hides behind a tile of compute), -1 for a key
+ * of this step (k_new / v_new), -2 past nk */
 template <int D, int BK, int THREADS, bool FP8>
-static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_ctx &c, const int32_t *table,
-                                                 int32_t kt, int nk, int32_t pos0, int32_t row0, uint32_t kvh) {
+static __device__ __forceinline__ void lookup_pages(int32_t *page, const struct att_ctx &c, const int32_t *table,
+                                                    int32_t kt, int nk, int32_t pos0) {
+        constexpr int CH = D * (FP8 ? 1 : 2) / 16, ITERS = BK * CH / THREADS;
+#pragma unroll
+        for (int u = 0; u < ITERS; u++) {
+                const int kr = (threadIdx.x + u * THREADS) / CH;
+                const int32_t j = kt + kr;
+                const uint32_t pi = (uint32_t) j / c.page_size;
+                page[u] = kr >= nk ? -2 : j >= pos0 ? -1 : table[c.ring ? pi % c.ring : pi];
+        }
+}
+
+/* PIPE staging, step two: start copying the chunks into raw (K rows, then V rows) */
+template <int D, int BK, int THREADS, bool FP8>
+static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_ctx &c, const int32_t *page,
+                                                 int32_t kt, int32_t pos0, int32_t row0, uint32_t kvh) {
         constexpr int ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
         static_assert(BK * CH % THREADS == 0, "tile must split evenly over the threads");
 #pragma unroll
         for (int u = 0; u < ITERS; u++) {
                 const int i = threadIdx.x + u * THREADS, kr = i / CH, w = i % CH;
-                if (kr < nk) {
-                        bool fresh;
-                        size_t off = key_row(c, table, kt + kr, pos0, row0, kvh, &fresh) * ELT + w * 16;
-                        cp_async16(raw + kr * RB + w * 16, (fresh ? c.k_new : c.k_pages) + off);
-                        cp_async16(raw + (BK + kr) * RB + w * 16, (fresh ? c.v_new : c.v_pages) + off);
-                }
+                const int32_t j = kt + kr;
+                if (page[u] == -2)
+                        continue;
+                const bool fresh = page[u] == -1;
+                const size_t row = fresh ? (size_t) (row0 + j - pos0)
+                                         : (size_t) page[u] * c.page_size + (uint32_t) j % c.page_size;
+                const size_t off = ((row * c.n_kv + kvh) * D) * ELT + w * 16;
+                cp_async16(raw + kr * RB + w * 16, (fresh ? c.k_new : c.k_pages) + off);
+                cp_async16(raw + (BK + kr) * RB + w * 16, (fresh ? c.v_new : c.v_pages) + off);
         }
         cp_async_commit();
 }
@@ -321,8 +340,15 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
                 float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
 
-                if (PIPE && klo < khi)
-                        issue_raw<D, BK, THREADS, FP8>(raw, c, table, klo, min(BK, khi - klo), pos0, row0, kvh);
+                constexpr int PITERS = PIPE ? BK * (D * (FP8 ? 1 : 2) / 16) / THREADS : 1;
+                int32_t page[PITERS];
+                if (PIPE && klo < khi) {
+                        lookup_pages<D, BK, THREADS, FP8>(page, c, table, klo, min(BK, khi - klo), pos0);
+                        issue_raw<D, BK, THREADS, FP8>(raw, c, page, klo, pos0, row0, kvh);
+                        if (klo + BK < khi)
+                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, klo + BK, min(BK, khi - klo - BK),
+                                                                  pos0);
+                }
                 for (int32_t kt = klo; kt < khi; kt += BK) {
                         const int nk = min(BK, khi - kt);
                         if (PIPE) {
@@ -330,10 +356,14 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 __syncthreads();
                                 widen_raw<D, BK, THREADS, FP8>(ks, vs, raw, nk);
                                 __syncthreads();
-                                /* the next tile's bytes travel while this one is computed */
-                                if (kt + BK < khi)
-                                        issue_raw<D, BK, THREADS, FP8>(raw, c, table, kt + BK,
-                                                                       min(BK, khi - kt - BK), pos0, row0, kvh);
+                                /* the next tile's bytes, and the page numbers of the one after, travel
+                                 * while this one is computed */
+                                if (kt + BK < khi) {
+                                        issue_raw<D, BK, THREADS, FP8>(raw, c, page, kt + BK, pos0, row0, kvh);
+                                        if (kt + 2 * BK < khi)
+                                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, kt + 2 * BK,
+                                                                                  min(BK, khi - kt - 2 * BK), pos0);
+                                }
                         } else {
                                 __syncthreads();
                                 stage_kv<D, BK, THREADS, FP8>(ks, vs, c, table, kt, nk, pos0, row0, kvh);

@@ -263,25 +263,34 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         }
 }
 
+/* One block per row: the splits' weights exp(m_s - M) go to shared memory once, so that each output element
+ * reads only the splits that found keys (with a loose context bound most splits of a decode graph are
+ * empty). Sums run over s in order: the result does not depend on the block size. */
 static __global__ void attention_merge_kernel(const float *partial, uint32_t n_split, uint32_t d, uint16_t *out) {
+        extern __shared__ float merge_w[];      /* [n_split] weights, then [n_split] weighted row sums */
+        __shared__ float red[32];
         const float *pp = partial + (size_t) blockIdx.x * n_split * (d + 2);
-        float M = -INFINITY, L = 0.0f;
-        for (uint32_t s = 0; s < n_split; s++)
+        float M = -INFINITY;
+        for (uint32_t s = threadIdx.x; s < n_split; s += blockDim.x)
                 M = fmaxf(M, pp[s * (d + 2)]);
-        for (uint32_t s = 0; s < n_split; s++) {
-                float ms = pp[s * (d + 2)];
-                if (ms != -INFINITY)
-                        L += __expf(ms - M) * pp[s * (d + 2) + 1];
+        M = block_max(M, red);
+        for (uint32_t s = threadIdx.x; s < n_split; s += blockDim.x) {
+                float ms = pp[s * (d + 2)], w = ms == -INFINITY ? 0.0f : __expf(ms - M);
+                merge_w[s] = w;
+                merge_w[n_split + s] = w == 0.0f ? 0.0f : w * pp[s * (d + 2) + 1];
         }
+        __syncthreads();
+        float L = 0.0f;
+        for (uint32_t s = 0; s < n_split; s++)
+                L += merge_w[n_split + s];
         for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
                 float v = 0.0f;
-                for (uint32_t s = 0; s < n_split; s++) {
-                        float ms = pp[s * (d + 2)];
-                        if (ms != -INFINITY)
-                                v += __expf(ms - M) * pp[s * (d + 2) + 2 + i];
-                }
+                for (uint32_t s = 0; s < n_split; s++)
+                        if (merge_w[s] != 0.0f)
+                                v += merge_w[s] * pp[s * (d + 2) + 2 + i];
                 out[(size_t) blockIdx.x * d + i] = f32_to_bf16_bits(L > 0.0f ? v / L : 0.0f);
         }
+}
 }
 
 extern "C" size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint32_t head_dim) {
@@ -465,7 +474,7 @@ static int merge_splits(const float *partial, uint32_t n_split, uint32_t rows, u
                         cudaStream_t stream) {
         if (n_split <= 1)
                 return 0;
-        attention_merge_kernel<<<rows, 128, 0, stream>>>(partial, n_split, d, out);
+        attention_merge_kernel<<<rows, 128, 2 * n_split * sizeof(float), stream>>>(partial, n_split, d, out);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -504,7 +513,8 @@ static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *
                 return KERN_ATT_PATH_MMA_PREFILL;
         if (prefill_like && tile_ok)
                 return KERN_ATT_PATH_TILE;
-        if (att_mma_supported(L, false) && bt->n_tokens * L->n_kv_heads >= ATT_MMA_DECODE_MIN_UNITS)
+        if (att_mma_supported(L, false) &&
+            (bt->n_tokens * L->n_kv_heads >= ATT_MMA_DECODE_MIN_UNITS || bt->max_keys >= ATT_MMA_DECODE_MIN_KEYS))
                 return KERN_ATT_PATH_MMA_DECODE;
         return KERN_ATT_PATH_SPLIT;
 }
@@ -538,8 +548,9 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         if (path == KERN_ATT_PATH_MMA_DECODE) {
                 /* about three blocks per SM, each split taking at least ATT_MMA_MIN_CHUNK keys */
                 uint32_t units = bt->n_tokens * L->n_kv_heads;
+                uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
                 uint32_t n_split = clamp_split((3 * 132 + units - 1) / units,
-                                               (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK, cap);
+                                               most < ATT_MMA_MAX_SPLIT ? most : ATT_MMA_MAX_SPLIT, cap);
                 if (att_mma_decode(q, c, L->kv_fp8, n_split, partial, out, stream) < 0)
                         return -EIO;
                 return merge_splits(partial, n_split, rows, L->head_dim, out, stream);
