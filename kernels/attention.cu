@@ -291,7 +291,6 @@ static __global__ void attention_merge_kernel(const float *partial, uint32_t n_s
                 out[(size_t) blockIdx.x * d + i] = f32_to_bf16_bits(L > 0.0f ? v / L : 0.0f);
         }
 }
-}
 
 extern "C" size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint32_t head_dim) {
         size_t entries = (size_t) max_tokens * n_heads * 4;
