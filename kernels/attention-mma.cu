@@ -108,7 +108,7 @@ static __device__ __forceinline__ uint4 bf16x8_to_f16(uint4 v) {
         return make_uint4(bf16x2_to_f16x2(v.x), bf16x2_to_f16x2(v.y), bf16x2_to_f16x2(v.z), bf16x2_to_f16x2(v.w));
 }
 
-template <int D, int WR, int WC, int BK, bool FP8, bool PIPE, int QR>
+template <int D, int WR, int WC, int BK, bool FP8, int NST, int QR>
 struct fa_shape {
         static constexpr int ROWS = 16 * WR;
         /* Q rows held in shared memory: all ROWS, or 8 when a decode block's GQA group fits in 8 rows (rows
@@ -117,8 +117,9 @@ struct fa_shape {
         static constexpr int THREADS = 32 * WR * WC;
         static constexpr int LD = D + 8;        /* padded rows: ldmatrix rows fall in distinct bank groups */
         static constexpr int LDP = BK + 8;
-        /* PIPE: the next tile's raw K/V bytes land here (cp.async) while the current tile is computed */
-        static constexpr size_t RAW = PIPE ? (size_t) 2 * BK * D * (FP8 ? 1 : 2) : 0;
+        /* NST > 0: the next NST tiles' raw K/V bytes land here (cp.async) while the current one is computed */
+        static constexpr size_t RAW_STAGE = (size_t) 2 * BK * D * (FP8 ? 1 : 2);
+        static constexpr size_t RAW = NST * RAW_STAGE;
         static constexpr size_t SMEM = ((size_t) QR * LD + 2 * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
                                        (size_t) 2 * WC * ROWS * 4 + RAW;
 };
@@ -131,11 +132,13 @@ static __device__ __forceinline__ void cp_async_commit() {
         asm volatile("cp.async.commit_group;\n" ::);
 }
 
-static __device__ __forceinline__ void cp_async_wait_all() {
-        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+/* wait until at most N of this thread's copy groups are still in flight */
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-/* PIPE staging, step one: where this thread's chunks of keys [kt, kt + nk) live: the page of each (read
+/* cp.async staging, step one: where this thread's chunks of keys [kt, kt + nk) live: the page of each (read
  * from the page table a tile ahead, so that the table's latency hides behind a tile of compute), -1 for a key
  * of this step (k_new / v_new), -2 past nk */
 template <int D, int BK, int THREADS, bool FP8>
@@ -151,7 +154,7 @@ static __device__ __forceinline__ void lookup_pages(int32_t *page, const struct 
         }
 }
 
-/* PIPE staging, step two: start copying the chunks into raw (K rows, then V rows) */
+/* cp.async staging, step two: start copying the chunks into raw (K rows, then V rows); the caller commits */
 template <int D, int BK, int THREADS, bool FP8>
 static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_ctx &c, const int32_t *page,
                                                  int32_t kt, int32_t pos0, int32_t row0, uint32_t kvh) {
@@ -170,10 +173,9 @@ static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_
                 cp_async16(raw + kr * RB + w * 16, (fresh ? c.k_new : c.k_pages) + off);
                 cp_async16(raw + (BK + kr) * RB + w * 16, (fresh ? c.v_new : c.v_pages) + off);
         }
-        cp_async_commit();
 }
 
-/* PIPE staging, second half: raw rows -> FP16 ks / vs, rows nk..BK-1 zeroed */
+/* cp.async staging, step three: raw rows -> FP16 ks / vs, rows nk..BK-1 zeroed */
 template <int D, int BK, int THREADS, bool FP8>
 static __device__ __forceinline__ void widen_raw(uint16_t *ks, uint16_t *vs, const uint8_t *raw, int nk) {
         constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
@@ -255,11 +257,11 @@ struct fa_occupancy {
         static constexpr int MIN_BLOCKS = WR * WC == 8 ? (D == 256 ? 2 : 1) : (D == 256 ? 4 : 2);
 };
 
-template <int D, int WR, int WC, int BK, bool FP8, bool PIPE, int QR>
+template <int D, int WR, int WC, int BK, bool FP8, int NST, int QR>
 static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, BK>::MIN_BLOCKS))
         fa_kernel(const uint16_t *q, struct att_ctx c, uint32_t tpb, uint32_t min_chunk, uint32_t prefill_tpb,
                   uint32_t short_seg, float *partial, uint16_t *out) {
-        using S = fa_shape<D, WR, WC, BK, FP8, PIPE, QR>;
+        using S = fa_shape<D, WR, WC, BK, FP8, NST, QR>;
         constexpr int ROWS = S::ROWS, THREADS = S::THREADS, LD = S::LD, LDP = S::LDP;
         constexpr int KW = BK / WC;             /* keys per warp in S */
         constexpr int NS = KW / 8;              /* S n-tiles per warp */
@@ -340,30 +342,46 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
                 float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
 
-                constexpr int PITERS = PIPE ? BK * (D * (FP8 ? 1 : 2) / 16) / THREADS : 1;
+                constexpr int PITERS = NST ? BK * (D * (FP8 ? 1 : 2) / 16) / THREADS : 1;
+                const int n_tiles = khi > klo ? (khi - klo + BK - 1) / BK : 0;
                 int32_t page[PITERS];
-                if (PIPE && klo < khi) {
-                        lookup_pages<D, BK, THREADS, FP8>(page, c, table, klo, min(BK, khi - klo), pos0);
-                        issue_raw<D, BK, THREADS, FP8>(raw, c, page, klo, pos0, row0, kvh);
-                        if (klo + BK < khi)
-                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, klo + BK, min(BK, khi - klo - BK),
-                                                                  pos0);
-                }
-                for (int32_t kt = klo; kt < khi; kt += BK) {
-                        const int nk = min(BK, khi - kt);
-                        if (PIPE) {
-                                cp_async_wait_all();
-                                __syncthreads();
-                                widen_raw<D, BK, THREADS, FP8>(ks, vs, raw, nk);
-                                __syncthreads();
-                                /* the next tile's bytes, and the page numbers of the one after, travel
-                                 * while this one is computed */
-                                if (kt + BK < khi) {
-                                        issue_raw<D, BK, THREADS, FP8>(raw, c, page, kt + BK, pos0, row0, kvh);
-                                        if (kt + 2 * BK < khi)
-                                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, kt + 2 * BK,
-                                                                                  min(BK, khi - kt - 2 * BK), pos0);
+                if (NST) {
+                        /* the first NST tiles in flight, page numbers of the next one on their way; one
+                         * commit group per tile (empty past the last) keeps the wait count fixed */
+#pragma unroll
+                        for (int p = 0; p < NST; p++) {
+                                if (p < n_tiles) {
+                                        const int32_t kp = klo + p * BK;
+                                        lookup_pages<D, BK, THREADS, FP8>(page, c, table, kp, min(BK, khi - kp), pos0);
+                                        issue_raw<D, BK, THREADS, FP8>(raw + p * S::RAW_STAGE, c, page, kp, pos0,
+                                                                       row0, kvh);
                                 }
+                                cp_async_commit();
+                        }
+                        if (NST < n_tiles)
+                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, klo + NST * BK,
+                                                                  min(BK, khi - klo - NST * BK), pos0);
+                }
+                for (int it = 0; it < n_tiles; it++) {
+                        const int32_t kt = klo + it * BK;
+                        const int nk = min(BK, khi - kt);
+                        if (NST) {
+                                uint8_t *stage = raw + (it % (NST ? NST : 1)) * S::RAW_STAGE;
+                                cp_async_wait<NST ? NST - 1 : 0>();
+                                __syncthreads();
+                                widen_raw<D, BK, THREADS, FP8>(ks, vs, stage, nk);
+                                __syncthreads();
+                                /* the stage just widened takes tile it + NST, and the page numbers of the
+                                 * tile after travel while this one is computed */
+                                if (it + NST < n_tiles) {
+                                        issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
+                                        if (it + NST + 1 < n_tiles) {
+                                                const int32_t kn = kt + (NST + 1) * BK;
+                                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, kn, min(BK, khi - kn),
+                                                                                  pos0);
+                                        }
+                                }
+                                cp_async_commit();
                         } else {
                                 __syncthreads();
                                 stage_kv<D, BK, THREADS, FP8>(ks, vs, c, table, kt, nk, pos0, row0, kvh);
@@ -526,13 +544,13 @@ bool att_mma_supported(const struct kern_attn_layer *L, bool prefill) {
         return prefill ? 64 % g == 0 : g <= 16;
 }
 
-template <int D, int WR, int WC, int BK, bool FP8, bool PIPE, int QR = 16 * WR>
+template <int D, int WR, int WC, int BK, bool FP8, int NST, int QR = 16 * WR>
 static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t tpb, uint32_t min_chunk,
                      uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
                      cudaStream_t stream) {
-        using S = fa_shape<D, WR, WC, BK, FP8, PIPE, QR>;
+        using S = fa_shape<D, WR, WC, BK, FP8, NST, QR>;
         static bool attr_set;
-        auto fn = fa_kernel<D, WR, WC, BK, FP8, PIPE, QR>;
+        auto fn = fa_kernel<D, WR, WC, BK, FP8, NST, QR>;
         /* the attribute is per function and per device; the daemon runs on one device */
         if (!attr_set) {
                 if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) S::SMEM) !=
@@ -547,14 +565,14 @@ static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint
 /* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves); key tiles of 64 staged through registers,
  * or (pipe) key tiles of 32 whose next tile is copied (cp.async) while the current one is computed.
  * With several sequences in the batch, short sequence runs go to a decode-shaped launch (fa_kernel). */
-template <int BK, bool PIPE>
+template <int BK, int NST>
 static int launch_prefill(dim3 grid, const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t tpb,
                           uint32_t short_seg, uint16_t *out, cudaStream_t stream) {
         if (c.d == 256)
-                return fp8 ? launch_fa<256, 4, 2, BK, true, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                           : launch_fa<256, 4, 2, BK, false, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-        return fp8 ? launch_fa<512, 4, 2, BK, true, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                   : launch_fa<512, 4, 2, BK, false, PIPE>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+                return fp8 ? launch_fa<256, 4, 2, BK, true, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                           : launch_fa<256, 4, 2, BK, false, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+        return fp8 ? launch_fa<512, 4, 2, BK, true, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                   : launch_fa<512, 4, 2, BK, false, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
 }
 
 int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool pipe, uint16_t *out,
@@ -562,42 +580,49 @@ int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool p
         const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
         const uint32_t short_seg = c.bt.n_seqs > 1 ? (tpb / 4 > 2 ? tpb / 4 : 2) : 0;
         dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
-        int r = pipe ? launch_prefill<32, true>(grid, q, c, fp8, tpb, short_seg, out, stream)
-                     : launch_prefill<64, false>(grid, q, c, fp8, tpb, short_seg, out, stream);
+        int r = pipe ? launch_prefill<32, 1>(grid, q, c, fp8, tpb, short_seg, out, stream)
+                     : launch_prefill<64, 0>(grid, q, c, fp8, tpb, short_seg, out, stream);
         if (r < 0 || !short_seg)
                 return r;
         /* the companion writes its rows directly (one split): a merge would run over every row */
-        return att_mma_decode_rows(q, c, fp8, 1, tpb, short_seg, NULL, out, stream);
+        return att_mma_decode_rows(q, c, fp8, 1, false, tpb, short_seg, NULL, out, stream);
 }
 
 /* decode shape: one token per block, 4 warps splitting each key tile of 32 (small blocks, several per SM, so
  * that enough K/V bytes are in flight), n_split blocks per (token, kv head) taking at least ATT_MMA_MIN_CHUNK
- * keys each; the next tile is copied while the current one is computed where shared memory leaves room for
- * it at two blocks per SM (d512: FP8 with a GQA group of at most 8) */
-template <int D, bool FP8, bool PIPE>
+ * keys each. The next tile (deep: the next two) is copied while the current one is computed where shared
+ * memory leaves room at two blocks per SM (d512: FP8 with a GQA group of at most 8). */
+template <int D, bool FP8, int NST>
 static int launch_decode(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t prefill_tpb,
                          uint32_t short_seg, float *partial, uint16_t *out, cudaStream_t stream) {
         const uint32_t mc = ATT_MMA_MIN_CHUNK;
         if (c.n_heads / c.n_kv <= 8)
-                return launch_fa<D, 1, 4, 32, FP8, PIPE, 8>(grid, q, c, 1, mc, prefill_tpb, short_seg, partial,
-                                                            out, stream);
-        return launch_fa<D, 1, 4, 32, FP8, PIPE && D == 256, 16>(grid, q, c, 1, mc, prefill_tpb, short_seg,
-                                                                 partial, out, stream);
+                return launch_fa<D, 1, 4, 32, FP8, NST, 8>(grid, q, c, 1, mc, prefill_tpb, short_seg, partial,
+                                                           out, stream);
+        return launch_fa<D, 1, 4, 32, FP8, D == 256 ? NST : 0, 16>(grid, q, c, 1, mc, prefill_tpb, short_seg,
+                                                                   partial, out, stream);
 }
 
-int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split,
+int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool deep,
                         uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
                         cudaStream_t stream) {
         dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
         const uint32_t pt = prefill_tpb, ss = short_seg;
-        if (c.d == 256)
-                return fp8 ? launch_decode<256, true, true>(grid, q, c, pt, ss, partial, out, stream)
-                           : launch_decode<256, false, true>(grid, q, c, pt, ss, partial, out, stream);
-        return fp8 ? launch_decode<512, true, true>(grid, q, c, pt, ss, partial, out, stream)
-                   : launch_decode<512, false, false>(grid, q, c, pt, ss, partial, out, stream);
+        if (c.d == 256) {
+                if (deep)
+                        return fp8 ? launch_decode<256, true, 2>(grid, q, c, pt, ss, partial, out, stream)
+                                   : launch_decode<256, false, 2>(grid, q, c, pt, ss, partial, out, stream);
+                return fp8 ? launch_decode<256, true, 1>(grid, q, c, pt, ss, partial, out, stream)
+                           : launch_decode<256, false, 1>(grid, q, c, pt, ss, partial, out, stream);
+        }
+        if (deep)
+                return fp8 ? launch_decode<512, true, 2>(grid, q, c, pt, ss, partial, out, stream)
+                           : launch_decode<512, false, 0>(grid, q, c, pt, ss, partial, out, stream);
+        return fp8 ? launch_decode<512, true, 1>(grid, q, c, pt, ss, partial, out, stream)
+                   : launch_decode<512, false, 0>(grid, q, c, pt, ss, partial, out, stream);
 }
 
-int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, float *partial,
-                   uint16_t *out, cudaStream_t stream) {
-        return att_mma_decode_rows(q, c, fp8, n_split, 1, 0, partial, out, stream);
+int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool deep,
+                   float *partial, uint16_t *out, cudaStream_t stream) {
+        return att_mma_decode_rows(q, c, fp8, n_split, deep, 1, 0, partial, out, stream);
 }
