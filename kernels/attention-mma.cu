@@ -132,6 +132,16 @@ static __device__ __forceinline__ void cp_async_commit() {
         asm volatile("cp.async.commit_group;\n" ::);
 }
 
+/* The warps of one row group (the WC warps sharing 16 query rows) exchange row maxima and probabilities
+ * through shared memory; only they need to meet, so row groups run ahead of each other between tiles. */
+template <int WR, int WC>
+static __device__ __forceinline__ void row_group_sync(int wr) {
+        if (WR == 1)
+                __syncthreads();
+        else
+                asm volatile("bar.sync %0, %1;\n" ::"r"(1 + wr), "r"(32 * WC) : "memory");
+}
+
 /* wait until at most N of this thread's copy groups are still in flight */
 template <int N>
 static __device__ __forceinline__ void cp_async_wait() {
@@ -434,7 +444,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 red_m[wc * ROWS + ra] = xa;
                                 red_m[wc * ROWS + rb] = xb;
                         }
-                        __syncthreads();
+                        row_group_sync<WR, WC>(wr);
                         float na = ma, nb = mb;
 #pragma unroll
                         for (int w = 0; w < WC; w++) {
@@ -467,7 +477,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 o[n][2] *= cb;
                                 o[n][3] *= cb;
                         }
-                        __syncthreads();
+                        row_group_sync<WR, WC>(wr);
 
                         const uint16_t *pp = ps + (wr * 16 + (lane & 15)) * LDP + (lane >> 4) * 8;
                         const uint16_t *vp = vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + wc * DW +
