@@ -120,7 +120,9 @@ struct fa_shape {
         /* NST > 0: the next NST tiles' raw K/V bytes land here (cp.async) while the current one is computed */
         static constexpr size_t RAW_STAGE = (size_t) 2 * BK * D * (FP8 ? 1 : 2);
         static constexpr size_t RAW = NST * RAW_STAGE;
-        static constexpr size_t SMEM = ((size_t) QR * LD + 2 * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
+        /* with cp.async staging K and V take turns in one FP16 tile (V is widened once S no longer needs K) */
+        static constexpr int KV_TILES = NST ? 1 : 2;
+        static constexpr size_t SMEM = ((size_t) QR * LD + KV_TILES * (size_t) BK * LD + (size_t) ROWS * LDP) * 2 +
                                        (size_t) 2 * WC * ROWS * 4 + RAW;
 };
 
@@ -185,26 +187,21 @@ static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_
         }
 }
 
-/* cp.async staging, step three: raw rows -> FP16 ks / vs, rows nk..BK-1 zeroed */
+/* cp.async staging, step three: raw rows (K or V) -> FP16 rows of dst, rows nk..BK-1 zeroed */
 template <int D, int BK, int THREADS, bool FP8>
-static __device__ __forceinline__ void widen_raw(uint16_t *ks, uint16_t *vs, const uint8_t *raw, int nk) {
+static __device__ __forceinline__ void widen_raw(uint16_t *dst, const uint8_t *raw, int nk) {
         constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
 #pragma unroll
         for (int u = 0; u < ITERS; u++) {
                 const int i = threadIdx.x + u * THREADS, kr = i / CH, w = i % CH;
-                uint4 kb = make_uint4(0, 0, 0, 0), vb = kb;
-                if (kr < nk) {
-                        kb = *reinterpret_cast<const uint4 *>(raw + kr * RB + w * 16);
-                        vb = *reinterpret_cast<const uint4 *>(raw + (BK + kr) * RB + w * 16);
-                }
+                uint4 b = make_uint4(0, 0, 0, 0);
+                if (kr < nk)
+                        b = *reinterpret_cast<const uint4 *>(raw + kr * RB + w * 16);
                 if (FP8) {
-                        uint4 *kd = reinterpret_cast<uint4 *>(ks + kr * LD + w * 16);
-                        uint4 *vd = reinterpret_cast<uint4 *>(vs + kr * LD + w * 16);
-                        e4m3x16_to_f16(kb, kd, kd + 1);
-                        e4m3x16_to_f16(vb, vd, vd + 1);
+                        uint4 *d = reinterpret_cast<uint4 *>(dst + kr * LD + w * 16);
+                        e4m3x16_to_f16(b, d, d + 1);
                 } else {
-                        *reinterpret_cast<uint4 *>(ks + kr * LD + w * 8) = bf16x8_to_f16(kb);
-                        *reinterpret_cast<uint4 *>(vs + kr * LD + w * 8) = bf16x8_to_f16(vb);
+                        *reinterpret_cast<uint4 *>(dst + kr * LD + w * 8) = bf16x8_to_f16(b);
                 }
         }
 }
@@ -280,7 +277,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
         static_assert((NS == 1 || NS % 2 == 0) && NO % 2 == 0, "n-tiles are loaded in pairs");
         extern __shared__ __align__(16) uint8_t fa_sm[];
         uint16_t *qs = reinterpret_cast<uint16_t *>(fa_sm);
-        uint16_t *ks = qs + QR * LD, *vs = ks + BK * LD, *ps = vs + BK * LD;
+        uint16_t *ks = qs + QR * LD, *vs = ks + (S::KV_TILES - 1) * BK * LD, *ps = vs + BK * LD;
         float *red_m = reinterpret_cast<float *>(ps + ROWS * LDP), *red_l = red_m + WC * ROWS;
         uint8_t *raw = reinterpret_cast<uint8_t *>(red_l + WC * ROWS);
 
@@ -375,23 +372,12 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                 for (int it = 0; it < n_tiles; it++) {
                         const int32_t kt = klo + it * BK;
                         const int nk = min(BK, khi - kt);
+                        uint8_t *stage = raw + (it % (NST ? NST : 1)) * S::RAW_STAGE;
                         if (NST) {
-                                uint8_t *stage = raw + (it % (NST ? NST : 1)) * S::RAW_STAGE;
                                 cp_async_wait<NST ? NST - 1 : 0>();
                                 __syncthreads();
-                                widen_raw<D, BK, THREADS, FP8>(ks, vs, stage, nk);
+                                widen_raw<D, BK, THREADS, FP8>(ks, stage, nk);
                                 __syncthreads();
-                                /* the stage just widened takes tile it + NST, and the page numbers of the
-                                 * tile after travel while this one is computed */
-                                if (it + NST < n_tiles) {
-                                        issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
-                                        if (it + NST + 1 < n_tiles) {
-                                                const int32_t kn = kt + (NST + 1) * BK;
-                                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, kn, min(BK, khi - kn),
-                                                                                  pos0);
-                                        }
-                                }
-                                cp_async_commit();
                         } else {
                                 __syncthreads();
                                 stage_kv<D, BK, THREADS, FP8>(ks, vs, c, table, kt, nk, pos0, row0, kvh);
@@ -444,7 +430,13 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 red_m[wc * ROWS + ra] = xa;
                                 red_m[wc * ROWS + rb] = xb;
                         }
-                        row_group_sync<WR, WC>(wr);
+                        if (NST) {
+                                /* every warp is past S: V takes K's place */
+                                __syncthreads();
+                                widen_raw<D, BK, THREADS, FP8>(vs, stage + BK * D * (FP8 ? 1 : 2), nk);
+                        } else {
+                                row_group_sync<WR, WC>(wr);
+                        }
                         float na = ma, nb = mb;
 #pragma unroll
                         for (int w = 0; w < WC; w++) {
@@ -477,7 +469,22 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                 o[n][2] *= cb;
                                 o[n][3] *= cb;
                         }
-                        row_group_sync<WR, WC>(wr);
+                        if (NST) {
+                                __syncthreads();
+                                /* the stage is free: it takes tile it + NST, and the page numbers of the tile
+                                 * after travel while this one is finished */
+                                if (it + NST < n_tiles) {
+                                        issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
+                                        if (it + NST + 1 < n_tiles) {
+                                                const int32_t kn = kt + (NST + 1) * BK;
+                                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, kn, min(BK, khi - kn),
+                                                                                  pos0);
+                                        }
+                                }
+                                cp_async_commit();
+                        } else {
+                                row_group_sync<WR, WC>(wr);
+                        }
 
                         const uint16_t *pp = ps + (wr * 16 + (lane & 15)) * LDP + (lane >> 4) * 8;
                         const uint16_t *vp = vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD + wc * DW +
@@ -572,26 +579,21 @@ static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint
         return KERN_CHECK_LAUNCH();
 }
 
-/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves); key tiles of 64 staged through registers,
- * or (pipe) key tiles of 32 whose next tile is copied (cp.async) while the current one is computed.
- * With several sequences in the batch, short sequence runs go to a decode-shaped launch (fa_kernel). */
-template <int BK, int NST>
-static int launch_prefill(dim3 grid, const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t tpb,
-                          uint32_t short_seg, uint16_t *out, cudaStream_t stream) {
-        if (c.d == 256)
-                return fp8 ? launch_fa<256, 4, 2, BK, true, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                           : launch_fa<256, 4, 2, BK, false, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-        return fp8 ? launch_fa<512, 4, 2, BK, true, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                   : launch_fa<512, 4, 2, BK, false, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
-}
-
-int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool pipe, uint16_t *out,
-                    cudaStream_t stream) {
+/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves), key tiles of 64 staged through registers
+ * (H100: 32-key tiles with a cp.async prefetch were slower, 0.87 / 7.7 ms against 0.83 / 6.6 ms for 8192
+ * tokens on a sliding / full layer). With several sequences in the batch, short sequence runs go to a
+ * decode-shaped launch (fa_kernel). */
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16_t *out, cudaStream_t stream) {
         const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
         const uint32_t short_seg = c.bt.n_seqs > 1 ? (tpb / 4 > 2 ? tpb / 4 : 2) : 0;
         dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
-        int r = pipe ? launch_prefill<32, 1>(grid, q, c, fp8, tpb, short_seg, out, stream)
-                     : launch_prefill<64, 0>(grid, q, c, fp8, tpb, short_seg, out, stream);
+        int r;
+        if (c.d == 256)
+                r = fp8 ? launch_fa<256, 4, 2, 64, true, 0>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                        : launch_fa<256, 4, 2, 64, false, 0>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+        else
+                r = fp8 ? launch_fa<512, 4, 2, 64, true, 0>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
+                        : launch_fa<512, 4, 2, 64, false, 0>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
         if (r < 0 || !short_seg)
                 return r;
         /* the companion writes its rows directly (one split): a merge would run over every row */
@@ -600,17 +602,18 @@ int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool p
 
 /* decode shape: one token per block, 4 warps splitting each key tile of 32 (small blocks, several per SM, so
  * that enough K/V bytes are in flight), n_split blocks per (token, kv head) taking at least ATT_MMA_MIN_CHUNK
- * keys each. The next tile (deep: the next two) is copied while the current one is computed where shared
- * memory leaves room at two blocks per SM (d512: FP8 with a GQA group of at most 8). */
+ * keys each. NST tiles are in flight (cp.async) while one is computed; NST is what shared memory allows at
+ * 4 blocks per SM (d256) or 2 (d512): 2 for FP8 with a GQA group of at most 8, else 1 (BF16 d512 with a
+ * 16-row group: 0, staged through registers). deep: one more tile in flight, at lower occupancy. */
 template <int D, bool FP8, int NST>
 static int launch_decode(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t prefill_tpb,
                          uint32_t short_seg, float *partial, uint16_t *out, cudaStream_t stream) {
         const uint32_t mc = ATT_MMA_MIN_CHUNK;
         if (c.n_heads / c.n_kv <= 8)
-                return launch_fa<D, 1, 4, 32, FP8, NST, 8>(grid, q, c, 1, mc, prefill_tpb, short_seg, partial,
-                                                           out, stream);
-        return launch_fa<D, 1, 4, 32, FP8, D == 256 ? NST : 0, 16>(grid, q, c, 1, mc, prefill_tpb, short_seg,
-                                                                   partial, out, stream);
+                return launch_fa<D, 1, 4, 32, FP8, FP8 ? NST : NST - 1, 8>(grid, q, c, 1, mc, prefill_tpb, short_seg,
+                                                                           partial, out, stream);
+        return launch_fa<D, 1, 4, 32, FP8, FP8 || D == 256 ? NST - 1 : 0, 16>(grid, q, c, 1, mc, prefill_tpb,
+                                                                              short_seg, partial, out, stream);
 }
 
 int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool deep,
@@ -620,16 +623,16 @@ int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, ui
         const uint32_t pt = prefill_tpb, ss = short_seg;
         if (c.d == 256) {
                 if (deep)
-                        return fp8 ? launch_decode<256, true, 2>(grid, q, c, pt, ss, partial, out, stream)
-                                   : launch_decode<256, false, 2>(grid, q, c, pt, ss, partial, out, stream);
-                return fp8 ? launch_decode<256, true, 1>(grid, q, c, pt, ss, partial, out, stream)
-                           : launch_decode<256, false, 1>(grid, q, c, pt, ss, partial, out, stream);
+                        return fp8 ? launch_decode<256, true, 3>(grid, q, c, pt, ss, partial, out, stream)
+                                   : launch_decode<256, false, 3>(grid, q, c, pt, ss, partial, out, stream);
+                return fp8 ? launch_decode<256, true, 2>(grid, q, c, pt, ss, partial, out, stream)
+                           : launch_decode<256, false, 2>(grid, q, c, pt, ss, partial, out, stream);
         }
         if (deep)
-                return fp8 ? launch_decode<512, true, 2>(grid, q, c, pt, ss, partial, out, stream)
-                           : launch_decode<512, false, 0>(grid, q, c, pt, ss, partial, out, stream);
-        return fp8 ? launch_decode<512, true, 1>(grid, q, c, pt, ss, partial, out, stream)
-                   : launch_decode<512, false, 0>(grid, q, c, pt, ss, partial, out, stream);
+                return fp8 ? launch_decode<512, true, 3>(grid, q, c, pt, ss, partial, out, stream)
+                           : launch_decode<512, false, 3>(grid, q, c, pt, ss, partial, out, stream);
+        return fp8 ? launch_decode<512, true, 2>(grid, q, c, pt, ss, partial, out, stream)
+                   : launch_decode<512, false, 2>(grid, q, c, pt, ss, partial, out, stream);
 }
 
 int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool deep,

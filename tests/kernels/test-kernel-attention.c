@@ -66,7 +66,6 @@ static const char *path_name(int p) {
         case KERN_ATT_PATH_TILE: return "smem tile";
         case KERN_ATT_PATH_MMA_PREFILL: return "mma prefill";
         case KERN_ATT_PATH_MMA_DECODE: return "mma decode";
-        case KERN_ATT_PATH_MMA_PREFILL_PIPE: return "mma prefill pipe";
         case KERN_ATT_PATH_MMA_DECODE_DEEP: return "mma decode deep";
         default: return "?";
         }
@@ -459,19 +458,19 @@ static void benchmarks(void) {
         printf("# timings (cudaEvent, 3 warm-ups, median of 7-21 runs); model: 25 sliding (d256, 8 kv heads, window "
                "1024) + 5 full (d512, 2 kv heads) layers, FP8 KV, page size 16\n");
         b = (struct bench){"prefill 8192 sliding fp8", 16, 8, 256, 1024, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, sl);
         b = (struct bench){"prefill 8192 full fp8", 16, 2, 512, 0, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, fl);
-        printf("RESULT attn prefill 8192 x 30 layers: old %.1f ms, new %.1f ms, pipe variant %.1f ms, default %.1f ms\n",
-               25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1], 25 * sl[3] + 5 * fl[3], 25 * sl[2] + 5 * fl[2]);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, fl);
+        printf("RESULT attn prefill 8192 x 30 layers: old %.1f ms, new %.1f ms, default %.1f ms\n",
+               25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1], 25 * sl[2] + 5 * fl[2]);
         b = (struct bench){"prefill 8192 sliding bf16", 16, 8, 256, 1024, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, sl);
         b = (struct bench){"prefill 8192 full bf16", 16, 2, 512, 0, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, fl);
         b = (struct bench){"chunked prefill 2048 at 6144 sliding fp8", 16, 8, 256, 1024, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, sl);
         b = (struct bench){"chunked prefill 2048 at 6144 full fp8", 16, 2, 512, 0, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_PIPE, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, fl);
 
         static const uint32_t streams[] = {64, 16, 4, 1};
         for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
@@ -545,7 +544,7 @@ int main(int argc, char **argv) {
         };
         static const int paths[] = {KERN_ATT_PATH_AUTO, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_TILE,
                                     KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_DECODE,
-                                    KERN_ATT_PATH_MMA_PREFILL_PIPE, KERN_ATT_PATH_MMA_DECODE_DEEP};
+                                    KERN_ATT_PATH_MMA_DECODE_DEEP};
         /* GEMMA4D_ATTN_TEST=quick: the reference checks only; =bench: the timings only */
         const char *mode = getenv("GEMMA4D_ATTN_TEST");
         int checks = !mode || strcmp(mode, "bench") != 0, timings = !mode || strcmp(mode, "quick") != 0;
@@ -555,15 +554,18 @@ int main(int argc, char **argv) {
         kt_seed(3);
         /* every scenario through the default choice, then through each path forced (a path that cannot take a
          * layer falls back, and the check's name says which kernel ran); the CUDA-core paths keep their
-         * original scenarios (the first N_OLD), the long ones run through the default choice only */
+         * original scenarios (the first N_OLD), the deep decode variant those and the decode batches, the
+         * long ones run through the default choice only */
         const size_t N_OLD = 12;
         for (size_t k = 0; checks && k < sizeof(paths) / sizeof(paths[0]); k++) {
                 int old_path = paths[k] == KERN_ATT_PATH_SPLIT || paths[k] == KERN_ATT_PATH_TILE;
+                int variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_DEEP;
                 kern_attention_force_path = paths[k];
                 printf("# attention path: %s\n", k ? path_name(paths[k]) : "default choice");
                 fflush(stdout);
                 for (size_t i = 0; i < sizeof(sc) / sizeof(sc[0]); i++)
-                        if (k == 0 || (!sc[i].big && (!old_path || i < N_OLD))) {
+                        if (k == 0 || (!sc[i].big && (!old_path || i < N_OLD) &&
+                                       (!variant || i < N_OLD || strstr(sc[i].name, "decode")))) {
                                 run(&sc[i]);
                                 fflush(stdout);
                         }
