@@ -300,17 +300,7 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         return;
         }
 
-        /* Q tile, zero rows past the block's tokens */
-        for (uint32_t i = threadIdx.x; i < (uint32_t) QR * (D / 8); i += THREADS) {
-                const uint32_t r = i / (D / 8), w = i % (D / 8);
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (r < used_rows) {
-                        const uint32_t t = t_begin + r / g, h = kvh * g + r % g;
-                        v = bf16x8_to_f16(
-                                *reinterpret_cast<const uint4 *>(q + ((size_t) t * c.n_heads + h) * D + w * 8));
-                }
-                *reinterpret_cast<uint4 *>(qs + r * LD + w * 8) = v;
-        }
+        bool q_ready = false;
 
         /* this thread's two rows of the S / O fragments */
         const int ra = wr * 16 + (lane >> 2), rb = ra + 8;
@@ -351,6 +341,22 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
 
                 constexpr int PITERS = NST ? BK * (D * (FP8 ? 1 : 2) / 16) / THREADS : 1;
                 const int n_tiles = khi > klo ? (khi - klo + BK - 1) / BK : 0;
+                if (n_tiles > 0 && !q_ready) {
+                        /* Q tile, zero rows past the block's tokens; only blocks with keys to visit load it
+                         * (under a loose context bound most decode splits have none). The first tile's
+                         * barriers order it before any read. */
+                        for (uint32_t i = threadIdx.x; i < (uint32_t) QR * (D / 8); i += THREADS) {
+                                const uint32_t r = i / (D / 8), w = i % (D / 8);
+                                uint4 v = make_uint4(0, 0, 0, 0);
+                                if (r < used_rows) {
+                                        const uint32_t t = t_begin + r / g, h = kvh * g + r % g;
+                                        v = bf16x8_to_f16(*reinterpret_cast<const uint4 *>(
+                                                q + ((size_t) t * c.n_heads + h) * D + w * 8));
+                                }
+                                *reinterpret_cast<uint4 *>(qs + r * LD + w * 8) = v;
+                        }
+                        q_ready = true;
+                }
                 int32_t page[PITERS];
                 if (NST) {
                         /* the first NST tiles in flight, page numbers of the next one on their way; one

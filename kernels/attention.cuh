@@ -24,7 +24,8 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
 
 
 /* attention-mma.cu: tensor-core paths for head dims 256 and 512 */
-#define ATT_MMA_MIN_CHUNK 128
+/* keys per decode split at least: one tile, so that a short context still spreads over several blocks */
+#define ATT_MMA_MIN_CHUNK 32
 /* decode batches take the CUDA-core split-K kernel with fewer (token, kv head) pairs than this, unless the
  * context bound reaches ATT_MMA_DECODE_MIN_KEYS (H100: the split-K kernel wins at 1-4 streams of 300 keys on
  * full layers, the tensor-core one from 4 streams on sliding layers and at 8000 keys) */
