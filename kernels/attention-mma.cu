@@ -150,53 +150,62 @@ static __device__ __forceinline__ void cp_async_wait() {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-/* cp.async staging, step one: where this thread's chunks of keys [kt, kt + nk) live: the page of each (read
- * from the page table a tile ahead, so that the table's latency hides behind a tile of compute), -1 for a key
- * of this step (k_new / v_new), -2 past nk */
+/* cp.async staging: thread t owns key row t / TPR of each tile and that row's chunks u * TPR + t % TPR
+ * (16 bytes each; neighbouring threads read neighbouring chunks), so one page lookup and one row address
+ * serve all its copies. */
 template <int D, int BK, int THREADS, bool FP8>
-static __device__ __forceinline__ void lookup_pages(int32_t *page, const struct att_ctx &c, const int32_t *table,
-                                                    int32_t kt, int nk, int32_t pos0) {
-        constexpr int CH = D * (FP8 ? 1 : 2) / 16, ITERS = BK * CH / THREADS;
+struct raw_map {
+        static constexpr int ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16;
+        static constexpr int TPR = THREADS / BK, CPT = CH / TPR;        /* threads per row, chunks per thread */
+        static_assert(THREADS % BK == 0 && CH % TPR == 0, "a tile's rows must split evenly over the threads");
+};
+
+/* step one: the page of this thread's key row in the tile at kt (read from the page table a tile ahead, so
+ * that the table's latency hides behind a tile of compute), -1 for a key of this step (k_new / v_new), -2
+ * past nk */
+template <int D, int BK, int THREADS, bool FP8>
+static __device__ __forceinline__ int32_t lookup_page(const struct att_ctx &c, const int32_t *table, int32_t kt,
+                                                      int nk, int32_t pos0) {
+        const int kr = threadIdx.x / raw_map<D, BK, THREADS, FP8>::TPR;
+        const int32_t j = kt + kr;
+        const uint32_t pi = (uint32_t) j / c.page_size;
+        return kr >= nk ? -2 : j >= pos0 ? -1 : table[c.ring ? pi % c.ring : pi];
+}
+
+/* step two: start copying the row's chunks into raw (K rows, then V rows); the caller commits */
+template <int D, int BK, int THREADS, bool FP8>
+static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_ctx &c, int32_t page, int32_t kt,
+                                                 int32_t pos0, int32_t row0, uint32_t kvh) {
+        using M = raw_map<D, BK, THREADS, FP8>;
+        const int kr = threadIdx.x / M::TPR, w0 = threadIdx.x % M::TPR;
+        const int32_t j = kt + kr;
+        if (page == -2)
+                return;
+        const bool fresh = page == -1;
+        const size_t row = fresh ? (size_t) (row0 + j - pos0) : (size_t) page * c.page_size + (uint32_t) j % c.page_size;
+        const size_t off = (row * c.n_kv + kvh) * D * M::ELT;
+        const uint8_t *ksrc = (fresh ? c.k_new : c.k_pages) + off, *vsrc = (fresh ? c.v_new : c.v_pages) + off;
+        uint8_t *kd = raw + kr * M::RB, *vd = raw + (BK + kr) * M::RB;
 #pragma unroll
-        for (int u = 0; u < ITERS; u++) {
-                const int kr = (threadIdx.x + u * THREADS) / CH;
-                const int32_t j = kt + kr;
-                const uint32_t pi = (uint32_t) j / c.page_size;
-                page[u] = kr >= nk ? -2 : j >= pos0 ? -1 : table[c.ring ? pi % c.ring : pi];
+        for (int u = 0; u < M::CPT; u++) {
+                const int w = u * M::TPR + w0;
+                cp_async16(kd + w * 16, ksrc + w * 16);
+                cp_async16(vd + w * 16, vsrc + w * 16);
         }
 }
 
-/* cp.async staging, step two: start copying the chunks into raw (K rows, then V rows); the caller commits */
-template <int D, int BK, int THREADS, bool FP8>
-static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_ctx &c, const int32_t *page,
-                                                 int32_t kt, int32_t pos0, int32_t row0, uint32_t kvh) {
-        constexpr int ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
-        static_assert(BK * CH % THREADS == 0, "tile must split evenly over the threads");
-#pragma unroll
-        for (int u = 0; u < ITERS; u++) {
-                const int i = threadIdx.x + u * THREADS, kr = i / CH, w = i % CH;
-                const int32_t j = kt + kr;
-                if (page[u] == -2)
-                        continue;
-                const bool fresh = page[u] == -1;
-                const size_t row = fresh ? (size_t) (row0 + j - pos0)
-                                         : (size_t) page[u] * c.page_size + (uint32_t) j % c.page_size;
-                const size_t off = ((row * c.n_kv + kvh) * D) * ELT + w * 16;
-                cp_async16(raw + kr * RB + w * 16, (fresh ? c.k_new : c.k_pages) + off);
-                cp_async16(raw + (BK + kr) * RB + w * 16, (fresh ? c.v_new : c.v_pages) + off);
-        }
-}
-
-/* cp.async staging, step three: raw rows (K or V) -> FP16 rows of dst, rows nk..BK-1 zeroed */
+/* step three: raw rows (K or V) -> FP16 rows of dst, rows nk..BK-1 zeroed */
 template <int D, int BK, int THREADS, bool FP8>
 static __device__ __forceinline__ void widen_raw(uint16_t *dst, const uint8_t *raw, int nk) {
-        constexpr int LD = D + 8, ELT = FP8 ? 1 : 2, RB = D * ELT, CH = RB / 16, ITERS = BK * CH / THREADS;
+        using M = raw_map<D, BK, THREADS, FP8>;
+        constexpr int LD = D + 8;
+        const int kr = threadIdx.x / M::TPR, w0 = threadIdx.x % M::TPR;
 #pragma unroll
-        for (int u = 0; u < ITERS; u++) {
-                const int i = threadIdx.x + u * THREADS, kr = i / CH, w = i % CH;
+        for (int u = 0; u < M::CPT; u++) {
+                const int w = u * M::TPR + w0;
                 uint4 b = make_uint4(0, 0, 0, 0);
                 if (kr < nk)
-                        b = *reinterpret_cast<const uint4 *>(raw + kr * RB + w * 16);
+                        b = *reinterpret_cast<const uint4 *>(raw + kr * M::RB + w * 16);
                 if (FP8) {
                         uint4 *d = reinterpret_cast<uint4 *>(dst + kr * LD + w * 16);
                         e4m3x16_to_f16(b, d, d + 1);
@@ -339,7 +348,6 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
                 float ma = -INFINITY, mb = -INFINITY, sa = 0.0f, sb = 0.0f;
 
-                constexpr int PITERS = NST ? BK * (D * (FP8 ? 1 : 2) / 16) / THREADS : 1;
                 const int n_tiles = khi > klo ? (khi - klo + BK - 1) / BK : 0;
                 if (n_tiles > 0 && !q_ready) {
                         /* Q tile, zero rows past the block's tokens; only blocks with keys to visit load it
@@ -357,23 +365,23 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         }
                         q_ready = true;
                 }
-                int32_t page[PITERS];
+                int32_t page = -2;
                 if (NST) {
-                        /* the first NST tiles in flight, page numbers of the next one on their way; one
-                         * commit group per tile (empty past the last) keeps the wait count fixed */
+                        /* the first NST tiles in flight, the page of the next one on its way; one commit
+                         * group per tile (empty past the last) keeps the wait count fixed */
 #pragma unroll
                         for (int p = 0; p < NST; p++) {
                                 if (p < n_tiles) {
                                         const int32_t kp = klo + p * BK;
-                                        lookup_pages<D, BK, THREADS, FP8>(page, c, table, kp, min(BK, khi - kp), pos0);
+                                        page = lookup_page<D, BK, THREADS, FP8>(c, table, kp, min(BK, khi - kp), pos0);
                                         issue_raw<D, BK, THREADS, FP8>(raw + p * S::RAW_STAGE, c, page, kp, pos0,
                                                                        row0, kvh);
                                 }
                                 cp_async_commit();
                         }
                         if (NST < n_tiles)
-                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, klo + NST * BK,
-                                                                  min(BK, khi - klo - NST * BK), pos0);
+                                page = lookup_page<D, BK, THREADS, FP8>(c, table, klo + NST * BK,
+                                                                        min(BK, khi - klo - NST * BK), pos0);
                 }
                 for (int it = 0; it < n_tiles; it++) {
                         const int32_t kt = klo + it * BK;
@@ -483,8 +491,8 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                                         issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
                                         if (it + NST + 1 < n_tiles) {
                                                 const int32_t kn = kt + (NST + 1) * BK;
-                                                lookup_pages<D, BK, THREADS, FP8>(page, c, table, kn, min(BK, khi - kn),
-                                                                                  pos0);
+                                                page = lookup_page<D, BK, THREADS, FP8>(c, table, kn, min(BK, khi - kn),
+                                                                                        pos0);
                                         }
                                 }
                                 cp_async_commit();
