@@ -568,6 +568,245 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
         }
 }
 
+/*
+ * Decode with the keys as the M side ("km"): S^T = K Q^T and O^T = V^T P^T, so the GQA group (at most 8
+ * heads) is the N = 8 side of m16n8k16 and no mma row is padding, and Q^T stays in registers for the whole
+ * block. One token per block, 4 warps; per tile of 32 keys warps 0 and 1 compute S^T for 16 keys each, all
+ * 4 warps then own D/4 output dims of O^T. K and V take turns in one FP16 tile, NST raw tiles in flight
+ * (cp.async), as in fa_kernel's decode shape; same split and partial layout.
+ */
+template <int D, bool FP8, int NST>
+struct km_shape {
+        static constexpr int BK = 32, THREADS = 128, LD = D + 8, LDP = BK + 8;
+        static constexpr size_t RAW_STAGE = (size_t) 2 * BK * D * (FP8 ? 1 : 2);
+        static constexpr size_t SMEM = ((size_t) 8 * LD + (size_t) BK * LD + (size_t) 8 * LDP) * 2 + 4 * 8 * 4 +
+                                       NST * RAW_STAGE;
+};
+
+template <int D, bool FP8, int NST>
+static __global__ void __launch_bounds__(128, D == 256 ? 4 : 2)
+        fa_decode_km_kernel(const uint16_t *q, struct att_ctx c, uint32_t min_chunk, float *partial,
+                            uint16_t *out) {
+        using S = km_shape<D, FP8, NST>;
+        constexpr int BK = S::BK, THREADS = S::THREADS, LD = S::LD, LDP = S::LDP;
+        constexpr int DW = D / 4, MT = DW / 16;
+        static_assert(NST > 0, "cp.async staging only");
+        extern __shared__ __align__(16) uint8_t km_sm[];
+        uint16_t *qs = reinterpret_cast<uint16_t *>(km_sm), *kv = qs + 8 * LD, *ps = kv + BK * LD;
+        float *red_m = reinterpret_cast<float *>(ps + 8 * LDP), *red_l = red_m + 16;
+        uint8_t *raw = reinterpret_cast<uint8_t *>(red_l + 16);
+
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, quad = lane & 3;
+        const uint32_t g = c.n_heads / c.n_kv, kvh = blockIdx.y, n_split = gridDim.z, split = blockIdx.z;
+        const uint32_t t = blockIdx.x;
+        const int32_t seq = c.bt.tok_seq[t], qpos = c.bt.tok_pos[t];
+        const int32_t pos0 = c.bt.seq_pos0[seq], row0 = c.bt.seq_row0[seq];
+        const int32_t *table = c.bt.tables + c.bt.seq_table0[seq];
+        const int32_t lo = c.window ? max(0, qpos - (int32_t) c.window + 1) : 0;
+        int32_t klo = lo, khi = qpos + 1;
+        if (n_split > 1) {
+                int32_t chunk = (khi - klo + (int32_t) n_split - 1) / (int32_t) n_split;
+                chunk = max((chunk + BK - 1) / BK * BK, (int32_t) min_chunk);
+                klo = klo + (int32_t) split * chunk;
+                khi = min(khi, klo + chunk);
+        }
+        const int n_tiles = khi > klo ? (khi - klo + BK - 1) / BK : 0;
+        const size_t row_base = (size_t) t * c.n_heads + kvh * g;      /* output row of head 0 of the group */
+        if (n_tiles == 0) {
+                /* only a split can be empty: tell the merge */
+                if (threadIdx.x < g) {
+                        float *pp = partial + ((row_base + threadIdx.x) * n_split + split) * (D + 2);
+                        pp[0] = -INFINITY;
+                        pp[1] = 0.0f;
+                }
+                return;
+        }
+
+        int32_t page = -2;
+#pragma unroll
+        for (int p = 0; p < NST; p++) {
+                if (p < n_tiles) {
+                        const int32_t kp = klo + p * BK;
+                        page = lookup_page<D, BK, THREADS, FP8>(c, table, kp, min(BK, khi - kp), pos0);
+                        issue_raw<D, BK, THREADS, FP8>(raw + p * S::RAW_STAGE, c, page, kp, pos0, row0, kvh);
+                }
+                cp_async_commit();
+        }
+        if (NST < n_tiles)
+                page = lookup_page<D, BK, THREADS, FP8>(c, table, klo + NST * BK, min(BK, khi - klo - NST * BK), pos0);
+
+        /* Q of the group's heads (rows past g zero), then Q^T fragments into registers */
+        for (uint32_t i = threadIdx.x; i < 8 * (D / 8); i += THREADS) {
+                const uint32_t r = i / (D / 8), w = i % (D / 8);
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (r < g)
+                        v = bf16x8_to_f16(*reinterpret_cast<const uint4 *>(q + (row_base + r) * D + w * 8));
+                *reinterpret_cast<uint4 *>(qs + r * LD + w * 8) = v;
+        }
+        __syncthreads();
+        uint32_t qf[D / 16][2];
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+                ldsm_x2(qs + (lane & 7) * LD + kk * 16 + ((lane >> 3) & 1) * 8, qf[kk]);
+
+        float o[MT][4];
+#pragma unroll
+        for (int n = 0; n < MT; n++)
+                o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        /* this thread's heads: 2 quad, 2 quad + 1 (the N columns of its fragments) */
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+        const int kr0 = warp * 16 + (lane >> 2);
+
+        for (int it = 0; it < n_tiles; it++) {
+                const int32_t kt = klo + it * BK;
+                const int nk = min(BK, khi - kt);
+                uint8_t *stage = raw + (it % NST) * S::RAW_STAGE;
+                cp_async_wait<NST - 1>();
+                __syncthreads();
+                widen_raw<D, BK, THREADS, FP8>(kv, stage, nk);
+                __syncthreads();
+
+                float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (warp < 2) {
+#pragma unroll
+                        for (int kk = 0; kk < D / 16; kk++) {
+                                uint32_t a[4];
+                                ldsm_x4(kv + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8, a);
+                                mma_f16(s, a, qf[kk][0], qf[kk][1]);
+                        }
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                                const int32_t j = kt + kr0 + (e >> 1) * 8;
+                                const uint32_t h = 2 * quad + (e & 1);
+                                if (j >= khi || j < lo || h >= g)
+                                        s[e] = -INFINITY;
+                        }
+                        float x0 = fmaxf(s[0], s[2]), x1 = fmaxf(s[1], s[3]);
+#pragma unroll
+                        for (int o_ = 4; o_ < 32; o_ <<= 1) {
+                                x0 = fmaxf(x0, __shfl_xor_sync(0xffffffffu, x0, o_));
+                                x1 = fmaxf(x1, __shfl_xor_sync(0xffffffffu, x1, o_));
+                        }
+                        if (lane < 4) {
+                                red_m[warp * 8 + 2 * quad] = x0;
+                                red_m[warp * 8 + 2 * quad + 1] = x1;
+                        }
+                }
+                __syncthreads();
+                /* every warp is past S: V takes K's place */
+                widen_raw<D, BK, THREADS, FP8>(kv, stage + BK * D * (FP8 ? 1 : 2), nk);
+                const float n0 = fmaxf(m0, fmaxf(red_m[2 * quad], red_m[8 + 2 * quad]));
+                const float n1 = fmaxf(m1, fmaxf(red_m[2 * quad + 1], red_m[8 + 2 * quad + 1]));
+                const float c0 = n0 == -INFINITY ? 1.0f : __expf(m0 - n0), c1 = n1 == -INFINITY ? 1.0f : __expf(m1 - n1);
+                const float z0 = n0 == -INFINITY ? 0.0f : n0, z1 = n1 == -INFINITY ? 0.0f : n1;
+                m0 = n0;
+                m1 = n1;
+                if (warp < 2) {
+                        /* P rounded to BF16 (HF), stored as P[head][key] for the PV B operand */
+                        const uint32_t pa = pack_bf16x2(__expf(s[0] - z0), __expf(s[1] - z1));
+                        const uint32_t pb = pack_bf16x2(__expf(s[2] - z0), __expf(s[3] - z1));
+                        const float p0 = __uint_as_float(pa << 16), p1 = __uint_as_float(pa & 0xffff0000u);
+                        const float p2 = __uint_as_float(pb << 16), p3 = __uint_as_float(pb & 0xffff0000u);
+                        const __half h0 = __float2half_rn(p0), h1 = __float2half_rn(p1);
+                        const __half h2 = __float2half_rn(p2), h3 = __float2half_rn(p3);
+                        ps[(2 * quad) * LDP + kr0] = *reinterpret_cast<const uint16_t *>(&h0);
+                        ps[(2 * quad + 1) * LDP + kr0] = *reinterpret_cast<const uint16_t *>(&h1);
+                        ps[(2 * quad) * LDP + kr0 + 8] = *reinterpret_cast<const uint16_t *>(&h2);
+                        ps[(2 * quad + 1) * LDP + kr0 + 8] = *reinterpret_cast<const uint16_t *>(&h3);
+                        float y0 = p0 + p2, y1 = p1 + p3;
+#pragma unroll
+                        for (int o_ = 4; o_ < 32; o_ <<= 1) {
+                                y0 += __shfl_xor_sync(0xffffffffu, y0, o_);
+                                y1 += __shfl_xor_sync(0xffffffffu, y1, o_);
+                        }
+                        l0 = l0 * c0 + y0;
+                        l1 = l1 * c1 + y1;
+                }
+#pragma unroll
+                for (int n = 0; n < MT; n++) {
+                        o[n][0] *= c0;
+                        o[n][1] *= c1;
+                        o[n][2] *= c0;
+                        o[n][3] *= c1;
+                }
+                __syncthreads();
+                if (it + NST < n_tiles) {
+                        issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
+                        if (it + NST + 1 < n_tiles) {
+                                const int32_t kn = kt + (NST + 1) * BK;
+                                page = lookup_page<D, BK, THREADS, FP8>(c, table, kn, min(BK, khi - kn), pos0);
+                        }
+                }
+                cp_async_commit();
+
+#pragma unroll
+                for (int kk = 0; kk < BK / 16; kk++) {
+                        uint32_t b[2];
+                        ldsm_x2(ps + (lane & 7) * LDP + kk * 16 + ((lane >> 3) & 1) * 8, b);
+#pragma unroll
+                        for (int n = 0; n < MT; n++) {
+                                uint32_t a[4];
+                                ldsm_x4_trans(kv + (kk * 16 + (lane & 7) + ((lane >> 4) << 3)) * LD + warp * DW + n * 16 +
+                                                      ((lane >> 3) & 1) * 8,
+                                              a);
+                                mma_f16(o[n], a, b[0], b[1]);
+                        }
+                }
+        }
+
+        /* the two S warps' row sums; every thread needs those of its two heads */
+        if (warp < 2 && lane < 4) {
+                red_l[warp * 8 + 2 * quad] = l0;
+                red_l[warp * 8 + 2 * quad + 1] = l1;
+        }
+        __syncthreads();
+        const float L0 = red_l[2 * quad] + red_l[8 + 2 * quad], L1 = red_l[2 * quad + 1] + red_l[8 + 2 * quad + 1];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+                const uint32_t h = 2 * quad + e;
+                if (h >= g)
+                        continue;
+                const float m = e ? m1 : m0, l = e ? L1 : L0, inv = l > 0.0f ? 1.0f / l : 0.0f;
+                const size_t row = row_base + h;
+                if (n_split == 1) {
+#pragma unroll
+                        for (int n = 0; n < MT; n++) {
+                                const int d0 = warp * DW + n * 16 + (lane >> 2);
+                                out[row * D + d0] = f32_to_bf16_bits(o[n][e] * inv);
+                                out[row * D + d0 + 8] = f32_to_bf16_bits(o[n][2 + e] * inv);
+                        }
+                } else {
+                        float *pp = partial + (row * n_split + split) * (D + 2);
+                        if (warp == 0 && lane < 4) {
+                                pp[0] = m;
+                                pp[1] = l;
+                        }
+#pragma unroll
+                        for (int n = 0; n < MT; n++) {
+                                const int d0 = warp * DW + n * 16 + (lane >> 2);
+                                pp[2 + d0] = o[n][e];
+                                pp[2 + d0 + 8] = o[n][2 + e];
+                        }
+                }
+        }
+}
+
+template <int D, bool FP8, int NST>
+static int launch_km(dim3 grid, const uint16_t *q, const struct att_ctx &c, float *partial, uint16_t *out,
+                     cudaStream_t stream) {
+        using S = km_shape<D, FP8, NST>;
+        static bool attr_set;
+        auto fn = fa_decode_km_kernel<D, FP8, NST>;
+        if (!attr_set) {
+                if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) S::SMEM) !=
+                    cudaSuccess)
+                        return -EIO;
+                attr_set = true;
+        }
+        fn<<<grid, S::THREADS, S::SMEM, stream>>>(q, c, ATT_MMA_MIN_CHUNK, partial, out);
+        return KERN_CHECK_LAUNCH();
+}
+
 bool att_mma_supported(const struct kern_attn_layer *L, bool prefill) {
         const uint32_t g = L->n_heads / L->n_kv_heads;
         if (L->head_dim != 256 && L->head_dim != 512)
@@ -618,7 +857,7 @@ int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16
  * that enough K/V bytes are in flight), n_split blocks per (token, kv head) taking at least ATT_MMA_MIN_CHUNK
  * keys each. NST tiles are in flight (cp.async) while one is computed; NST is what shared memory allows at
  * 4 blocks per SM (d256) or 2 (d512): 2 for FP8 with a GQA group of at most 8, else 1 (BF16 d512 with a
- * 16-row group: 0, staged through registers). deep: one more tile in flight, at lower occupancy. */
+ * 16-row group: 0, staged through registers). km: fa_decode_km_kernel where the group has at most 8 heads. */
 template <int D, bool FP8, int NST>
 static int launch_decode(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint32_t prefill_tpb,
                          uint32_t short_seg, float *partial, uint16_t *out, cudaStream_t stream) {
@@ -630,26 +869,27 @@ static int launch_decode(dim3 grid, const uint16_t *q, const struct att_ctx &c, 
                                                                               short_seg, partial, out, stream);
 }
 
-int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool deep,
+int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool km,
                         uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
                         cudaStream_t stream) {
         dim3 grid(c.bt.n_tokens, c.n_kv, n_split);
         const uint32_t pt = prefill_tpb, ss = short_seg;
-        if (c.d == 256) {
-                if (deep)
-                        return fp8 ? launch_decode<256, true, 3>(grid, q, c, pt, ss, partial, out, stream)
-                                   : launch_decode<256, false, 3>(grid, q, c, pt, ss, partial, out, stream);
+        if (km && !short_seg && c.n_heads / c.n_kv <= 8) {
+                /* BF16 raw tiles are twice the bytes: one in flight keeps the occupancy */
+                if (c.d == 256)
+                        return fp8 ? launch_km<256, true, 2>(grid, q, c, partial, out, stream)
+                                   : launch_km<256, false, 1>(grid, q, c, partial, out, stream);
+                return fp8 ? launch_km<512, true, 2>(grid, q, c, partial, out, stream)
+                           : launch_km<512, false, 1>(grid, q, c, partial, out, stream);
+        }
+        if (c.d == 256)
                 return fp8 ? launch_decode<256, true, 2>(grid, q, c, pt, ss, partial, out, stream)
                            : launch_decode<256, false, 2>(grid, q, c, pt, ss, partial, out, stream);
-        }
-        if (deep)
-                return fp8 ? launch_decode<512, true, 3>(grid, q, c, pt, ss, partial, out, stream)
-                           : launch_decode<512, false, 3>(grid, q, c, pt, ss, partial, out, stream);
         return fp8 ? launch_decode<512, true, 2>(grid, q, c, pt, ss, partial, out, stream)
                    : launch_decode<512, false, 2>(grid, q, c, pt, ss, partial, out, stream);
 }
 
-int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool deep,
+int att_mma_decode(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool km,
                    float *partial, uint16_t *out, cudaStream_t stream) {
-        return att_mma_decode_rows(q, c, fp8, n_split, deep, 1, 0, partial, out, stream);
+        return att_mma_decode_rows(q, c, fp8, n_split, km, 1, 0, partial, out, stream);
 }

@@ -501,7 +501,7 @@ static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *
                         return path;
                 break;
         case KERN_ATT_PATH_MMA_DECODE:
-        case KERN_ATT_PATH_MMA_DECODE_DEEP:
+        case KERN_ATT_PATH_MMA_DECODE_KM:
                 if (att_mma_supported(L, false))
                         return path;
                 break;
@@ -544,13 +544,13 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
                 }
         }
         size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
-        if (path == KERN_ATT_PATH_MMA_DECODE || path == KERN_ATT_PATH_MMA_DECODE_DEEP) {
+        if (path == KERN_ATT_PATH_MMA_DECODE || path == KERN_ATT_PATH_MMA_DECODE_KM) {
                 /* about three blocks per SM, each split taking at least ATT_MMA_MIN_CHUNK keys */
                 uint32_t units = bt->n_tokens * L->n_kv_heads;
                 uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
                 uint32_t n_split = clamp_split((3 * 132 + units - 1) / units,
                                                most < ATT_MMA_MAX_SPLIT ? most : ATT_MMA_MAX_SPLIT, cap);
-                if (att_mma_decode(q, c, L->kv_fp8, n_split, path == KERN_ATT_PATH_MMA_DECODE_DEEP, partial, out,
+                if (att_mma_decode(q, c, L->kv_fp8, n_split, path == KERN_ATT_PATH_MMA_DECODE_KM, partial, out,
                                    stream) < 0)
                         return -EIO;
                 return merge_splits(partial, n_split, rows, L->head_dim, out, stream);

@@ -190,7 +190,7 @@ enum {
         KERN_ATT_PATH_TILE,             /* CUDA cores, K/V tiles in shared memory shared by a GQA group */
         KERN_ATT_PATH_MMA_PREFILL,      /* tensor cores, 64-row query tiles */
         KERN_ATT_PATH_MMA_DECODE,       /* tensor cores, one token's GQA group per block, split keys */
-        KERN_ATT_PATH_MMA_DECODE_DEEP,  /* MMA_DECODE with one more key tile in flight, fewer blocks per SM */
+        KERN_ATT_PATH_MMA_DECODE_KM,    /* MMA_DECODE with the keys as the mma's M side (GQA group <= 8) */
 };
 extern int kern_attention_force_path, kern_attention_last_path;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an

@@ -66,7 +66,7 @@ static const char *path_name(int p) {
         case KERN_ATT_PATH_TILE: return "smem tile";
         case KERN_ATT_PATH_MMA_PREFILL: return "mma prefill";
         case KERN_ATT_PATH_MMA_DECODE: return "mma decode";
-        case KERN_ATT_PATH_MMA_DECODE_DEEP: return "mma decode deep";
+        case KERN_ATT_PATH_MMA_DECODE_KM: return "mma decode km";
         default: return "?";
         }
 }
@@ -480,18 +480,18 @@ static void benchmarks(void) {
                         snprintf(n1, sizeof(n1), "decode %ux300 sliding fp8%s", streams[i], bn);
                         snprintf(n2, sizeof(n2), "decode %ux300 full fp8%s", streams[i], bn);
                         b = (struct bench){n1, 16, 8, 256, 1024, 1, streams[i], 299, 1, bound ? 1024 : 0};
-                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_DEEP, sl);
+                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, sl);
                         b = (struct bench){n2, 16, 2, 512, 0, 1, streams[i], 299, 1, bound ? 32768 : 0};
-                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_DEEP, fl);
-                        printf("RESULT attn decode %ux300%s x 30 layers: old %.3f ms, new %.3f ms, deep variant %.3f ms, "
+                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, fl);
+                        printf("RESULT attn decode %ux300%s x 30 layers: old %.3f ms, new %.3f ms, km variant %.3f ms, "
                                "default %.3f ms\n", streams[i], bn, 25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1],
                                25 * sl[3] + 5 * fl[3], 25 * sl[2] + 5 * fl[2]);
                 }
         }
         b = (struct bench){"decode 64x2000 full fp8", 16, 2, 512, 0, 1, 64, 1999, 1, 0};
-        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_DEEP, fl);
+        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, fl);
         b = (struct bench){"decode 1x8000 full fp8", 16, 2, 512, 0, 1, 1, 7999, 1, 0};
-        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_DEEP, fl);
+        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, fl);
 }
 
 int main(int argc, char **argv) {
@@ -544,7 +544,7 @@ int main(int argc, char **argv) {
         };
         static const int paths[] = {KERN_ATT_PATH_AUTO, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_TILE,
                                     KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_DECODE,
-                                    KERN_ATT_PATH_MMA_DECODE_DEEP};
+                                    KERN_ATT_PATH_MMA_DECODE_KM};
         /* GEMMA4D_ATTN_TEST=quick: the reference checks only; =bench: the timings only */
         const char *mode = getenv("GEMMA4D_ATTN_TEST");
         int checks = !mode || strcmp(mode, "bench") != 0, timings = !mode || strcmp(mode, "quick") != 0;
@@ -554,12 +554,12 @@ int main(int argc, char **argv) {
         kt_seed(3);
         /* every scenario through the default choice, then through each path forced (a path that cannot take a
          * layer falls back, and the check's name says which kernel ran); the CUDA-core paths keep their
-         * original scenarios (the first N_OLD), the deep decode variant those and the decode batches, the
+         * original scenarios (the first N_OLD), the km decode variant those and the decode batches, the
          * long ones run through the default choice only */
         const size_t N_OLD = 12;
         for (size_t k = 0; checks && k < sizeof(paths) / sizeof(paths[0]); k++) {
                 int old_path = paths[k] == KERN_ATT_PATH_SPLIT || paths[k] == KERN_ATT_PATH_TILE;
-                int variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_DEEP;
+                int variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_KM;
                 kern_attention_force_path = paths[k];
                 printf("# attention path: %s\n", k ? path_name(paths[k]) : "default choice");
                 fflush(stdout);
