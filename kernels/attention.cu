@@ -497,6 +497,7 @@ static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *
                         return path;
                 break;
         case KERN_ATT_PATH_MMA_PREFILL:
+        case KERN_ATT_PATH_MMA_PREFILL_CP:
                 if (att_mma_supported(L, true))
                         return path;
                 break;
@@ -532,8 +533,8 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
         int path = pick_path(bt, L);
         kern_attention_last_path = path;
-        if (path == KERN_ATT_PATH_MMA_PREFILL)
-                return att_mma_prefill(q, c, L->kv_fp8, out, stream);
+        if (path == KERN_ATT_PATH_MMA_PREFILL || path == KERN_ATT_PATH_MMA_PREFILL_CP)
+                return att_mma_prefill(q, c, L->kv_fp8, path == KERN_ATT_PATH_MMA_PREFILL_CP, out, stream);
         if (path == KERN_ATT_PATH_TILE) {
                 switch (dpl) {
                 case 1: return launch_tile<1>(L->kv_fp8, bt->n_tokens, q, c, out, stream);

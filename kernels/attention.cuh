@@ -34,7 +34,8 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
 /* splits per query: enough to fill the GPU for one long sequence, few enough that the merge stays cheap */
 #define ATT_MMA_MAX_SPLIT 64
 bool att_mma_supported(const struct kern_attn_layer *L, bool prefill);
-int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, uint16_t *out, cudaStream_t stream);
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool cp, uint16_t *out,
+                    cudaStream_t stream);
 int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool km,
                         uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,
                         cudaStream_t stream);

@@ -191,6 +191,7 @@ enum {
         KERN_ATT_PATH_MMA_PREFILL,      /* tensor cores, 64-row query tiles */
         KERN_ATT_PATH_MMA_DECODE,       /* tensor cores, one token's GQA group per block, split keys */
         KERN_ATT_PATH_MMA_DECODE_KM,    /* MMA_DECODE with the keys as the mma's M side (GQA group <= 8) */
+        KERN_ATT_PATH_MMA_PREFILL_CP,   /* MMA_PREFILL with the next K/V tile copied (cp.async) meanwhile */
 };
 extern int kern_attention_force_path, kern_attention_last_path;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an

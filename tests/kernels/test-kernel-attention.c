@@ -67,6 +67,7 @@ static const char *path_name(int p) {
         case KERN_ATT_PATH_MMA_PREFILL: return "mma prefill";
         case KERN_ATT_PATH_MMA_DECODE: return "mma decode";
         case KERN_ATT_PATH_MMA_DECODE_KM: return "mma decode km";
+        case KERN_ATT_PATH_MMA_PREFILL_CP: return "mma prefill cp";
         default: return "?";
         }
 }
@@ -458,19 +459,19 @@ static void benchmarks(void) {
         printf("# timings (cudaEvent, 3 warm-ups, median of 7-21 runs); model: 25 sliding (d256, 8 kv heads, window "
                "1024) + 5 full (d512, 2 kv heads) layers, FP8 KV, page size 16\n");
         b = (struct bench){"prefill 8192 sliding fp8", 16, 8, 256, 1024, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, sl);
         b = (struct bench){"prefill 8192 full fp8", 16, 2, 512, 0, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, fl);
         printf("RESULT attn prefill 8192 x 30 layers: old %.1f ms, new %.1f ms, default %.1f ms\n",
                25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1], 25 * sl[2] + 5 * fl[2]);
         b = (struct bench){"prefill 8192 sliding bf16", 16, 8, 256, 1024, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, sl);
         b = (struct bench){"prefill 8192 full bf16", 16, 2, 512, 0, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, fl);
         b = (struct bench){"chunked prefill 2048 at 6144 sliding fp8", 16, 8, 256, 1024, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, sl);
         b = (struct bench){"chunked prefill 2048 at 6144 full fp8", 16, 2, 512, 0, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, 0, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, fl);
 
         static const uint32_t streams[] = {64, 16, 4, 1};
         for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
@@ -525,12 +526,12 @@ int main(int argc, char **argv) {
                 {"prefill 2048 sliding w1024 bf16", 16, 8, 256, 16, 1024, 128, 10000.0f, 0, 0, 1, pre2k, 1, 40, 0},
                 {"prefill 2048 full d512 fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, pre2k, 1, 16, 0},
                 {"prefill 2048 full d512 bf16", 16, 2, 512, 16, 0, 64, 1e6f, 1, 0, 0, pre2k, 1, 16, 0},
-                {"mixed: ring-wrapping chunk + decodes at the window edge, sliding fp8", 16, 8, 256, 16, 1024, 128,
+                {"mixed: chunked prefill wrapping the ring + decodes at the window edge, sliding fp8", 16, 8, 256, 16, 1024, 128,
                  10000.0f, 0, 1, 1, mixed_sl, 7, 48, 0},
-                {"mixed: ring-wrapping chunk + decodes at the window edge, sliding bf16", 16, 8, 256, 16, 1024, 128,
+                {"mixed: chunked prefill wrapping the ring + decodes at the window edge, sliding bf16", 16, 8, 256, 16, 1024, 128,
                  10000.0f, 0, 0, 1, mixed_sl, 7, 48, 0},
-                {"mixed: chunk after 3000 + decodes, full fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, mixed_fl, 5, 12, 0},
-                {"mixed: chunk after 3000 + decodes, full bf16", 16, 2, 512, 16, 0, 64, 1e6f, 1, 0, 0, mixed_fl, 5, 12, 0},
+                {"mixed: chunked prefill after 3000 + decodes, full fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, mixed_fl, 5, 12, 0},
+                {"mixed: chunked prefill after 3000 + decodes, full bf16", 16, 2, 512, 16, 0, 64, 1e6f, 1, 0, 0, mixed_fl, 5, 12, 0},
                 {"decode 64 x 250-439 sliding fp8", 16, 8, 256, 16, 1024, 128, 10000.0f, 0, 1, 1, dec64, 64, 0, 0},
                 {"decode 64 x 250-439 sliding bf16", 16, 8, 256, 16, 1024, 128, 10000.0f, 0, 0, 1, dec64, 64, 0, 0},
                 {"decode 64 x 250-439 full fp8", 16, 2, 512, 16, 0, 64, 1e6f, 1, 1, 0, dec64, 64, 0, 0},
@@ -544,7 +545,7 @@ int main(int argc, char **argv) {
         };
         static const int paths[] = {KERN_ATT_PATH_AUTO, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_TILE,
                                     KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_DECODE,
-                                    KERN_ATT_PATH_MMA_DECODE_KM};
+                                    KERN_ATT_PATH_MMA_DECODE_KM, KERN_ATT_PATH_MMA_PREFILL_CP};
         /* GEMMA4D_ATTN_TEST=quick: the reference checks only; =bench: the timings only */
         const char *mode = getenv("GEMMA4D_ATTN_TEST");
         int checks = !mode || strcmp(mode, "bench") != 0, timings = !mode || strcmp(mode, "quick") != 0;
@@ -559,13 +560,16 @@ int main(int argc, char **argv) {
         const size_t N_OLD = 12;
         for (size_t k = 0; checks && k < sizeof(paths) / sizeof(paths[0]); k++) {
                 int old_path = paths[k] == KERN_ATT_PATH_SPLIT || paths[k] == KERN_ATT_PATH_TILE;
-                int variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_KM;
+                /* the variants: the original scenarios and those of their own kind */
+                const char *variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_KM   ? "decode"
+                                      : paths[k] == KERN_ATT_PATH_MMA_PREFILL_CP ? "prefill"
+                                                                                : NULL;
                 kern_attention_force_path = paths[k];
                 printf("# attention path: %s\n", k ? path_name(paths[k]) : "default choice");
                 fflush(stdout);
                 for (size_t i = 0; i < sizeof(sc) / sizeof(sc[0]); i++)
                         if (k == 0 || (!sc[i].big && (!old_path || i < N_OLD) &&
-                                       (!variant || i < N_OLD || strstr(sc[i].name, "decode")))) {
+                                       (!variant || i < N_OLD || strstr(sc[i].name, variant)))) {
                                 run(&sc[i]);
                                 fflush(stdout);
                         }
