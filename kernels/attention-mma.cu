@@ -832,28 +832,30 @@ static int launch_fa(dim3 grid, const uint16_t *q, const struct att_ctx &c, uint
         return KERN_CHECK_LAUNCH();
 }
 
-/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves), key tiles of 64 staged through registers,
- * or (cp) copied with cp.async one tile ahead while K and V take turns in one FP16 tile (H100: 32-key tiles
- * with two FP16 tiles and a cp.async prefetch were slower, 0.87 / 7.7 ms against 0.83 / 6.6 ms for 8192
- * tokens on a sliding / full layer). With several sequences in the batch, short sequence runs go to a
+/* prefill shape: 64 rows, 8 warps (4 row groups x 2 column halves), key tiles of 64 copied with cp.async one
+ * tile ahead while K and V take turns in one FP16 tile (H100, 8192 tokens, FP8: 0.77 / 6.1 ms on a sliding /
+ * full layer), or staged through registers (0.83 / 6.8 ms; 32-key tiles with two FP16 tiles and a copy ahead
+ * were slower still, 0.87 / 7.7 ms). With several sequences in the batch, short sequence runs go to a
  * decode-shaped launch (fa_kernel). */
 template <int NST>
 static int launch_prefill(dim3 grid, const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t tpb,
                           uint32_t short_seg, uint16_t *out, cudaStream_t stream) {
         if (c.d == 256)
                 return fp8 ? launch_fa<256, 4, 2, 64, true, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
-                           : launch_fa<256, 4, 2, 64, false, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
+                           : launch_fa<256, 4, 2, 64, false, 0>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
         return fp8 ? launch_fa<512, 4, 2, 64, true, NST>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream)
                    : launch_fa<512, 4, 2, 64, false, 0>(grid, q, c, tpb, 0, tpb, short_seg, NULL, out, stream);
 }
 
-int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool cp, uint16_t *out,
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool copy_ahead, uint16_t *out,
                     cudaStream_t stream) {
         const uint32_t g = c.n_heads / c.n_kv, tpb = 64 / g;
         const uint32_t short_seg = c.bt.n_seqs > 1 ? (tpb / 4 > 2 ? tpb / 4 : 2) : 0;
         dim3 grid((c.bt.n_tokens + tpb - 1) / tpb, c.n_kv, 1);
-        int r = cp ? launch_prefill<1>(grid, q, c, fp8, tpb, short_seg, out, stream)
-                   : launch_prefill<0>(grid, q, c, fp8, tpb, short_seg, out, stream);
+        /* a BF16 raw tile is twice the bytes: it would cost d256 its second block per SM (H100: 1.21 against
+         * 0.89 ms) and does not fit beside d512's tiles */
+        int r = copy_ahead && fp8 ? launch_prefill<1>(grid, q, c, fp8, tpb, short_seg, out, stream)
+                                  : launch_prefill<0>(grid, q, c, fp8, tpb, short_seg, out, stream);
         if (r < 0 || !short_seg)
                 return r;
         /* the companion writes its rows directly (one split): a merge would run over every row */

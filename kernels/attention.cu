@@ -479,9 +479,10 @@ static int merge_splits(const float *partial, uint32_t n_split, uint32_t rows, u
 
 /* Which kernel takes a batch. Prefill-like batches (several queries per sequence) go to a tile kernel that
  * reads each K/V tile once per GQA group of query rows; decode batches (one query per sequence) would leave
- * most of its rows empty and go to a per-(token, key split) kernel: the tensor-core one when there are enough
- * (token, kv head) pairs to fill the GPU, otherwise the CUDA-core split-K kernel, which spreads a few queries'
- * keys over more blocks. Tests may force a path; a forced path that cannot take the layer falls back. */
+ * most of its rows empty and go to a per-(token, kv head, key split) kernel. Head dims 256 and 512 run on
+ * tensor cores (on H100 the decode kernel beat the CUDA-core split-K kernel from 1 to 64 streams), other
+ * head dims on the CUDA-core kernels. Tests may force a path; a forced path that cannot take the layer falls
+ * back. */
 static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *L) {
         uint32_t group = L->n_heads / L->n_kv_heads;
         bool tile_ok = group <= TILE_PAIRS;
@@ -497,12 +498,12 @@ static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *
                         return path;
                 break;
         case KERN_ATT_PATH_MMA_PREFILL:
-        case KERN_ATT_PATH_MMA_PREFILL_CP:
+        case KERN_ATT_PATH_MMA_PREFILL_REGS:
                 if (att_mma_supported(L, true))
                         return path;
                 break;
         case KERN_ATT_PATH_MMA_DECODE:
-        case KERN_ATT_PATH_MMA_DECODE_KM:
+        case KERN_ATT_PATH_MMA_DECODE_ROWS:
                 if (att_mma_supported(L, false))
                         return path;
                 break;
@@ -513,8 +514,7 @@ static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *
                 return KERN_ATT_PATH_MMA_PREFILL;
         if (prefill_like && tile_ok)
                 return KERN_ATT_PATH_TILE;
-        if (att_mma_supported(L, false) &&
-            (bt->n_tokens * L->n_kv_heads >= ATT_MMA_DECODE_MIN_UNITS || bt->max_keys >= ATT_MMA_DECODE_MIN_KEYS))
+        if (att_mma_supported(L, false))
                 return KERN_ATT_PATH_MMA_DECODE;
         return KERN_ATT_PATH_SPLIT;
 }
@@ -533,8 +533,8 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
         int path = pick_path(bt, L);
         kern_attention_last_path = path;
-        if (path == KERN_ATT_PATH_MMA_PREFILL || path == KERN_ATT_PATH_MMA_PREFILL_CP)
-                return att_mma_prefill(q, c, L->kv_fp8, path == KERN_ATT_PATH_MMA_PREFILL_CP, out, stream);
+        if (path == KERN_ATT_PATH_MMA_PREFILL || path == KERN_ATT_PATH_MMA_PREFILL_REGS)
+                return att_mma_prefill(q, c, L->kv_fp8, path != KERN_ATT_PATH_MMA_PREFILL_REGS, out, stream);
         if (path == KERN_ATT_PATH_TILE) {
                 switch (dpl) {
                 case 1: return launch_tile<1>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
@@ -545,13 +545,13 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
                 }
         }
         size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
-        if (path == KERN_ATT_PATH_MMA_DECODE || path == KERN_ATT_PATH_MMA_DECODE_KM) {
+        if (path == KERN_ATT_PATH_MMA_DECODE || path == KERN_ATT_PATH_MMA_DECODE_ROWS) {
                 /* about three blocks per SM, each split taking at least ATT_MMA_MIN_CHUNK keys */
                 uint32_t units = bt->n_tokens * L->n_kv_heads;
                 uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
                 uint32_t n_split = clamp_split((3 * 132 + units - 1) / units,
                                                most < ATT_MMA_MAX_SPLIT ? most : ATT_MMA_MAX_SPLIT, cap);
-                if (att_mma_decode(q, c, L->kv_fp8, n_split, path == KERN_ATT_PATH_MMA_DECODE_KM, partial, out,
+                if (att_mma_decode(q, c, L->kv_fp8, n_split, path != KERN_ATT_PATH_MMA_DECODE_ROWS, partial, out,
                                    stream) < 0)
                         return -EIO;
                 return merge_splits(partial, n_split, rows, L->head_dim, out, stream);

@@ -26,15 +26,10 @@ static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const 
 /* attention-mma.cu: tensor-core paths for head dims 256 and 512 */
 /* keys per decode split at least: one tile, so that a short context still spreads over several blocks */
 #define ATT_MMA_MIN_CHUNK 32
-/* decode batches take the CUDA-core split-K kernel with fewer (token, kv head) pairs than this, unless the
- * context bound reaches ATT_MMA_DECODE_MIN_KEYS (H100: the split-K kernel wins at 1-4 streams of 300 keys on
- * full layers, the tensor-core one from 4 streams on sliding layers and at 8000 keys) */
-#define ATT_MMA_DECODE_MIN_UNITS 32
-#define ATT_MMA_DECODE_MIN_KEYS 2048
 /* splits per query: enough to fill the GPU for one long sequence, few enough that the merge stays cheap */
 #define ATT_MMA_MAX_SPLIT 64
 bool att_mma_supported(const struct kern_attn_layer *L, bool prefill);
-int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool cp, uint16_t *out,
+int att_mma_prefill(const uint16_t *q, const struct att_ctx &c, bool fp8, bool copy_ahead, uint16_t *out,
                     cudaStream_t stream);
 int att_mma_decode_rows(const uint16_t *q, const struct att_ctx &c, bool fp8, uint32_t n_split, bool km,
                         uint32_t prefill_tpb, uint32_t short_seg, float *partial, uint16_t *out,

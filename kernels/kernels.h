@@ -188,10 +188,10 @@ enum {
         KERN_ATT_PATH_AUTO,
         KERN_ATT_PATH_SPLIT,            /* CUDA cores, one block per (token, head, key split) */
         KERN_ATT_PATH_TILE,             /* CUDA cores, K/V tiles in shared memory shared by a GQA group */
-        KERN_ATT_PATH_MMA_PREFILL,      /* tensor cores, 64-row query tiles */
-        KERN_ATT_PATH_MMA_DECODE,       /* tensor cores, one token's GQA group per block, split keys */
-        KERN_ATT_PATH_MMA_DECODE_KM,    /* MMA_DECODE with the keys as the mma's M side (GQA group <= 8) */
-        KERN_ATT_PATH_MMA_PREFILL_CP,   /* MMA_PREFILL with the next K/V tile copied (cp.async) meanwhile */
+        KERN_ATT_PATH_MMA_PREFILL,      /* tensor cores, 64-row query tiles, next K/V tile copied meanwhile */
+        KERN_ATT_PATH_MMA_DECODE,       /* tensor cores, one token's GQA group per block, keys as the M side */
+        KERN_ATT_PATH_MMA_DECODE_ROWS,  /* MMA_DECODE with query heads as the mma's M side (16-row tile) */
+        KERN_ATT_PATH_MMA_PREFILL_REGS, /* MMA_PREFILL with K/V staged through registers, no copy ahead */
 };
 extern int kern_attention_force_path, kern_attention_last_path;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an

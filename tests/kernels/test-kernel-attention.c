@@ -66,8 +66,8 @@ static const char *path_name(int p) {
         case KERN_ATT_PATH_TILE: return "smem tile";
         case KERN_ATT_PATH_MMA_PREFILL: return "mma prefill";
         case KERN_ATT_PATH_MMA_DECODE: return "mma decode";
-        case KERN_ATT_PATH_MMA_DECODE_KM: return "mma decode km";
-        case KERN_ATT_PATH_MMA_PREFILL_CP: return "mma prefill cp";
+        case KERN_ATT_PATH_MMA_DECODE_ROWS: return "mma decode rows";
+        case KERN_ATT_PATH_MMA_PREFILL_REGS: return "mma prefill regs";
         default: return "?";
         }
 }
@@ -459,19 +459,19 @@ static void benchmarks(void) {
         printf("# timings (cudaEvent, 3 warm-ups, median of 7-21 runs); model: 25 sliding (d256, 8 kv heads, window "
                "1024) + 5 full (d512, 2 kv heads) layers, FP8 KV, page size 16\n");
         b = (struct bench){"prefill 8192 sliding fp8", 16, 8, 256, 1024, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_REGS, sl);
         b = (struct bench){"prefill 8192 full fp8", 16, 2, 512, 0, 1, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_REGS, fl);
         printf("RESULT attn prefill 8192 x 30 layers: old %.1f ms, new %.1f ms, default %.1f ms\n",
                25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1], 25 * sl[2] + 5 * fl[2]);
         b = (struct bench){"prefill 8192 sliding bf16", 16, 8, 256, 1024, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_REGS, sl);
         b = (struct bench){"prefill 8192 full bf16", 16, 2, 512, 0, 0, 1, 0, 8192, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_REGS, fl);
         b = (struct bench){"chunked prefill 2048 at 6144 sliding fp8", 16, 8, 256, 1024, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, sl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_REGS, sl);
         b = (struct bench){"chunked prefill 2048 at 6144 full fp8", 16, 2, 512, 0, 1, 1, 6144, 2048, 0};
-        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_CP, fl);
+        bench_one(&b, KERN_ATT_PATH_TILE, KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_PREFILL_REGS, fl);
 
         static const uint32_t streams[] = {64, 16, 4, 1};
         for (size_t i = 0; i < sizeof(streams) / sizeof(streams[0]); i++) {
@@ -481,18 +481,18 @@ static void benchmarks(void) {
                         snprintf(n1, sizeof(n1), "decode %ux300 sliding fp8%s", streams[i], bn);
                         snprintf(n2, sizeof(n2), "decode %ux300 full fp8%s", streams[i], bn);
                         b = (struct bench){n1, 16, 8, 256, 1024, 1, streams[i], 299, 1, bound ? 1024 : 0};
-                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, sl);
+                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_ROWS, sl);
                         b = (struct bench){n2, 16, 2, 512, 0, 1, streams[i], 299, 1, bound ? 32768 : 0};
-                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, fl);
-                        printf("RESULT attn decode %ux300%s x 30 layers: old %.3f ms, new %.3f ms, km variant %.3f ms, "
+                        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_ROWS, fl);
+                        printf("RESULT attn decode %ux300%s x 30 layers: old %.3f ms, new %.3f ms, rows variant %.3f ms, "
                                "default %.3f ms\n", streams[i], bn, 25 * sl[0] + 5 * fl[0], 25 * sl[1] + 5 * fl[1],
                                25 * sl[3] + 5 * fl[3], 25 * sl[2] + 5 * fl[2]);
                 }
         }
         b = (struct bench){"decode 64x2000 full fp8", 16, 2, 512, 0, 1, 64, 1999, 1, 0};
-        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, fl);
+        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_ROWS, fl);
         b = (struct bench){"decode 1x8000 full fp8", 16, 2, 512, 0, 1, 1, 7999, 1, 0};
-        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_KM, fl);
+        bench_one(&b, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_MMA_DECODE, KERN_ATT_PATH_MMA_DECODE_ROWS, fl);
 }
 
 int main(int argc, char **argv) {
@@ -545,7 +545,7 @@ int main(int argc, char **argv) {
         };
         static const int paths[] = {KERN_ATT_PATH_AUTO, KERN_ATT_PATH_SPLIT, KERN_ATT_PATH_TILE,
                                     KERN_ATT_PATH_MMA_PREFILL, KERN_ATT_PATH_MMA_DECODE,
-                                    KERN_ATT_PATH_MMA_DECODE_KM, KERN_ATT_PATH_MMA_PREFILL_CP};
+                                    KERN_ATT_PATH_MMA_DECODE_ROWS, KERN_ATT_PATH_MMA_PREFILL_REGS};
         /* GEMMA4D_ATTN_TEST=quick: the reference checks only; =bench: the timings only */
         const char *mode = getenv("GEMMA4D_ATTN_TEST");
         int checks = !mode || strcmp(mode, "bench") != 0, timings = !mode || strcmp(mode, "quick") != 0;
@@ -555,14 +555,14 @@ int main(int argc, char **argv) {
         kt_seed(3);
         /* every scenario through the default choice, then through each path forced (a path that cannot take a
          * layer falls back, and the check's name says which kernel ran); the CUDA-core paths keep their
-         * original scenarios (the first N_OLD), the km decode variant those and the decode batches, the
+         * original scenarios (the first N_OLD), the variants those and the batches of their kind, the
          * long ones run through the default choice only */
         const size_t N_OLD = 12;
         for (size_t k = 0; checks && k < sizeof(paths) / sizeof(paths[0]); k++) {
                 int old_path = paths[k] == KERN_ATT_PATH_SPLIT || paths[k] == KERN_ATT_PATH_TILE;
                 /* the variants: the original scenarios and those of their own kind */
-                const char *variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_KM   ? "decode"
-                                      : paths[k] == KERN_ATT_PATH_MMA_PREFILL_CP ? "prefill"
+                const char *variant = paths[k] == KERN_ATT_PATH_MMA_DECODE_ROWS   ? "decode"
+                                      : paths[k] == KERN_ATT_PATH_MMA_PREFILL_REGS ? "prefill"
                                                                                 : NULL;
                 kern_attention_force_path = paths[k];
                 printf("# attention path: %s\n", k ? path_name(paths[k]) : "default choice");
