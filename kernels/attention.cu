@@ -460,6 +460,16 @@ static int launch_tile(bool fp8, uint32_t n_tokens, const uint16_t *q, const str
         return KERN_CHECK_LAUNCH();
 }
 
+/* multiprocessors of the current device (read once: the daemon drives one device) */
+static int sm_count(void) {
+        static int n;
+        int dev;
+        if (n <= 0 && (cudaGetDevice(&dev) != cudaSuccess ||
+                       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0))
+                n = 132;
+        return n;
+}
+
 /* want, at most `most` (each split needs keys), at most what the partial scratch holds, at least 1 */
 static uint32_t clamp_split(uint32_t want, uint32_t most, size_t cap) {
         if (want > most)
@@ -546,11 +556,13 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         }
         size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
         if (path == KERN_ATT_PATH_MMA_DECODE || path == KERN_ATT_PATH_MMA_DECODE_ROWS) {
-                /* about three blocks per SM, each split taking at least ATT_MMA_MIN_CHUNK keys */
+                /* as many splits as keep every block resident at once (one wave: a second wave of short
+                 * blocks costs more than longer blocks), each split taking at least ATT_MMA_MIN_CHUNK keys */
                 uint32_t units = bt->n_tokens * L->n_kv_heads;
+                uint32_t slots = (uint32_t) sm_count() * (L->head_dim <= 256 ? 4 : 2);
                 uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
-                uint32_t n_split = clamp_split((3 * 132 + units - 1) / units,
-                                               most < ATT_MMA_MAX_SPLIT ? most : ATT_MMA_MAX_SPLIT, cap);
+                uint32_t n_split = clamp_split(slots / units, most < ATT_MMA_MAX_SPLIT ? most : ATT_MMA_MAX_SPLIT,
+                                               cap);
                 if (att_mma_decode(q, c, L->kv_fp8, n_split, path != KERN_ATT_PATH_MMA_DECODE_ROWS, partial, out,
                                    stream) < 0)
                         return -EIO;
