@@ -194,6 +194,44 @@ static __device__ __forceinline__ void issue_raw(uint8_t *raw, const struct att_
         }
 }
 
+/* The first NST tiles of [klo, khi) in flight, one commit group per tile (empty past the last, so that the
+ * wait count stays fixed); returns the page for tile NST, read now so that it arrives during compute. */
+template <int D, int BK, int THREADS, bool FP8, int NST>
+static __device__ __forceinline__ int32_t copy_first_tiles(uint8_t *raw, size_t stage_bytes,
+                                                           const struct att_ctx &c, const int32_t *table,
+                                                           int32_t klo, int32_t khi, int n_tiles, int32_t pos0,
+                                                           int32_t row0, uint32_t kvh) {
+        int32_t page = -2;
+#pragma unroll
+        for (int p = 0; p < NST; p++) {
+                if (p < n_tiles) {
+                        const int32_t kp = klo + p * BK;
+                        page = lookup_page<D, BK, THREADS, FP8>(c, table, kp, min(BK, khi - kp), pos0);
+                        issue_raw<D, BK, THREADS, FP8>(raw + p * stage_bytes, c, page, kp, pos0, row0, kvh);
+                }
+                cp_async_commit();
+        }
+        if (NST < n_tiles)
+                page = lookup_page<D, BK, THREADS, FP8>(c, table, klo + NST * BK, min(BK, khi - klo - NST * BK), pos0);
+        return page;
+}
+
+/* Tile `it` (at kt) has left its stage: the stage takes tile it + NST, and the page of the tile after that
+ * travels while this one is finished. One commit group either way. */
+template <int D, int BK, int THREADS, bool FP8, int NST>
+static __device__ __forceinline__ void copy_next_tile(uint8_t *stage, int32_t *page, const struct att_ctx &c,
+                                                      const int32_t *table, int32_t kt, int it, int n_tiles,
+                                                      int32_t khi, int32_t pos0, int32_t row0, uint32_t kvh) {
+        if (it + NST < n_tiles) {
+                issue_raw<D, BK, THREADS, FP8>(stage, c, *page, kt + NST * BK, pos0, row0, kvh);
+                if (it + NST + 1 < n_tiles) {
+                        const int32_t kn = kt + (NST + 1) * BK;
+                        *page = lookup_page<D, BK, THREADS, FP8>(c, table, kn, min(BK, khi - kn), pos0);
+                }
+        }
+        cp_async_commit();
+}
+
 /* step three: raw rows (K or V) -> FP16 rows of dst, rows nk..BK-1 zeroed */
 template <int D, int BK, int THREADS, bool FP8>
 static __device__ __forceinline__ void widen_raw(uint16_t *dst, const uint8_t *raw, int nk) {
@@ -366,23 +404,9 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         q_ready = true;
                 }
                 int32_t page = -2;
-                if (NST) {
-                        /* the first NST tiles in flight, the page of the next one on its way; one commit
-                         * group per tile (empty past the last) keeps the wait count fixed */
-#pragma unroll
-                        for (int p = 0; p < NST; p++) {
-                                if (p < n_tiles) {
-                                        const int32_t kp = klo + p * BK;
-                                        page = lookup_page<D, BK, THREADS, FP8>(c, table, kp, min(BK, khi - kp), pos0);
-                                        issue_raw<D, BK, THREADS, FP8>(raw + p * S::RAW_STAGE, c, page, kp, pos0,
-                                                                       row0, kvh);
-                                }
-                                cp_async_commit();
-                        }
-                        if (NST < n_tiles)
-                                page = lookup_page<D, BK, THREADS, FP8>(c, table, klo + NST * BK,
-                                                                        min(BK, khi - klo - NST * BK), pos0);
-                }
+                if (NST)
+                        page = copy_first_tiles<D, BK, THREADS, FP8, NST>(raw, S::RAW_STAGE, c, table, klo, khi,
+                                                                          n_tiles, pos0, row0, kvh);
                 for (int it = 0; it < n_tiles; it++) {
                         const int32_t kt = klo + it * BK;
                         const int nk = min(BK, khi - kt);
@@ -485,17 +509,8 @@ static __global__ void __launch_bounds__(32 * WR * WC, (fa_occupancy<D, WR, WC, 
                         }
                         if (NST) {
                                 __syncthreads();
-                                /* the stage is free: it takes tile it + NST, and the page numbers of the tile
-                                 * after travel while this one is finished */
-                                if (it + NST < n_tiles) {
-                                        issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
-                                        if (it + NST + 1 < n_tiles) {
-                                                const int32_t kn = kt + (NST + 1) * BK;
-                                                page = lookup_page<D, BK, THREADS, FP8>(c, table, kn, min(BK, khi - kn),
-                                                                                        pos0);
-                                        }
-                                }
-                                cp_async_commit();
+                                copy_next_tile<D, BK, THREADS, FP8, NST>(stage, &page, c, table, kt, it, n_tiles, khi,
+                                                                         pos0, row0, kvh);
                         } else {
                                 row_group_sync<WR, WC>(wr);
                         }
@@ -622,18 +637,8 @@ static __global__ void __launch_bounds__(128, D == 256 ? 4 : 2)
                 return;
         }
 
-        int32_t page = -2;
-#pragma unroll
-        for (int p = 0; p < NST; p++) {
-                if (p < n_tiles) {
-                        const int32_t kp = klo + p * BK;
-                        page = lookup_page<D, BK, THREADS, FP8>(c, table, kp, min(BK, khi - kp), pos0);
-                        issue_raw<D, BK, THREADS, FP8>(raw + p * S::RAW_STAGE, c, page, kp, pos0, row0, kvh);
-                }
-                cp_async_commit();
-        }
-        if (NST < n_tiles)
-                page = lookup_page<D, BK, THREADS, FP8>(c, table, klo + NST * BK, min(BK, khi - klo - NST * BK), pos0);
+        int32_t page = copy_first_tiles<D, BK, THREADS, FP8, NST>(raw, S::RAW_STAGE, c, table, klo, khi, n_tiles,
+                                                                  pos0, row0, kvh);
 
         /* Q of the group's heads (rows past g zero), then Q^T fragments into registers */
         for (uint32_t i = threadIdx.x; i < 8 * (D / 8); i += THREADS) {
@@ -730,14 +735,7 @@ static __global__ void __launch_bounds__(128, D == 256 ? 4 : 2)
                         o[n][3] *= c1;
                 }
                 __syncthreads();
-                if (it + NST < n_tiles) {
-                        issue_raw<D, BK, THREADS, FP8>(stage, c, page, kt + NST * BK, pos0, row0, kvh);
-                        if (it + NST + 1 < n_tiles) {
-                                const int32_t kn = kt + (NST + 1) * BK;
-                                page = lookup_page<D, BK, THREADS, FP8>(c, table, kn, min(BK, khi - kn), pos0);
-                        }
-                }
-                cp_async_commit();
+                copy_next_tile<D, BK, THREADS, FP8, NST>(stage, &page, c, table, kt, it, n_tiles, khi, pos0, row0, kvh);
 
 #pragma unroll
                 for (int kk = 0; kk < BK / 16; kk++) {
