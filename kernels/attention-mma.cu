@@ -22,13 +22,19 @@
  * Keys outside the causal / sliding-window range of every row of the tile are never visited; the tiles on
  * the range's edges are masked per element.
  *
- * Two shapes of the same kernel:
- *   prefill: 64 rows (32 tokens x 2 heads on sliding layers, 8 tokens x 8 heads on full ones), 8 warps;
+ * K/V arrive either through registers (stage_kv) or by cp.async into raw byte stages a tile or two ahead
+ * (NST > 0), with K and V then taking turns in one FP16 tile: V is widened once every warp is past S.
+ *
+ * Shapes of fa_kernel:
+ *   prefill: 64 rows (32 tokens x 2 heads on sliding layers, 8 tokens x 8 heads on full ones), 8 warps,
+ *            64-key tiles;
  *   decode:  one token per block (its GQA group as the rows, padded to 16), 4 warps splitting key tiles of 32,
  *            and the keys split over gridDim.z blocks whose partial (max, sum, unnormalised output) rows are
- *            merged afterwards (attention.cu's merge kernel).
+ *            merged afterwards (attention.cu's merge kernel); used for GQA groups above 8 and for the short
+ *            sequence runs of mixed prefill batches.
  * Tokens of one block that belong to different sequences are handled one sequence at a time, the other rows
- * masked.
+ * masked. fa_decode_km_kernel is the decode kernel for GQA groups up to 8: the same tiles with the keys as
+ * the mma's M side.
  */
 #include "attention.cuh"
 
