@@ -83,3 +83,596 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
         argmax_rows_kernel<<<n_rows, ARGMAX_THREADS, 0, stream>>>(logits, n, out);
         return KERN_CHECK_LAUNCH();
 }
+
+/* ==== Full sampling on the device: sampler.h steps 0-6, one block per row ====
+ *
+ * Every decision of the host sampler is reproduced with the same float operations (penalties, temperature,
+ * max, the ranking key (l desc, id asc), min_p's w >= min_p), and every sum it takes in double is taken here
+ * EXACTLY, in 128-bit fixed point (w * 2^62 per token, truncated: a token of weight below 2^-62 is dropped,
+ * at most V * 2^-62 < 2^-43 in all). Integer sums do not depend on the order of the additions, so the
+ * kernel is deterministic: the same logits, parameters, seed and index always give the same token.
+ *
+ * Where the two can still differ (docs/cuda-backend.md, "Sampling on the GPU"):
+ *   - w = expf(l - m): CUDA's expf is within 2 ulp, glibc's within 0.502 ulp, so a token's w may differ by
+ *     up to 2 ulp (relative 2.4e-7): min_p decides differently only for a w within 2 ulp of min_p, and
+ *     every sum (top_p mass, z, the draw's prefix sums, the log-sum-exp) may move by that relative amount;
+ *   - the host adds doubles in its own order (quickselect order for top_p, ascending id for the draw), with
+ *     a relative rounding error below V * 2^-53 = 2.9e-11.
+ * So a token differs only when u * z (the draw) or p * mass (top_p) lies within a relative 3e-7 of a
+ * boundary, or a w within 2 ulp of min_p; logprobs differ by at most ~3e-7 absolute plus one float ulp.
+ * tests/kernels/test-kernel-sample.c checks exactly that.
+ *
+ * Phases of one row (all threads of the block take part in each; passes read the row from global memory):
+ *   penalties (token history)  -> temperature + max  -> w = expf(l - m) into the workspace, total mass
+ *   -> top_k: radix select on the ranking key (3 passes, count histograms) + the threshold among ties
+ *   -> top_p: radix select on the same key weighted by w (3 passes, mass histograms) + threshold
+ *   -> z over the candidate set, the draw (chunk sums, block scan, one warp scans the hit chunk)
+ *   -> logprob of the token and the top-N list (radix select on the logprob key).
+ * No sort of the vocabulary, no host synchronisation, one launch. */
+
+#define SAMPLE_THREADS 1024
+#define SAMPLE_WARPS (SAMPLE_THREADS / 32)
+#define RADIX_BINS 2048
+
+typedef unsigned __int128 u128;
+
+struct sample_shared {
+        union {
+                struct {
+                        uint32_t cnt[RADIX_BINS];
+                        unsigned long long lo[RADIX_BINS], hi[RADIX_BINS];
+                } h;
+                u128 chunk[SAMPLE_THREADS];
+        } u;
+        u128 red[SAMPLE_WARPS];
+        float redf[SAMPLE_WARPS];
+        int32_t redi[SAMPLE_WARPS];
+        uint32_t sel_digit;
+        u128 sel_rem;
+        int32_t found_chunk, found_idx;
+        u128 found_base;
+        uint32_t top_n;
+        int32_t top_id[KERN_SAMPLE_MAX_TOP];
+        float top_lp[KERN_SAMPLE_MAX_TOP];
+};
+
+static __device__ __forceinline__ float clean_logit(float v) {
+        return isnan(v) ? -INFINITY : v;
+}
+
+/* float -> uint32 with the same order (no NaN here); -0 and +0 map to one key, as they compare equal */
+static __device__ __forceinline__ uint32_t order_key(float v) {
+        uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
+        return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static __device__ __forceinline__ float key_to_float(uint32_t k) {
+        return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+static __device__ __forceinline__ uint64_t weight_fx(float w) {
+        return __float2ull_rz(w * 0x1p62f);
+}
+
+static __device__ __forceinline__ double fx_to_double(u128 v) {
+        return ((double) (uint64_t) (v >> 64) * 0x1p64 + (double) (uint64_t) v) * 0x1p-62;
+}
+
+/* t >= 0 in fixed point, truncated (both parts are exact: s - hi * 2^64 only drops s's leading bits) */
+static __device__ __forceinline__ u128 double_to_fx(double t) {
+        double s = t * 0x1p62;
+        double hi = floor(s * 0x1p-64);
+        uint64_t lo = (uint64_t) (s - hi * 0x1p64);
+        return ((u128) (uint64_t) hi << 64) | lo;
+}
+
+static __device__ __forceinline__ u128 shfl_u128(u128 v, int src) {
+        uint64_t lo = __shfl_sync(0xffffffffu, (unsigned long long) (uint64_t) v, src);
+        uint64_t hi = __shfl_sync(0xffffffffu, (unsigned long long) (uint64_t) (v >> 64), src);
+        return ((u128) hi << 64) | lo;
+}
+
+static __device__ __forceinline__ u128 shfl_up_u128(u128 v, int d) {
+        uint64_t lo = __shfl_up_sync(0xffffffffu, (unsigned long long) (uint64_t) v, d);
+        uint64_t hi = __shfl_up_sync(0xffffffffu, (unsigned long long) (uint64_t) (v >> 64), d);
+        return ((u128) hi << 64) | lo;
+}
+
+static __device__ __forceinline__ u128 shfl_xor_u128(u128 v, int o) {
+        uint64_t lo = __shfl_xor_sync(0xffffffffu, (unsigned long long) (uint64_t) v, o);
+        uint64_t hi = __shfl_xor_sync(0xffffffffu, (unsigned long long) (uint64_t) (v >> 64), o);
+        return ((u128) hi << 64) | lo;
+}
+
+static __device__ __forceinline__ u128 warp_sum_u128(u128 v) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+                v += shfl_xor_u128(v, o);
+        return v;
+}
+
+static __device__ __forceinline__ u128 warp_incl_scan_u128(u128 v) {
+        int lane = threadIdx.x & 31;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+                u128 o = shfl_up_u128(v, d);
+                if (lane >= d)
+                        v += o;
+        }
+        return v;
+}
+
+static __device__ u128 block_sum_u128(u128 v, struct sample_shared *sh) {
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        v = warp_sum_u128(v);
+        __syncthreads();
+        if (lane == 0)
+                sh->red[warp] = v;
+        __syncthreads();
+        v = lane < SAMPLE_WARPS ? sh->red[lane] : 0;
+        return warp_sum_u128(v);
+}
+
+static __device__ float block_max_f(float v, struct sample_shared *sh) {
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        v = warp_max(v);
+        __syncthreads();
+        if (lane == 0)
+                sh->redf[warp] = v;
+        __syncthreads();
+        v = lane < SAMPLE_WARPS ? sh->redf[lane] : -INFINITY;
+        return warp_max(v);
+}
+
+static __device__ int32_t block_max_i(int32_t v, struct sample_shared *sh) {
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+                v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+        __syncthreads();
+        if (lane == 0)
+                sh->redi[warp] = v;
+        __syncthreads();
+        v = lane < SAMPLE_WARPS ? sh->redi[lane] : INT32_MIN;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+                v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+}
+
+/* Greedy: the lowest id of the largest logit, NaN never winning; 0 when nothing is above -inf. */
+static __device__ int32_t block_argmax(const float *l, uint32_t n, struct sample_shared *sh) {
+        float best = -INFINITY;
+        int32_t best_i = (int32_t) n;
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
+                float x = clean_logit(l[i]);
+                if (argmax_better(x, (int32_t) i, best, best_i)) {
+                        best = x;
+                        best_i = (int32_t) i;
+                }
+        }
+        warp_argmax(&best, &best_i);
+        int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        __syncthreads();
+        if (lane == 0) {
+                sh->redf[warp] = best;
+                sh->redi[warp] = best_i;
+        }
+        __syncthreads();
+        best = sh->redf[lane];
+        best_i = sh->redi[lane];
+        warp_argmax(&best, &best_i);
+        return best_i < (int32_t) n ? best_i : 0;
+}
+
+/* The smallest id i with sum_{s <= i} weight(s) > target, or -1 when the whole row's sum is <= target.
+ * Exact (integer) sums: the row is cut into one chunk per thread; each warp sums 32 chunks with coalesced
+ * reads, a block scan finds the chunk where the prefix crosses target, one warp scans that chunk. */
+template <class W>
+static __device__ int32_t find_prefix(uint32_t n, W weight, u128 target, struct sample_shared *sh) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        const uint32_t chunk_len = ((n + SAMPLE_THREADS - 1) / SAMPLE_THREADS + 31) & ~31u;
+        __syncthreads();                /* sh->u may still be read by a previous phase */
+        for (uint32_t c = (uint32_t) warp * 32; c < (uint32_t) warp * 32 + 32; c++) {
+                u128 acc = 0;
+                uint32_t base = c * chunk_len;
+                for (uint32_t j = lane; j < chunk_len; j += 32)
+                        if (base + j < n)
+                                acc += weight(base + j);
+                acc = warp_sum_u128(acc);
+                if (lane == 0)
+                        sh->u.chunk[c] = acc;
+        }
+        if (threadIdx.x == 0)
+                sh->found_chunk = -1;
+        __syncthreads();
+        u128 mine = sh->u.chunk[threadIdx.x];
+        u128 incl = warp_incl_scan_u128(mine);
+        if (lane == 31)
+                sh->red[warp] = incl;
+        __syncthreads();
+        if (warp == 0) {
+                u128 t = warp_incl_scan_u128(sh->red[lane]);
+                sh->red[lane] = t - sh->red[lane];
+        }
+        __syncthreads();
+        incl += sh->red[warp];
+        u128 excl = incl - mine;
+        if (excl <= target && target < incl) {
+                sh->found_chunk = (int32_t) threadIdx.x;
+                sh->found_base = excl;
+        }
+        __syncthreads();
+        int32_t c = sh->found_chunk;
+        if (c >= 0 && warp == 0) {
+                u128 acc = sh->found_base;
+                for (uint32_t j0 = 0; j0 < chunk_len; j0 += 32) {
+                        uint32_t i = (uint32_t) c * chunk_len + j0 + lane;
+                        u128 x = i < n ? weight(i) : 0;
+                        u128 s = warp_incl_scan_u128(x);
+                        unsigned hit = __ballot_sync(0xffffffffu, acc + s > target);
+                        if (hit) {
+                                if (lane == 0)
+                                        sh->found_idx = (int32_t) ((uint32_t) c * chunk_len + j0 + __ffs(hit) - 1);
+                                break;
+                        }
+                        acc += shfl_u128(s, 31);
+                }
+        }
+        __syncthreads();
+        return c >= 0 ? sh->found_idx : -1;
+}
+
+/* Radix selection over the 32-bit keys of the elements with pred(i), in descending key order: the key v of
+ * the element where the running total first reaches `need` (count mode: the need-th element; mass mode: the
+ * running sum of weight_fx), and what is left of need within the elements of key v (*ret_rem >= 1).
+ * Three passes (11, 11, 10 bits); histograms in shared memory, integer atomics, so deterministic. */
+template <bool MASS, class P, class K, class WF>
+static __device__ void radix_select(uint32_t n, P pred, K key, WF wfx, u128 need, struct sample_shared *sh,
+                                    uint32_t *ret_key, u128 *ret_rem) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        uint32_t prefix = 0, mask = 0;
+        if (need == 0)
+                need = 1;
+        for (int lv = 0; lv < 3; lv++) {
+                const int shift = lv == 0 ? 21 : lv == 1 ? 10 : 0;
+                const uint32_t nb = lv == 2 ? 1024u : 2048u;
+                __syncthreads();
+                for (uint32_t b = threadIdx.x; b < nb; b += SAMPLE_THREADS) {
+                        sh->u.h.cnt[b] = 0;
+                        sh->u.h.lo[b] = 0;
+                        sh->u.h.hi[b] = 0;
+                }
+                __syncthreads();
+                for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
+                        if (!pred(i))
+                                continue;
+                        uint32_t k = key(i);
+                        if ((k & mask) != prefix)
+                                continue;
+                        uint32_t d = (k >> shift) & (nb - 1);
+                        if (MASS) {
+                                unsigned long long x = wfx(i);
+                                if (x) {
+                                        unsigned long long old = atomicAdd(&sh->u.h.lo[d], x);
+                                        if (old + x < old)
+                                                atomicAdd(&sh->u.h.hi[d], 1ull);
+                                }
+                        } else {
+                                atomicAdd(&sh->u.h.cnt[d], 1u);
+                        }
+                }
+                __syncthreads();
+                if (warp == 0) {
+                        /* lane L owns bins nb-1-L*per ... nb-(L+1)*per, highest key first */
+                        const uint32_t per = nb / 32;
+                        u128 s = 0;
+                        for (uint32_t q = 0; q < per; q++) {
+                                uint32_t b = nb - 1 - ((uint32_t) lane * per + q);
+                                s += MASS ? (((u128) sh->u.h.hi[b] << 64) | sh->u.h.lo[b]) : (u128) sh->u.h.cnt[b];
+                        }
+                        u128 incl = warp_incl_scan_u128(s);
+                        u128 total = shfl_u128(incl, 31);
+                        u128 want = need <= total ? need : total;       /* callers keep need <= total */
+                        u128 excl = incl - s;
+                        unsigned hit = __ballot_sync(0xffffffffu, want > excl && want <= incl);
+                        int owner = hit ? __ffs(hit) - 1 : 31;
+                        if (lane == owner) {
+                                u128 acc = excl;
+                                uint32_t digit = nb - 1 - ((uint32_t) lane * per + per - 1);
+                                u128 rem = want - excl;
+                                for (uint32_t q = 0; q < per; q++) {
+                                        uint32_t b = nb - 1 - ((uint32_t) lane * per + q);
+                                        u128 v = MASS ? (((u128) sh->u.h.hi[b] << 64) | sh->u.h.lo[b])
+                                                      : (u128) sh->u.h.cnt[b];
+                                        if (v != 0 && acc + v >= want) {
+                                                digit = b;
+                                                rem = want - acc;
+                                                break;
+                                        }
+                                        acc += v;
+                                }
+                                sh->sel_digit = digit;
+                                sh->sel_rem = rem;
+                        }
+                }
+                __syncthreads();
+                prefix |= sh->sel_digit << shift;
+                mask |= (nb - 1) << shift;
+                need = sh->sel_rem;
+        }
+        *ret_key = prefix;
+        *ret_rem = need;
+}
+
+static __device__ __forceinline__ uint64_t splitmix_bits(uint64_t seed, uint64_t index) {
+        uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+}
+
+/* The top-N list of fill_top(): tokens ordered by (logprob desc, id asc), logprob = (float) (clean(l) - lse).
+ * The N-th key by radix selection, the tied tokens by id, then the at most 20 entries sorted by one thread. */
+static __device__ void top_logprobs(const float *l, uint32_t n, double lse, uint32_t n_top,
+                                    struct sample_shared *sh, struct kern_sample_result *res) {
+        if (n_top > n)
+                n_top = n;
+        if (threadIdx.x == 0)
+                res->n_top = n_top;
+        if (n_top == 0)
+                return;
+        auto lp_of = [=](uint32_t i) { return __double2float_rn((double) clean_logit(l[i]) - lse); };
+        auto key = [=](uint32_t i) { return order_key(lp_of(i)); };
+        auto all = [](uint32_t) { return true; };
+        auto none = [](uint32_t) { return 0ull; };
+        uint32_t v;
+        u128 rem;
+        radix_select<false>(n, all, key, none, (u128) n_top, sh, &v, &rem);
+        int32_t last_tie = find_prefix(n, [=](uint32_t i) { return (u128) (key(i) == v); }, rem - 1, sh);
+        if (threadIdx.x == 0)
+                sh->top_n = 0;
+        __syncthreads();
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
+                uint32_t k = key(i);
+                if (k > v || (k == v && (int32_t) i <= last_tie)) {
+                        uint32_t slot = atomicAdd(&sh->top_n, 1u);
+                        if (slot < KERN_SAMPLE_MAX_TOP) {
+                                sh->top_id[slot] = (int32_t) i;
+                                sh->top_lp[slot] = lp_of(i);
+                        }
+                }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+                uint32_t m = sh->top_n < n_top ? sh->top_n : n_top;
+                for (uint32_t a = 0; a < m; a++) {
+                        uint32_t best = a;
+                        for (uint32_t b = a + 1; b < m; b++)
+                                if (sh->top_lp[b] > sh->top_lp[best] ||
+                                    (sh->top_lp[b] == sh->top_lp[best] && sh->top_id[b] < sh->top_id[best]))
+                                        best = b;
+                        int32_t ti = sh->top_id[a];
+                        float tl = sh->top_lp[a];
+                        sh->top_id[a] = sh->top_id[best];
+                        sh->top_lp[a] = sh->top_lp[best];
+                        sh->top_id[best] = ti;
+                        sh->top_lp[best] = tl;
+                        res->top[a].token = sh->top_id[a];
+                        res->top[a].logprob = sh->top_lp[a];
+                }
+                res->n_top = m;
+        }
+        __syncthreads();
+}
+
+/* m and lse over clean(l) as the host's log_sum_exp: lse = m + log(sum exp(l - m)); 0 when m is -inf */
+static __device__ double row_lse(const float *l, uint32_t n, float m, struct sample_shared *sh) {
+        if (m == -INFINITY)
+                return 0.0;
+        u128 s = 0;
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
+                s += weight_fx(expf(__fsub_rn(clean_logit(l[i]), m)));
+        s = block_sum_u128(s, sh);
+        return (double) m + log(fx_to_double(s));
+}
+
+/* Penalties (steps 1-2) in place, from the row's token history. `mark` is V words of scratch: only the
+ * entries of history tokens are touched, and each is reset before use, so nothing needs clearing. The one
+ * thread whose atomic sees a token first applies that token's penalty, once, with the host's float ops. */
+static __device__ void apply_penalties_dev(float *l, uint32_t n, const struct kern_sample_params *p,
+                                           const int32_t *hist, uint32_t *mark) {
+        const uint32_t n_all = p->n_prompt + p->n_generated;
+        const int32_t *gen = hist + p->n_prompt;
+        if (p->repetition_penalty != 1.0f) {
+                for (uint32_t i = threadIdx.x; i < n_all; i += SAMPLE_THREADS)
+                        if (hist[i] >= 0 && (uint32_t) hist[i] < n)
+                                mark[hist[i]] = 0;
+                __syncthreads();
+                for (uint32_t i = threadIdx.x; i < n_all; i += SAMPLE_THREADS) {
+                        int32_t t = hist[i];
+                        if (t < 0 || (uint32_t) t >= n || atomicExch(&mark[t], 1u) != 0)
+                                continue;
+                        float v = l[t];
+                        l[t] = v > 0 ? __fdiv_rn(v, p->repetition_penalty) : __fmul_rn(v, p->repetition_penalty);
+                }
+                __syncthreads();
+        }
+        if (p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f) {
+                for (uint32_t i = threadIdx.x; i < p->n_generated; i += SAMPLE_THREADS)
+                        if (gen[i] >= 0 && (uint32_t) gen[i] < n)
+                                mark[gen[i]] = 0;
+                __syncthreads();
+                for (uint32_t i = threadIdx.x; i < p->n_generated; i += SAMPLE_THREADS)
+                        if (gen[i] >= 0 && (uint32_t) gen[i] < n)
+                                atomicAdd(&mark[gen[i]], 1u);
+                __syncthreads();
+                for (uint32_t i = threadIdx.x; i < p->n_generated; i += SAMPLE_THREADS) {
+                        int32_t t = gen[i];
+                        if (t < 0 || (uint32_t) t >= n)
+                                continue;
+                        uint32_t c = atomicExch(&mark[t], 0u);
+                        if (c == 0)
+                                continue;
+                        float pen = __fadd_rn(p->presence_penalty, __fmul_rn(p->frequency_penalty, (float) c));
+                        l[t] = __fsub_rn(l[t], pen);
+                }
+                __syncthreads();
+        }
+}
+
+static __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sample_params *params,
+                   const int32_t *hist, float *work, struct kern_sample_result *out) {
+        __shared__ struct sample_shared sh;
+        const uint32_t row = blockIdx.x;
+        const struct kern_sample_params p = params[row];
+        float *l = logits + (size_t) row * ld;
+        float *w = work + (size_t) row * n;
+        struct kern_sample_result *res = out + row;
+        const uint32_t n_top = p.n_logprobs < KERN_SAMPLE_MAX_TOP ? p.n_logprobs : KERN_SAMPLE_MAX_TOP;
+
+        if (hist && p.n_prompt + p.n_generated > 0 &&
+            (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f))
+                apply_penalties_dev(l, n, &p, hist + p.hist_off, (uint32_t *) w);
+
+        if (p.temperature == 0.0f) {
+                int32_t best = block_argmax(l, n, &sh);
+                float lp = 0.0f;
+                if (p.want_logprob || n_top > 0) {
+                        float m = -INFINITY;
+                        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
+                                m = fmaxf(m, clean_logit(l[i]));
+                        m = block_max_f(m, &sh);
+                        double lse = row_lse(l, n, m, &sh);
+                        lp = __double2float_rn((double) clean_logit(l[best]) - lse);
+                        top_logprobs(l, n, lse, n_top, &sh, res);
+                } else if (threadIdx.x == 0) {
+                        res->n_top = 0;
+                }
+                if (threadIdx.x == 0) {
+                        res->token = best;
+                        res->logprob = lp;
+                }
+                return;
+        }
+
+        const float inv_t = __fdiv_rn(1.0f, p.temperature);
+        float m = -INFINITY;
+        __syncthreads();
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
+                float v = __fmul_rn(clean_logit(l[i]), inv_t);
+                l[i] = v;
+                m = fmaxf(m, v);
+        }
+        m = block_max_f(m, &sh);
+        if (m == -INFINITY) {
+                /* every logit -inf: nothing to rank, the lowest id */
+                top_logprobs(l, n, 0.0, n_top, &sh, res);
+                if (threadIdx.x == 0) {
+                        res->token = 0;
+                        res->logprob = -INFINITY;
+                }
+                return;
+        }
+        u128 total = 0;
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
+                float wi = expf(__fsub_rn(l[i], m));
+                w[i] = wi;
+                total += weight_fx(wi);
+        }
+        total = block_sum_u128(total, &sh);     /* also orders the w stores before the reads below */
+        const double lse = (double) m + log(fx_to_double(total));
+
+        auto rank_key = [=](uint32_t i) { return order_key(l[i]); };
+        auto wfx = [=](uint32_t i) { return (unsigned long long) weight_fx(w[i]); };
+        auto all = [](uint32_t) { return true; };
+        auto none = [](uint32_t) { return 0ull; };
+
+        /* the candidate set: ranks at or before thr (ranking (l desc, id asc)), and w >= min_p */
+        bool have_thr = false;
+        int32_t thr = 0;
+        float l_thr = 0.0f;
+        const bool use_k = p.top_k > 0 && (uint32_t) p.top_k < n;
+        const bool use_p = p.top_p < 1.0f;
+        if (use_k) {
+                uint32_t v;
+                u128 rem;
+                radix_select<false>(n, all, rank_key, none, (u128) (uint32_t) p.top_k, &sh, &v, &rem);
+                thr = find_prefix(n, [=](uint32_t i) { return (u128) (rank_key(i) == v); }, rem - 1, &sh);
+                if (thr < 0)    /* cannot happen: k < n elements exist */
+                        thr = 0;
+                l_thr = l[thr];
+                have_thr = true;
+        }
+        auto in_k = [=](uint32_t i) {
+                return !have_thr || l[i] > l_thr || (l[i] == l_thr && (int32_t) i <= thr);
+        };
+        if (use_p) {
+                u128 mass = total;
+                if (use_k) {
+                        mass = 0;
+                        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
+                                if (in_k(i))
+                                        mass += weight_fx(w[i]);
+                        mass = block_sum_u128(mass, &sh);
+                }
+                u128 need = double_to_fx((double) p.top_p * fx_to_double(mass));
+                if (need > mass)
+                        need = mass;
+                uint32_t v;
+                u128 rem;
+                radix_select<true>(n, in_k, rank_key, wfx, need, &sh, &v, &rem);
+                /* the tied tokens of key v all weigh the same: the shortest run of them (by id) that covers
+                 * what is left */
+                u128 wt = weight_fx(expf(__fsub_rn(key_to_float(v), m)));
+                u128 j = wt ? (rem + wt - 1) / wt : 1;
+                if (j == 0)
+                        j = 1;
+                int32_t t = find_prefix(
+                        n, [=](uint32_t i) { return (u128) (in_k(i) && rank_key(i) == v); }, j - 1, &sh);
+                if (t < 0)      /* fewer ties than j (only by truncation): the last of them */
+                        t = find_prefix(
+                                n, [=](uint32_t i) { return (u128) (in_k(i) && rank_key(i) == v); }, 0, &sh);
+                thr = t >= 0 ? t : 0;
+                l_thr = l[thr];
+                have_thr = true;
+        }
+        const float min_w = p.min_p > 0.0f ? p.min_p : 0.0f;
+        auto in_c = [=](uint32_t i) {
+                return (!have_thr || l[i] > l_thr || (l[i] == l_thr && (int32_t) i <= thr)) && w[i] >= min_w;
+        };
+
+        u128 z = 0;
+        int32_t last = -1;
+        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
+                if (in_c(i)) {
+                        z += weight_fx(w[i]);
+                        if (w[i] > 0.0f)
+                                last = (int32_t) i;
+                }
+        z = block_sum_u128(z, &sh);
+        last = block_max_i(last, &sh);
+        const double u = (double) (splitmix_bits(p.seed, p.index) >> 11) * 0x1p-53;
+        const u128 target = double_to_fx(u * fx_to_double(z));
+        int32_t chosen = find_prefix(
+                n, [=](uint32_t i) { return (u128) (in_c(i) ? weight_fx(w[i]) : 0ull); }, target, &sh);
+        if (chosen < 0)
+                chosen = last >= 0 ? last : 0;
+        top_logprobs(l, n, lse, n_top, &sh, res);
+        if (threadIdx.x == 0) {
+                res->token = chosen;
+                res->logprob = __double2float_rn((double) l[chosen] - lse);
+        }
+}
+
+extern "C" int kern_sample_rows(float *logits, size_t ld, uint32_t n_rows, uint32_t n,
+                                const struct kern_sample_params *params, const int32_t *hist, float *work,
+                                struct kern_sample_result *out, cudaStream_t stream) {
+        if (n_rows == 0)
+                return 0;
+        if (n == 0 || n > INT32_MAX || ld < n || !logits || !params || !work || !out)
+                return -EINVAL;
+        sample_rows_kernel<<<n_rows, SAMPLE_THREADS, 0, stream>>>(logits, ld, n, params, hist, work, out);
+        return KERN_CHECK_LAUNCH();
+}
