@@ -113,6 +113,7 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
 #define SAMPLE_THREADS 1024
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 #define RADIX_BINS 2048
+#define PREFIX_CHUNKS 2048      /* chunks of the id-ordered prefix search: 128 ids each up to 262,144 */
 
 typedef unsigned __int128 u128;
 
@@ -122,7 +123,7 @@ struct sample_shared {
                         uint32_t cnt[RADIX_BINS];
                         unsigned long long lo[RADIX_BINS], hi[RADIX_BINS];
                 } h;
-                u128 chunk[SAMPLE_THREADS];
+                u128 chunk[PREFIX_CHUNKS];
         } u;
         u128 red[SAMPLE_WARPS];
         float redf[SAMPLE_WARPS];
@@ -131,6 +132,7 @@ struct sample_shared {
         u128 sel_rem;
         int32_t found_chunk, found_idx;
         u128 found_base;
+        uint32_t list_n;
         uint32_t top_n;
         int32_t top_id[KERN_SAMPLE_MAX_TOP];
         float top_lp[KERN_SAMPLE_MAX_TOP];
@@ -150,7 +152,7 @@ static __device__ __forceinline__ float key_to_float(uint32_t k) {
         return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-static __device__ __forceinline__ uint64_t weight_fx(float w) {
+static __device__ __forceinline__ unsigned long long weight_fx(float w) {
         return __float2ull_rz(w * 0x1p62f);
 }
 
@@ -240,17 +242,72 @@ static __device__ int32_t block_max_i(int32_t v, struct sample_shared *sh) {
         return v;
 }
 
+static __device__ __forceinline__ bool row_vectorizable(const float *l, uint32_t n) {
+        return (n & 3) == 0 && ((uintptr_t) l & 15) == 0;
+}
+
+/* f(i, l[i]) for every i < n this thread owns. A block sweep covers 4 * SAMPLE_THREADS consecutive ids with
+ * float4 loads; two sweeps are loaded before either is processed, so that each thread keeps two loads in
+ * flight (a single block per row is bound by memory latency, not bandwidth). */
+template <class F>
+static __device__ __forceinline__ void for_each_logit(const float *l, uint32_t n, F f) {
+        if (row_vectorizable(l, n)) {
+                const float4 *l4 = (const float4 *) l;
+                const uint32_t n4 = n / 4;
+                uint32_t j = threadIdx.x;
+                for (; j + SAMPLE_THREADS < n4; j += 2 * SAMPLE_THREADS) {
+                        float4 a = l4[j], b = l4[j + SAMPLE_THREADS];
+                        uint32_t i = 4 * j, k = 4 * (j + SAMPLE_THREADS);
+                        f(i, a.x);
+                        f(i + 1, a.y);
+                        f(i + 2, a.z);
+                        f(i + 3, a.w);
+                        f(k, b.x);
+                        f(k + 1, b.y);
+                        f(k + 2, b.z);
+                        f(k + 3, b.w);
+                }
+                if (j < n4) {
+                        float4 a = l4[j];
+                        uint32_t i = 4 * j;
+                        f(i, a.x);
+                        f(i + 1, a.y);
+                        f(i + 2, a.z);
+                        f(i + 3, a.w);
+                }
+        } else {
+                for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
+                        f(i, l[i]);
+        }
+}
+
+/* The four weights of ids i0 .. i0 + 3 (0 past n) */
+template <class W>
+static __device__ __forceinline__ void weights4(const float *l, uint32_t n, bool vec, uint32_t i0, W weight,
+                                                u128 x[4]) {
+        if (vec && i0 + 3 < n) {
+                float4 a = *(const float4 *) (l + i0);
+                x[0] = weight(i0, a.x);
+                x[1] = weight(i0 + 1, a.y);
+                x[2] = weight(i0 + 2, a.z);
+                x[3] = weight(i0 + 3, a.w);
+        } else {
+                for (int q = 0; q < 4; q++)
+                        x[q] = i0 + q < n ? weight(i0 + q, l[i0 + q]) : 0;
+        }
+}
+
 /* Greedy: the lowest id of the largest logit, NaN never winning; 0 when nothing is above -inf. */
 static __device__ int32_t block_argmax(const float *l, uint32_t n, struct sample_shared *sh) {
         float best = -INFINITY;
         int32_t best_i = (int32_t) n;
-        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-                float x = clean_logit(l[i]);
+        for_each_logit(l, n, [&](uint32_t i, float v) {
+                float x = clean_logit(v);
                 if (argmax_better(x, (int32_t) i, best, best_i)) {
                         best = x;
                         best_i = (int32_t) i;
                 }
-        }
+        });
         warp_argmax(&best, &best_i);
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         __syncthreads();
@@ -265,20 +322,25 @@ static __device__ int32_t block_argmax(const float *l, uint32_t n, struct sample
         return best_i < (int32_t) n ? best_i : 0;
 }
 
-/* The smallest id i with sum_{s <= i} weight(s) > target, or -1 when the whole row's sum is <= target.
- * Exact (integer) sums: the row is cut into one chunk per thread; each warp sums 32 chunks with coalesced
- * reads, a block scan finds the chunk where the prefix crosses target, one warp scans that chunk. */
+/* The smallest id i with sum_{s <= i} weight(s, l[s]) > target, or -1 when the whole row's sum is <= target.
+ * Exact (integer) sums. The row is cut into PREFIX_CHUNKS chunks of 128 * g consecutive ids; each warp sums
+ * its chunks with float4 loads, a block scan finds the chunk where the prefix crosses target, one warp
+ * scans that chunk four ids per lane. */
 template <class W>
-static __device__ int32_t find_prefix(uint32_t n, W weight, u128 target, struct sample_shared *sh) {
+static __device__ int32_t find_prefix(const float *l, uint32_t n, W weight, u128 target, struct sample_shared *sh) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        const uint32_t chunk_len = ((n + SAMPLE_THREADS - 1) / SAMPLE_THREADS + 31) & ~31u;
+        const uint32_t g = (n + 128 * PREFIX_CHUNKS - 1) / (128 * PREFIX_CHUNKS);
+        const uint32_t chunk_len = 128 * g;
+        const uint32_t n_chunks = (n + chunk_len - 1) / chunk_len;
+        const bool vec = row_vectorizable(l, n);
         __syncthreads();                /* sh->u may still be read by a previous phase */
-        for (uint32_t c = (uint32_t) warp * 32; c < (uint32_t) warp * 32 + 32; c++) {
+        for (uint32_t c = (uint32_t) warp; c < PREFIX_CHUNKS; c += SAMPLE_WARPS) {
                 u128 acc = 0;
-                uint32_t base = c * chunk_len;
-                for (uint32_t j = lane; j < chunk_len; j += 32)
-                        if (base + j < n)
-                                acc += weight(base + j);
+                for (uint32_t k = 0; c < n_chunks && k < g; k++) {
+                        u128 x[4];
+                        weights4(l, n, vec, c * chunk_len + k * 128 + (uint32_t) lane * 4, weight, x);
+                        acc += x[0] + x[1] + x[2] + x[3];
+                }
                 acc = warp_sum_u128(acc);
                 if (lane == 0)
                         sh->u.chunk[c] = acc;
@@ -286,7 +348,9 @@ static __device__ int32_t find_prefix(uint32_t n, W weight, u128 target, struct 
         if (threadIdx.x == 0)
                 sh->found_chunk = -1;
         __syncthreads();
-        u128 mine = sh->u.chunk[threadIdx.x];
+        /* two chunks per thread */
+        u128 a = sh->u.chunk[2 * threadIdx.x], b = sh->u.chunk[2 * threadIdx.x + 1];
+        u128 mine = a + b;
         u128 incl = warp_incl_scan_u128(mine);
         if (lane == 31)
                 sh->red[warp] = incl;
@@ -298,22 +362,32 @@ static __device__ int32_t find_prefix(uint32_t n, W weight, u128 target, struct 
         __syncthreads();
         incl += sh->red[warp];
         u128 excl = incl - mine;
-        if (excl <= target && target < incl) {
-                sh->found_chunk = (int32_t) threadIdx.x;
+        if (excl <= target && target < excl + a) {
+                sh->found_chunk = (int32_t) (2 * threadIdx.x);
                 sh->found_base = excl;
+        } else if (excl + a <= target && target < incl) {
+                sh->found_chunk = (int32_t) (2 * threadIdx.x + 1);
+                sh->found_base = excl + a;
         }
         __syncthreads();
-        int32_t c = sh->found_chunk;
+        const int32_t c = sh->found_chunk;
         if (c >= 0 && warp == 0) {
                 u128 acc = sh->found_base;
-                for (uint32_t j0 = 0; j0 < chunk_len; j0 += 32) {
-                        uint32_t i = (uint32_t) c * chunk_len + j0 + lane;
-                        u128 x = i < n ? weight(i) : 0;
-                        u128 s = warp_incl_scan_u128(x);
+                for (uint32_t k = 0; k < g; k++) {
+                        uint32_t i0 = (uint32_t) c * chunk_len + k * 128 + (uint32_t) lane * 4;
+                        u128 x[4];
+                        weights4(l, n, vec, i0, weight, x);
+                        u128 s4 = x[0] + x[1] + x[2] + x[3];
+                        u128 s = warp_incl_scan_u128(s4);
                         unsigned hit = __ballot_sync(0xffffffffu, acc + s > target);
                         if (hit) {
-                                if (lane == 0)
-                                        sh->found_idx = (int32_t) ((uint32_t) c * chunk_len + j0 + __ffs(hit) - 1);
+                                if (lane == __ffs(hit) - 1) {
+                                        u128 e = acc + s - s4;
+                                        int q = 0;
+                                        while (q < 3 && e + x[q] <= target)
+                                                e += x[q++];
+                                        sh->found_idx = (int32_t) (i0 + (uint32_t) q);
+                                }
                                 break;
                         }
                         acc += shfl_u128(s, 31);
@@ -323,86 +397,161 @@ static __device__ int32_t find_prefix(uint32_t n, W weight, u128 target, struct 
         return c >= 0 ? sh->found_idx : -1;
 }
 
-/* Radix selection over the 32-bit keys of the elements with pred(i), in descending key order: the key v of
- * the element where the running total first reaches `need` (count mode: the need-th element; mass mode: the
- * running sum of weight_fx), and what is left of need within the elements of key v (*ret_rem >= 1).
- * Three passes (11, 11, 10 bits); histograms in shared memory, integer atomics, so deterministic. */
-template <bool MASS, class P, class K, class WF>
-static __device__ void radix_select(uint32_t n, P pred, K key, WF wfx, u128 need, struct sample_shared *sh,
-                                    uint32_t *ret_key, u128 *ret_rem) {
+template <bool MASS>
+static __device__ __forceinline__ void hist_add(struct sample_shared *sh, uint32_t d, unsigned long long x) {
+        if (MASS) {
+                if (x) {
+                        unsigned long long old = atomicAdd(&sh->u.h.lo[d], x);
+                        if (old + x < old)
+                                atomicAdd(&sh->u.h.hi[d], 1ull);
+                }
+        } else {
+                atomicAdd(&sh->u.h.cnt[d], 1u);
+        }
+}
+
+static __device__ __forceinline__ void hist_clear(struct sample_shared *sh, uint32_t nb) {
+        __syncthreads();
+        for (uint32_t b = threadIdx.x; b < nb; b += SAMPLE_THREADS) {
+                sh->u.h.cnt[b] = 0;
+                sh->u.h.lo[b] = 0;
+                sh->u.h.hi[b] = 0;
+        }
+        __syncthreads();
+}
+
+/* Warp 0 walks the nb bins from the highest down to the bin where the running total reaches need; every
+ * thread returns with *digit and *rem (what is left of need within that bin, >= 1). */
+template <bool MASS>
+static __device__ void pick_bin(struct sample_shared *sh, uint32_t nb, u128 need, uint32_t *digit, u128 *rem) {
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        uint32_t prefix = 0, mask = 0;
+        __syncthreads();
+        if (warp == 0) {
+                const uint32_t per = nb / 32;           /* lane L owns bins nb-1-L*per down to nb-(L+1)*per */
+                u128 s = 0;
+                for (uint32_t q = 0; q < per; q++) {
+                        uint32_t b = nb - 1 - ((uint32_t) lane * per + q);
+                        s += MASS ? (((u128) sh->u.h.hi[b] << 64) | sh->u.h.lo[b]) : (u128) sh->u.h.cnt[b];
+                }
+                u128 incl = warp_incl_scan_u128(s);
+                u128 total = shfl_u128(incl, 31);
+                u128 want = need <= total ? need : total;       /* callers keep need <= total */
+                u128 excl = incl - s;
+                unsigned hit = __ballot_sync(0xffffffffu, want > excl && want <= incl);
+                int owner = hit ? __ffs(hit) - 1 : 31;
+                if (lane == owner) {
+                        u128 acc = excl;
+                        uint32_t d = nb - 1 - ((uint32_t) lane * per + per - 1);
+                        u128 r = want - excl;
+                        for (uint32_t q = 0; q < per; q++) {
+                                uint32_t b = nb - 1 - ((uint32_t) lane * per + q);
+                                u128 v = MASS ? (((u128) sh->u.h.hi[b] << 64) | sh->u.h.lo[b]) : (u128) sh->u.h.cnt[b];
+                                if (v != 0 && acc + v >= want) {
+                                        d = b;
+                                        r = want - acc;
+                                        break;
+                                }
+                                acc += v;
+                        }
+                        sh->sel_digit = d;
+                        sh->sel_rem = r;
+                }
+        }
+        __syncthreads();
+        *digit = sh->sel_digit;
+        *rem = sh->sel_rem;
+}
+
+/* Append id to the list when `want`, one atomic per warp (the lanes that call together share a slot run). */
+static __device__ __forceinline__ void list_push(bool want, uint32_t id, uint32_t *list, uint32_t *count) {
+        const int lane = threadIdx.x & 31;
+        unsigned act = __activemask();
+        unsigned m = __ballot_sync(act, want);
+        if (!m)
+                return;
+        int leader = __ffs(m) - 1;
+        uint32_t base = 0;
+        if (lane == leader)
+                base = atomicAdd(count, (uint32_t) __popc(m));
+        base = __shfl_sync(act, base, leader);
+        if (want)
+                list[base + (uint32_t) __popc(m & ((1u << lane) - 1))] = id;
+}
+
+/* Selection in the ranking order (key descending, id ascending among equal keys) over the elements for which
+ * kw(i, l[i], &key, &weight) is true: the id of the element where the running total first reaches need
+ * (count mode: the need-th element; MASS: the running sum of weights, integer). Level 0 (the top 11 key bits)
+ * takes a histogram over the whole row, then the elements of the bin that holds the answer are compacted
+ * into `list` (V entries of scratch) and the remaining 21 bits, and the rank among equal keys (a radix
+ * selection on ~id), are resolved on that list only. Integer histograms: deterministic. */
+template <bool MASS, class KW, class TW>
+static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, TW tie_weight, u128 need, uint32_t *list,
+                                      struct sample_shared *sh) {
+        uint32_t digit, prefix, mask;
         if (need == 0)
                 need = 1;
+        hist_clear(sh, RADIX_BINS);
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                uint32_t k;
+                unsigned long long x;
+                if (kw(i, li, &k, &x))
+                        hist_add<MASS>(sh, k >> 21, x);
+        });
+        pick_bin<MASS>(sh, RADIX_BINS, need, &digit, &need);
+        prefix = digit << 21;
+        mask = 0xffe00000u;
+        if (threadIdx.x == 0)
+                sh->list_n = 0;
+        __syncthreads();
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                uint32_t k;
+                unsigned long long x;
+                bool in = kw(i, li, &k, &x) && (k & mask) == prefix;
+                list_push(in, i, list, &sh->list_n);
+        });
+        __syncthreads();
+        const uint32_t len = sh->list_n;
+        for (int lv = 1; lv < 3; lv++) {
+                const int shift = lv == 1 ? 10 : 0;
+                const uint32_t nb = lv == 1 ? 2048u : 1024u;
+                hist_clear(sh, nb);
+                for (uint32_t t = threadIdx.x; t < len; t += SAMPLE_THREADS) {
+                        uint32_t i = list[t], k;
+                        unsigned long long x;
+                        if (kw(i, l[i], &k, &x) && (k & mask) == prefix)
+                                hist_add<MASS>(sh, (k >> shift) & (nb - 1), x);
+                }
+                pick_bin<MASS>(sh, nb, need, &digit, &need);
+                prefix |= digit << shift;
+                mask |= (nb - 1) << shift;
+        }
+        const uint32_t v = prefix;
+        u128 j = need;
+        if (MASS) {
+                /* the tied elements all weigh the same: the shortest run of them (by id) that covers need */
+                u128 wt = tie_weight(v);
+                j = wt ? (need + wt - 1) / wt : 1;
+                if (j == 0)
+                        j = 1;
+        }
+        /* the j-th smallest id among the list's elements of key v: descending ~id is ascending id */
+        uint32_t p2 = 0, m2 = 0;
         for (int lv = 0; lv < 3; lv++) {
                 const int shift = lv == 0 ? 21 : lv == 1 ? 10 : 0;
                 const uint32_t nb = lv == 2 ? 1024u : 2048u;
-                __syncthreads();
-                for (uint32_t b = threadIdx.x; b < nb; b += SAMPLE_THREADS) {
-                        sh->u.h.cnt[b] = 0;
-                        sh->u.h.lo[b] = 0;
-                        sh->u.h.hi[b] = 0;
+                hist_clear(sh, nb);
+                for (uint32_t t = threadIdx.x; t < len; t += SAMPLE_THREADS) {
+                        uint32_t i = list[t], k, ni = ~list[t];
+                        unsigned long long x;
+                        if (kw(i, l[i], &k, &x) && k == v && (ni & m2) == p2)
+                                hist_add<false>(sh, (ni >> shift) & (nb - 1), 0);
                 }
-                __syncthreads();
-                for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-                        if (!pred(i))
-                                continue;
-                        uint32_t k = key(i);
-                        if ((k & mask) != prefix)
-                                continue;
-                        uint32_t d = (k >> shift) & (nb - 1);
-                        if (MASS) {
-                                unsigned long long x = wfx(i);
-                                if (x) {
-                                        unsigned long long old = atomicAdd(&sh->u.h.lo[d], x);
-                                        if (old + x < old)
-                                                atomicAdd(&sh->u.h.hi[d], 1ull);
-                                }
-                        } else {
-                                atomicAdd(&sh->u.h.cnt[d], 1u);
-                        }
-                }
-                __syncthreads();
-                if (warp == 0) {
-                        /* lane L owns bins nb-1-L*per ... nb-(L+1)*per, highest key first */
-                        const uint32_t per = nb / 32;
-                        u128 s = 0;
-                        for (uint32_t q = 0; q < per; q++) {
-                                uint32_t b = nb - 1 - ((uint32_t) lane * per + q);
-                                s += MASS ? (((u128) sh->u.h.hi[b] << 64) | sh->u.h.lo[b]) : (u128) sh->u.h.cnt[b];
-                        }
-                        u128 incl = warp_incl_scan_u128(s);
-                        u128 total = shfl_u128(incl, 31);
-                        u128 want = need <= total ? need : total;       /* callers keep need <= total */
-                        u128 excl = incl - s;
-                        unsigned hit = __ballot_sync(0xffffffffu, want > excl && want <= incl);
-                        int owner = hit ? __ffs(hit) - 1 : 31;
-                        if (lane == owner) {
-                                u128 acc = excl;
-                                uint32_t digit = nb - 1 - ((uint32_t) lane * per + per - 1);
-                                u128 rem = want - excl;
-                                for (uint32_t q = 0; q < per; q++) {
-                                        uint32_t b = nb - 1 - ((uint32_t) lane * per + q);
-                                        u128 v = MASS ? (((u128) sh->u.h.hi[b] << 64) | sh->u.h.lo[b])
-                                                      : (u128) sh->u.h.cnt[b];
-                                        if (v != 0 && acc + v >= want) {
-                                                digit = b;
-                                                rem = want - acc;
-                                                break;
-                                        }
-                                        acc += v;
-                                }
-                                sh->sel_digit = digit;
-                                sh->sel_rem = rem;
-                        }
-                }
-                __syncthreads();
-                prefix |= sh->sel_digit << shift;
-                mask |= (nb - 1) << shift;
-                need = sh->sel_rem;
+                pick_bin<false>(sh, nb, j, &digit, &j);
+                p2 |= digit << shift;
+                m2 |= (nb - 1) << shift;
         }
-        *ret_key = prefix;
-        *ret_rem = need;
+        __syncthreads();                /* the list may be rewritten by the next selection */
+        return (int32_t) ~p2;
 }
 
 static __device__ __forceinline__ uint64_t splitmix_bits(uint64_t seed, uint64_t index) {
@@ -413,8 +562,8 @@ static __device__ __forceinline__ uint64_t splitmix_bits(uint64_t seed, uint64_t
 }
 
 /* The top-N list of fill_top(): tokens ordered by (logprob desc, id asc), logprob = (float) (clean(l) - lse).
- * The N-th key by radix selection, the tied tokens by id, then the at most 20 entries sorted by one thread. */
-static __device__ void top_logprobs(const float *l, uint32_t n, double lse, uint32_t n_top,
+ * The N-th by select_rank on the logprob key, then the at most 20 entries gathered and sorted by one thread. */
+static __device__ void top_logprobs(const float *l, uint32_t n, double lse, uint32_t n_top, uint32_t *list,
                                     struct sample_shared *sh, struct kern_sample_result *res) {
         if (n_top > n)
                 n_top = n;
@@ -422,27 +571,28 @@ static __device__ void top_logprobs(const float *l, uint32_t n, double lse, uint
                 res->n_top = n_top;
         if (n_top == 0)
                 return;
-        auto lp_of = [=](uint32_t i) { return __double2float_rn((double) clean_logit(l[i]) - lse); };
-        auto key = [=](uint32_t i) { return order_key(lp_of(i)); };
-        auto all = [](uint32_t) { return true; };
-        auto none = [](uint32_t) { return 0ull; };
-        uint32_t v;
-        u128 rem;
-        radix_select<false>(n, all, key, none, (u128) n_top, sh, &v, &rem);
-        int32_t last_tie = find_prefix(n, [=](uint32_t i) { return (u128) (key(i) == v); }, rem - 1, sh);
+        auto lp_of = [=](float li) { return __double2float_rn((double) clean_logit(li) - lse); };
+        auto kw = [=](uint32_t, float li, uint32_t *k, unsigned long long *x) {
+                *k = order_key(lp_of(li));
+                *x = 0;
+                return true;
+        };
+        auto none = [](uint32_t) { return (u128) 0; };
+        int32_t last = select_rank<false>(l, n, kw, none, (u128) n_top, list, sh);
+        const uint32_t v = order_key(lp_of(l[last]));
         if (threadIdx.x == 0)
                 sh->top_n = 0;
         __syncthreads();
-        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-                uint32_t k = key(i);
-                if (k > v || (k == v && (int32_t) i <= last_tie)) {
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                uint32_t k = order_key(lp_of(li));
+                if (k > v || (k == v && (int32_t) i <= last)) {
                         uint32_t slot = atomicAdd(&sh->top_n, 1u);
                         if (slot < KERN_SAMPLE_MAX_TOP) {
                                 sh->top_id[slot] = (int32_t) i;
-                                sh->top_lp[slot] = lp_of(i);
+                                sh->top_lp[slot] = lp_of(li);
                         }
                 }
-        }
+        });
         __syncthreads();
         if (threadIdx.x == 0) {
                 uint32_t m = sh->top_n < n_top ? sh->top_n : n_top;
@@ -471,8 +621,7 @@ static __device__ double row_lse(const float *l, uint32_t n, float m, struct sam
         if (m == -INFINITY)
                 return 0.0;
         u128 s = 0;
-        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
-                s += weight_fx(expf(__fsub_rn(clean_logit(l[i]), m)));
+        for_each_logit(l, n, [&](uint32_t, float li) { s += weight_fx(expf(__fsub_rn(clean_logit(li), m))); });
         s = block_sum_u128(s, sh);
         return (double) m + log(fx_to_double(s));
 }
@@ -521,6 +670,30 @@ static __device__ void apply_penalties_dev(float *l, uint32_t n, const struct ke
         }
 }
 
+/* l = clean(l) * inv_t in place; returns the block's max */
+static __device__ float temper(float *l, uint32_t n, float inv_t, struct sample_shared *sh) {
+        float m = -INFINITY;
+        if (row_vectorizable(l, n)) {
+                float4 *l4 = (float4 *) l;
+                for (uint32_t j = threadIdx.x; j < n / 4; j += SAMPLE_THREADS) {
+                        float4 a = l4[j];
+                        a.x = __fmul_rn(clean_logit(a.x), inv_t);
+                        a.y = __fmul_rn(clean_logit(a.y), inv_t);
+                        a.z = __fmul_rn(clean_logit(a.z), inv_t);
+                        a.w = __fmul_rn(clean_logit(a.w), inv_t);
+                        l4[j] = a;
+                        m = fmaxf(m, fmaxf(fmaxf(a.x, a.y), fmaxf(a.z, a.w)));
+                }
+        } else {
+                for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
+                        float v = __fmul_rn(clean_logit(l[i]), inv_t);
+                        l[i] = v;
+                        m = fmaxf(m, v);
+                }
+        }
+        return block_max_f(m, sh);      /* its barriers also publish the stores */
+}
+
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sample_params *params,
                    const int32_t *hist, float *work, struct kern_sample_result *out) {
@@ -528,25 +701,24 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
         const uint32_t row = blockIdx.x;
         const struct kern_sample_params p = params[row];
         float *l = logits + (size_t) row * ld;
-        float *w = work + (size_t) row * n;
+        uint32_t *scratch = (uint32_t *) (work + (size_t) row * n);
         struct kern_sample_result *res = out + row;
         const uint32_t n_top = p.n_logprobs < KERN_SAMPLE_MAX_TOP ? p.n_logprobs : KERN_SAMPLE_MAX_TOP;
 
         if (hist && p.n_prompt + p.n_generated > 0 &&
             (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f))
-                apply_penalties_dev(l, n, &p, hist + p.hist_off, (uint32_t *) w);
+                apply_penalties_dev(l, n, &p, hist + p.hist_off, scratch);
 
         if (p.temperature == 0.0f) {
                 int32_t best = block_argmax(l, n, &sh);
                 float lp = 0.0f;
                 if (p.want_logprob || n_top > 0) {
                         float m = -INFINITY;
-                        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
-                                m = fmaxf(m, clean_logit(l[i]));
+                        for_each_logit(l, n, [&](uint32_t, float li) { m = fmaxf(m, clean_logit(li)); });
                         m = block_max_f(m, &sh);
                         double lse = row_lse(l, n, m, &sh);
                         lp = __double2float_rn((double) clean_logit(l[best]) - lse);
-                        top_logprobs(l, n, lse, n_top, &sh, res);
+                        top_logprobs(l, n, lse, n_top, scratch, &sh, res);
                 } else if (threadIdx.x == 0) {
                         res->n_top = 0;
                 }
@@ -557,37 +729,23 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                 return;
         }
 
-        const float inv_t = __fdiv_rn(1.0f, p.temperature);
-        float m = -INFINITY;
-        __syncthreads();
-        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-                float v = __fmul_rn(clean_logit(l[i]), inv_t);
-                l[i] = v;
-                m = fmaxf(m, v);
-        }
-        m = block_max_f(m, &sh);
+        const float m = temper(l, n, __fdiv_rn(1.0f, p.temperature), &sh);
         if (m == -INFINITY) {
                 /* every logit -inf: nothing to rank, the lowest id */
-                top_logprobs(l, n, 0.0, n_top, &sh, res);
+                top_logprobs(l, n, 0.0, n_top, scratch, &sh, res);
                 if (threadIdx.x == 0) {
                         res->token = 0;
                         res->logprob = -INFINITY;
                 }
                 return;
         }
+        /* w = expf(l - m) is recomputed where needed rather than stored: the same float ops give the same
+         * value every time, and every pass then reads 4 bytes a token instead of 8 */
+        auto wfx = [=](float li) { return weight_fx(expf(__fsub_rn(li, m))); };
         u128 total = 0;
-        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-                float wi = expf(__fsub_rn(l[i], m));
-                w[i] = wi;
-                total += weight_fx(wi);
-        }
-        total = block_sum_u128(total, &sh);     /* also orders the w stores before the reads below */
+        for_each_logit(l, n, [&](uint32_t, float li) { total += wfx(li); });
+        total = block_sum_u128(total, &sh);
         const double lse = (double) m + log(fx_to_double(total));
-
-        auto rank_key = [=](uint32_t i) { return order_key(l[i]); };
-        auto wfx = [=](uint32_t i) { return (unsigned long long) weight_fx(w[i]); };
-        auto all = [](uint32_t) { return true; };
-        auto none = [](uint32_t) { return 0ull; };
 
         /* the candidate set: ranks at or before thr (ranking (l desc, id asc)), and w >= min_p */
         bool have_thr = false;
@@ -595,71 +753,69 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
         float l_thr = 0.0f;
         const bool use_k = p.top_k > 0 && (uint32_t) p.top_k < n;
         const bool use_p = p.top_p < 1.0f;
+        auto tie_w = [=](uint32_t key) { return (u128) wfx(key_to_float(key)); };
         if (use_k) {
-                uint32_t v;
-                u128 rem;
-                radix_select<false>(n, all, rank_key, none, (u128) (uint32_t) p.top_k, &sh, &v, &rem);
-                thr = find_prefix(n, [=](uint32_t i) { return (u128) (rank_key(i) == v); }, rem - 1, &sh);
-                if (thr < 0)    /* cannot happen: k < n elements exist */
+                auto kw = [=](uint32_t, float li, uint32_t *k, unsigned long long *x) {
+                        *k = order_key(li);
+                        *x = 0;
+                        return true;
+                };
+                thr = select_rank<false>(l, n, kw, tie_w, (u128) (uint32_t) p.top_k, scratch, &sh);
+                if (thr < 0 || (uint32_t) thr >= n)     /* cannot happen: k < n elements exist */
                         thr = 0;
                 l_thr = l[thr];
                 have_thr = true;
         }
-        auto in_k = [=](uint32_t i) {
-                return !have_thr || l[i] > l_thr || (l[i] == l_thr && (int32_t) i <= thr);
+        auto in_k = [=](uint32_t i, float li) {
+                return !have_thr || li > l_thr || (li == l_thr && (int32_t) i <= thr);
         };
         if (use_p) {
                 u128 mass = total;
                 if (use_k) {
                         mass = 0;
-                        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
-                                if (in_k(i))
-                                        mass += weight_fx(w[i]);
+                        for_each_logit(l, n, [&](uint32_t i, float li) {
+                                if (in_k(i, li))
+                                        mass += wfx(li);
+                        });
                         mass = block_sum_u128(mass, &sh);
                 }
                 u128 need = double_to_fx((double) p.top_p * fx_to_double(mass));
                 if (need > mass)
                         need = mass;
-                uint32_t v;
-                u128 rem;
-                radix_select<true>(n, in_k, rank_key, wfx, need, &sh, &v, &rem);
-                /* the tied tokens of key v all weigh the same: the shortest run of them (by id) that covers
-                 * what is left */
-                u128 wt = weight_fx(expf(__fsub_rn(key_to_float(v), m)));
-                u128 j = wt ? (rem + wt - 1) / wt : 1;
-                if (j == 0)
-                        j = 1;
-                int32_t t = find_prefix(
-                        n, [=](uint32_t i) { return (u128) (in_k(i) && rank_key(i) == v); }, j - 1, &sh);
-                if (t < 0)      /* fewer ties than j (only by truncation): the last of them */
-                        t = find_prefix(
-                                n, [=](uint32_t i) { return (u128) (in_k(i) && rank_key(i) == v); }, 0, &sh);
-                thr = t >= 0 ? t : 0;
+                auto kw = [=](uint32_t i, float li, uint32_t *k, unsigned long long *x) {
+                        *k = order_key(li);
+                        *x = wfx(li);
+                        return in_k(i, li);
+                };
+                int32_t t = select_rank<true>(l, n, kw, tie_w, need, scratch, &sh);
+                thr = t >= 0 && (uint32_t) t < n ? t : 0;
                 l_thr = l[thr];
                 have_thr = true;
         }
         const float min_w = p.min_p > 0.0f ? p.min_p : 0.0f;
-        auto in_c = [=](uint32_t i) {
-                return (!have_thr || l[i] > l_thr || (l[i] == l_thr && (int32_t) i <= thr)) && w[i] >= min_w;
+        auto in_c = [=](uint32_t i, float li) {
+                return (!have_thr || li > l_thr || (li == l_thr && (int32_t) i <= thr)) &&
+                       expf(__fsub_rn(li, m)) >= min_w;
         };
 
         u128 z = 0;
         int32_t last = -1;
-        for (uint32_t i = threadIdx.x; i < n; i += SAMPLE_THREADS)
-                if (in_c(i)) {
-                        z += weight_fx(w[i]);
-                        if (w[i] > 0.0f)
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                if (in_c(i, li)) {
+                        z += wfx(li);
+                        if (expf(__fsub_rn(li, m)) > 0.0f && (int32_t) i > last)
                                 last = (int32_t) i;
                 }
+        });
         z = block_sum_u128(z, &sh);
         last = block_max_i(last, &sh);
         const double u = (double) (splitmix_bits(p.seed, p.index) >> 11) * 0x1p-53;
         const u128 target = double_to_fx(u * fx_to_double(z));
         int32_t chosen = find_prefix(
-                n, [=](uint32_t i) { return (u128) (in_c(i) ? weight_fx(w[i]) : 0ull); }, target, &sh);
+                l, n, [=](uint32_t i, float li) { return (u128) (in_c(i, li) ? wfx(li) : 0ull); }, target, &sh);
         if (chosen < 0)
                 chosen = last >= 0 ? last : 0;
-        top_logprobs(l, n, lse, n_top, &sh, res);
+        top_logprobs(l, n, lse, n_top, scratch, &sh, res);
         if (threadIdx.x == 0) {
                 res->token = chosen;
                 res->logprob = __double2float_rn((double) l[chosen] - lse);
