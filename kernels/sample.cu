@@ -102,12 +102,14 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
  * boundary, or a w within 2 ulp of min_p; logprobs differ by at most ~3e-7 absolute plus one float ulp.
  * tests/kernels/test-kernel-sample.c checks exactly that.
  *
- * Phases of one row (all threads of the block take part in each; passes read the row from global memory):
- *   penalties (token history)  -> temperature + max  -> w = expf(l - m) into the workspace, total mass
- *   -> top_k: radix select on the ranking key (3 passes, count histograms) + the threshold among ties
- *   -> top_p: radix select on the same key weighted by w (3 passes, mass histograms) + threshold
- *   -> z over the candidate set, the draw (chunk sums, block scan, one warp scans the hit chunk)
- *   -> logprob of the token and the top-N list (radix select on the logprob key).
+ * Phases of one row (all threads of the block take part in each; a full pass reads the row from global
+ * memory with float4 loads, two in flight per thread):
+ *   penalties (token history)  -> temperature + max  -> total mass of w = expf(l - m) (recomputed where
+ *   needed, never stored)  -> top_k: select_rank on the ranking key (a level-0 histogram over the row, the
+ *   bin holding the k-th token compacted into a list, the rest of the key and the rank among ties resolved
+ *   on the list)  -> top_p: the same weighted by w  -> z over the candidate set, the draw (chunk sums, block
+ *   scan, one warp scans the hit chunk)  -> logprob of the token and the top-N list (select_rank on the
+ *   logprob key). Typical step (top_k + top_p, no logprobs): 8 passes over the row.
  * No sort of the vocabulary, no host synchronisation, one launch. */
 
 #define SAMPLE_THREADS 1024
