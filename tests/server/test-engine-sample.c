@@ -191,18 +191,17 @@ static int record_request(const struct record *rc, int32_t prompts[N_REQ][48]) {
         return -1;
 }
 
-static void test_device_sampling_matches_host(void **state) {
-        (void) state;
-        int32_t prompts[N_REQ][48];
+/* The same 8 requests on the host-sampling backend (the reference, *ret_host) and on the device-sampling one
+ * (*ret_dev, refusing the op when `refuse`); both run to completion, and their outputs must be identical. */
+static void run_both(int32_t prompts[N_REQ][48], bool refuse, struct fixture **ret_host, struct fixture **ret_dev) {
         for (uint32_t i = 0; i < N_REQ; i++)
                 make_prompt(prompts[i], prompt_len(i), 90 + i);
-
-        /* the reference: a backend without the op, sampling on the host */
         struct fixture *h = fixture_new(&fake_backend_ops);
         submit_all(h, prompts);
         run_until_done(h, N_REQ);
 
         setup_device();
+        dev.refuse = refuse;
         struct fixture *f = fixture_new(&sampling_ops);
         submit_all(f, prompts);
         run_until_done(f, N_REQ);
@@ -212,6 +211,15 @@ static void test_device_sampling_matches_host(void **state) {
                 assert_memory_equal(f->lps[i], h->lps[i], sizeof(float) * h->n[i]);
                 assert_true(h->n[i] > 0);
         }
+        *ret_host = h;
+        *ret_dev = f;
+}
+
+static void test_device_sampling_matches_host(void **state) {
+        (void) state;
+        int32_t prompts[N_REQ][48];
+        struct fixture *h, *f;
+        run_both(prompts, false, &h, &f);
         assert_true(dev.calls > 0);
         assert_int_equal(fake_backend_greedy_steps(f->b), 0);   /* no step of this mix is plain greedy */
 
@@ -299,24 +307,10 @@ static void test_other_paths(void **state) {
 static void test_refused(void **state) {
         (void) state;
         int32_t prompts[N_REQ][48];
-        for (uint32_t i = 0; i < N_REQ; i++)
-                make_prompt(prompts[i], prompt_len(i), 90 + i);
-        struct fixture *h = fixture_new(&fake_backend_ops);
-        submit_all(h, prompts);
-        run_until_done(h, N_REQ);
-
-        setup_device();
-        dev.refuse = true;
-        struct fixture *f = fixture_new(&sampling_ops);
-        submit_all(f, prompts);
-        run_until_done(f, N_REQ);
+        struct fixture *h, *f;
+        run_both(prompts, true, &h, &f);
         assert_int_equal(dev.calls, 1);
         assert_int_equal(dev.rows, 0);
-        for (uint32_t i = 0; i < N_REQ; i++) {
-                assert_int_equal(f->n[i], h->n[i]);
-                assert_memory_equal(f->toks[i], h->toks[i], sizeof(int32_t) * h->n[i]);
-                assert_memory_equal(f->lps[i], h->lps[i], sizeof(float) * h->n[i]);
-        }
         fixture_free(f);
         fixture_free(h);
         dev.s = sampler_free(dev.s);
