@@ -304,12 +304,59 @@ static void check_forward_sample(struct engine *e, const struct fixture *f, cons
                         }
                 }
         }
+        /* a sampled continuation: 16 tokens with a seed, each fed back, the device sampler's against the host
+         * sampler's (forward + sampler_sample); the KV of slot 0 is rewritten identically while they agree */
+        int32_t seq_host[S + 16], seq_dev[S + 16];
+        uint32_t cont_same = 0;
+        if (rs == 0) {
+                struct sampling_params sp;
+                sampling_params_init(&sp);
+                sp.temperature = 0.8f;
+                sp.top_p = 0.95f;
+                sp.top_k = 64;
+                sp.repetition_penalty = 1.1f;
+                sp.logprobs = 3;
+                sp.seed = 424242;
+                for (int dev_side = 0; dev_side < 2 && rs == 0; dev_side++) {
+                        int32_t *sq = dev_side ? seq_dev : seq_host;
+                        memcpy(sq, f->prompt, sizeof(int32_t) * S);
+                        for (uint32_t t = 0; t < 16 && rs == 0; t++) {
+                                /* the first step is the prompt's prefill, then one token at a time */
+                                uint32_t pos = t ? S + t - 1 : 0, len = t ? 1 : S;
+                                struct backend_seq q = seq_of(e, 0, sq + pos, len, pos, false);
+                                struct backend_batch b = {&q, 1};
+                                struct sampler_result res;
+                                if (dev_side) {
+                                        struct backend_sample smp = {.params = sp, .tokens = sq, .n_prompt = S,
+                                                                     .n_generated = t};
+                                        rs = e->ops->forward_sample(e->be, &b, &smp, &res);
+                                } else {
+                                        rs = e->ops->forward(e->be, &b, rows);
+                                        if (rs == 0)
+                                                rs = sampler_sample(hs, rows, sq, S, t, &sp, &res);
+                                }
+                                sq[S + t] = res.token;
+                        }
+                }
+                while (rs == 0 && cont_same < 16 && seq_host[S + cont_same] == seq_dev[S + cont_same])
+                        cont_same++;
+                printf("# %s sampled continuation (T 0.8, top_k 64, top_p 0.95, repetition 1.1, seed 424242): host",
+                       name);
+                for (uint32_t t = 0; t < 16; t++)
+                        printf(" %d", seq_host[S + t]);
+                printf(", device");
+                for (uint32_t t = 0; t < 16; t++)
+                        printf(" %d", seq_dev[S + t]);
+                printf("\n");
+        }
         if (rs == -EOPNOTSUPP) {
                 printf("# %s: forward_sample switched off (GEMMA4D_CUDA_NO_SAMPLE)\n", name);
         } else {
                 snprintf(label, sizeof(label), "%s forward_sample = host sampler on forward's logits", name);
                 check(label, rs == 0 && same == cases && lp_ok == cases && cases == 6 * 8 * 4,
                       "%g of %g tokens agree", (double) same, (double) cases);
+                snprintf(label, sizeof(label), "%s sampled continuation with a seed: device = host", name);
+                check(label, rs == 0 && cont_same == 16, "%g of %g tokens agree", (double) cont_same, 16.0);
                 printf("# %s forward_sample: %u/%u tokens, %u/%u logprobs agree\n", name, same, cases, lp_ok, cases);
         }
         sampler_free(hs);
