@@ -481,23 +481,23 @@ static __device__ __forceinline__ void list_push(bool want, uint32_t id, uint32_
 }
 
 /* Selection in the ranking order (key descending, id ascending among equal keys) over the elements for which
- * kw(i, l[i], &key, &weight) is true: the id of the element where the running total first reaches need
- * (count mode: the need-th element; MASS: the running sum of weights, integer). Level 0 (the top 11 key bits)
+ * kw(i, l[i], &key) is true: the id of the element where the running total first reaches need (count mode:
+ * the need-th element; MASS: the running sum of the weights wf(l[i]), integer; wf runs only where a weight
+ * is added, it is the costly part). Level 0 (the top 11 key bits)
  * takes a histogram over the whole row, then the elements of the bin that holds the answer are compacted
  * into `list` (V entries of scratch) and the remaining 21 bits, and the rank among equal keys (a radix
  * selection on ~id), are resolved on that list only. Integer histograms: deterministic. */
-template <bool MASS, class KW, class TW>
-static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, TW tie_weight, u128 need, uint32_t *list,
-                                      struct sample_shared *sh) {
+template <bool MASS, class KW, class WF, class TW>
+static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, WF wf, TW tie_weight, u128 need,
+                                      uint32_t *list, struct sample_shared *sh) {
         uint32_t digit, prefix, mask;
         if (need == 0)
                 need = 1;
         hist_clear(sh, RADIX_BINS);
         for_each_logit(l, n, [&](uint32_t i, float li) {
                 uint32_t k;
-                unsigned long long x;
-                if (kw(i, li, &k, &x))
-                        hist_add<MASS>(sh, k >> 21, x);
+                if (kw(i, li, &k))
+                        hist_add<MASS>(sh, k >> 21, MASS ? wf(li) : 0ull);
         });
         pick_bin<MASS>(sh, RADIX_BINS, need, &digit, &need);
         prefix = digit << 21;
@@ -507,8 +507,7 @@ static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, TW tie_
         __syncthreads();
         for_each_logit(l, n, [&](uint32_t i, float li) {
                 uint32_t k;
-                unsigned long long x;
-                bool in = kw(i, li, &k, &x) && (k & mask) == prefix;
+                bool in = kw(i, li, &k) && (k & mask) == prefix;
                 list_push(in, i, list, &sh->list_n);
         });
         __syncthreads();
@@ -519,9 +518,9 @@ static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, TW tie_
                 hist_clear(sh, nb);
                 for (uint32_t t = threadIdx.x; t < len; t += SAMPLE_THREADS) {
                         uint32_t i = list[t], k;
-                        unsigned long long x;
-                        if (kw(i, l[i], &k, &x) && (k & mask) == prefix)
-                                hist_add<MASS>(sh, (k >> shift) & (nb - 1), x);
+                        float li = l[i];
+                        if (kw(i, li, &k) && (k & mask) == prefix)
+                                hist_add<MASS>(sh, (k >> shift) & (nb - 1), MASS ? wf(li) : 0ull);
                 }
                 pick_bin<MASS>(sh, nb, need, &digit, &need);
                 prefix |= digit << shift;
@@ -544,8 +543,7 @@ static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, TW tie_
                 hist_clear(sh, nb);
                 for (uint32_t t = threadIdx.x; t < len; t += SAMPLE_THREADS) {
                         uint32_t i = list[t], k, ni = ~list[t];
-                        unsigned long long x;
-                        if (kw(i, l[i], &k, &x) && k == v && (ni & m2) == p2)
+                        if (kw(i, l[i], &k) && k == v && (ni & m2) == p2)
                                 hist_add<false>(sh, (ni >> shift) & (nb - 1), 0);
                 }
                 pick_bin<false>(sh, nb, j, &digit, &j);
@@ -574,13 +572,13 @@ static __device__ void top_logprobs(const float *l, uint32_t n, double lse, uint
         if (n_top == 0)
                 return;
         auto lp_of = [=](float li) { return __double2float_rn((double) clean_logit(li) - lse); };
-        auto kw = [=](uint32_t, float li, uint32_t *k, unsigned long long *x) {
+        auto kw = [=](uint32_t, float li, uint32_t *k) {
                 *k = order_key(lp_of(li));
-                *x = 0;
                 return true;
         };
+        auto no_weight = [](float) { return 0ull; };
         auto none = [](uint32_t) { return (u128) 0; };
-        int32_t last = select_rank<false>(l, n, kw, none, (u128) n_top, list, sh);
+        int32_t last = select_rank<false>(l, n, kw, no_weight, none, (u128) n_top, list, sh);
         const uint32_t v = order_key(lp_of(l[last]));
         if (threadIdx.x == 0)
                 sh->top_n = 0;
@@ -757,12 +755,11 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
         const bool use_p = p.top_p < 1.0f;
         auto tie_w = [=](uint32_t key) { return (u128) wfx(key_to_float(key)); };
         if (use_k) {
-                auto kw = [=](uint32_t, float li, uint32_t *k, unsigned long long *x) {
+                auto kw = [=](uint32_t, float li, uint32_t *k) {
                         *k = order_key(li);
-                        *x = 0;
                         return true;
                 };
-                thr = select_rank<false>(l, n, kw, tie_w, (u128) (uint32_t) p.top_k, scratch, &sh);
+                thr = select_rank<false>(l, n, kw, wfx, tie_w, (u128) (uint32_t) p.top_k, scratch, &sh);
                 if (thr < 0 || (uint32_t) thr >= n)     /* cannot happen: k < n elements exist */
                         thr = 0;
                 l_thr = l[thr];
@@ -784,28 +781,29 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                 u128 need = double_to_fx((double) p.top_p * fx_to_double(mass));
                 if (need > mass)
                         need = mass;
-                auto kw = [=](uint32_t i, float li, uint32_t *k, unsigned long long *x) {
+                auto kw = [=](uint32_t i, float li, uint32_t *k) {
                         *k = order_key(li);
-                        *x = wfx(li);
                         return in_k(i, li);
                 };
-                int32_t t = select_rank<true>(l, n, kw, tie_w, need, scratch, &sh);
+                int32_t t = select_rank<true>(l, n, kw, wfx, tie_w, need, scratch, &sh);
                 thr = t >= 0 && (uint32_t) t < n ? t : 0;
                 l_thr = l[thr];
                 have_thr = true;
         }
         const float min_w = p.min_p > 0.0f ? p.min_p : 0.0f;
+        /* w >= 0 always holds, so min_p 0 needs no expf */
         auto in_c = [=](uint32_t i, float li) {
                 return (!have_thr || li > l_thr || (li == l_thr && (int32_t) i <= thr)) &&
-                       expf(__fsub_rn(li, m)) >= min_w;
+                       (min_w == 0.0f || expf(__fsub_rn(li, m)) >= min_w);
         };
 
         u128 z = 0;
         int32_t last = -1;
         for_each_logit(l, n, [&](uint32_t i, float li) {
                 if (in_c(i, li)) {
-                        z += wfx(li);
-                        if (expf(__fsub_rn(li, m)) > 0.0f && (int32_t) i > last)
+                        float w = expf(__fsub_rn(li, m));
+                        z += weight_fx(w);
+                        if (w > 0.0f && (int32_t) i > last)
                                 last = (int32_t) i;
                 }
         });
