@@ -172,6 +172,9 @@ struct kern_sample_result {
  * scratch. One launch, no synchronisation: capturable in a graph. */
 int kern_sample_rows(float *logits, size_t ld, uint32_t n_rows, uint32_t n, const struct kern_sample_params *params,
                      const int32_t *hist, float *work, struct kern_sample_result *out, cudaStream_t stream);
+/* Test hook: when stamps (device, >= 9 entries) is not NULL, row 0 of every launch writes the %globaltimer (ns)
+ * at the start, after the penalties, the temperature, the total mass, top_k, top_p, z, the draw and the end. */
+int kern_sample_set_profile(unsigned long long *stamps);
 
 /* ---- attention (attention.cu) ---- */
 

@@ -135,6 +135,7 @@ struct sample_shared {
         int32_t found_chunk, found_idx;
         u128 found_base;
         uint32_t list_n;
+        float tmax[SAMPLE_THREADS];     /* per-thread maxima of the tempered row (the top_k lower bound) */
         uint32_t top_n;
         int32_t top_id[KERN_SAMPLE_MAX_TOP];
         float top_lp[KERN_SAMPLE_MAX_TOP];
@@ -408,7 +409,11 @@ static __device__ __forceinline__ void hist_add(struct sample_shared *sh, uint32
                                 atomicAdd(&sh->u.h.hi[d], 1ull);
                 }
         } else {
-                atomicAdd(&sh->u.h.cnt[d], 1u);
+                /* lanes adding to the same bin add once: the bulk of a row falls in a few bins */
+                unsigned act = __activemask();
+                unsigned peers = __match_any_sync(act, d);
+                if ((threadIdx.x & 31) == __ffs(peers) - 1)
+                        atomicAdd(&sh->u.h.cnt[d], (uint32_t) __popc(peers));
         }
 }
 
@@ -487,34 +492,19 @@ static __device__ __forceinline__ void list_push(bool want, uint32_t id, uint32_
  * takes a histogram over the whole row, then the elements of the bin that holds the answer are compacted
  * into `list` (V entries of scratch) and the remaining 21 bits, and the rank among equal keys (a radix
  * selection on ~id), are resolved on that list only. Integer histograms: deterministic. */
+/* The rest of a selection on a list of candidate ids (all of them satisfying kw): the key levels from `level`
+ * on (0: bits 31-21, 1: bits 20-10, 2: bits 9-0) under the key prefix already fixed, then the rank among the
+ * elements of equal key by id. Returns the id of the element where the running total reaches need. */
 template <bool MASS, class KW, class WF, class TW>
-static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, WF wf, TW tie_weight, u128 need,
-                                      uint32_t *list, struct sample_shared *sh) {
-        uint32_t digit, prefix, mask;
+static __device__ int32_t select_on_list(const float *l, const uint32_t *list, uint32_t len, KW kw, WF wf,
+                                         TW tie_weight, u128 need, uint32_t prefix, uint32_t mask, int level,
+                                         struct sample_shared *sh) {
+        uint32_t digit;
         if (need == 0)
                 need = 1;
-        hist_clear(sh, RADIX_BINS);
-        for_each_logit(l, n, [&](uint32_t i, float li) {
-                uint32_t k;
-                if (kw(i, li, &k))
-                        hist_add<MASS>(sh, k >> 21, MASS ? wf(li) : 0ull);
-        });
-        pick_bin<MASS>(sh, RADIX_BINS, need, &digit, &need);
-        prefix = digit << 21;
-        mask = 0xffe00000u;
-        if (threadIdx.x == 0)
-                sh->list_n = 0;
-        __syncthreads();
-        for_each_logit(l, n, [&](uint32_t i, float li) {
-                uint32_t k;
-                bool in = kw(i, li, &k) && (k & mask) == prefix;
-                list_push(in, i, list, &sh->list_n);
-        });
-        __syncthreads();
-        const uint32_t len = sh->list_n;
-        for (int lv = 1; lv < 3; lv++) {
-                const int shift = lv == 1 ? 10 : 0;
-                const uint32_t nb = lv == 1 ? 2048u : 1024u;
+        for (int lv = level; lv < 3; lv++) {
+                const int shift = lv == 0 ? 21 : lv == 1 ? 10 : 0;
+                const uint32_t nb = lv == 2 ? 1024u : 2048u;
                 hist_clear(sh, nb);
                 for (uint32_t t = threadIdx.x; t < len; t += SAMPLE_THREADS) {
                         uint32_t i = list[t], k;
@@ -552,6 +542,55 @@ static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, WF wf, 
         }
         __syncthreads();                /* the list may be rewritten by the next selection */
         return (int32_t) ~p2;
+}
+
+/* Selection over the whole row: level 0 by a histogram of the row, then the elements of the bin that holds
+ * the answer compacted into `list` (V entries of scratch) and the rest resolved on that list. */
+template <bool MASS, class KW, class WF, class TW>
+static __device__ int32_t select_rank(const float *l, uint32_t n, KW kw, WF wf, TW tie_weight, u128 need,
+                                      uint32_t *list, struct sample_shared *sh) {
+        uint32_t digit, prefix, mask;
+        if (need == 0)
+                need = 1;
+        hist_clear(sh, RADIX_BINS);
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                uint32_t k;
+                if (kw(i, li, &k))
+                        hist_add<MASS>(sh, k >> 21, MASS ? wf(li) : 0ull);
+        });
+        pick_bin<MASS>(sh, RADIX_BINS, need, &digit, &need);
+        prefix = digit << 21;
+        mask = 0xffe00000u;
+        if (threadIdx.x == 0)
+                sh->list_n = 0;
+        __syncthreads();
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                uint32_t k;
+                bool in = kw(i, li, &k) && (k & mask) == prefix;
+                list_push(in, i, list, &sh->list_n);
+        });
+        __syncthreads();
+        return select_on_list<MASS>(l, list, sh->list_n, kw, wf, tie_weight, need, prefix, mask, 1, sh);
+}
+
+/* A lower bound on the k-th largest logit (k <= SAMPLE_THREADS) from the per-thread maxima in sh->tmax: at
+ * least k threads hold an element >= the k-th largest maximum, so at least k elements are >= it. Its top 21
+ * key bits (two histogram levels over 1024 values) give a float <= it. */
+static __device__ float topk_lower_bound(uint32_t k, struct sample_shared *sh) {
+        uint32_t digit, prefix = 0, mask = 0;
+        u128 need = k;
+        for (int lv = 0; lv < 2; lv++) {
+                const int shift = lv == 0 ? 21 : 10;
+                hist_clear(sh, RADIX_BINS);
+                uint32_t key = order_key(sh->tmax[threadIdx.x]);
+                if ((key & mask) == prefix)
+                        hist_add<false>(sh, (key >> shift) & (RADIX_BINS - 1), 0);
+                pick_bin<false>(sh, RADIX_BINS, need, &digit, &need);
+                prefix |= digit << shift;
+                mask |= (RADIX_BINS - 1u) << shift;
+        }
+        float t = key_to_float(prefix);
+        return isnan(t) ? -INFINITY : t;        /* the prefix of -inf's key is no float */
 }
 
 static __device__ __forceinline__ uint64_t splitmix_bits(uint64_t seed, uint64_t index) {
@@ -691,7 +730,19 @@ static __device__ float temper(float *l, uint32_t n, float inv_t, struct sample_
                         m = fmaxf(m, v);
                 }
         }
+        sh->tmax[threadIdx.x] = m;
         return block_max_f(m, sh);      /* its barriers also publish the stores */
+}
+
+/* Test hook (kern_sample_set_profile): block 0 stamps the %globaltimer at its phase boundaries. */
+static __device__ unsigned long long *sample_prof;
+
+static __device__ __forceinline__ void prof_stamp(int phase) {
+        if (sample_prof && blockIdx.x == 0 && threadIdx.x == 0) {
+                unsigned long long t;
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+                sample_prof[phase] = t;
+        }
 }
 
 static __global__ void __launch_bounds__(SAMPLE_THREADS)
@@ -705,6 +756,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
         struct kern_sample_result *res = out + row;
         const uint32_t n_top = p.n_logprobs < KERN_SAMPLE_MAX_TOP ? p.n_logprobs : KERN_SAMPLE_MAX_TOP;
 
+        prof_stamp(0);
         if (hist && p.n_prompt + p.n_generated > 0 &&
             (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f))
                 apply_penalties_dev(l, n, &p, hist + p.hist_off, scratch);
@@ -729,6 +781,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                 return;
         }
 
+        prof_stamp(1);
         const float m = temper(l, n, __fdiv_rn(1.0f, p.temperature), &sh);
         if (m == -INFINITY) {
                 /* every logit -inf: nothing to rank, the lowest id */
@@ -739,32 +792,54 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                 }
                 return;
         }
+        prof_stamp(2);
         /* w = expf(l - m) is recomputed where needed rather than stored: the same float ops give the same
          * value every time, and every pass then reads 4 bytes a token instead of 8 */
         auto wfx = [=](float li) { return weight_fx(expf(__fsub_rn(li, m))); };
+        const bool use_k = p.top_k > 0 && (uint32_t) p.top_k < n;
+        const bool use_p = p.top_p < 1.0f;
+        /* top_k <= 1024: every candidate is >= a lower bound taken from the per-thread maxima, so the pass
+         * that sums the total mass also collects those elements (a few times k for a peaked row), and top_k,
+         * top_p and z then run on that list instead of the row */
+        const bool k_list = use_k && (uint32_t) p.top_k <= SAMPLE_THREADS;
+        const float tau = k_list ? topk_lower_bound((uint32_t) p.top_k, &sh) : INFINITY;
+        if (k_list) {
+                if (threadIdx.x == 0)
+                        sh.list_n = 0;
+                __syncthreads();
+        }
         u128 total = 0;
-        for_each_logit(l, n, [&](uint32_t, float li) { total += wfx(li); });
-        total = block_sum_u128(total, &sh);
+        for_each_logit(l, n, [&](uint32_t i, float li) {
+                total += wfx(li);
+                if (k_list)
+                        list_push(li >= tau, i, scratch, &sh.list_n);
+        });
+        total = block_sum_u128(total, &sh);     /* its barriers also publish the list */
+        const uint32_t klen = k_list ? sh.list_n : 0;
         const double lse = (double) m + log(fx_to_double(total));
+        prof_stamp(3);
 
         /* the candidate set: ranks at or before thr (ranking (l desc, id asc)), and w >= min_p */
         bool have_thr = false;
         int32_t thr = 0;
         float l_thr = 0.0f;
-        const bool use_k = p.top_k > 0 && (uint32_t) p.top_k < n;
-        const bool use_p = p.top_p < 1.0f;
         auto tie_w = [=](uint32_t key) { return (u128) wfx(key_to_float(key)); };
         if (use_k) {
                 auto kw = [=](uint32_t, float li, uint32_t *k) {
                         *k = order_key(li);
                         return true;
                 };
-                thr = select_rank<false>(l, n, kw, wfx, tie_w, (u128) (uint32_t) p.top_k, scratch, &sh);
+                if (k_list)
+                        thr = select_on_list<false>(l, scratch, klen, kw, wfx, tie_w, (u128) (uint32_t) p.top_k, 0, 0, 0,
+                                                    &sh);
+                else
+                        thr = select_rank<false>(l, n, kw, wfx, tie_w, (u128) (uint32_t) p.top_k, scratch, &sh);
                 if (thr < 0 || (uint32_t) thr >= n)     /* cannot happen: k < n elements exist */
                         thr = 0;
                 l_thr = l[thr];
                 have_thr = true;
         }
+        prof_stamp(4);
         auto in_k = [=](uint32_t i, float li) {
                 return !have_thr || li > l_thr || (li == l_thr && (int32_t) i <= thr);
         };
@@ -772,10 +847,18 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                 u128 mass = total;
                 if (use_k) {
                         mass = 0;
-                        for_each_logit(l, n, [&](uint32_t i, float li) {
-                                if (in_k(i, li))
-                                        mass += wfx(li);
-                        });
+                        if (k_list) {
+                                for (uint32_t t = threadIdx.x; t < klen; t += SAMPLE_THREADS) {
+                                        uint32_t i = scratch[t];
+                                        if (in_k(i, l[i]))
+                                                mass += wfx(l[i]);
+                                }
+                        } else {
+                                for_each_logit(l, n, [&](uint32_t i, float li) {
+                                        if (in_k(i, li))
+                                                mass += wfx(li);
+                                });
+                        }
                         mass = block_sum_u128(mass, &sh);
                 }
                 u128 need = double_to_fx((double) p.top_p * fx_to_double(mass));
@@ -785,11 +868,13 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                         *k = order_key(li);
                         return in_k(i, li);
                 };
-                int32_t t = select_rank<true>(l, n, kw, wfx, tie_w, need, scratch, &sh);
+                int32_t t = k_list ? select_on_list<true>(l, scratch, klen, kw, wfx, tie_w, need, 0, 0, 0, &sh)
+                                   : select_rank<true>(l, n, kw, wfx, tie_w, need, scratch, &sh);
                 thr = t >= 0 && (uint32_t) t < n ? t : 0;
                 l_thr = l[thr];
                 have_thr = true;
         }
+        prof_stamp(5);
         const float min_w = p.min_p > 0.0f ? p.min_p : 0.0f;
         /* w >= 0 always holds, so min_p 0 needs no expf */
         auto in_c = [=](uint32_t i, float li) {
@@ -799,27 +884,39 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
 
         u128 z = 0;
         int32_t last = -1;
-        for_each_logit(l, n, [&](uint32_t i, float li) {
+        auto add_z = [&](uint32_t i, float li) {
                 if (in_c(i, li)) {
                         float w = expf(__fsub_rn(li, m));
                         z += weight_fx(w);
                         if (w > 0.0f && (int32_t) i > last)
                                 last = (int32_t) i;
                 }
-        });
+        };
+        if (k_list)     /* the candidates are a subset of the list */
+                for (uint32_t t = threadIdx.x; t < klen; t += SAMPLE_THREADS)
+                        add_z(scratch[t], l[scratch[t]]);
+        else
+                for_each_logit(l, n, add_z);
         z = block_sum_u128(z, &sh);
         last = block_max_i(last, &sh);
+        prof_stamp(6);
         const double u = (double) (splitmix_bits(p.seed, p.index) >> 11) * 0x1p-53;
         const u128 target = double_to_fx(u * fx_to_double(z));
         int32_t chosen = find_prefix(
                 l, n, [=](uint32_t i, float li) { return (u128) (in_c(i, li) ? wfx(li) : 0ull); }, target, &sh);
         if (chosen < 0)
                 chosen = last >= 0 ? last : 0;
+        prof_stamp(7);
         top_logprobs(l, n, lse, n_top, scratch, &sh, res);
         if (threadIdx.x == 0) {
                 res->token = chosen;
                 res->logprob = __double2float_rn((double) l[chosen] - lse);
         }
+        prof_stamp(8);
+}
+
+extern "C" int kern_sample_set_profile(unsigned long long *stamps) {
+        return cudaMemcpyToSymbol(sample_prof, &stamps, sizeof(stamps)) == cudaSuccess ? 0 : -EIO;
 }
 
 extern "C" int kern_sample_rows(float *logits, size_t ld, uint32_t n_rows, uint32_t n,

@@ -442,6 +442,25 @@ static void bench(const char *name, uint32_t n, uint32_t rows, const struct samp
         cudaEvent_t e0, e1;
         KT_CUDA(cudaEventCreate(&e0));
         KT_CUDA(cudaEventCreate(&e1));
+        /* where row 0's time goes (a warm launch with the kernel's phase stamps) */
+        unsigned long long *d_prof = kt_dev(sizeof(unsigned long long) * 9), prof[9];
+        for (int it = 0; it < 2; it++) {
+                KT_CUDA(cudaMemcpy(d_rows, d_src, sizeof(float) * n * rows, cudaMemcpyDeviceToDevice));
+                KT_CUDA(cudaMemset(d_prof, 0, sizeof(unsigned long long) * 9));
+                KT_OK(kern_sample_set_profile(it ? d_prof : NULL));
+                KT_OK(kern_sample_rows(d_rows, n, rows, n, d_p, d_hist, d_work, d_res, 0));
+                KT_CUDA(cudaDeviceSynchronize());
+        }
+        KT_OK(kern_sample_set_profile(NULL));
+        KT_CUDA(cudaMemcpy(prof, d_prof, sizeof(prof), cudaMemcpyDeviceToHost));
+        static const char *const phase[8] = {"penalties", "temperature", "total", "top_k", "top_p", "z", "draw",
+                                             "logprobs"};
+        printf("# phases (%s, rows=%u, row 0, us):", name, rows);
+        for (int ph = 0; ph < 8; ph++)
+                if (prof[ph + 1] >= prof[ph] && prof[ph])
+                        printf(" %s %.1f", phase[ph], (prof[ph + 1] - prof[ph]) / 1e3);
+        printf("\n");
+        cudaFree(d_prof);
         float ms[25];
         for (int it = -3; it < 25; it++) {
                 KT_CUDA(cudaMemcpy(d_rows, d_src, sizeof(float) * n * rows, cudaMemcpyDeviceToDevice));
