@@ -798,24 +798,33 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
         auto wfx = [=](float li) { return weight_fx(expf(__fsub_rn(li, m))); };
         const bool use_k = p.top_k > 0 && (uint32_t) p.top_k < n;
         const bool use_p = p.top_p < 1.0f;
-        /* top_k <= 1024: every candidate is >= a lower bound taken from the per-thread maxima, so the pass
-         * that sums the total mass also collects those elements (a few times k for a peaked row), and top_k,
-         * top_p and z then run on that list instead of the row */
+        /* The pass that sums the total mass also collects every possible candidate into a list, and top_k,
+         * top_p and z then run on that list instead of the row:
+         *  - top_k <= 1024: the candidates are >= a lower bound taken from the per-thread maxima (a few times
+         *    k elements for a peaked row);
+         *  - top_p alone: tokens with w < (1 - p) / V hold less than (1 - p) <= (1 - p) * total together and
+         *    rank after all heavier ones, so the nucleus lies among the others (the host's argument, with
+         *    total >= 1 standing in for the total not known yet; 0.999 keeps rounding on the safe side). */
         const bool k_list = use_k && (uint32_t) p.top_k <= SAMPLE_THREADS;
+        const bool p_list = use_p && !use_k;
         const float tau = k_list ? topk_lower_bound((uint32_t) p.top_k, &sh) : INFINITY;
-        if (k_list) {
+        const float tau_w = p_list ? (float) ((1.0 - (double) p.top_p) / n * 0.999) : INFINITY;
+        if (k_list || p_list) {
                 if (threadIdx.x == 0)
                         sh.list_n = 0;
                 __syncthreads();
         }
         u128 total = 0;
         for_each_logit(l, n, [&](uint32_t i, float li) {
-                total += wfx(li);
+                float w = expf(__fsub_rn(li, m));
+                total += weight_fx(w);
                 if (k_list)
                         list_push(li >= tau, i, scratch, &sh.list_n);
+                else if (p_list)
+                        list_push(w >= tau_w, i, scratch, &sh.list_n);
         });
         total = block_sum_u128(total, &sh);     /* its barriers also publish the list */
-        const uint32_t klen = k_list ? sh.list_n : 0;
+        const uint32_t klen = k_list || p_list ? sh.list_n : 0;
         const double lse = (double) m + log(fx_to_double(total));
         prof_stamp(3);
 
@@ -868,8 +877,9 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                         *k = order_key(li);
                         return in_k(i, li);
                 };
-                int32_t t = k_list ? select_on_list<true>(l, scratch, klen, kw, wfx, tie_w, need, 0, 0, 0, &sh)
-                                   : select_rank<true>(l, n, kw, wfx, tie_w, need, scratch, &sh);
+                int32_t t = k_list || p_list
+                                    ? select_on_list<true>(l, scratch, klen, kw, wfx, tie_w, need, 0, 0, 0, &sh)
+                                    : select_rank<true>(l, n, kw, wfx, tie_w, need, scratch, &sh);
                 thr = t >= 0 && (uint32_t) t < n ? t : 0;
                 l_thr = l[thr];
                 have_thr = true;
@@ -892,7 +902,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                                 last = (int32_t) i;
                 }
         };
-        if (k_list)     /* the candidates are a subset of the list */
+        if (k_list || p_list)   /* the candidates are a subset of the list */
                 for (uint32_t t = threadIdx.x; t < klen; t += SAMPLE_THREADS)
                         add_z(scratch[t], l[scratch[t]]);
         else
