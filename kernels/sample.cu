@@ -104,12 +104,14 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
  *
  * Phases of one row (all threads of the block take part in each; a full pass reads the row from global
  * memory with float4 loads, two in flight per thread):
- *   penalties (token history)  -> temperature + max  -> total mass of w = expf(l - m) (recomputed where
- *   needed, never stored)  -> top_k: select_rank on the ranking key (a level-0 histogram over the row, the
- *   bin holding the k-th token compacted into a list, the rest of the key and the rank among ties resolved
- *   on the list)  -> top_p: the same weighted by w  -> z over the candidate set, the draw (chunk sums, block
- *   scan, one warp scans the hit chunk)  -> logprob of the token and the top-N list (select_rank on the
- *   logprob key). Typical step (top_k + top_p, no logprobs): 8 passes over the row.
+ *   penalties (token history)  -> temperature + max (+ per-thread maxima)  -> total mass of w = expf(l - m)
+ *   (recomputed where needed, never stored); the same pass collects every possible candidate into a list:
+ *   for top_k <= 1024 the elements above a lower bound on the k-th largest logit, for top_p alone the
+ *   elements with w >= (1 - p) / V  -> top_k, then top_p, by select_rank on that list (or, without a list,
+ *   on the row: a level-0 histogram, then the bin holding the answer compacted), ties by id  -> z over the
+ *   candidates, the draw (chunk sums, block scan, one warp scans the hit chunk)  -> logprob of the token and
+ *   the top-N list (select_rank on the logprob key). Typical step (top_k and/or top_p, no logprobs): three
+ *   passes over the row (temperature, total, draw) plus work on a list of a few hundred candidates.
  * No sort of the vocabulary, no host synchronisation, one launch. */
 
 #define SAMPLE_THREADS 1024
