@@ -108,9 +108,7 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
  *   (recomputed where needed, never stored); the same pass collects every possible candidate into a list:
  *   for top_k <= 1024 the elements above a lower bound on the k-th largest logit, for top_p alone the
  *   elements with w >= (1 - p) / V  -> top_k, then top_p, by select_rank on that list (or, without a list,
- *   on the row: a level-0 histogram, then the bin holding the answer compacted), ties by id; a list of <= 512
- *   is ranked directly (each element's weighted prefix against all others), a list of > 16384 (a flat row)
- *   gives way to the row  -> z over the
+ *   on the row: a level-0 histogram, then the bin holding the answer compacted), ties by id  -> z over the
  *   candidates, the draw (chunk sums, block scan, one warp scans the hit chunk)  -> logprob of the token and
  *   the top-N list (select_rank on the logprob key). Typical step (top_k and/or top_p, no logprobs): three
  *   passes over the row (temperature, total, draw) plus work on a list of a few hundred candidates.
