@@ -118,7 +118,6 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 #define RADIX_BINS 2048
 #define PREFIX_CHUNKS 2048      /* chunks of the id-ordered prefix search: 128 ids each up to 262,144 */
-#define LIST_MAX 16384          /* longest candidate list worked on instead of the row */
 #define SMALL_LIST 512          /* a candidate list this short is ranked directly, each element against all */
 #define PREFIX_BATCH 2          /* chunks whose loads a warp issues together (more spills registers) */
 
@@ -909,8 +908,6 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
         });
         total = block_sum_u128(total, &sh);     /* its barriers also publish the list */
         const uint32_t klen = k_list || p_list ? sh.list_n : 0;
-        /* a long list (a flat row) is worse than the row itself: its gathers are scattered */
-        const bool on_list = (k_list || p_list) && klen <= LIST_MAX;
         const double lse = (double) m + log(fx_to_double(total));
         prof_stamp(3);
 
@@ -924,7 +921,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                         *k = order_key(li);
                         return true;
                 };
-                if (on_list)
+                if (k_list)
                         thr = select_on_list<false>(l, scratch, klen, kw, wfx, tie_w, (u128) (uint32_t) p.top_k, 0, 0, 0,
                                                     &sh);
                 else
@@ -942,7 +939,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                 u128 mass = total;
                 if (use_k) {
                         mass = 0;
-                        if (on_list) {
+                        if (k_list) {
                                 for (uint32_t t = threadIdx.x; t < klen; t += SAMPLE_THREADS) {
                                         uint32_t i = scratch[t];
                                         if (in_k(i, l[i]))
@@ -963,7 +960,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                         *k = order_key(li);
                         return in_k(i, li);
                 };
-                int32_t t = on_list
+                int32_t t = k_list || p_list
                                     ? select_on_list<true>(l, scratch, klen, kw, wfx, tie_w, need, 0, 0, 0, &sh)
                                     : select_rank<true>(l, n, kw, wfx, tie_w, need, scratch, &sh);
                 thr = t >= 0 && (uint32_t) t < n ? t : 0;
@@ -988,7 +985,7 @@ sample_rows_kernel(float *logits, size_t ld, uint32_t n, const struct kern_sampl
                                 last = (int32_t) i;
                 }
         };
-        if (on_list)    /* the candidates are a subset of the list */
+        if (k_list || p_list)   /* the candidates are a subset of the list */
                 for (uint32_t t = threadIdx.x; t < klen; t += SAMPLE_THREADS)
                         add_z(scratch[t], l[scratch[t]]);
         else
