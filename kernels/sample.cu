@@ -442,22 +442,10 @@ static __device__ int32_t find_prefix(const float *l, uint32_t n, W weight, u128
 template <bool MASS>
 static __device__ __forceinline__ void hist_add(struct sample_shared *sh, uint32_t d, unsigned long long x) {
         if (MASS) {
-                /* the lanes adding to the same bin add their sum once: x < 2^63 is summed in three 21-bit
-                 * parts (32 of each fit a 32-bit warp reduction), then added to the 128-bit bin */
-                unsigned act = __activemask();
-                unsigned peers = __match_any_sync(act, d);
-                unsigned a = __reduce_add_sync(peers, (unsigned) (x >> 42));
-                unsigned b = __reduce_add_sync(peers, (unsigned) ((x >> 21) & 0x1fffffu));
-                unsigned c = __reduce_add_sync(peers, (unsigned) (x & 0x1fffffu));
-                if ((threadIdx.x & 31) == __ffs(peers) - 1) {
-                        u128 sum = ((u128) a << 42) + ((u128) b << 21) + c;
-                        unsigned long long lo = (unsigned long long) sum, hi = (unsigned long long) (sum >> 64);
-                        if (lo) {
-                                unsigned long long old = atomicAdd(&sh->u.h.lo[d], lo);
-                                hi += old + lo < old;
-                        }
-                        if (hi)
-                                atomicAdd(&sh->u.h.hi[d], hi);
+                if (x) {
+                        unsigned long long old = atomicAdd(&sh->u.h.lo[d], x);
+                        if (old + x < old)
+                                atomicAdd(&sh->u.h.hi[d], 1ull);
                 }
         } else {
                 /* lanes adding to the same bin add once: the bulk of a row falls in a few bins */
