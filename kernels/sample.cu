@@ -118,8 +118,6 @@ extern "C" int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n
 #define SAMPLE_WARPS (SAMPLE_THREADS / 32)
 #define RADIX_BINS 2048
 #define PREFIX_CHUNKS 2048      /* chunks of the id-ordered prefix search: 128 ids each up to 262,144 */
-#define SMALL_LIST 512          /* a candidate list this short is ranked directly, each element against all */
-#define PREFIX_BATCH 2          /* chunks whose loads a warp issues together (more spills registers) */
 
 typedef unsigned __int128 u128;
 
@@ -130,12 +128,7 @@ struct sample_shared {
                         unsigned long long lo[RADIX_BINS], hi[RADIX_BINS];
                 } h;
                 u128 chunk[PREFIX_CHUNKS];
-                struct {
-                        uint32_t id[SMALL_LIST], key[SMALL_LIST];
-                        unsigned long long w[SMALL_LIST];
-                } small;
         } u;
-        int32_t small_found;
         u128 red[SAMPLE_WARPS];
         float redf[SAMPLE_WARPS];
         int32_t redi[SAMPLE_WARPS];
@@ -346,46 +339,16 @@ static __device__ int32_t find_prefix(const float *l, uint32_t n, W weight, u128
         const uint32_t n_chunks = (n + chunk_len - 1) / chunk_len;
         const bool vec = row_vectorizable(l, n);
         __syncthreads();                /* sh->u may still be read by a previous phase */
-        /* PREFIX_BATCH chunks at a time, their loads issued before any is summed: one load in flight per
-         * lane would leave this pass bound by memory latency */
-        for (uint32_t c0 = (uint32_t) warp; c0 < PREFIX_CHUNKS; c0 += PREFIX_BATCH * SAMPLE_WARPS) {
-                u128 acc[PREFIX_BATCH] = {};
-                for (uint32_t k = 0; k < g; k++) {
-                        if (vec) {
-                                float4 a[PREFIX_BATCH];
-                                bool ok[PREFIX_BATCH];
-#pragma unroll
-                                for (int q = 0; q < PREFIX_BATCH; q++) {
-                                        uint32_t c = c0 + (uint32_t) q * SAMPLE_WARPS;
-                                        uint32_t i0 = c * chunk_len + k * 128 + (uint32_t) lane * 4;
-                                        ok[q] = c < n_chunks && i0 < n;         /* n % 4 == 0: all four ids */
-                                        a[q] = ok[q] ? *(const float4 *) (l + i0) : make_float4(0, 0, 0, 0);
-                                }
-#pragma unroll
-                                for (int q = 0; q < PREFIX_BATCH; q++) {
-                                        uint32_t i0 = (c0 + (uint32_t) q * SAMPLE_WARPS) * chunk_len + k * 128 +
-                                                      (uint32_t) lane * 4;
-                                        if (ok[q])
-                                                acc[q] += weight(i0, a[q].x) + weight(i0 + 1, a[q].y) +
-                                                          weight(i0 + 2, a[q].z) + weight(i0 + 3, a[q].w);
-                                }
-                        } else {
-                                for (int q = 0; q < PREFIX_BATCH; q++) {
-                                        uint32_t c = c0 + (uint32_t) q * SAMPLE_WARPS;
-                                        if (c >= n_chunks)
-                                                continue;
-                                        u128 x[4];
-                                        weights4(l, n, false, c * chunk_len + k * 128 + (uint32_t) lane * 4, weight, x);
-                                        acc[q] += x[0] + x[1] + x[2] + x[3];
-                                }
-                        }
+        for (uint32_t c = (uint32_t) warp; c < PREFIX_CHUNKS; c += SAMPLE_WARPS) {
+                u128 acc = 0;
+                for (uint32_t k = 0; c < n_chunks && k < g; k++) {
+                        u128 x[4];
+                        weights4(l, n, vec, c * chunk_len + k * 128 + (uint32_t) lane * 4, weight, x);
+                        acc += x[0] + x[1] + x[2] + x[3];
                 }
-#pragma unroll
-                for (int q = 0; q < PREFIX_BATCH; q++) {
-                        u128 sum = warp_sum_u128(acc[q]);
-                        if (lane == 0)
-                                sh->u.chunk[c0 + (uint32_t) q * SAMPLE_WARPS] = sum;
-                }
+                acc = warp_sum_u128(acc);
+                if (lane == 0)
+                        sh->u.chunk[c] = acc;
         }
         if (threadIdx.x == 0)
                 sh->found_chunk = -1;
@@ -541,38 +504,6 @@ static __device__ int32_t select_on_list(const float *l, const uint32_t *list, u
         uint32_t digit;
         if (need == 0)
                 need = 1;
-        if (level == 0 && len <= SMALL_LIST) {
-                /* each element's rank-weighted prefix against every other: O(len^2 / threads), no histogram
-                 * levels; the element whose prefix reaches need is the answer (unique: ranks are distinct) */
-                __syncthreads();        /* sh->u may still be read by a previous phase */
-                if (threadIdx.x == 0)
-                        sh->small_found = -1;
-                for (uint32_t t = threadIdx.x; t < len; t += SAMPLE_THREADS) {
-                        uint32_t i = list[t], k = 0;
-                        float li = l[i];
-                        bool in = kw(i, li, &k);
-                        sh->u.small.id[t] = i;
-                        sh->u.small.key[t] = k;
-                        sh->u.small.w[t] = in ? (MASS ? wf(li) : 1ull) : 0ull;
-                }
-                __syncthreads();
-                if (threadIdx.x < len && sh->u.small.w[threadIdx.x]) {
-                        const uint32_t kt = sh->u.small.key[threadIdx.x], it = sh->u.small.id[threadIdx.x];
-                        u128 before = 0;
-                        for (uint32_t s = 0; s < len; s++) {
-                                uint32_t ks = sh->u.small.key[s];
-                                if (ks > kt || (ks == kt && sh->u.small.id[s] < it))
-                                        before += sh->u.small.w[s];
-                        }
-                        if (before < need && need <= before + sh->u.small.w[threadIdx.x])
-                                sh->small_found = (int32_t) it;
-                }
-                __syncthreads();
-                const int32_t found = sh->small_found;
-                if (found >= 0)
-                        return found;
-                /* need beyond the list's total (callers prevent it): the histogram path clamps */
-        }
         for (int lv = level; lv < 3; lv++) {
                 const int shift = lv == 0 ? 21 : lv == 1 ? 10 : 0;
                 const uint32_t nb = lv == 2 ? 1024u : 2048u;
