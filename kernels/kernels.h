@@ -103,6 +103,17 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
                           const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                           cudaStream_t stream);
 
+/* Mid-M FP8 linear (gemm_midm.cu, wgmma: sm_90a), same contract as kern_fp8_linear_small for
+ * 1..KERN_MID_M_MAX rows and k % 16 == 0: weights streamed once from HBM into registers, tokens staged in
+ * shared memory, K split over a block cluster when the row blocks alone cannot fill the GPU. The FP8 tensor
+ * cores accumulate with fewer mantissa bits than FP32 (relative error ~5e-4 at k = 2816, below a BF16
+ * rounding). Tests only: kern_fp8_linear_mid_cluster != 0 forces that cluster size (1..8). */
+#define KERN_MID_M_MAX 128
+extern uint32_t kern_fp8_linear_mid_cluster;
+int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                        const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
+                        cudaStream_t stream);
+
 /* Grouped (MoE) variant: groups live on the device; *n_groups (device) says how many of the max_groups
  * are valid. Expert e uses w + e * n_out * k and w_scale + e * n_out. pair_rows[i] is the output row of
  * sorted entry i, x rows are pair_rows[i] / x_row_div (x_row_div = top_k reads the token's row; 1 reads
@@ -302,6 +313,18 @@ size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint
 /* Batches with many tokens take a shared-memory tile kernel, the rest a split-K kernel; tests set this to
  * run the split-K kernel on every batch. */
 extern bool kern_attention_force_split;
+/* tests: run one path (KERN_ATT_PATH_*) when it can take the layer (0: the default choice); the path the last
+ * kern_attention call took */
+enum {
+        KERN_ATT_PATH_AUTO,
+        KERN_ATT_PATH_SPLIT,            /* CUDA cores, one block per (token, head, key split) */
+        KERN_ATT_PATH_TILE,             /* CUDA cores, K/V tiles in shared memory shared by a GQA group */
+        KERN_ATT_PATH_MMA_PREFILL,      /* tensor cores, 64-row query tiles, next K/V tile copied meanwhile */
+        KERN_ATT_PATH_MMA_DECODE,       /* tensor cores, one token's GQA group per block, keys as the M side */
+        KERN_ATT_PATH_MMA_DECODE_ROWS,  /* MMA_DECODE with query heads as the mma's M side (16-row tile) */
+        KERN_ATT_PATH_MMA_PREFILL_REGS, /* MMA_PREFILL with K/V staged through registers, no copy ahead */
+};
+extern int kern_attention_force_path, kern_attention_last_path;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an
  * earlier query of the same step still needs). */
 int kern_kv_commit(const void *k_new, const void *v_new, const struct kern_batch *bt,
