@@ -1,0 +1,414 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Grouped (MoE) FP8 GEMM on Hopper tensor cores: wgmma m64nNk32 e4m3 with both operands in shared memory.
+ *
+ * The weights are the M side (two warpgroups x 64 rows = 128 output channels per tile), the tokens of one
+ * expert the N side (128 for experts with many rows, 32 for the few-row decode case). Both operands are
+ * K-major in global memory, which is the only layout wgmma takes for FP8, so a K step is one 128-byte row
+ * per matrix row and the shared-memory tiles use the 128-byte swizzle without any transposition.
+ *
+ * Every thread loads with cp.async (the token rows are gathered through pair_rows, which a tiled TMA copy
+ * cannot do) into an S-stage ring; the loads run S-2 steps ahead so that the stage being refilled is the one
+ * whose wgmma group the previous iteration's wait retired. A CTA walks its tiles as one flat sequence of K
+ * steps, so the pipeline never drains between tiles: the decode case reads every touched expert's weights
+ * once as a continuous stream.
+ *
+ * No host loop and no host sync: every CTA rebuilds the tile schedule from the device-side group list
+ * (runs of groups of one expert with contiguous rows form a segment; segments above 32 rows are cut into
+ * 128-token tiles, the others take one 32-token tile), then takes tiles round-robin (persistent grid).
+ * Scales are applied in the epilogue: y = s_x * (s_w * acc), as in the mma.sync kernel.
+ */
+#include "common.cuh"
+#include "gemm-grouped.h"
+
+#define GT_THREADS 256                  /* two consumer warpgroups */
+#define GT_WROWS 128                    /* weight rows (output channels) per tile */
+#define GT_BK 128                       /* K bytes per pipeline step: one swizzle row */
+#define GT_BIG_TOK 128
+#define GT_BIG_STAGES 4
+#define GT_SMALL_TOK 32
+#define GT_SMALL_STAGES 8
+#define GT_A_BYTES (GT_WROWS * GT_BK)
+#define GT_BIG_PIPE (GT_BIG_STAGES * (GT_A_BYTES + GT_BIG_TOK * GT_BK))
+#define GT_SMALL_PIPE (GT_SMALL_STAGES * (GT_A_BYTES + GT_SMALL_TOK * GT_BK))
+#define GT_PIPE (GT_BIG_PIPE > GT_SMALL_PIPE ? GT_BIG_PIPE : GT_SMALL_PIPE)
+
+struct gt_tile {
+        int32_t expert, start, count;
+};
+
+#define GT_SMEM (1024 + GT_PIPE + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
+
+struct gt_params {
+        const uint8_t *w;
+        const float *w_scale;
+        uint32_t n_out, k;
+        const uint8_t *x;
+        const float *x_scale;
+        uint32_t x_row_div;
+        const int32_t *pair_rows;
+        const struct kern_gemm_group *groups;
+        const int32_t *n_groups;
+        uint32_t max_groups;
+        uint16_t *y;
+};
+
+static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool ok) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+
+static __device__ __forceinline__ void cp_async_commit(void) {
+        asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int N>
+static __device__ __forceinline__ void cp_async_wait(void) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* cp.async writes through the generic proxy, wgmma reads through the async proxy */
+static __device__ __forceinline__ void fence_proxy_async(void) {
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void wgmma_fence(void) {
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+static __device__ __forceinline__ void wgmma_commit(void) {
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+template <int N>
+static __device__ __forceinline__ void wgmma_wait(void) {
+        asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+/* Shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart (SBO); the
+ * leading offset is unused when a wgmma's K (32 bytes) stays inside one swizzle row. The atoms are
+ * 1024-byte aligned, so stepping K by 32 bytes is a plain start-address offset. */
+static __device__ __forceinline__ uint64_t smem_desc(uint32_t addr) {
+        return (uint64_t) ((addr & 0x3ffff) >> 4) | (uint64_t) 1 << 16 | (uint64_t) (1024 >> 4) << 32 |
+               (uint64_t) 1 << 62;
+}
+
+/* keeps the compiler from moving accumulator accesses across the asynchronous wgmma window */
+template <int N>
+static __device__ __forceinline__ void fence_acc(float *d) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++)
+                asm volatile("" : "+f"(d[i])::"memory");
+}
+
+template <int N>
+static __device__ __forceinline__ void wgmma_e4m3(float *d, uint64_t da, uint64_t db, uint32_t acc);
+
+template <> __device__ __forceinline__ void wgmma_e4m3<32>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k32.f32.e4m3.e4m3 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+                     "}, %16, %17, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(da), "l"(db), "r"(acc));
+}
+
+template <> __device__ __forceinline__ void wgmma_e4m3<64>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+                     "}, %32, %33, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(da), "l"(db), "r"(acc));
+}
+
+template <> __device__ __forceinline__ void wgmma_e4m3<128>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                     "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+                     "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+                     "}, %64, %65, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                       "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                       "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                       "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                       "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(da), "l"(db), "r"(acc));
+}
+
+/* Exclusive prefix sum over the block (GT_THREADS threads); *total gets the sum. tmp: 9 ints. */
+static __device__ int block_excl_scan(int v, int *tmp, int *total) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+        int x = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+                int y = __shfl_up_sync(0xffffffffu, x, o);
+                if (lane >= o)
+                        x += y;
+        }
+        if (lane == 31)
+                tmp[warp] = x;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+                int s = 0;
+                for (int w = 0; w < GT_THREADS / 32; w++) {
+                        int t = tmp[w];
+                        tmp[w] = s;
+                        s += t;
+                }
+                tmp[GT_THREADS / 32] = s;
+        }
+        __syncthreads();
+        int r = x - v + tmp[warp];
+        *total = tmp[GT_THREADS / 32];
+        __syncthreads();
+        return r;
+}
+
+/* A segment starts where the expert changes or the rows stop being contiguous. */
+static __device__ __forceinline__ bool seg_first(const int32_t *gex, const int32_t *gst, const int32_t *gcn, int g) {
+        return g == 0 || gex[g] != gex[g - 1] || gst[g] != gst[g - 1] + gcn[g - 1];
+}
+
+/* Tile list: big tiles (<= GT_BIG_TOK tokens) first, then small ones (<= GT_SMALL_TOK). With group counts
+ * <= 64 a segment of G groups yields at most G tiles, so the list never exceeds max_groups entries. */
+static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, struct gt_tile *list, int *tmp,
+                                   int &n_big, int &n_small) {
+        int ng = *p.n_groups;
+        ng = ng < 0 ? 0 : ng > (int) p.max_groups ? (int) p.max_groups : ng;
+        int32_t *gex = stage, *gst = stage + GEMM_GROUPED_TILED_MAX_GROUPS, *gcn = gst + GEMM_GROUPED_TILED_MAX_GROUPS;
+
+        for (int g = threadIdx.x; g < ng; g += GT_THREADS) {
+                struct kern_gemm_group gr = p.groups[g];
+                gex[g] = gr.expert;
+                gst[g] = gr.start;
+                gcn[g] = gr.count < 0 ? 0 : gr.count > 64 ? 64 : gr.count;
+        }
+        __syncthreads();
+        const int chunk = (ng + GT_THREADS - 1) / GT_THREADS;
+        const int g0 = threadIdx.x * chunk, g1 = min(g0 + chunk, ng);
+        int packed = 0;
+        for (int g = g0; g < g1; g++) {
+                if (!seg_first(gex, gst, gcn, g))
+                        continue;
+                int rows = gcn[g];
+                for (int h = g + 1; h < ng && !seg_first(gex, gst, gcn, h); h++)
+                        rows += gcn[h];
+                if (rows > GT_SMALL_TOK)
+                        packed += ((rows + GT_BIG_TOK - 1) / GT_BIG_TOK) << 16;
+                else if (rows > 0)
+                        packed += 1;
+        }
+        int total, off = block_excl_scan(packed, tmp, &total);
+        const int nb = total >> 16, ns = total & 0xffff;
+        int ob = off >> 16, os = nb + (off & 0xffff);
+        for (int g = g0; g < g1; g++) {
+                if (!seg_first(gex, gst, gcn, g))
+                        continue;
+                int rows = gcn[g];
+                for (int h = g + 1; h < ng && !seg_first(gex, gst, gcn, h); h++)
+                        rows += gcn[h];
+                if (rows > GT_SMALL_TOK) {
+                        for (int r = 0; r < rows; r += GT_BIG_TOK)
+                                list[ob++] = {gex[g], gst[g] + r, min(GT_BIG_TOK, rows - r)};
+                } else if (rows > 0) {
+                        list[os++] = {gex[g], gst[g], rows};
+                }
+        }
+        n_big = nb;
+        n_small = ns;
+        __syncthreads();
+}
+
+/* One phase: the CTA's tiles first, first + gridDim.x, ... of n_mtiles x (n_out / 128) tiles with BT tokens. */
+template <int BT, int S>
+static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const struct gt_tile *list, int n_mtiles,
+                                int first) {
+        constexpr int D = S - 2;
+        constexpr int STAGE = GT_A_BYTES + BT * GT_BK;
+        constexpr int BCH = BT * (GT_BK / 16) / GT_THREADS;
+        constexpr int ACH = GT_WROWS * (GT_BK / 16) / GT_THREADS;
+        const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
+        const int ntn = (int) ((p.n_out + GT_WROWS - 1) / GT_WROWS);
+        const int tiles = n_mtiles * ntn, G = gridDim.x;
+
+        if (first >= tiles)
+                return;
+        const int kt = (int) ((p.k + GT_BK - 1) / GT_BK);
+        const int total = ((tiles - 1 - first) / G + 1) * kt;
+        const int lrow = tid >> 3, lc = tid & 7;
+        const uint32_t swz = (uint32_t) ((lc ^ (lrow & 7)) << 4);
+        const uint8_t *asrc[ACH], *bsrc[BCH];
+        bool aok[ACH], bok[BCH];
+
+        auto load = [&](int s) {
+                const int lt = s / kt, kk = s - lt * kt;
+                if (kk == 0) {
+                        const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
+                        const struct gt_tile e = list[mt];
+#pragma unroll
+                        for (int i = 0; i < ACH; i++) {
+                                uint32_t n = (uint32_t) (nt * GT_WROWS + lrow + 32 * i);
+                                aok[i] = n < p.n_out;
+                                asrc[i] = p.w + ((size_t) e.expert * p.n_out + (aok[i] ? n : 0)) * p.k + lc * 16;
+                        }
+#pragma unroll
+                        for (int i = 0; i < BCH; i++) {
+                                int r = lrow + 32 * i, xr = 0;
+                                bok[i] = r < e.count;
+                                if (bok[i]) {
+                                        int pi = e.start + r;
+                                        xr = p.pair_rows ? p.pair_rows[pi] / (int) p.x_row_div : pi;
+                                }
+                                bsrc[i] = p.x + (size_t) xr * p.k + lc * 16;
+                        }
+                }
+                const uint32_t st = sbase + (uint32_t) (s % S) * STAGE;
+                const bool kok = (uint32_t) kk * GT_BK + lc * 16 < p.k;
+                const size_t koff = kok ? (size_t) kk * GT_BK : 0;
+#pragma unroll
+                for (int i = 0; i < ACH; i++)
+                        cp_async16(st + (lrow + 32 * i) * GT_BK + swz, asrc[i] + koff, aok[i] && kok);
+#pragma unroll
+                for (int i = 0; i < BCH; i++)
+                        cp_async16(st + GT_A_BYTES + (lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff, bok[i] && kok);
+        };
+
+        float acc[BT / 2];
+#pragma unroll
+        for (int i = 0; i < BT / 2; i++)
+                acc[i] = 0.0f;
+
+#pragma unroll 1
+        for (int s = 0; s < D; s++) {
+                if (s < total)
+                        load(s);
+                cp_async_commit();
+        }
+#pragma unroll 1
+        for (int j = 0; j < total; j++) {
+                cp_async_wait<D - 1>();
+                fence_proxy_async();
+                __syncthreads();
+                if (j + D < total)
+                        load(j + D);
+                cp_async_commit();
+                const int lt = j / kt, kk = j - lt * kt;
+                const uint32_t st = sbase + (uint32_t) (j % S) * STAGE;
+                fence_acc<BT>(acc);
+                wgmma_fence();
+#pragma unroll
+                for (int q = 0; q < GT_BK / 32; q++)
+                        wgmma_e4m3<BT>(acc, smem_desc(st + wg * 64 * GT_BK + q * 32),
+                                       smem_desc(st + GT_A_BYTES + q * 32), (uint32_t) (kk | q));
+                wgmma_commit();
+                fence_acc<BT>(acc);
+                if (kk != kt - 1) {
+                        wgmma_wait<1>();
+                        continue;
+                }
+                wgmma_wait<0>();
+                fence_acc<BT>(acc);
+
+                /* epilogue: accumulator (row = weight channel, column = token) of m64nBT */
+                const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
+                const struct gt_tile e = list[mt];
+                const uint32_t n0 = (uint32_t) (nt * GT_WROWS + wg * 64 + (warp & 3) * 16 + (lane >> 2)), n1 = n0 + 8;
+                const float *ws = p.w_scale + (size_t) e.expert * p.n_out;
+                const float ws0 = n0 < p.n_out ? ws[n0] : 0.0f, ws1 = n1 < p.n_out ? ws[n1] : 0.0f;
+#pragma unroll
+                for (int jj = 0; jj < BT / 8; jj++) {
+#pragma unroll
+                        for (int c = 0; c < 2; c++) {
+                                const int tok = jj * 8 + (lane & 3) * 2 + c;
+                                if (tok >= e.count)
+                                        continue;
+                                const int pi = e.start + tok;
+                                const int orow = p.pair_rows ? p.pair_rows[pi] : pi;
+                                const int xr = p.pair_rows ? orow / (int) p.x_row_div : pi;
+                                const float xs = p.x_scale[xr];
+                                uint16_t *yr = p.y + (size_t) orow * p.n_out;
+                                if (n0 < p.n_out)
+                                        yr[n0] = f32_to_bf16_bits(xs * (ws0 * acc[jj * 4 + c]));
+                                if (n1 < p.n_out)
+                                        yr[n1] = f32_to_bf16_bits(xs * (ws1 * acc[jj * 4 + 2 + c]));
+                        }
+                }
+        }
+        cp_async_wait<0>();
+        __syncthreads();
+}
+
+static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
+        extern __shared__ uint8_t gt_smem[];
+        __shared__ int scan_tmp[GT_THREADS / 32 + 1];
+        const uint32_t raw = (uint32_t) __cvta_generic_to_shared(gt_smem);
+        const uint32_t pad = (1024 - (raw & 1023)) & 1023;
+        uint8_t *base = gt_smem + pad;
+        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE);
+
+        int nb, ns;
+
+        /* every thread gets the same totals from the scan */
+        gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, nb, ns);
+        const int G = gridDim.x;
+        const int ntn = (int) ((p.n_out + GT_WROWS - 1) / GT_WROWS);
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES>(p, raw + pad, list, nb, blockIdx.x);
+        /* the small tiles continue the round-robin where the big ones stopped */
+        const int big_tiles = nb * ntn;
+        const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
+        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES>(p, raw + pad, list + nb, ns, first_small);
+}
+
+int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                       const float *x_scale, uint32_t x_row_div, const int32_t *pair_rows,
+                       const struct kern_gemm_group *groups, const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
+                       cudaStream_t stream) {
+        static int sms;
+        static bool smem_set;
+        struct gt_params p;
+
+        if (k == 0 || k % 16 != 0 || n_out == 0 || x_row_div == 0 || max_groups > GEMM_GROUPED_TILED_MAX_GROUPS)
+                return -EINVAL;
+        if (max_groups == 0)
+                return 0;
+        if (!sms) {
+                int dev = 0;
+                if (cudaGetDevice(&dev) != cudaSuccess ||
+                    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+                        sms = 0;
+                        return -EIO;
+                }
+        }
+        if (!smem_set) {
+                if (cudaFuncSetAttribute(grouped_tiled_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM) !=
+                    cudaSuccess)
+                        return -EIO;
+                smem_set = true;
+        }
+        p.w = w;
+        p.w_scale = w_scale;
+        p.n_out = n_out;
+        p.k = k;
+        p.x = x;
+        p.x_scale = x_scale;
+        p.x_row_div = x_row_div;
+        p.pair_rows = pair_rows;
+        p.groups = groups;
+        p.n_groups = n_groups;
+        p.max_groups = max_groups;
+        p.y = y;
+        uint64_t tiles = (uint64_t) max_groups * ((n_out + GT_WROWS - 1) / GT_WROWS);
+        unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
+        grouped_tiled_kernel<<<grid, GT_THREADS, GT_SMEM, stream>>>(p);
+        return KERN_CHECK_LAUNCH();
+}
