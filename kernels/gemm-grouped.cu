@@ -22,22 +22,27 @@
 #include "gemm-grouped.h"
 
 #define GT_THREADS 256                  /* two consumer warpgroups */
-#define GT_WROWS 128                    /* weight rows (output channels) per tile */
 #define GT_BK 128                       /* K bytes per pipeline step: one swizzle row */
 #define GT_BIG_TOK 128
-#define GT_BIG_STAGES 4
 #define GT_SMALL_TOK 32
+#define GT_SMALL_MW 1
 #define GT_SMALL_STAGES 8
-#define GT_A_BYTES (GT_WROWS * GT_BK)
-#define GT_BIG_PIPE (GT_BIG_STAGES * (GT_A_BYTES + GT_BIG_TOK * GT_BK))
-#define GT_SMALL_PIPE (GT_SMALL_STAGES * (GT_A_BYTES + GT_SMALL_TOK * GT_BK))
-#define GT_PIPE (GT_BIG_PIPE > GT_SMALL_PIPE ? GT_BIG_PIPE : GT_SMALL_PIPE)
+
+/* Weight rows per tile: two warpgroups x MW m64 blocks. The big (many-token) phase takes MW = 1 or 2. */
+#define GT_WROWS(mw) (128 * (mw))
+#define GT_STAGE_BYTES(mw, bt) (GT_WROWS(mw) * GT_BK + (bt) * GT_BK)
+#define GT_BIG_STAGES(mw) ((mw) == 1 ? 5 : 4)
+#define GT_PIPE_BYTES(mw)                                                                                        \
+        (GT_BIG_STAGES(mw) * GT_STAGE_BYTES(mw, GT_BIG_TOK) >                                                   \
+                         GT_SMALL_STAGES * GT_STAGE_BYTES(GT_SMALL_MW, GT_SMALL_TOK)                             \
+                 ? GT_BIG_STAGES(mw) * GT_STAGE_BYTES(mw, GT_BIG_TOK)                                            \
+                 : GT_SMALL_STAGES * GT_STAGE_BYTES(GT_SMALL_MW, GT_SMALL_TOK))
 
 struct gt_tile {
         int32_t expert, start, count;
 };
 
-#define GT_SMEM (1024 + GT_PIPE + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
+#define GT_SMEM(mw) (1024 + GT_PIPE_BYTES(mw) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
 
 struct gt_params {
         const uint8_t *w;
@@ -110,19 +115,6 @@ template <> __device__ __forceinline__ void wgmma_e4m3<32>(float *d, uint64_t da
                      "}, %16, %17, p, 1, 1;\n}\n"
                      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
                        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-                     : "l"(da), "l"(db), "r"(acc));
-}
-
-template <> __device__ __forceinline__ void wgmma_e4m3<64>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {"
-                     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-                     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-                     "}, %32, %33, p, 1, 1;\n}\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                       "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                       "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-                       "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
                      : "l"(da), "l"(db), "r"(acc));
 }
 
@@ -229,16 +221,19 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         __syncthreads();
 }
 
-/* One phase: the CTA's tiles first, first + gridDim.x, ... of n_mtiles x (n_out / 128) tiles with BT tokens. */
-template <int BT, int S>
+/* One phase: the CTA's tiles first, first + gridDim.x, ... of n_mtiles x (n_out / (128 MW)) tiles of BT
+ * tokens. Warpgroup wg owns weight rows [(wg MW + m) 64, +64) of the tile for m < MW. */
+template <int BT, int S, int MW>
 static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const struct gt_tile *list, int n_mtiles,
                                 int first) {
         constexpr int D = S - 2;
-        constexpr int STAGE = GT_A_BYTES + BT * GT_BK;
+        constexpr int WROWS = GT_WROWS(MW);
+        constexpr int A_BYTES = WROWS * GT_BK;
+        constexpr int STAGE = GT_STAGE_BYTES(MW, BT);
         constexpr int BCH = BT * (GT_BK / 16) / GT_THREADS;
-        constexpr int ACH = GT_WROWS * (GT_BK / 16) / GT_THREADS;
+        constexpr int ACH = WROWS * (GT_BK / 16) / GT_THREADS;
         const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-        const int ntn = (int) ((p.n_out + GT_WROWS - 1) / GT_WROWS);
+        const int ntn = (int) ((p.n_out + WROWS - 1) / WROWS);
         const int tiles = n_mtiles * ntn, G = gridDim.x;
 
         if (first >= tiles)
@@ -257,7 +252,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                         const struct gt_tile e = list[mt];
 #pragma unroll
                         for (int i = 0; i < ACH; i++) {
-                                uint32_t n = (uint32_t) (nt * GT_WROWS + lrow + 32 * i);
+                                uint32_t n = (uint32_t) (nt * WROWS + lrow + 32 * i);
                                 aok[i] = n < p.n_out;
                                 asrc[i] = p.w + ((size_t) e.expert * p.n_out + (aok[i] ? n : 0)) * p.k + lc * 16;
                         }
@@ -280,13 +275,15 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                         cp_async16(st + (lrow + 32 * i) * GT_BK + swz, asrc[i] + koff, aok[i] && kok);
 #pragma unroll
                 for (int i = 0; i < BCH; i++)
-                        cp_async16(st + GT_A_BYTES + (lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff, bok[i] && kok);
+                        cp_async16(st + A_BYTES + (lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff, bok[i] && kok);
         };
 
-        float acc[BT / 2];
+        float acc[MW][BT / 2];
 #pragma unroll
-        for (int i = 0; i < BT / 2; i++)
-                acc[i] = 0.0f;
+        for (int m = 0; m < MW; m++)
+#pragma unroll
+                for (int i = 0; i < BT / 2; i++)
+                        acc[m][i] = 0.0f;
 
 #pragma unroll 1
         for (int s = 0; s < D; s++) {
@@ -304,27 +301,43 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                 cp_async_commit();
                 const int lt = j / kt, kk = j - lt * kt;
                 const uint32_t st = sbase + (uint32_t) (j % S) * STAGE;
-                fence_acc<BT>(acc);
+#pragma unroll
+                for (int m = 0; m < MW; m++)
+                        fence_acc<BT>(acc[m]);
                 wgmma_fence();
 #pragma unroll
                 for (int q = 0; q < GT_BK / 32; q++)
-                        wgmma_e4m3<BT>(acc, smem_desc(st + wg * 64 * GT_BK + q * 32),
-                                       smem_desc(st + GT_A_BYTES + q * 32), (uint32_t) (kk | q));
+#pragma unroll
+                        for (int m = 0; m < MW; m++)
+                                wgmma_e4m3<BT>(acc[m], smem_desc(st + (wg * MW + m) * 64 * GT_BK + q * 32),
+                                               smem_desc(st + A_BYTES + q * 32), (uint32_t) (kk | q));
                 wgmma_commit();
-                fence_acc<BT>(acc);
+#pragma unroll
+                for (int m = 0; m < MW; m++)
+                        fence_acc<BT>(acc[m]);
                 if (kk != kt - 1) {
                         wgmma_wait<1>();
                         continue;
                 }
                 wgmma_wait<0>();
-                fence_acc<BT>(acc);
+#pragma unroll
+                for (int m = 0; m < MW; m++)
+                        fence_acc<BT>(acc[m]);
 
                 /* epilogue: accumulator (row = weight channel, column = token) of m64nBT */
                 const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
                 const struct gt_tile e = list[mt];
-                const uint32_t n0 = (uint32_t) (nt * GT_WROWS + wg * 64 + (warp & 3) * 16 + (lane >> 2)), n1 = n0 + 8;
                 const float *ws = p.w_scale + (size_t) e.expert * p.n_out;
-                const float ws0 = n0 < p.n_out ? ws[n0] : 0.0f, ws1 = n1 < p.n_out ? ws[n1] : 0.0f;
+                uint32_t nr[MW][2];
+                float wsc[MW][2];
+#pragma unroll
+                for (int m = 0; m < MW; m++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                                nr[m][h] = (uint32_t) (nt * WROWS + (wg * MW + m) * 64 + (warp & 3) * 16 + (lane >> 2) +
+                                                       8 * h);
+                                wsc[m][h] = nr[m][h] < p.n_out ? ws[nr[m][h]] : 0.0f;
+                        }
 #pragma unroll
                 for (int jj = 0; jj < BT / 8; jj++) {
 #pragma unroll
@@ -337,10 +350,13 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                                 const int xr = p.pair_rows ? orow / (int) p.x_row_div : pi;
                                 const float xs = p.x_scale[xr];
                                 uint16_t *yr = p.y + (size_t) orow * p.n_out;
-                                if (n0 < p.n_out)
-                                        yr[n0] = f32_to_bf16_bits(xs * (ws0 * acc[jj * 4 + c]));
-                                if (n1 < p.n_out)
-                                        yr[n1] = f32_to_bf16_bits(xs * (ws1 * acc[jj * 4 + 2 + c]));
+#pragma unroll
+                                for (int m = 0; m < MW; m++)
+#pragma unroll
+                                        for (int h = 0; h < 2; h++)
+                                                if (nr[m][h] < p.n_out)
+                                                        yr[nr[m][h]] = f32_to_bf16_bits(
+                                                                xs * (wsc[m][h] * acc[m][jj * 4 + 2 * h + c]));
                         }
                 }
         }
@@ -348,25 +364,43 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
         __syncthreads();
 }
 
+template <int BIG_MW>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
         extern __shared__ uint8_t gt_smem[];
         __shared__ int scan_tmp[GT_THREADS / 32 + 1];
         const uint32_t raw = (uint32_t) __cvta_generic_to_shared(gt_smem);
         const uint32_t pad = (1024 - (raw & 1023)) & 1023;
         uint8_t *base = gt_smem + pad;
-        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE);
-
+        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE_BYTES(BIG_MW));
         int nb, ns;
 
         /* every thread gets the same totals from the scan */
         gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, nb, ns);
         const int G = gridDim.x;
-        const int ntn = (int) ((p.n_out + GT_WROWS - 1) / GT_WROWS);
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES>(p, raw + pad, list, nb, blockIdx.x);
+        const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW>(p, raw + pad, list, nb, blockIdx.x);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES>(p, raw + pad, list + nb, ns, first_small);
+        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES, GT_SMALL_MW>(p, raw + pad, list + nb, ns, first_small);
+}
+
+int gemm_grouped_variant = 1;
+
+template <int BIG_MW>
+static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
+        static bool smem_set;
+
+        if (!smem_set) {
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         GT_SMEM(BIG_MW)) != cudaSuccess)
+                        return -EIO;
+                smem_set = true;
+        }
+        uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
+        unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
+        grouped_tiled_kernel<BIG_MW><<<grid, GT_THREADS, GT_SMEM(BIG_MW), stream>>>(*p);
+        return KERN_CHECK_LAUNCH();
 }
 
 int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
@@ -374,7 +408,6 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                        const struct kern_gemm_group *groups, const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
                        cudaStream_t stream) {
         static int sms;
-        static bool smem_set;
         struct gt_params p;
 
         if (k == 0 || k % 16 != 0 || n_out == 0 || x_row_div == 0 || max_groups > GEMM_GROUPED_TILED_MAX_GROUPS)
@@ -389,12 +422,6 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                         return -EIO;
                 }
         }
-        if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM) !=
-                    cudaSuccess)
-                        return -EIO;
-                smem_set = true;
-        }
         p.w = w;
         p.w_scale = w_scale;
         p.n_out = n_out;
@@ -407,8 +434,5 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         p.n_groups = n_groups;
         p.max_groups = max_groups;
         p.y = y;
-        uint64_t tiles = (uint64_t) max_groups * ((n_out + GT_WROWS - 1) / GT_WROWS);
-        unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<<<grid, GT_THREADS, GT_SMEM, stream>>>(p);
-        return KERN_CHECK_LAUNCH();
+        return gemm_grouped_variant == 2 ? launch_tiled<2>(&p, sms, stream) : launch_tiled<1>(&p, sms, stream);
 }

@@ -5,6 +5,7 @@
  * BF16 rounding (relative 2^-9 per element, ~1.5e-3 RMS after scaling): 4e-3. FP32 outputs: 1e-5.
  */
 #include "kt.h"
+#include "kernels/gemm-grouped.h"
 
 /* e4m3 -> float for the references (the MoE shapes need billions of products) */
 static float e4m3_lut[256];
@@ -134,8 +135,22 @@ static void test_blas_bf16(struct kern_blas *b, uint32_t n, uint32_t k, uint32_t
         free(w), free(x), free(y);
 }
 
-static const char *path_name(enum kern_grouped_path path) {
-        return path == KERN_GROUPED_MMA ? "mma.sync" : path == KERN_GROUPED_TILED ? "tiled wgmma" : "auto";
+/* The grouped kernels compared: the streaming mma.sync kernel and the tiled wgmma kernel with 128 or 256
+ * weight rows per many-token tile. */
+#define N_GROUPED_KERNELS 3
+
+static const char *kernel_name(int kernel) {
+        return kernel == 0 ? "mma.sync" : kernel == 1 ? "tiled-w128" : "tiled-w256";
+}
+
+static void kernel_select(int kernel) {
+        kern_grouped_select = kernel == 0 ? KERN_GROUPED_MMA : KERN_GROUPED_TILED;
+        gemm_grouped_variant = kernel == 2 ? 2 : 1;
+}
+
+static void kernel_select_auto(void) {
+        kern_grouped_select = KERN_GROUPED_AUTO;
+        gemm_grouped_variant = 1;
 }
 
 /* Route pairs (idx[p] = expert of pair p) and check the routing: a permutation, groups of one expert. */
@@ -180,27 +195,27 @@ static void check_grouped(const char *what, struct lin *L, const int32_t *idx, u
         for (uint32_t p = 0; p < pairs; p++)
                 for (uint32_t c = 0; c < n; c++)
                         ref[(size_t) p * n + c] = lin_ref(L, idx[p], p / x_row_div, c);
-        for (int path = KERN_GROUPED_MMA; path <= KERN_GROUPED_TILED; path++) {
+        for (int kernel = 0; kernel < N_GROUPED_KERNELS; kernel++) {
                 struct kt_err e = {0};
-                uint16_t *dy = kt_dev(2 * (size_t) pairs * n);
-                if (path == KERN_GROUPED_TILED && L->k % 16 != 0)
+                if (kernel > 0 && L->k % 16 != 0)
                         continue;
-                kern_grouped_select = path;
+                uint16_t *dy = kt_dev(2 * (size_t) pairs * n);
+                kernel_select(kernel);
                 KT_OK(kern_fp8_linear_grouped(L->dw, L->dws, n, L->k, L->dx, L->dxs, x_row_div, drows, dgroups, dng,
                                               max_groups, max_rows, dy, 0));
-                kern_grouped_select = KERN_GROUPED_AUTO;
+                kernel_select_auto();
                 uint16_t *y = kt_down(dy, 2 * (size_t) pairs * n);
                 int shown = 0;
                 for (size_t i = 0; i < (size_t) pairs * n; i++) {
                         double out = kt_bf16_to_f32(y[i]);
                         if ((!isfinite(out) || fabs(out - ref[i]) > 0.02 * fabs(ref[i]) + 1e-3) && shown < 4) {
-                                printf("# %s %s: pair %zu col %zu: got %g want %g\n", what, path_name(path), i / n,
-                                       i % n, out, ref[i]);
+                                printf("# %s %s: pair %zu col %zu: got %g want %g\n", what, kernel_name(kernel),
+                                       i / n, i % n, out, ref[i]);
                                 shown++;
                         }
                         kt_acc(&e, out, ref[i]);
                 }
-                snprintf(name, sizeof(name), "fp8_linear_grouped %s [%s]", what, path_name(path));
+                snprintf(name, sizeof(name), "fp8_linear_grouped %s [%s]", what, kernel_name(kernel));
                 kt_check(name, &e, 4e-3);
                 cudaFree(dy);
                 free(y);
@@ -360,9 +375,9 @@ static void bench_moe(const char *label, uint32_t tokens, int n_sets, int reps) 
         struct moe_set *sets = calloc((size_t) n_sets, sizeof(*sets));
         struct moe_bench B = {0};
         const uint32_t nmax = MOE_H, tmax = 8192;
-        uint16_t *y[2];
+        uint16_t *y[N_GROUPED_KERNELS];
         cudaEvent_t ev0, ev1;
-        double step_ms[2] = {0, 0};
+        double step_ms[N_GROUPED_KERNELS] = {0};
 
         /* shared weights and activations: allocate once for the largest shape */
         B.w_gu = bench_fill((size_t) MOE_EXPERTS * 2 * MOE_I * MOE_H);
@@ -380,7 +395,7 @@ static void bench_moe(const char *label, uint32_t tokens, int n_sets, int reps) 
         B.xs = bench_scales(tokens, 1e-2f, &B.h_xs);
         B.as = bench_scales(pairs, 1e-2f, &B.h_as);
         (void) tmax;
-        for (int i = 0; i < 2; i++)
+        for (int i = 0; i < N_GROUPED_KERNELS; i++)
                 y[i] = kt_dev((size_t) pairs * nmax * 2);
         for (int s = 0; s < n_sets; s++) {
                 struct moe_set *S = &sets[s];
@@ -403,62 +418,68 @@ static void bench_moe(const char *label, uint32_t tokens, int n_sets, int reps) 
         KT_CUDA(cudaEventCreate(&ev1));
         for (int which = 0; which < 2; which++) {
                 uint32_t n = which ? MOE_H : 2 * MOE_I, k = which ? MOE_I : MOE_H;
-                for (int path = KERN_GROUPED_MMA; path <= KERN_GROUPED_TILED; path++) {
+                for (int kernel = 0; kernel < N_GROUPED_KERNELS; kernel++) {
                         float *ms = malloc(sizeof(float) * (size_t) reps);
-                        kern_grouped_select = path;
+                        kernel_select(kernel);
                         for (int r = 0; r < 3; r++)
-                                KT_OK(moe_call(&B, &sets[r % n_sets], pairs, which, y[path - 1]));
+                                KT_OK(moe_call(&B, &sets[r % n_sets], pairs, which, y[kernel]));
                         KT_CUDA(cudaDeviceSynchronize());
                         for (int r = 0; r < reps; r++) {
                                 KT_CUDA(cudaEventRecord(ev0, 0));
-                                KT_OK(moe_call(&B, &sets[r % n_sets], pairs, which, y[path - 1]));
+                                KT_OK(moe_call(&B, &sets[r % n_sets], pairs, which, y[kernel]));
                                 KT_CUDA(cudaEventRecord(ev1, 0));
                                 KT_CUDA(cudaEventSynchronize(ev1));
                                 KT_CUDA(cudaEventElapsedTime(&ms[r], ev0, ev1));
                         }
                         KT_CUDA(cudaGetLastError());
-                        kern_grouped_select = KERN_GROUPED_AUTO;
+                        kernel_select_auto();
                         float med = median(ms, reps);
                         double flop = 2.0 * pairs * n * k;
                         double bytes = (double) sets[0].touched * n * k + (double) (which ? pairs : tokens) * k +
                                        (double) pairs * n * 2;
-                        printf("RESULT moe_%s %s pairs=%u path=%s median_ms=%.4f min_ms=%.4f tflops=%.1f tbs=%.2f "
+                        printf("RESULT moe_%s %s pairs=%u kernel=%s median_ms=%.4f min_ms=%.4f tflops=%.1f tbs=%.2f "
                                "touched_experts=%u\n",
-                               which ? "down" : "gate_up", label, pairs, path_name(path), med, ms[0],
+                               which ? "down" : "gate_up", label, pairs, kernel_name(kernel), med, ms[0],
                                flop / med * 1e-9, bytes / med * 1e-9, sets[0].touched);
-                        step_ms[path - 1] += 30.0 * med;
+                        step_ms[kernel] += 30.0 * med;
                         free(ms);
                 }
-                /* last call of each path ran routing set (reps - 1) % n_sets: compare the two kernels in full
-                 * and a sample of pairs against the double reference */
+                /* the last call of each kernel ran routing set (reps - 1) % n_sets: compare the tiled kernels
+                 * with the mma.sync one in full and a sample of pairs against the double reference */
                 const struct moe_set *S = &sets[(reps - 1) % n_sets];
-                uint16_t *ya = kt_down(y[0], (size_t) pairs * n * 2), *yb = kt_down(y[1], (size_t) pairs * n * 2);
-                struct kt_err e_ab = {0}, e_ref = {0};
-                char name[160];
-                for (size_t i = 0; i < (size_t) pairs * n; i++)
-                        kt_acc(&e_ab, kt_bf16_to_f32(yb[i]), kt_bf16_to_f32(ya[i]));
+                uint16_t *ya = kt_down(y[0], (size_t) pairs * n * 2);
                 uint32_t stride = pairs > 64 ? pairs / 61 : 1;
-                for (uint32_t p = 0; p < pairs; p += stride)
-                        for (uint32_t c = 0; c < n; c++)
-                                kt_acc(&e_ref, kt_bf16_to_f32(yb[(size_t) p * n + c]), moe_ref(&B, S, which, p, c));
-                /* two BF16 roundings of the same exact sum: twice the single-kernel tolerance */
-                snprintf(name, sizeof(name), "moe %s %s: tiled vs mma.sync, all %u pairs", which ? "down" : "gate_up",
-                         label, pairs);
-                kt_check(name, &e_ab, 8e-3);
-                snprintf(name, sizeof(name), "moe %s %s: tiled vs reference, sampled pairs", which ? "down" : "gate_up",
-                         label);
-                kt_check(name, &e_ref, 4e-3);
-                free(ya), free(yb);
+                char name[160];
+                for (int kernel = 1; kernel < N_GROUPED_KERNELS; kernel++) {
+                        uint16_t *yb = kt_down(y[kernel], (size_t) pairs * n * 2);
+                        struct kt_err e_ab = {0}, e_ref = {0};
+                        for (size_t i = 0; i < (size_t) pairs * n; i++)
+                                kt_acc(&e_ab, kt_bf16_to_f32(yb[i]), kt_bf16_to_f32(ya[i]));
+                        for (uint32_t p = 0; p < pairs; p += stride)
+                                for (uint32_t c = 0; c < n; c++)
+                                        kt_acc(&e_ref, kt_bf16_to_f32(yb[(size_t) p * n + c]),
+                                               moe_ref(&B, S, which, p, c));
+                        /* two BF16 roundings of the same exact sum: twice the single-kernel tolerance */
+                        snprintf(name, sizeof(name), "moe %s %s: %s vs mma.sync, all %u pairs",
+                                 which ? "down" : "gate_up", label, kernel_name(kernel), pairs);
+                        kt_check(name, &e_ab, 8e-3);
+                        snprintf(name, sizeof(name), "moe %s %s: %s vs reference, sampled pairs",
+                                 which ? "down" : "gate_up", label, kernel_name(kernel));
+                        kt_check(name, &e_ref, 4e-3);
+                        free(yb);
+                }
+                free(ya);
         }
-        printf("RESULT moe_step30 %s pairs=%u gate_up+down x30 layers: mma.sync %.2f ms, tiled %.2f ms\n", label, pairs,
-               step_ms[0], step_ms[1]);
+        printf("RESULT moe_step30 %s pairs=%u gate_up+down x30 layers: %s %.2f ms, %s %.2f ms, %s %.2f ms\n", label,
+               pairs, kernel_name(0), step_ms[0], kernel_name(1), step_ms[1], kernel_name(2), step_ms[2]);
         cudaEventDestroy(ev0), cudaEventDestroy(ev1);
         for (int s = 0; s < n_sets; s++) {
                 cudaFree(sets[s].rows), cudaFree(sets[s].ng), cudaFree(sets[s].groups);
                 free(sets[s].idx);
         }
         free(sets);
-        cudaFree(y[0]), cudaFree(y[1]);
+        for (int i = 0; i < N_GROUPED_KERNELS; i++)
+                cudaFree(y[i]);
         cudaFree(B.w_gu), cudaFree(B.w_dn), cudaFree(B.s_gu), cudaFree(B.s_dn), cudaFree(B.x), cudaFree(B.act);
         cudaFree(B.xs), cudaFree(B.as);
         free(B.h_s_gu), free(B.h_s_dn), free(B.h_xs), free(B.h_as), free(B.h_x), free(B.h_act);
