@@ -42,7 +42,18 @@ struct gt_tile {
         int32_t expert, start, count;
 };
 
-#define GT_SMEM(mw) (1024 + GT_PIPE_BYTES(mw) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
+/* Output staging of the many-token phase (variant 3): one 128-channel row of BF16 per token, padded so that
+ * the fragment writes (8 channels x 4 tokens per warp store) hit distinct banks. */
+#define GT_OUT_PITCH (GT_WROWS(1) + 8)
+struct gt_out {
+        int32_t orow[GT_BIG_TOK];
+        float xs[GT_BIG_TOK];
+        uint16_t rows[GT_BIG_TOK * GT_OUT_PITCH];
+};
+
+#define GT_SMEM(mw, staged)                                                                                      \
+        (1024 + GT_PIPE_BYTES(mw) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile) +              \
+         ((staged) ? (int) sizeof(struct gt_out) : 0))
 
 struct gt_params {
         const uint8_t *w;
@@ -223,9 +234,9 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
 
 /* One phase: the CTA's tiles first, first + gridDim.x, ... of n_mtiles x (n_out / (128 MW)) tiles of BT
  * tokens. Warpgroup wg owns weight rows [(wg MW + m) 64, +64) of the tile for m < MW. */
-template <int BT, int S, int MW>
+template <int BT, int S, int MW, bool STAGED>
 static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const struct gt_tile *list, int n_mtiles,
-                                int first) {
+                                int first, struct gt_out *out) {
         constexpr int D = S - 2;
         constexpr int WROWS = GT_WROWS(MW);
         constexpr int A_BYTES = WROWS * GT_BK;
@@ -338,6 +349,41 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                                                        8 * h);
                                 wsc[m][h] = nr[m][h] < p.n_out ? ws[nr[m][h]] : 0.0f;
                         }
+                if (STAGED && p.n_out % 8 == 0) {
+                        /* through shared memory, so that each token's 256 output bytes leave as 16-byte stores;
+                         * the K loop's barrier since the last epilogue guards tok / rows against reuse */
+                        if (tid < e.count) {
+                                const int pi = e.start + tid;
+                                const int orow = p.pair_rows ? p.pair_rows[pi] : pi;
+                                out->orow[tid] = orow;
+                                out->xs[tid] = p.x_scale[p.pair_rows ? orow / (int) p.x_row_div : pi];
+                        }
+                        __syncthreads();
+#pragma unroll
+                        for (int jj = 0; jj < BT / 8; jj++)
+#pragma unroll
+                                for (int c = 0; c < 2; c++) {
+                                        const int tok = jj * 8 + (lane & 3) * 2 + c;
+                                        const float xs = out->xs[tok];
+#pragma unroll
+                                        for (int m = 0; m < MW; m++)
+#pragma unroll
+                                                for (int h = 0; h < 2; h++)
+                                                        out->rows[tok * GT_OUT_PITCH + nr[m][h] - nt * WROWS] =
+                                                                f32_to_bf16_bits(xs * (wsc[m][h] *
+                                                                                       acc[m][jj * 4 + 2 * h + c]));
+                                }
+                        __syncthreads();
+                        constexpr int CH = WROWS * 2 / 16;      /* 16-byte chunks per token */
+                        for (int q = tid; q < e.count * CH; q += GT_THREADS) {
+                                const int tok = q / CH, ch = q - tok * CH;
+                                const uint32_t n = (uint32_t) (nt * WROWS + ch * 8);
+                                if (n < p.n_out)
+                                        *reinterpret_cast<uint4 *>(p.y + (size_t) out->orow[tok] * p.n_out + n) =
+                                                *reinterpret_cast<const uint4 *>(&out->rows[tok * GT_OUT_PITCH + ch * 8]);
+                        }
+                        continue;
+                }
 #pragma unroll
                 for (int jj = 0; jj < BT / 8; jj++) {
 #pragma unroll
@@ -364,7 +410,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
         __syncthreads();
 }
 
-template <int BIG_MW>
+template <int BIG_MW, bool STAGED>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
         extern __shared__ uint8_t gt_smem[];
         __shared__ int scan_tmp[GT_THREADS / 32 + 1];
@@ -372,34 +418,37 @@ static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(con
         const uint32_t pad = (1024 - (raw & 1023)) & 1023;
         uint8_t *base = gt_smem + pad;
         struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE_BYTES(BIG_MW));
+        struct gt_out *out = reinterpret_cast<struct gt_out *>(list + GEMM_GROUPED_TILED_MAX_GROUPS);
         int nb, ns;
 
         /* every thread gets the same totals from the scan */
         gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW>(p, raw + pad, list, nb, blockIdx.x);
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED>(p, raw + pad, list, nb, blockIdx.x, out);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES, GT_SMALL_MW>(p, raw + pad, list + nb, ns, first_small);
+        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES, GT_SMALL_MW, false>(p, raw + pad, list + nb, ns, first_small, out);
 }
 
 int gemm_grouped_variant = 1;
 
-template <int BIG_MW>
+template <int BIG_MW, bool STAGED>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
         static bool smem_set;
 
+        static_assert(!STAGED || BIG_MW == 1, "output staging is sized for 128 channels");
         if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         GT_SMEM(BIG_MW)) != cudaSuccess)
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         GT_SMEM(BIG_MW, STAGED)) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW><<<grid, GT_THREADS, GT_SMEM(BIG_MW), stream>>>(*p);
+        grouped_tiled_kernel<BIG_MW, STAGED><<<grid, GT_THREADS, GT_SMEM(BIG_MW, STAGED), stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -434,5 +483,12 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         p.n_groups = n_groups;
         p.max_groups = max_groups;
         p.y = y;
-        return gemm_grouped_variant == 2 ? launch_tiled<2>(&p, sms, stream) : launch_tiled<1>(&p, sms, stream);
+        switch (gemm_grouped_variant) {
+        case 2:
+                return launch_tiled<2, false>(&p, sms, stream);
+        case 3:
+                return launch_tiled<1, true>(&p, sms, stream);
+        default:
+                return launch_tiled<1, false>(&p, sms, stream);
+        }
 }

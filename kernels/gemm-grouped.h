@@ -12,5 +12,6 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                        const struct kern_gemm_group *groups, const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
                        cudaStream_t stream);
 
-/* Weight rows per many-token tile: 1 -> 128, 2 -> 256 (tests time both). */
+/* Many-token tiles: 1 -> 128 weight rows, 2 -> 256, 3 -> 128 with the output staged through shared memory
+ * (tests time all three). */
 extern int gemm_grouped_variant;

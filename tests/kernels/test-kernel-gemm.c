@@ -135,17 +135,18 @@ static void test_blas_bf16(struct kern_blas *b, uint32_t n, uint32_t k, uint32_t
         free(w), free(x), free(y);
 }
 
-/* The grouped kernels compared: the streaming mma.sync kernel and the tiled wgmma kernel with 128 or 256
- * weight rows per many-token tile. */
-#define N_GROUPED_KERNELS 3
+/* The grouped kernels compared: the streaming mma.sync kernel and the tiled wgmma kernel's variants
+ * (gemm-grouped.h): 128 or 256 weight rows per many-token tile, output staged through shared memory. */
+#define N_GROUPED_KERNELS 4
 
 static const char *kernel_name(int kernel) {
-        return kernel == 0 ? "mma.sync" : kernel == 1 ? "tiled-w128" : "tiled-w256";
+        static const char *names[N_GROUPED_KERNELS] = {"mma.sync", "tiled-w128", "tiled-w256", "tiled-w128-staged"};
+        return names[kernel];
 }
 
 static void kernel_select(int kernel) {
         kern_grouped_select = kernel == 0 ? KERN_GROUPED_MMA : KERN_GROUPED_TILED;
-        gemm_grouped_variant = kernel == 2 ? 2 : 1;
+        gemm_grouped_variant = kernel == 0 ? 1 : kernel;
 }
 
 static void kernel_select_auto(void) {
@@ -470,8 +471,9 @@ static void bench_moe(const char *label, uint32_t tokens, int n_sets, int reps) 
                 }
                 free(ya);
         }
-        printf("RESULT moe_step30 %s pairs=%u gate_up+down x30 layers: %s %.2f ms, %s %.2f ms, %s %.2f ms\n", label,
-               pairs, kernel_name(0), step_ms[0], kernel_name(1), step_ms[1], kernel_name(2), step_ms[2]);
+        for (int kernel = 0; kernel < N_GROUPED_KERNELS; kernel++)
+                printf("RESULT moe_step30 %s pairs=%u gate_up+down x30 layers kernel=%s ms=%.2f\n", label, pairs,
+                       kernel_name(kernel), step_ms[kernel]);
         cudaEventDestroy(ev0), cudaEventDestroy(ev1);
         for (int s = 0; s < n_sets; s++) {
                 cudaFree(sets[s].rows), cudaFree(sets[s].ng), cudaFree(sets[s].groups);
