@@ -253,6 +253,66 @@ static void test_grouped(uint32_t tokens, uint32_t top_k, uint32_t experts, uint
         lin_free(&L);
 }
 
+/* Layout probe: identity weights (n_out = k = 256) with x[t][k] = (k % 16) + 1 for even t and 16 - k % 16
+ * for odd t, so y[t][n] = x[t][n] names the K element each output read. Printed in detail on failure: the
+ * pattern of wrong values points at the swizzle, the descriptor or the fragment layout. */
+static void test_grouped_probe(int kernel, uint32_t tokens) {
+        const uint32_t n = 256, k = 256, pairs = tokens;
+        uint8_t *w = calloc((size_t) n * k, 1), *x = malloc((size_t) tokens * k);
+        float *ws = malloc(sizeof(float) * n), *xs = malloc(sizeof(float) * tokens);
+        int32_t *idx = calloc(pairs, sizeof(int32_t));
+        char name[128];
+        int bad = 0;
+
+        for (uint32_t i = 0; i < n; i++) {
+                w[(size_t) i * k + i] = 0x38;   /* e4m3 1.0 */
+                ws[i] = 1.0f;
+        }
+        for (uint32_t t = 0; t < tokens; t++) {
+                xs[t] = 1.0f;
+                for (uint32_t i = 0; i < k; i++) {
+                        uint32_t v = t % 2 ? 16 - i % 16 : i % 16 + 1;
+                        /* e4m3 of the integer v in 1..16 */
+                        int e = 0;
+                        while ((v >> (e + 1)) != 0)
+                                e++;
+                        uint32_t mant = ((v << 3) >> e) & 7;
+                        x[(size_t) t * k + i] = (uint8_t) (((e + 7) << 3) | mant);
+                }
+        }
+        uint32_t max_groups = kern_moe_max_groups(pairs, 1);
+        uint8_t *dw = kt_up(w, (size_t) n * k), *dx = kt_up(x, (size_t) tokens * k);
+        float *dws = kt_up(ws, sizeof(float) * n), *dxs = kt_up(xs, sizeof(float) * tokens);
+        int32_t *didx = kt_up(idx, 4 * (size_t) pairs), *drows = kt_dev(4 * (size_t) pairs), *dng = kt_dev(4);
+        struct kern_gemm_group *dgroups = kt_dev(sizeof(struct kern_gemm_group) * max_groups);
+        uint16_t *dy = kt_dev(2 * (size_t) pairs * n);
+        KT_OK(kern_moe_route(didx, pairs, 1, drows, dgroups, dng, 0));
+        kernel_select(kernel);
+        KT_OK(kern_fp8_linear_grouped(dw, dws, n, k, dx, dxs, 1, drows, dgroups, dng, max_groups, 64, dy, 0));
+        kernel_select_auto();
+        uint16_t *y = kt_down(dy, 2 * (size_t) pairs * n);
+        int32_t *rows = kt_down(drows, 4 * (size_t) pairs);
+        for (uint32_t p = 0; p < pairs; p++) {
+                uint32_t t = p;         /* one expert, x_row_div 1: pair p reads x row p */
+                for (uint32_t c = 0; c < n; c++) {
+                        float want = (float) (t % 2 ? 16 - c % 16 : c % 16 + 1);
+                        float got = kt_bf16_to_f32(y[(size_t) p * n + c]);
+                        if (got != want) {
+                                if (bad < 24)
+                                        printf("# probe %s tokens=%u: y[%u][%u] = %g, want %g\n", kernel_name(kernel),
+                                               tokens, p, c, got, want);
+                                bad++;
+                        }
+                }
+        }
+        snprintf(name, sizeof(name), "grouped layout probe [%s] tokens=%u: %d of %u wrong", kernel_name(kernel),
+                 tokens, bad, pairs * n);
+        kt_expect(name, bad == 0);
+        cudaFree(dw), cudaFree(dx), cudaFree(dws), cudaFree(dxs), cudaFree(didx), cudaFree(drows), cudaFree(dng);
+        cudaFree(dgroups), cudaFree(dy);
+        free(w), free(x), free(ws), free(xs), free(idx), free(y), free(rows);
+}
+
 /* Ragged expert sizes given explicitly (empty experts, single rows, tile boundaries, many rows). */
 static void test_grouped_counts(const uint32_t *counts, uint32_t experts, uint32_t n, uint32_t k, uint32_t x_row_div) {
         uint32_t pairs = 0;
@@ -570,6 +630,10 @@ int main(int argc, char **argv) {
         test_blas(b, 2816, 704, 129);
         test_blas_bf16(b, 1000, 256, 7);
         kern_blas_destroy(b);
+        for (int kernel = 1; kernel < N_GROUPED_KERNELS; kernel++) {
+                test_grouped_probe(kernel, 8);          /* small phase */
+                test_grouped_probe(kernel, 200);        /* many-token phase */
+        }
         test_grouped(1, 8, 128, 1408, 2816, 0, 0);
         test_grouped(1, 8, 128, 2816, 704, 1, 0);
         test_grouped(37, 8, 128, 1408, 256, 0, 0);
