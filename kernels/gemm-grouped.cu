@@ -182,6 +182,16 @@ static __device__ __forceinline__ bool seg_first(const int32_t *gex, const int32
         return g == 0 || gex[g] != gex[g - 1] || gst[g] != gst[g - 1] + gcn[g - 1];
 }
 
+/* Rows of the segment starting at group g; 0 when g does not start one. */
+static __device__ int seg_rows(const int32_t *gex, const int32_t *gst, const int32_t *gcn, int ng, int g) {
+        if (!seg_first(gex, gst, gcn, g))
+                return 0;
+        int rows = gcn[g];
+        for (int h = g + 1; h < ng && !seg_first(gex, gst, gcn, h); h++)
+                rows += gcn[h];
+        return rows;
+}
+
 /* Tile list: big tiles (<= GT_BIG_TOK tokens) first, then small ones (<= GT_SMALL_TOK). With group counts
  * <= 64 a segment of G groups yields at most G tiles, so the list never exceeds max_groups entries. */
 static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, struct gt_tile *list, int *tmp,
@@ -201,11 +211,7 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         const int g0 = threadIdx.x * chunk, g1 = min(g0 + chunk, ng);
         int packed = 0;
         for (int g = g0; g < g1; g++) {
-                if (!seg_first(gex, gst, gcn, g))
-                        continue;
-                int rows = gcn[g];
-                for (int h = g + 1; h < ng && !seg_first(gex, gst, gcn, h); h++)
-                        rows += gcn[h];
+                const int rows = seg_rows(gex, gst, gcn, ng, g);
                 if (rows > GT_SMALL_TOK)
                         packed += ((rows + GT_BIG_TOK - 1) / GT_BIG_TOK) << 16;
                 else if (rows > 0)
@@ -215,11 +221,7 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         const int nb = total >> 16, ns = total & 0xffff;
         int ob = off >> 16, os = nb + (off & 0xffff);
         for (int g = g0; g < g1; g++) {
-                if (!seg_first(gex, gst, gcn, g))
-                        continue;
-                int rows = gcn[g];
-                for (int h = g + 1; h < ng && !seg_first(gex, gst, gcn, h); h++)
-                        rows += gcn[h];
+                const int rows = seg_rows(gex, gst, gcn, ng, g);
                 if (rows > GT_SMALL_TOK) {
                         for (int r = 0; r < rows; r += GT_BIG_TOK)
                                 list[ob++] = {gex[g], gst[g] + r, min(GT_BIG_TOK, rows - r)};
@@ -457,7 +459,8 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                        const struct kern_gemm_group *groups, const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
                        cudaStream_t stream) {
         static int sms;
-        struct gt_params p;
+        const struct gt_params p = {w, w_scale, n_out, k, x, x_scale, x_row_div, pair_rows, groups, n_groups,
+                                    max_groups, y};
 
         if (k == 0 || k % 16 != 0 || n_out == 0 || x_row_div == 0 || max_groups > GEMM_GROUPED_TILED_MAX_GROUPS)
                 return -EINVAL;
@@ -471,18 +474,6 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                         return -EIO;
                 }
         }
-        p.w = w;
-        p.w_scale = w_scale;
-        p.n_out = n_out;
-        p.k = k;
-        p.x = x;
-        p.x_scale = x_scale;
-        p.x_row_div = x_row_div;
-        p.pair_rows = pair_rows;
-        p.groups = groups;
-        p.n_groups = n_groups;
-        p.max_groups = max_groups;
-        p.y = y;
         switch (gemm_grouped_variant) {
         case 2:
                 return launch_tiled<2, false>(&p, sms, stream);
