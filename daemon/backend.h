@@ -38,6 +38,8 @@ struct backend_params {
         int n_threads;                  /* CPU backend; 0 = all cores */
         bool lm_head_bf16;              /* CUDA: keep the tied head in BF16 instead of the FP8 copy */
         bool weights_bf16;              /* CUDA: keep BF16 checkpoint weights instead of FP8 on load */
+        bool embedding_device;          /* CUDA: the embedding table in device memory instead of mapped host
+                                         * memory (forced when a tied BF16 head reads it every step) */
         bool cpu_kv_round;              /* CPU: round stored K/V to kv_dtype as the GPU does (default float32) */
         /* Progress for STATUS= while loading: phase text and fraction 0..1. May be NULL. */
         void (*progress)(void *userdata, const char *phase, double fraction);
@@ -49,7 +51,8 @@ struct backend_capacity {
         uint32_t page_size;
         uint32_t n_sliding_ring;        /* ceil(window / B) + 1 */
         uint64_t kv_bytes;              /* device (or host) bytes allocated for KV */
-        uint64_t weight_bytes;          /* device (or host) bytes used by weights */
+        uint64_t weight_bytes;          /* device (CPU backend: host) bytes used by weights */
+        uint64_t weight_host_bytes;     /* CUDA: page-locked host bytes of weights the kernels read (embedding) */
         char device[128];               /* "cpu (2 threads)", "NVIDIA H100 80GB HBM3" */
 };
 

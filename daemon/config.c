@@ -61,6 +61,7 @@ struct config_entry {
 static const char *const backend_names[] = { "cpu", "cuda", NULL };
 static const char *const kv_dtype_names[] = { "fp8", "bf16", NULL };
 static const char *const precision_names[] = { "fp8", "bf16", NULL };
+static const char *const placement_names[] = { "host", "device", NULL };
 static const char *const log_level_names[] = { "error", "warning", "info", "debug", NULL };
 
 #define FIELD(f) offsetof(struct gemma4d_config, f)
@@ -114,6 +115,8 @@ static const struct config_entry config_table[] = {
         { "cuda.lm_head", CONFIG_ENUM_BOOL, FIELD(lm_head_bf16), 0, 0, 0, precision_names, "fp8",
           CONFIG_RESTART },
         { "cuda.weights", CONFIG_ENUM_BOOL, FIELD(weights_bf16), 0, 0, 0, precision_names, "fp8",
+          CONFIG_RESTART },
+        { "cuda.embedding", CONFIG_ENUM_BOOL, FIELD(embedding_device), 0, 0, 0, placement_names, "host",
           CONFIG_RESTART },
         { "cpu.threads", CONFIG_U32, FIELD(cpu_threads), 0, 0, 1024, NULL, "0", CONFIG_RESTART },
 };

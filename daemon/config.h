@@ -53,6 +53,7 @@ struct gemma4d_config {
 
         bool lm_head_bf16;                      /* cuda.lm_head: fp8 | bf16 */
         bool weights_bf16;                      /* cuda.weights: fp8 | bf16 */
+        bool embedding_device;                  /* cuda.embedding: host | device */
         uint32_t cpu_threads;                   /* cpu.threads (0 = all cores) */
 };
 

@@ -24,19 +24,22 @@ fi
 [ "$mode" = run ] || { echo "usage: $0 pack DIR | run" >&2; exit 2; }
 
 cd "$(dirname "$0")"
-export LD_LIBRARY_PATH=$PWD/lib
+export LD_LIBRARY_PATH=$PWD/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 # QUICK=1: small sizes, for checking this script on the CPU backend
 if [ "${QUICK:-0}" = 1 ]; then S1="-p 8 -o 8"; S64="-c 4 -p 16 -o 8"; S8K="-p 256"; else S1="-p 38 -o 256"; S64="-c 64 -p 256 -o 256"; S8K="-p 8192"; fi
-model=/tmp/g4-26b-fp8
-t0=$(date +%s.%N)
-[ -f tokenizer.json ] || gunzip -k tokenizer.json.gz
-bin/gemma4-mkmodel --preset ${PRESET:-26b-a4b-fp8} --out $model --threads 16 --tokenizer tokenizer.json > "$OUT/mkmodel.log" 2>&1 ||
-        { echo "mkmodel failed"; tail -5 "$OUT/mkmodel.log"; exit 1; }
-t1=$(date +%s.%N)
-echo "mkmodel: $(python3 -c "print(round($t1 - $t0, 1))") s"
+# MODEL=DIR: use a checkpoint already written (with the tokenizer) instead of writing one
+model=${MODEL:-/tmp/g4-26b-fp8}
+if [ -z "${MODEL:-}" ]; then
+        t0=$(date +%s.%N)
+        [ -f tokenizer.json ] || gunzip -k tokenizer.json.gz
+        bin/gemma4-mkmodel --preset ${PRESET:-26b-a4b-fp8} --out $model --threads 16 --tokenizer tokenizer.json \
+                > "$OUT/mkmodel.log" 2>&1 || { echo "mkmodel failed"; tail -5 "$OUT/mkmodel.log"; exit 1; }
+        t1=$(date +%s.%N)
+        echo "mkmodel: $(python3 -c "print(round($t1 - $t0, 1))") s"
+fi
 cat $model/*.safetensors > /dev/null         # the page cache, as the issue-9 READY figure assumes
 
 sock=/tmp/g4.sock

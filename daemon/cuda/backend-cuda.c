@@ -37,7 +37,8 @@ struct backend {
         bool lost;
 
         struct dev_layer *layers;
-        uint16_t *embed;                /* BF16 [vocab, H] */
+        uint16_t *embed;                /* BF16 [vocab, H]; mapped host memory when embed_host */
+        bool embed_host;
         uint16_t *final_norm;
         uint8_t *head_w;                /* FP8 [vocab, H] (NULL with lm_head_bf16) */
         float *head_scale;
@@ -341,7 +342,13 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                 D->layer_scalar = tensor_present(&L->layer_scalar) ? host_tensor_f32(&L->layer_scalar, 0) : 1.0f;
         }
 #undef PLACE
-        if ((r = upload_matrix_bf16(u, &m->embed_tokens, c->vocab_size, H, &b->embed, reterr)) < 0)
+        /* A tied BF16 head reads the whole table every step: that one must live on the device. */
+        b->embed_host = !b->p.embedding_device && !(b->p.lm_head_bf16 && !tensor_present(&m->lm_head));
+        if (b->embed_host)
+                r = upload_matrix_bf16_host(u, &m->embed_tokens, c->vocab_size, H, &b->embed, reterr);
+        else
+                r = upload_matrix_bf16(u, &m->embed_tokens, c->vocab_size, H, &b->embed, reterr);
+        if (r < 0)
                 return r;
         if ((r = upload_vector_bf16(u, &m->final_norm, H, &b->final_norm, reterr)) < 0)
                 return r;
@@ -605,7 +612,10 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 goto fail;
         b->cap.page_size = p->page_size;
         b->cap.n_sliding_ring = b->ring;
-        b->cap.weight_bytes = b->weight_block_bytes + (uint64_t) m->cfg.vocab_size * m->cfg.hidden_size * 2;
+        uint64_t table_bytes = (uint64_t) m->cfg.vocab_size * m->cfg.hidden_size * 2;
+        b->cap.weight_bytes = b->weight_block_bytes + (b->embed_host ? 0 : table_bytes) +
+                              (b->head_bf16_own ? table_bytes : 0);
+        b->cap.weight_host_bytes = b->embed_host ? table_bytes : 0;
         snprintf(b->cap.device, sizeof(b->cap.device), "%.127s", prop.name);
         *ret = b;
         return 0;
@@ -622,8 +632,8 @@ static void backend_cuda_destroy(struct backend *b) {
         void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
-                        b->n_groups, b->groups, b->meta_d, b->argmax_d, b->weight_block, b->kv_block, b->embed, b->final_norm,
-                        b->head_bf16_own};
+                        b->n_groups, b->groups, b->meta_d, b->argmax_d, b->weight_block, b->kv_block,
+                        b->embed_host ? NULL : b->embed, b->final_norm, b->head_bf16_own};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 if (bufs[i])
                         cudaFree(bufs[i]);
@@ -631,6 +641,8 @@ static void backend_cuda_destroy(struct backend *b) {
                 cudaFreeHost(b->meta_h);
         if (b->argmax_h)
                 cudaFreeHost(b->argmax_h);
+        if (b->embed_host && b->embed)
+                cudaFreeHost(b->embed);
         for (uint32_t i = 0; b->graphs && i <= b->graph_max; i++)
                 if (b->graphs[i])
                         cudaGraphExecDestroy(b->graphs[i]);

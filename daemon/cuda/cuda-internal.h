@@ -54,6 +54,10 @@ int upload_vector_bf16(struct uploader *u, const struct tensor_view *t, uint32_t
 /* The embedding table as BF16 [vocab, hidden]. */
 int upload_matrix_bf16(struct uploader *u, const struct tensor_view *t, uint64_t rows, uint64_t cols,
                        uint16_t **ret, char **reterr);
+/* The same in page-locked, mapped host memory that kernels read directly (the embedding gather touches a
+ * few rows per step, so the table need not take 1.4 GiB of device memory). Free with cudaFreeHost. */
+int upload_matrix_bf16_host(struct uploader *u, const struct tensor_view *t, uint64_t rows, uint64_t cols,
+                            uint16_t **ret, char **reterr);
 /* Per-row FP8 copy of a BF16 device matrix (the tied LM head). */
 int quantize_device_matrix(struct uploader *u, const uint16_t *src, uint64_t rows, uint64_t cols, uint8_t *q,
                            float *scale);

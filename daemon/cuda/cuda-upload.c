@@ -286,6 +286,29 @@ int upload_matrix_bf16(struct uploader *u, const struct tensor_view *t, uint64_t
         return 0;
 }
 
+int upload_matrix_bf16_host(struct uploader *u, const struct tensor_view *t, uint64_t rows, uint64_t cols,
+                            uint16_t **ret, char **reterr) {
+        uint16_t *h = NULL;
+        uint64_t n = rows * cols;
+
+        if (!tensor_present(t) || view_elems(t) != n)
+                return cuda_errorf(reterr, -EINVAL, "tensor %s: missing or not [%llu, %llu]",
+                                   t->name ? t->name : "embed_tokens", (unsigned long long) rows,
+                                   (unsigned long long) cols);
+        /* mapped: kernels read the rows they gather straight over the bus (UVA), no device copy */
+        if (cudaHostAlloc((void **) &h, n * 2, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess)
+                return cuda_errorf(reterr, -ENOMEM, "tensor %s: cannot allocate %.2f GiB of page-locked host memory",
+                                   t->name, (double) n * 2 / 1073741824.0);
+        if (t->dtype == TENSOR_DTYPE_BF16)
+                memcpy(h, t->data, n * 2);
+        else
+                for (uint64_t j = 0; j < n; j++)
+                        h[j] = h_to_bf16(host_tensor_f32(t, j));
+        progress(u, n * tensor_dtype_size(t->dtype));
+        *ret = h;
+        return 0;
+}
+
 int quantize_device_matrix(struct uploader *u, const uint16_t *src, uint64_t rows, uint64_t cols, uint8_t *q,
                            float *scale) {
         uint64_t per = u->dev_f32_floats / cols;

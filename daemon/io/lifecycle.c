@@ -151,6 +151,7 @@ static void boot_thread_main(void *arg) {
                 .n_threads = (int) cfg->cpu_threads,
                 .lm_head_bf16 = cfg->lm_head_bf16,
                 .weights_bf16 = cfg->weights_bf16,
+                .embedding_device = cfg->embedding_device,
                 .progress = backend_progress,
                 .progress_userdata = srv,
                 /* room for every running ring plus as many prefix-cache snapshots (docs/scheduler.md) */
@@ -213,9 +214,10 @@ static void boot_thread_main(void *arg) {
                 log_error_errno(r, "engine thread: %m");
                 goto fail;
         }
-        log_info("boot: checkpoint %.2fs, backend %.2fs (weights %.2f GiB, KV %.2f GiB, %s), engine %.2fs, "
-                 "warm-up %.2fs; total %.2fs", b->phase_s[0], b->phase_s[1],
-                 (double) b->capacity.weight_bytes / (1 << 30), (double) b->capacity.kv_bytes / (1 << 30),
+        log_info("boot: checkpoint %.2fs, backend %.2fs (weights %.2f GiB + %.2f GiB in host memory, KV %.2f GiB, "
+                 "%s), engine %.2fs, warm-up %.2fs; total %.2fs", b->phase_s[0], b->phase_s[1],
+                 (double) b->capacity.weight_bytes / (1 << 30), (double) b->capacity.weight_host_bytes / (1 << 30),
+                 (double) b->capacity.kv_bytes / (1 << 30),
                  b->capacity.device, b->phase_s[2], b->phase_s[3], now_s() - t0);
         b->error = 0;
         free(err);

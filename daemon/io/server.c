@@ -1390,6 +1390,7 @@ json_t *server_status_json(struct server *srv) {
                                                    "backend_s", srv->boot.phase_s[1], "engine_s",
                                                    srv->boot.phase_s[2], "warmup_s", srv->boot.phase_s[3]));
         json_object_set_new(o, "weight_bytes", json_integer((json_int_t) srv->boot.capacity.weight_bytes));
+        json_object_set_new(o, "weight_host_bytes", json_integer((json_int_t) srv->boot.capacity.weight_host_bytes));
         json_object_set_new(o, "kv_bytes", json_integer((json_int_t) srv->boot.capacity.kv_bytes));
         return o;
 }

@@ -133,6 +133,7 @@ struct engine {
 };
 
 static uint32_t open_max_seqs = 4;      /* sequences (= decode graph sizes) of the next engine_open */
+static bool open_embedding_device;      /* cuda.embedding: device for the next engine_open */
 
 static int engine_open_head(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B,
                             bool head_bf16) {
@@ -156,6 +157,7 @@ static int engine_open_head(struct engine *e, const char *ops_name, struct model
         p.gpu_fraction = 0.5;
         p.n_threads = 0;
         p.lm_head_bf16 = head_bf16;
+        p.embedding_device = open_embedding_device;
         r = e->ops->create(m, &p, &e->be, &err);
         if (r < 0) {
                 printf("# %s create: %s\n", ops_name, err ? err : strerror(-r));
@@ -540,6 +542,41 @@ static void test_padded_graphs(const char *root, const char *name) {
         model_free(m);
 }
 
+/* cuda.embedding: the table in mapped host memory and in device memory gather the same bytes, so the logits
+ * must be identical, bit for bit. */
+static void test_embedding_placement(const char *root, const char *name) {
+        struct fixture f;
+        struct model *m = NULL;
+        struct engine host, dev;
+        char label[160];
+        if (fixture_load(root, name, &f) < 0)
+                return;
+        char *dir = path_of(root, name, "fp8");
+        int r = model_load(dir, &m, NULL);
+        free(dir);
+        if (r < 0)
+                return;
+        uint32_t V = f.vocab, S = f.n_prompt;
+        float *lh = malloc(4 * (size_t) S * V), *ld = malloc(4 * (size_t) S * V);
+        r = engine_open(&host, "cuda", m, KV_DTYPE_FP8, 16);
+        if (r == 0) {
+                r = run_prompt(&host, 0, f.prompt, S, S, lh, V);
+                engine_close(&host);
+        }
+        open_embedding_device = true;
+        int rd = r == 0 ? engine_open(&dev, "cuda", m, KV_DTYPE_FP8, 16) : r;
+        open_embedding_device = false;
+        if (rd == 0) {
+                rd = run_prompt(&dev, 0, f.prompt, S, S, ld, V);
+                engine_close(&dev);
+        }
+        double d = r == 0 && rd == 0 ? rel_frob(lh, ld, (size_t) S * V) : INFINITY;
+        snprintf(label, sizeof(label), "%s embedding in host memory = embedding on the device", name);
+        check(label, d == 0.0, "rel %.3e (want %g)", d, 0.0);
+        free(lh), free(ld);
+        model_free(m);
+}
+
 int main(int argc, char **argv) {
         const char *src = getenv("GEMMA4D_SOURCE_ROOT");
         char root[4096];
@@ -566,6 +603,7 @@ int main(int argc, char **argv) {
         test_fixture(root, "tiny-a", true);
         test_fixture(root, "tiny-b", false);
         test_padded_graphs(root, "tiny-a");
+        test_embedding_placement(root, "tiny-c");
         printf("1..%d\n", n_test);
         return n_fail ? 1 : 0;
 }

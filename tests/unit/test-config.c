@@ -76,6 +76,7 @@ static void test_defaults(void **state) {
         assert_int_equal(c.log_level, LOG_LEVEL_INFO);
         assert_false(c.lm_head_bf16);
         assert_false(c.weights_bf16);
+        assert_false(c.embedding_device);
         assert_int_equal(c.cpu_threads, 0);
         assert_int_equal(config_validate(&c, NULL), 0);
         config_done(&c);
@@ -99,7 +100,7 @@ static void test_full_file(void **state) {
                 "scheduler:\n  aging_ms: 250\n"
                 "shutdown:\n  drain_seconds: 0\n"
                 "log:\n  level: debug\n"
-                "cuda:\n  lm_head: bf16\n  weights: bf16\n"
+                "cuda:\n  lm_head: bf16\n  weights: bf16\n  embedding: device\n"
                 "cpu:\n  threads: 2\n", &err);
         assert_null(err);
         assert_int_equal(r, 0);
@@ -132,6 +133,7 @@ static void test_full_file(void **state) {
         assert_int_equal(c.log_level, LOG_LEVEL_DEBUG);
         assert_true(c.lm_head_bf16);
         assert_true(c.weights_bf16);
+        assert_true(c.embedding_device);
         assert_int_equal(c.cpu_threads, 2);
         config_done(&c);
 }
@@ -266,6 +268,8 @@ static void test_bad_enum(void **state) {
                         "info, debug)");
         expect_error_at("cuda: {lm_head: fp32}\n", EINVAL,
                         "t.yaml:1:17: cuda.lm_head: invalid value 'fp32' (expected one of: fp8, bf16)");
+        expect_error_at("cuda: {embedding: gpu}\n", EINVAL,
+                        "t.yaml:1:19: cuda.embedding: invalid value 'gpu' (expected one of: host, device)");
         /* Names are case-sensitive, as in the documentation. */
         expect_error_at("backend: CPU\n", EINVAL,
                         "t.yaml:1:10: backend: invalid value 'CPU' (expected one of: cpu, cuda)");
