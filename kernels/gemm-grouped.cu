@@ -42,18 +42,7 @@ struct gt_tile {
         int32_t expert, start, count;
 };
 
-/* Output staging of the many-token phase (variant 3): one 128-channel row of BF16 per token, padded so that
- * the fragment writes (8 channels x 4 tokens per warp store) hit distinct banks. */
-#define GT_OUT_PITCH (GT_WROWS(1) + 8)
-struct gt_out {
-        int32_t orow[GT_BIG_TOK];
-        float xs[GT_BIG_TOK];
-        uint16_t rows[GT_BIG_TOK * GT_OUT_PITCH];
-};
-
-#define GT_SMEM(mw, staged)                                                                                      \
-        (1024 + GT_PIPE_BYTES(mw) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile) +              \
-         ((staged) ? (int) sizeof(struct gt_out) : 0))
+#define GT_SMEM(mw) (1024 + GT_PIPE_BYTES(mw) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
 
 struct gt_params {
         const uint8_t *w;
@@ -234,17 +223,33 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         __syncthreads();
 }
 
+/* Per-tile token data for the epilogue, written once per tile from registers loaded a K step earlier. */
+struct gt_meta {
+        int32_t orow[GT_BIG_TOK];
+        float xs[GT_BIG_TOK];
+};
+
 /* One phase: the CTA's tiles first, first + gridDim.x, ... of n_mtiles x (n_out / (128 MW)) tiles of BT
- * tokens. Warpgroup wg owns weight rows [(wg MW + m) 64, +64) of the tile for m < MW. */
+ * tokens. Warpgroup wg owns weight rows [wg MW 64, (wg + 1) MW 64) of the tile.
+ *
+ * Nothing on the way waits for a dependent global load: the B rows of the next tile (pair_rows) are read
+ * while the current one starts, the epilogue's output rows and token scales while the tile's K loop runs.
+ * STAGED: the accumulators go through shared memory so that each token's outputs leave as 16-byte stores
+ * (the fragment layout would scatter 2-byte stores over four tokens per instruction). The staging reuses
+ * the two ring stages that no load is in flight for at that point: stage j % S (just consumed) and
+ * (j - 1) % S (consumed one step earlier; the loads run S - 2 steps ahead). */
 template <int BT, int S, int MW, bool STAGED>
-static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const struct gt_tile *list, int n_mtiles,
-                                int first, struct gt_out *out) {
+static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32_t sbase, const struct gt_tile *list,
+                                int n_mtiles, int first, struct gt_meta *meta) {
         constexpr int D = S - 2;
         constexpr int WROWS = GT_WROWS(MW);
         constexpr int A_BYTES = WROWS * GT_BK;
         constexpr int STAGE = GT_STAGE_BYTES(MW, BT);
         constexpr int BCH = BT * (GT_BK / 16) / GT_THREADS;
         constexpr int ACH = WROWS * (GT_BK / 16) / GT_THREADS;
+        constexpr int WCH = 64 * MW;                    /* output channels per warpgroup */
+        constexpr int PITCH = WCH + 8;                  /* staging row (BF16), padded against bank conflicts */
+        static_assert(!STAGED || BT * PITCH * 2 <= STAGE, "staging must fit one ring stage");
         const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
         const int ntn = (int) ((p.n_out + WROWS - 1) / WROWS);
         const int tiles = n_mtiles * ntn, G = gridDim.x;
@@ -252,12 +257,28 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
         if (first >= tiles)
                 return;
         const int kt = (int) ((p.k + GT_BK - 1) / GT_BK);
-        const int total = ((tiles - 1 - first) / G + 1) * kt;
+        const int my_tiles = (tiles - 1 - first) / G + 1;
+        const int total = my_tiles * kt;
         const int lrow = tid >> 3, lc = tid & 7;
         const uint32_t swz = (uint32_t) ((lc ^ (lrow & 7)) << 4);
         const uint8_t *asrc[ACH], *bsrc[BCH];
         bool aok[ACH], bok[BCH];
+        int32_t nxt_pr[BCH];                            /* pair rows of the next tile's B rows, -1 past count */
 
+        auto tile_of = [&](int lt) -> struct gt_tile {
+                const int t = first + lt * G, mt = t / ntn;
+                return list[mt];
+        };
+        auto fetch_rows = [&](int lt) {
+                if (lt >= my_tiles)
+                        return;
+                const struct gt_tile e = tile_of(lt);
+#pragma unroll
+                for (int i = 0; i < BCH; i++) {
+                        const int r = lrow + 32 * i;
+                        nxt_pr[i] = r < e.count ? (p.pair_rows ? p.pair_rows[e.start + r] : e.start + r) : -1;
+                }
+        };
         auto load = [&](int s) {
                 const int lt = s / kt, kk = s - lt * kt;
                 if (kk == 0) {
@@ -271,14 +292,12 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                         }
 #pragma unroll
                         for (int i = 0; i < BCH; i++) {
-                                int r = lrow + 32 * i, xr = 0;
-                                bok[i] = r < e.count;
-                                if (bok[i]) {
-                                        int pi = e.start + r;
-                                        xr = p.pair_rows ? p.pair_rows[pi] / (int) p.x_row_div : pi;
-                                }
+                                const int pr = nxt_pr[i];
+                                bok[i] = pr >= 0;
+                                const int xr = !bok[i] ? 0 : p.pair_rows ? pr / (int) p.x_row_div : pr;
                                 bsrc[i] = p.x + (size_t) xr * p.k + lc * 16;
                         }
+                        fetch_rows(lt + 1);
                 }
                 const uint32_t st = sbase + (uint32_t) (s % S) * STAGE;
                 const bool kok = (uint32_t) kk * GT_BK + lc * 16 < p.k;
@@ -297,7 +316,12 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
 #pragma unroll
                 for (int i = 0; i < BT / 2; i++)
                         acc[m][i] = 0.0f;
+        int32_t ep_orow = 0;                            /* token tid of the tile being computed */
+        float ep_xs = 0.0f;
+        uint32_t nr[MW][2];                             /* this thread's output channels and their scales */
+        float wsc[MW][2];
 
+        fetch_rows(0);
 #pragma unroll 1
         for (int s = 0; s < D; s++) {
                 if (s < total)
@@ -328,6 +352,26 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
 #pragma unroll
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
+
+                const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
+                const struct gt_tile e = list[mt];
+                /* the epilogue's data: channel scales and token rows now, token scales one step later (they
+                 * depend on the rows) */
+                if (kk == 0) {
+                        const float *ws = p.w_scale + (size_t) e.expert * p.n_out;
+#pragma unroll
+                        for (int m = 0; m < MW; m++)
+#pragma unroll
+                                for (int h = 0; h < 2; h++) {
+                                        nr[m][h] = (uint32_t) (nt * WROWS + (wg * MW + m) * 64 + (warp & 3) * 16 +
+                                                               (lane >> 2) + 8 * h);
+                                        wsc[m][h] = nr[m][h] < p.n_out ? ws[nr[m][h]] : 0.0f;
+                                }
+                        if (tid < e.count)
+                                ep_orow = p.pair_rows ? p.pair_rows[e.start + tid] : e.start + tid;
+                }
+                if (kk == (kt > 1 ? 1 : 0) && tid < e.count)
+                        ep_xs = p.x_scale[p.pair_rows ? ep_orow / (int) p.x_row_div : e.start + tid];
                 if (kk != kt - 1) {
                         wgmma_wait<1>();
                         continue;
@@ -337,52 +381,38 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
 
-                /* epilogue: accumulator (row = weight channel, column = token) of m64nBT */
-                const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
-                const struct gt_tile e = list[mt];
-                const float *ws = p.w_scale + (size_t) e.expert * p.n_out;
-                uint32_t nr[MW][2];
-                float wsc[MW][2];
-#pragma unroll
-                for (int m = 0; m < MW; m++)
-#pragma unroll
-                        for (int h = 0; h < 2; h++) {
-                                nr[m][h] = (uint32_t) (nt * WROWS + (wg * MW + m) * 64 + (warp & 3) * 16 + (lane >> 2) +
-                                                       8 * h);
-                                wsc[m][h] = nr[m][h] < p.n_out ? ws[nr[m][h]] : 0.0f;
-                        }
+                /* epilogue: accumulator (row = weight channel, column = token) of m64nBT. The barrier after
+                 * the token data also means both warpgroups' wgmmas are done with the stages reused below. */
+                if (tid < BT) {
+                        meta->orow[tid] = ep_orow;
+                        meta->xs[tid] = ep_xs;
+                }
+                __syncthreads();
                 if (STAGED && p.n_out % 8 == 0) {
-                        /* through shared memory, so that each token's 256 output bytes leave as 16-byte stores;
-                         * the K loop's barrier since the last epilogue guards tok / rows against reuse */
-                        if (tid < e.count) {
-                                const int pi = e.start + tid;
-                                const int orow = p.pair_rows ? p.pair_rows[pi] : pi;
-                                out->orow[tid] = orow;
-                                out->xs[tid] = p.x_scale[p.pair_rows ? orow / (int) p.x_row_div : pi];
-                        }
-                        __syncthreads();
+                        uint16_t *rows = reinterpret_cast<uint16_t *>(smem + ((j + (wg ? S - 1 : 0)) % S) * STAGE);
 #pragma unroll
                         for (int jj = 0; jj < BT / 8; jj++)
 #pragma unroll
                                 for (int c = 0; c < 2; c++) {
                                         const int tok = jj * 8 + (lane & 3) * 2 + c;
-                                        const float xs = out->xs[tok];
+                                        const float xs = meta->xs[tok];
 #pragma unroll
                                         for (int m = 0; m < MW; m++)
 #pragma unroll
                                                 for (int h = 0; h < 2; h++)
-                                                        out->rows[tok * GT_OUT_PITCH + nr[m][h] - nt * WROWS] =
-                                                                f32_to_bf16_bits(xs * (wsc[m][h] *
-                                                                                       acc[m][jj * 4 + 2 * h + c]));
+                                                        rows[tok * PITCH + m * 64 + (warp & 3) * 16 + (lane >> 2) +
+                                                             8 * h] = f32_to_bf16_bits(
+                                                                xs * (wsc[m][h] * acc[m][jj * 4 + 2 * h + c]));
                                 }
-                        __syncthreads();
-                        constexpr int CH = WROWS * 2 / 16;      /* 16-byte chunks per token */
-                        for (int q = tid; q < e.count * CH; q += GT_THREADS) {
+                        /* only this warpgroup reads its staging back */
+                        asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory");
+                        constexpr int CH = WCH * 2 / 16;        /* 16-byte chunks per token and warpgroup */
+                        for (int q = tid & 127; q < e.count * CH; q += 128) {
                                 const int tok = q / CH, ch = q - tok * CH;
-                                const uint32_t n = (uint32_t) (nt * WROWS + ch * 8);
+                                const uint32_t n = (uint32_t) (nt * WROWS + wg * WCH + ch * 8);
                                 if (n < p.n_out)
-                                        *reinterpret_cast<uint4 *>(p.y + (size_t) out->orow[tok] * p.n_out + n) =
-                                                *reinterpret_cast<const uint4 *>(&out->rows[tok * GT_OUT_PITCH + ch * 8]);
+                                        *reinterpret_cast<uint4 *>(p.y + (size_t) meta->orow[tok] * p.n_out + n) =
+                                                *reinterpret_cast<const uint4 *>(&rows[tok * PITCH + ch * 8]);
                         }
                         continue;
                 }
@@ -393,11 +423,8 @@ static __device__ void gt_phase(const struct gt_params &p, uint32_t sbase, const
                                 const int tok = jj * 8 + (lane & 3) * 2 + c;
                                 if (tok >= e.count)
                                         continue;
-                                const int pi = e.start + tok;
-                                const int orow = p.pair_rows ? p.pair_rows[pi] : pi;
-                                const int xr = p.pair_rows ? orow / (int) p.x_row_div : pi;
-                                const float xs = p.x_scale[xr];
-                                uint16_t *yr = p.y + (size_t) orow * p.n_out;
+                                const float xs = meta->xs[tok];
+                                uint16_t *yr = p.y + (size_t) meta->orow[tok] * p.n_out;
 #pragma unroll
                                 for (int m = 0; m < MW; m++)
 #pragma unroll
@@ -416,41 +443,40 @@ template <int BIG_MW, bool STAGED>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
         extern __shared__ uint8_t gt_smem[];
         __shared__ int scan_tmp[GT_THREADS / 32 + 1];
+        __shared__ struct gt_meta meta;
         const uint32_t raw = (uint32_t) __cvta_generic_to_shared(gt_smem);
         const uint32_t pad = (1024 - (raw & 1023)) & 1023;
         uint8_t *base = gt_smem + pad;
         struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE_BYTES(BIG_MW));
-        struct gt_out *out = reinterpret_cast<struct gt_out *>(list + GEMM_GROUPED_TILED_MAX_GROUPS);
         int nb, ns;
 
         /* every thread gets the same totals from the scan */
         gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED>(p, raw + pad, list, nb, blockIdx.x, out);
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED>(p, base, raw + pad, list, nb, blockIdx.x, &meta);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES, GT_SMALL_MW, false>(p, raw + pad, list + nb, ns, first_small, out);
+        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES, GT_SMALL_MW, false>(p, base, raw + pad, list + nb, ns, first_small,
+                                                                   &meta);
 }
 
-int gemm_grouped_variant = 1;
+int gemm_grouped_variant = 2;
 
 template <int BIG_MW, bool STAGED>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
         static bool smem_set;
 
-        static_assert(!STAGED || BIG_MW == 1, "output staging is sized for 128 channels");
         if (!smem_set) {
                 if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         GT_SMEM(BIG_MW, STAGED)) != cudaSuccess)
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM(BIG_MW)) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW, STAGED><<<grid, GT_THREADS, GT_SMEM(BIG_MW, STAGED), stream>>>(*p);
+        grouped_tiled_kernel<BIG_MW, STAGED><<<grid, GT_THREADS, GT_SMEM(BIG_MW), stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -475,11 +501,11 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                 }
         }
         switch (gemm_grouped_variant) {
-        case 2:
-                return launch_tiled<2, false>(&p, sms, stream);
-        case 3:
+        case 1:
                 return launch_tiled<1, true>(&p, sms, stream);
+        case 3:
+                return launch_tiled<2, false>(&p, sms, stream);
         default:
-                return launch_tiled<1, false>(&p, sms, stream);
+                return launch_tiled<2, true>(&p, sms, stream);
         }
 }

@@ -3,6 +3,8 @@
  * FP8 linear layers against a double-precision host reference on the same FP8 inputs.
  * Tolerance: the products are exact in FP32 and the sums differ only in order, so the error is the final
  * BF16 rounding (relative 2^-9 per element, ~1.5e-3 RMS after scaling): 4e-3. FP32 outputs: 1e-5.
+ * The tiled (wgmma) grouped kernel lands a little higher (1.9e-3 against 1.7e-3 at k = 2816, measured on
+ * H100): Hopper's FP8 tensor cores add with fewer mantissa bits than FP32 inside a K chain; still 4e-3.
  */
 #include "kt.h"
 #include "kernels/gemm-grouped.h"
@@ -136,22 +138,25 @@ static void test_blas_bf16(struct kern_blas *b, uint32_t n, uint32_t k, uint32_t
 }
 
 /* The grouped kernels compared: the streaming mma.sync kernel and the tiled wgmma kernel's variants
- * (gemm-grouped.h): 128 or 256 weight rows per many-token tile, output staged through shared memory. */
+ * (gemm_grouped_variant 1..3, gemm-grouped.h). */
 #define N_GROUPED_KERNELS 4
 
+static int default_variant;
+
 static const char *kernel_name(int kernel) {
-        static const char *names[N_GROUPED_KERNELS] = {"mma.sync", "tiled-w128", "tiled-w256", "tiled-w128-staged"};
+        static const char *names[N_GROUPED_KERNELS] = {"mma.sync", "tiled-w128-staged", "tiled-w256-staged",
+                                                       "tiled-w256-direct"};
         return names[kernel];
 }
 
 static void kernel_select(int kernel) {
         kern_grouped_select = kernel == 0 ? KERN_GROUPED_MMA : KERN_GROUPED_TILED;
-        gemm_grouped_variant = kernel == 0 ? 1 : kernel;
+        gemm_grouped_variant = kernel == 0 ? default_variant : kernel;
 }
 
 static void kernel_select_auto(void) {
         kern_grouped_select = KERN_GROUPED_AUTO;
-        gemm_grouped_variant = 1;
+        gemm_grouped_variant = default_variant;
 }
 
 /* Route pairs (idx[p] = expert of pair p) and check the routing: a permutation, groups of one expert. */
@@ -209,7 +214,7 @@ static void check_grouped(const char *what, struct lin *L, const int32_t *idx, u
                 int shown = 0;
                 for (size_t i = 0; i < (size_t) pairs * n; i++) {
                         double out = kt_bf16_to_f32(y[i]);
-                        if ((!isfinite(out) || fabs(out - ref[i]) > 0.02 * fabs(ref[i]) + 1e-3) && shown < 4) {
+                        if ((!isfinite(out) || fabs(out - ref[i]) > 0.02 * fabs(ref[i]) + 0.02) && shown < 4) {
                                 printf("# %s %s: pair %zu col %zu: got %g want %g\n", what, kernel_name(kernel),
                                        i / n, i % n, out, ref[i]);
                                 shown++;
@@ -605,6 +610,7 @@ int main(int argc, char **argv) {
         kt_require_gpu();
         kt_seed(2);
         e4m3_lut_init();
+        default_variant = gemm_grouped_variant;
         if (argc > 1 && strcmp(argv[1], "--bench") == 0) {
                 bench_all();
                 return kt_finish();
