@@ -230,7 +230,7 @@ struct gt_meta {
 };
 
 /* One phase: the CTA's tiles first, first + gridDim.x, ... of n_mtiles x (n_out / (128 MW)) tiles of BT
- * tokens. Warpgroup wg owns weight rows [wg MW 64, (wg + 1) MW 64) of the tile.
+ * tokens. Warpgroup wg owns the m64 blocks m 2 + wg (m < MW) of the tile's weight rows.
  *
  * Nothing on the way waits for a dependent global load: the B rows of the next tile (pair_rows) are read
  * while the current one starts, the epilogue's output rows and token scales while the tile's K loop runs.
@@ -341,19 +341,30 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
 #pragma unroll
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
-                wgmma_fence();
+                /* block m of both warpgroups covers rows [m 128, (m + 1) 128) of the tile: a second block
+                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both, with a condition that does
+                 * not depend on the thread; each branch issues its wgmmas back to back */
+                const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
+                if (MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out) {
+                        wgmma_fence();
 #pragma unroll
-                for (int q = 0; q < GT_BK / 32; q++)
+                        for (int q = 0; q < GT_BK / 32; q++)
 #pragma unroll
-                        for (int m = 0; m < MW; m++)
-                                wgmma_e4m3<BT>(acc[m], smem_desc(st + (wg * MW + m) * 64 * GT_BK + q * 32),
+                                for (int m = 0; m < MW; m++)
+                                        wgmma_e4m3<BT>(acc[m], smem_desc(st + (m * 2 + wg) * 64 * GT_BK + q * 32),
+                                                       smem_desc(st + A_BYTES + q * 32), (uint32_t) (kk | q));
+                } else {
+                        wgmma_fence();
+#pragma unroll
+                        for (int q = 0; q < GT_BK / 32; q++)
+                                wgmma_e4m3<BT>(acc[0], smem_desc(st + wg * 64 * GT_BK + q * 32),
                                                smem_desc(st + A_BYTES + q * 32), (uint32_t) (kk | q));
+                }
                 wgmma_commit();
 #pragma unroll
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
 
-                const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
                 const struct gt_tile e = list[mt];
                 /* the epilogue's data: channel scales and token rows now, token scales one step later (they
                  * depend on the rows) */
@@ -363,7 +374,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                         for (int m = 0; m < MW; m++)
 #pragma unroll
                                 for (int h = 0; h < 2; h++) {
-                                        nr[m][h] = (uint32_t) (nt * WROWS + (wg * MW + m) * 64 + (warp & 3) * 16 +
+                                        nr[m][h] = (uint32_t) (nt * WROWS + (m * 2 + wg) * 64 + (warp & 3) * 16 +
                                                                (lane >> 2) + 8 * h);
                                         wsc[m][h] = nr[m][h] < p.n_out ? ws[nr[m][h]] : 0.0f;
                                 }
@@ -409,7 +420,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                         constexpr int CH = WCH * 2 / 16;        /* 16-byte chunks per token and warpgroup */
                         for (int q = tid & 127; q < e.count * CH; q += 128) {
                                 const int tok = q / CH, ch = q - tok * CH;
-                                const uint32_t n = (uint32_t) (nt * WROWS + wg * WCH + ch * 8);
+                                const uint32_t n = (uint32_t) (nt * WROWS + ((ch >> 3) * 2 + wg) * 64 + (ch & 7) * 8);
                                 if (n < p.n_out)
                                         *reinterpret_cast<uint4 *>(p.y + (size_t) meta->orow[tok] * p.n_out + n) =
                                                 *reinterpret_cast<const uint4 *>(&rows[tok * PITCH + ch * 8]);
