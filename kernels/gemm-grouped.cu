@@ -22,27 +22,27 @@
 #include "gemm-grouped.h"
 
 #define GT_THREADS 256                  /* two consumer warpgroups */
-#define GT_BK 128                       /* K bytes per pipeline step: one swizzle row */
+#define GT_BK 128                       /* K bytes of one swizzle row; a pipeline step takes NA of them */
 #define GT_BIG_TOK 128
 #define GT_SMALL_TOK 32
 #define GT_SMALL_MW 1
-#define GT_SMALL_STAGES 8
 
 /* Weight rows per tile: two warpgroups x MW m64 blocks. The big (many-token) phase takes MW = 1 or 2. */
 #define GT_WROWS(mw) (128 * (mw))
-#define GT_STAGE_BYTES(mw, bt) (GT_WROWS(mw) * GT_BK + (bt) * GT_BK)
+#define GT_STAGE_BYTES(mw, bt, na) ((na) * (GT_WROWS(mw) + (bt)) * GT_BK)
 #define GT_BIG_STAGES(mw) ((mw) == 1 ? 5 : 4)
-#define GT_PIPE_BYTES(mw)                                                                                        \
-        (GT_BIG_STAGES(mw) * GT_STAGE_BYTES(mw, GT_BIG_TOK) >                                                   \
-                         GT_SMALL_STAGES * GT_STAGE_BYTES(GT_SMALL_MW, GT_SMALL_TOK)                             \
-                 ? GT_BIG_STAGES(mw) * GT_STAGE_BYTES(mw, GT_BIG_TOK)                                            \
-                 : GT_SMALL_STAGES * GT_STAGE_BYTES(GT_SMALL_MW, GT_SMALL_TOK))
+/* the few-token phase: 8 stages of one K row, or 5 of two (the same 96 KB of weights in flight) */
+#define GT_SMALL_STAGES(na) ((na) == 1 ? 8 : 5)
+#define GT_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define GT_PIPE_BYTES(mw, na)                                                                                    \
+        GT_MAX(GT_BIG_STAGES(mw) * GT_STAGE_BYTES(mw, GT_BIG_TOK, 1),                                           \
+               GT_SMALL_STAGES(na) * GT_STAGE_BYTES(GT_SMALL_MW, GT_SMALL_TOK, na))
 
 struct gt_tile {
         int32_t expert, start, count;
 };
 
-#define GT_SMEM(mw) (1024 + GT_PIPE_BYTES(mw) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
+#define GT_SMEM(mw, na) (1024 + GT_PIPE_BYTES(mw, na) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
 
 struct gt_params {
         const uint8_t *w;
@@ -238,13 +238,13 @@ struct gt_meta {
  * (the fragment layout would scatter 2-byte stores over four tokens per instruction). The staging reuses
  * the two ring stages that no load is in flight for at that point: stage j % S (just consumed) and
  * (j - 1) % S (consumed one step earlier; the loads run S - 2 steps ahead). */
-template <int BT, int S, int MW, bool STAGED>
+template <int BT, int S, int MW, bool STAGED, int NA>
 static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32_t sbase, const struct gt_tile *list,
                                 int n_mtiles, int first, struct gt_meta *meta) {
         constexpr int D = S - 2;
         constexpr int WROWS = GT_WROWS(MW);
-        constexpr int A_BYTES = WROWS * GT_BK;
-        constexpr int STAGE = GT_STAGE_BYTES(MW, BT);
+        constexpr int A_BYTES = NA * WROWS * GT_BK;    /* NA sub-tiles of WROWS x 128 bytes, then B's */
+        constexpr int STAGE = GT_STAGE_BYTES(MW, BT, NA);
         constexpr int BCH = BT * (GT_BK / 16) / GT_THREADS;
         constexpr int ACH = WROWS * (GT_BK / 16) / GT_THREADS;
         constexpr int WCH = 64 * MW;                    /* output channels per warpgroup */
@@ -256,7 +256,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
 
         if (first >= tiles)
                 return;
-        const int kt = (int) ((p.k + GT_BK - 1) / GT_BK);
+        const int kt = (int) ((p.k + NA * GT_BK - 1) / (NA * GT_BK));
         const int my_tiles = (tiles - 1 - first) / G + 1;
         const int total = my_tiles * kt;
         const int lrow = tid >> 3, lc = tid & 7;
@@ -300,14 +300,20 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                         fetch_rows(lt + 1);
                 }
                 const uint32_t st = sbase + (uint32_t) (s % S) * STAGE;
-                const bool kok = (uint32_t) kk * GT_BK + lc * 16 < p.k;
-                const size_t koff = kok ? (size_t) kk * GT_BK : 0;
 #pragma unroll
-                for (int i = 0; i < ACH; i++)
-                        cp_async16(st + (lrow + 32 * i) * GT_BK + swz, asrc[i] + koff, aok[i] && kok);
+                for (int a = 0; a < NA; a++) {
+                        const uint32_t k0 = (uint32_t) (kk * NA + a) * GT_BK;
+                        const bool kok = k0 + lc * 16 < p.k;
+                        const size_t koff = kok ? k0 : 0;
 #pragma unroll
-                for (int i = 0; i < BCH; i++)
-                        cp_async16(st + A_BYTES + (lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff, bok[i] && kok);
+                        for (int i = 0; i < ACH; i++)
+                                cp_async16(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz, asrc[i] + koff,
+                                           aok[i] && kok);
+#pragma unroll
+                        for (int i = 0; i < BCH; i++)
+                                cp_async16(st + A_BYTES + (a * BT + lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff,
+                                           bok[i] && kok);
+                }
         };
 
         float acc[MW][BT / 2];
@@ -348,17 +354,25 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                 if (MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out) {
                         wgmma_fence();
 #pragma unroll
-                        for (int q = 0; q < GT_BK / 32; q++)
+                        for (int a = 0; a < NA; a++)
 #pragma unroll
-                                for (int m = 0; m < MW; m++)
-                                        wgmma_e4m3<BT>(acc[m], smem_desc(st + (m * 2 + wg) * 64 * GT_BK + q * 32),
-                                                       smem_desc(st + A_BYTES + q * 32), (uint32_t) (kk | q));
+                                for (int q = 0; q < GT_BK / 32; q++)
+#pragma unroll
+                                        for (int m = 0; m < MW; m++)
+                                                wgmma_e4m3<BT>(
+                                                        acc[m],
+                                                        smem_desc(st + (a * WROWS + (m * 2 + wg) * 64) * GT_BK + q * 32),
+                                                        smem_desc(st + A_BYTES + a * BT * GT_BK + q * 32),
+                                                        (uint32_t) (kk | a | q));
                 } else {
                         wgmma_fence();
 #pragma unroll
-                        for (int q = 0; q < GT_BK / 32; q++)
-                                wgmma_e4m3<BT>(acc[0], smem_desc(st + wg * 64 * GT_BK + q * 32),
-                                               smem_desc(st + A_BYTES + q * 32), (uint32_t) (kk | q));
+                        for (int a = 0; a < NA; a++)
+#pragma unroll
+                                for (int q = 0; q < GT_BK / 32; q++)
+                                        wgmma_e4m3<BT>(acc[0], smem_desc(st + (a * WROWS + wg * 64) * GT_BK + q * 32),
+                                                       smem_desc(st + A_BYTES + a * BT * GT_BK + q * 32),
+                                                       (uint32_t) (kk | a | q));
                 }
                 wgmma_commit();
 #pragma unroll
@@ -450,7 +464,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
         __syncthreads();
 }
 
-template <int BIG_MW, bool STAGED>
+template <int BIG_MW, bool STAGED, int SMALL_NA>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
         extern __shared__ uint8_t gt_smem[];
         __shared__ int scan_tmp[GT_THREADS / 32 + 1];
@@ -458,36 +472,39 @@ static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(con
         const uint32_t raw = (uint32_t) __cvta_generic_to_shared(gt_smem);
         const uint32_t pad = (1024 - (raw & 1023)) & 1023;
         uint8_t *base = gt_smem + pad;
-        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE_BYTES(BIG_MW));
+        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE_BYTES(BIG_MW, SMALL_NA));
         int nb, ns;
 
         /* every thread gets the same totals from the scan */
         gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED>(p, base, raw + pad, list, nb, blockIdx.x, &meta);
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1>(p, base, raw + pad, list, nb, blockIdx.x,
+                                                                       &meta);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES, GT_SMALL_MW, false>(p, base, raw + pad, list + nb, ns, first_small,
-                                                                   &meta);
+        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES(SMALL_NA), GT_SMALL_MW, false, SMALL_NA>(p, base, raw + pad, list + nb,
+                                                                                       ns, first_small, &meta);
 }
 
 int gemm_grouped_variant = 2;
 
-template <int BIG_MW, bool STAGED>
+template <int BIG_MW, bool STAGED, int SMALL_NA>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
         static bool smem_set;
 
         if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, GT_SMEM(BIG_MW)) != cudaSuccess)
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_NA>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         GT_SMEM(BIG_MW, SMALL_NA)) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW, STAGED><<<grid, GT_THREADS, GT_SMEM(BIG_MW), stream>>>(*p);
+        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_NA>
+                <<<grid, GT_THREADS, GT_SMEM(BIG_MW, SMALL_NA), stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -513,10 +530,12 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         }
         switch (gemm_grouped_variant) {
         case 1:
-                return launch_tiled<1, true>(&p, sms, stream);
+                return launch_tiled<1, true, 1>(&p, sms, stream);
         case 3:
-                return launch_tiled<2, false>(&p, sms, stream);
+                return launch_tiled<2, false, 1>(&p, sms, stream);
+        case 4:
+                return launch_tiled<2, true, 2>(&p, sms, stream);
         default:
-                return launch_tiled<2, true>(&p, sms, stream);
+                return launch_tiled<2, true, 1>(&p, sms, stream);
         }
 }

@@ -13,5 +13,6 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                        cudaStream_t stream);
 
 /* Many-token tiles (tests time them all): 2 (default) 256 weight rows, output staged through shared memory;
- * 1: 128 rows, staged; 3: 256 rows, 2-byte output stores straight from the fragments. */
+ * 1: 128 rows, staged; 3: 256 rows, 2-byte output stores straight from the fragments; 4: as 2, with the
+ * few-token phase reading 256 bytes of K per row and step instead of 128. */
 extern int gemm_grouped_variant;
