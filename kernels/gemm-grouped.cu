@@ -24,25 +24,27 @@
 #define GT_THREADS 256                  /* two consumer warpgroups */
 #define GT_BK 128                       /* K bytes of one swizzle row; a pipeline step takes NA of them */
 #define GT_BIG_TOK 128
-#define GT_SMALL_TOK 32
-#define GT_SMALL_MW 1
 
-/* Weight rows per tile: two warpgroups x MW m64 blocks. The big (many-token) phase takes MW = 1 or 2. */
+/* Weight rows per tile: two warpgroups x MW m64 blocks. The big (many-token) phase takes MW = 1 or 2, the
+ * few-token phase MW = 1. */
 #define GT_WROWS(mw) (128 * (mw))
 #define GT_STAGE_BYTES(mw, bt, na) ((na) * (GT_WROWS(mw) + (bt)) * GT_BK)
 #define GT_BIG_STAGES(mw) ((mw) == 1 ? 5 : 4)
-/* the few-token phase: 8 stages of one K row, or 5 of two (the same 96 KB of weights in flight) */
-#define GT_SMALL_STAGES(na) ((na) == 1 ? 8 : 5)
 #define GT_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define GT_PIPE_BYTES(mw, na)                                                                                    \
-        GT_MAX(GT_BIG_STAGES(mw) * GT_STAGE_BYTES(mw, GT_BIG_TOK, 1),                                           \
-               GT_SMALL_STAGES(na) * GT_STAGE_BYTES(GT_SMALL_MW, GT_SMALL_TOK, na))
 
 struct gt_tile {
         int32_t expert, start, count;
 };
 
-#define GT_SMEM(mw, na) (1024 + GT_PIPE_BYTES(mw, na) + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile))
+/* One kernel configuration: the many-token phase's tile width and output path, the few-token phase's token
+ * tile (BT), K rows per step (NA) and ring depth (S). Shared memory: the ring (sized for the larger phase),
+ * then the tile list. */
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S>
+struct gt_cfg {
+        static constexpr int pipe = GT_MAX(GT_BIG_STAGES(BIG_MW) * GT_STAGE_BYTES(BIG_MW, GT_BIG_TOK, 1),
+                                           SMALL_S * GT_STAGE_BYTES(1, SMALL_BT, SMALL_NA));
+        static constexpr int smem = 1024 + pipe + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile);
+};
 
 struct gt_params {
         const uint8_t *w;
@@ -107,6 +109,15 @@ static __device__ __forceinline__ void fence_acc(float *d) {
 
 template <int N>
 static __device__ __forceinline__ void wgmma_e4m3(float *d, uint64_t da, uint64_t db, uint32_t acc);
+
+template <> __device__ __forceinline__ void wgmma_e4m3<16>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 {"
+                     "%0, %1, %2, %3, %4, %5, %6, %7"
+                     "}, %8, %9, p, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+                     : "l"(da), "l"(db), "r"(acc));
+}
 
 template <> __device__ __forceinline__ void wgmma_e4m3<32>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
@@ -181,10 +192,10 @@ static __device__ int seg_rows(const int32_t *gex, const int32_t *gst, const int
         return rows;
 }
 
-/* Tile list: big tiles (<= GT_BIG_TOK tokens) first, then small ones (<= GT_SMALL_TOK). With group counts
+/* Tile list: big tiles (<= GT_BIG_TOK tokens) first, then small ones (<= small_tok). With group counts
  * <= 64 a segment of G groups yields at most G tiles, so the list never exceeds max_groups entries. */
 static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, struct gt_tile *list, int *tmp,
-                                   int &n_big, int &n_small) {
+                                   int small_tok, int &n_big, int &n_small) {
         int ng = *p.n_groups;
         ng = ng < 0 ? 0 : ng > (int) p.max_groups ? (int) p.max_groups : ng;
         int32_t *gex = stage, *gst = stage + GEMM_GROUPED_TILED_MAX_GROUPS, *gcn = gst + GEMM_GROUPED_TILED_MAX_GROUPS;
@@ -201,7 +212,7 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         int packed = 0;
         for (int g = g0; g < g1; g++) {
                 const int rows = seg_rows(gex, gst, gcn, ng, g);
-                if (rows > GT_SMALL_TOK)
+                if (rows > small_tok)
                         packed += ((rows + GT_BIG_TOK - 1) / GT_BIG_TOK) << 16;
                 else if (rows > 0)
                         packed += 1;
@@ -211,7 +222,7 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         int ob = off >> 16, os = nb + (off & 0xffff);
         for (int g = g0; g < g1; g++) {
                 const int rows = seg_rows(gex, gst, gcn, ng, g);
-                if (rows > GT_SMALL_TOK) {
+                if (rows > small_tok) {
                         for (int r = 0; r < rows; r += GT_BIG_TOK)
                                 list[ob++] = {gex[g], gst[g] + r, min(GT_BIG_TOK, rows - r)};
                 } else if (rows > 0) {
@@ -245,7 +256,9 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
         constexpr int WROWS = GT_WROWS(MW);
         constexpr int A_BYTES = NA * WROWS * GT_BK;    /* NA sub-tiles of WROWS x 128 bytes, then B's */
         constexpr int STAGE = GT_STAGE_BYTES(MW, BT, NA);
-        constexpr int BCH = BT * (GT_BK / 16) / GT_THREADS;
+        /* B chunks per thread; with fewer chunks than threads (BT = 16) the first BT * 8 threads take one */
+        constexpr int BCH = GT_MAX(BT * (GT_BK / 16) / GT_THREADS, 1);
+        constexpr bool B_ALL = BT * (GT_BK / 16) >= GT_THREADS;
         constexpr int ACH = WROWS * (GT_BK / 16) / GT_THREADS;
         constexpr int WCH = 64 * MW;                    /* output channels per warpgroup */
         constexpr int PITCH = WCH + 8;                  /* staging row (BF16), padded against bank conflicts */
@@ -309,10 +322,12 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                         for (int i = 0; i < ACH; i++)
                                 cp_async16(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz, asrc[i] + koff,
                                            aok[i] && kok);
+                        if (B_ALL || tid < BT * (GT_BK / 16)) {
 #pragma unroll
-                        for (int i = 0; i < BCH; i++)
-                                cp_async16(st + A_BYTES + (a * BT + lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff,
-                                           bok[i] && kok);
+                                for (int i = 0; i < BCH; i++)
+                                        cp_async16(st + A_BYTES + (a * BT + lrow + 32 * i) * GT_BK + swz,
+                                                   bsrc[i] + koff, bok[i] && kok);
+                        }
                 }
         };
 
@@ -464,19 +479,20 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
         __syncthreads();
 }
 
-template <int BIG_MW, bool STAGED, int SMALL_NA>
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
+        using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
         extern __shared__ uint8_t gt_smem[];
         __shared__ int scan_tmp[GT_THREADS / 32 + 1];
         __shared__ struct gt_meta meta;
         const uint32_t raw = (uint32_t) __cvta_generic_to_shared(gt_smem);
         const uint32_t pad = (1024 - (raw & 1023)) & 1023;
         uint8_t *base = gt_smem + pad;
-        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + GT_PIPE_BYTES(BIG_MW, SMALL_NA));
+        struct gt_tile *list = reinterpret_cast<struct gt_tile *>(base + cfg::pipe);
         int nb, ns;
 
         /* every thread gets the same totals from the scan */
-        gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, nb, ns);
+        gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, SMALL_BT, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
         gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1>(p, base, raw + pad, list, nb, blockIdx.x,
@@ -484,27 +500,25 @@ static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(con
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<GT_SMALL_TOK, GT_SMALL_STAGES(SMALL_NA), GT_SMALL_MW, false, SMALL_NA>(p, base, raw + pad, list + nb,
-                                                                                       ns, first_small, &meta);
+        gt_phase<SMALL_BT, SMALL_S, 1, false, SMALL_NA>(p, base, raw + pad, list + nb, ns, first_small, &meta);
 }
 
 int gemm_grouped_variant = 2;
 
-template <int BIG_MW, bool STAGED, int SMALL_NA>
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
+        using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
         static bool smem_set;
 
         if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_NA>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         GT_SMEM(BIG_MW, SMALL_NA)) != cudaSuccess)
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, cfg::smem) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_NA>
-                <<<grid, GT_THREADS, GT_SMEM(BIG_MW, SMALL_NA), stream>>>(*p);
+        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S><<<grid, GT_THREADS, cfg::smem, stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -530,12 +544,14 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         }
         switch (gemm_grouped_variant) {
         case 1:
-                return launch_tiled<1, true, 1>(&p, sms, stream);
+                return launch_tiled<1, true, 32, 1, 8>(&p, sms, stream);
         case 3:
-                return launch_tiled<2, false, 1>(&p, sms, stream);
+                return launch_tiled<2, false, 32, 1, 8>(&p, sms, stream);
         case 4:
-                return launch_tiled<2, true, 2>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 2, 5>(&p, sms, stream);
+        case 5:
+                return launch_tiled<2, true, 16, 1, 11>(&p, sms, stream);
         default:
-                return launch_tiled<2, true, 1>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 1, 8>(&p, sms, stream);
         }
 }

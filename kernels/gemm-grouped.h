@@ -12,7 +12,8 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                        const struct kern_gemm_group *groups, const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
                        cudaStream_t stream);
 
-/* Many-token tiles (tests time them all): 2 (default) 256 weight rows, output staged through shared memory;
- * 1: 128 rows, staged; 3: 256 rows, 2-byte output stores straight from the fragments; 4: as 2, with the
- * few-token phase reading 256 bytes of K per row and step instead of 128. */
+/* Kernel configurations (tests time them all). Many-token phase: 256 weight rows per tile with the output
+ * staged through shared memory (2, the default; 4; 5), 128 rows staged (1), 256 rows with 2-byte stores
+ * straight from the fragments (3). Few-token phase: 32-token tiles, 8 stages of 128 K bytes (1, 2, 3) or 5
+ * stages of 256 (4); 16-token tiles, 11 stages of 128 K bytes (5). */
 extern int gemm_grouped_variant;
