@@ -234,6 +234,22 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
         __syncthreads();
 }
 
+/* The wgmmas of one K step: NM m64 blocks per warpgroup (block m of warpgroup wg holds tile rows
+ * [(2 m + wg) 64, +64)), NQ k32 slices of each of the NA 128-byte K rows. */
+template <int BT, int MW, int NA, int NM, int NQ>
+static __device__ __forceinline__ void gt_issue(float (&acc)[MW][BT / 2], uint32_t st, int wg, int a_bytes, int kk) {
+        wgmma_fence();
+#pragma unroll
+        for (int a = 0; a < NA; a++)
+#pragma unroll
+                for (int q = 0; q < NQ; q++)
+#pragma unroll
+                        for (int m = 0; m < NM; m++)
+                                wgmma_e4m3<BT>(acc[m], smem_desc(st + (a * GT_WROWS(MW) + (m * 2 + wg) * 64) * GT_BK + q * 32),
+                                               smem_desc(st + a_bytes + a * BT * GT_BK + q * 32),
+                                               (uint32_t) (kk | a | q));
+}
+
 /* Per-tile token data for the epilogue, written once per tile from registers loaded a K step earlier. */
 struct gt_meta {
         int32_t orow[GT_BIG_TOK];
@@ -249,7 +265,7 @@ struct gt_meta {
  * (the fragment layout would scatter 2-byte stores over four tokens per instruction). The staging reuses
  * the two ring stages that no load is in flight for at that point: stage j % S (just consumed) and
  * (j - 1) % S (consumed one step earlier; the loads run S - 2 steps ahead). */
-template <int BT, int S, int MW, bool STAGED, int NA>
+template <int BT, int S, int MW, bool STAGED, int NA, bool HALFK>
 static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32_t sbase, const struct gt_tile *list,
                                 int n_mtiles, int first, struct gt_meta *meta) {
         constexpr int D = S - 2;
@@ -363,31 +379,22 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
                 /* block m of both warpgroups covers rows [m 128, (m + 1) 128) of the tile: a second block
-                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both, with a condition that does
-                 * not depend on the thread; each branch issues its wgmmas back to back */
+                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both; HALFK: a last K step with
+                 * at most 64 bytes left (down: 704 = 5.5 x 128) issues only its first two k32 slices. The
+                 * conditions do not depend on the thread, and each branch issues back to back. */
                 const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
-                if (MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out) {
-                        wgmma_fence();
-#pragma unroll
-                        for (int a = 0; a < NA; a++)
-#pragma unroll
-                                for (int q = 0; q < GT_BK / 32; q++)
-#pragma unroll
-                                        for (int m = 0; m < MW; m++)
-                                                wgmma_e4m3<BT>(
-                                                        acc[m],
-                                                        smem_desc(st + (a * WROWS + (m * 2 + wg) * 64) * GT_BK + q * 32),
-                                                        smem_desc(st + A_BYTES + a * BT * GT_BK + q * 32),
-                                                        (uint32_t) (kk | a | q));
+                const bool m1 = MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out;
+                const bool half = HALFK && NA == 1 && (uint32_t) kk * GT_BK + 64 >= p.k;
+                if (m1) {
+                        if (half)
+                                gt_issue<BT, MW, NA, MW, 2>(acc, st, wg, A_BYTES, kk);
+                        else
+                                gt_issue<BT, MW, NA, MW, 4>(acc, st, wg, A_BYTES, kk);
                 } else {
-                        wgmma_fence();
-#pragma unroll
-                        for (int a = 0; a < NA; a++)
-#pragma unroll
-                                for (int q = 0; q < GT_BK / 32; q++)
-                                        wgmma_e4m3<BT>(acc[0], smem_desc(st + (a * WROWS + wg * 64) * GT_BK + q * 32),
-                                                       smem_desc(st + A_BYTES + a * BT * GT_BK + q * 32),
-                                                       (uint32_t) (kk | a | q));
+                        if (half)
+                                gt_issue<BT, MW, NA, 1, 2>(acc, st, wg, A_BYTES, kk);
+                        else
+                                gt_issue<BT, MW, NA, 1, 4>(acc, st, wg, A_BYTES, kk);
                 }
                 wgmma_commit();
 #pragma unroll
@@ -479,7 +486,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
         __syncthreads();
 }
 
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S>
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, bool HALFK>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
         using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
         extern __shared__ uint8_t gt_smem[];
@@ -495,30 +502,32 @@ static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(con
         gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, SMALL_BT, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1>(p, base, raw + pad, list, nb, blockIdx.x,
-                                                                       &meta);
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1, HALFK>(p, base, raw + pad, list, nb,
+                                                                              blockIdx.x, &meta);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<SMALL_BT, SMALL_S, 1, false, SMALL_NA>(p, base, raw + pad, list + nb, ns, first_small, &meta);
+        gt_phase<SMALL_BT, SMALL_S, 1, false, SMALL_NA, HALFK>(p, base, raw + pad, list + nb, ns, first_small,
+                                                               &meta);
 }
 
 int gemm_grouped_variant = 2;
 
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S>
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, bool HALFK>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
         using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
         static bool smem_set;
 
         if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>,
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, HALFK>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, cfg::smem) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S><<<grid, GT_THREADS, cfg::smem, stream>>>(*p);
+        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, HALFK>
+                <<<grid, GT_THREADS, cfg::smem, stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
 
@@ -544,14 +553,16 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         }
         switch (gemm_grouped_variant) {
         case 1:
-                return launch_tiled<1, true, 32, 1, 8>(&p, sms, stream);
+                return launch_tiled<1, true, 32, 1, 8, false>(&p, sms, stream);
         case 3:
-                return launch_tiled<2, false, 32, 1, 8>(&p, sms, stream);
+                return launch_tiled<2, false, 32, 1, 8, false>(&p, sms, stream);
         case 4:
-                return launch_tiled<2, true, 32, 2, 5>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 2, 5, false>(&p, sms, stream);
         case 5:
-                return launch_tiled<2, true, 16, 1, 11>(&p, sms, stream);
+                return launch_tiled<2, true, 16, 1, 11, false>(&p, sms, stream);
+        case 6:
+                return launch_tiled<2, true, 32, 1, 8, true>(&p, sms, stream);
         default:
-                return launch_tiled<2, true, 32, 1, 8>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 1, 8, false>(&p, sms, stream);
         }
 }

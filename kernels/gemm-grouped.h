@@ -15,5 +15,6 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
 /* Kernel configurations (tests time them all). Many-token phase: 256 weight rows per tile with the output
  * staged through shared memory (2, the default; 4; 5), 128 rows staged (1), 256 rows with 2-byte stores
  * straight from the fragments (3). Few-token phase: 32-token tiles, 8 stages of 128 K bytes (1, 2, 3) or 5
- * stages of 256 (4); 16-token tiles, 11 stages of 128 K bytes (5). */
+ * stages of 256 (4); 16-token tiles, 11 stages of 128 K bytes (5). 6: as 2, and a last K step with at most
+ * 64 bytes left issues half its wgmmas. */
 extern int gemm_grouped_variant;
