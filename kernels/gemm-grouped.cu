@@ -2,10 +2,11 @@
 /*
  * Grouped (MoE) FP8 GEMM on Hopper tensor cores: wgmma m64nNk32 e4m3 with both operands in shared memory.
  *
- * The weights are the M side (two warpgroups x 64 rows = 128 output channels per tile), the tokens of one
- * expert the N side (128 for experts with many rows, 32 for the few-row decode case). Both operands are
- * K-major in global memory, which is the only layout wgmma takes for FP8, so a K step is one 128-byte row
- * per matrix row and the shared-memory tiles use the 128-byte swizzle without any transposition.
+ * The weights are the M side (two warpgroups x MW m64 blocks: 128 or 256 output channels per tile), the
+ * tokens of one expert the N side (128 for experts with many rows, 32 or 16 for the few-row decode case).
+ * Both operands are K-major in global memory, which is the only layout wgmma takes for FP8, so a K step is
+ * one (or two) 128-byte rows per matrix row and the shared-memory tiles use the 128-byte swizzle without any
+ * transposition.
  *
  * Every thread loads with cp.async (the token rows are gathered through pair_rows, which a tiled TMA copy
  * cannot do) into an S-stage ring; the loads run S-2 steps ahead so that the stage being refilled is the one
@@ -14,9 +15,14 @@
  * once as a continuous stream.
  *
  * No host loop and no host sync: every CTA rebuilds the tile schedule from the device-side group list
- * (runs of groups of one expert with contiguous rows form a segment; segments above 32 rows are cut into
- * 128-token tiles, the others take one 32-token tile), then takes tiles round-robin (persistent grid).
- * Scales are applied in the epilogue: y = s_x * (s_w * acc), as in the mma.sync kernel.
+ * (runs of groups of one expert with contiguous rows form a segment; segments above the few-token tile are
+ * cut into 128-token tiles, the others take one few-token tile), then takes tiles round-robin (persistent
+ * grid): many-token tiles first, then few-token ones. Scales are applied in the epilogue,
+ * y = s_x * (s_w * acc), as in the mma.sync kernel; the many-token epilogue stages the tile through shared
+ * memory so that outputs leave as 16-byte rows.
+ *
+ * Numerics: FP8 wgmma accumulates a K chain with fewer mantissa bits than FP32 (measured rel. error 1.9e-3
+ * against 1.7e-3 for the mma.sync kernel at k = 2816, both dominated by the BF16 output rounding).
  */
 #include "common.cuh"
 #include "gemm-grouped.h"
