@@ -37,6 +37,9 @@
 #define GT_STAGE_BYTES(mw, bt, na) ((na) * (GT_WROWS(mw) + (bt)) * GT_BK)
 #define GT_BIG_STAGES(mw) ((mw) == 1 ? 5 : 4)
 #define GT_MAX(a, b) ((a) > (b) ? (a) : (b))
+/* kernel flags: skip the empty half of a last 64-byte K step; weight loads fetch 256-byte L2 blocks */
+#define GT_HALFK 1
+#define GT_PF256 2
 
 struct gt_tile {
         int32_t expert, start, count;
@@ -68,6 +71,12 @@ struct gt_params {
 
 static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool ok) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+}
+
+/* the same, asking L2 to fetch the whole 256-byte block around the address: a weight row's next K step */
+static __device__ __forceinline__ void cp_async16_pf256(uint32_t dst, const void *src, bool ok) {
+        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                     "r"(ok ? 16 : 0));
 }
 
 static __device__ __forceinline__ void cp_async_commit(void) {
@@ -271,7 +280,7 @@ struct gt_meta {
  * (the fragment layout would scatter 2-byte stores over four tokens per instruction). The staging reuses
  * the two ring stages that no load is in flight for at that point: stage j % S (just consumed) and
  * (j - 1) % S (consumed one step earlier; the loads run S - 2 steps ahead). */
-template <int BT, int S, int MW, bool STAGED, int NA, bool HALFK>
+template <int BT, int S, int MW, bool STAGED, int NA, int FL>
 static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32_t sbase, const struct gt_tile *list,
                                 int n_mtiles, int first, struct gt_meta *meta) {
         constexpr int D = S - 2;
@@ -342,8 +351,12 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                         const size_t koff = kok ? k0 : 0;
 #pragma unroll
                         for (int i = 0; i < ACH; i++)
-                                cp_async16(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz, asrc[i] + koff,
-                                           aok[i] && kok);
+                                if (FL & GT_PF256)
+                                        cp_async16_pf256(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz,
+                                                         asrc[i] + koff, aok[i] && kok);
+                                else
+                                        cp_async16(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz, asrc[i] + koff,
+                                                   aok[i] && kok);
                         if (B_ALL || tid < BT * (GT_BK / 16)) {
 #pragma unroll
                                 for (int i = 0; i < BCH; i++)
@@ -385,12 +398,12 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
                 /* block m of both warpgroups covers rows [m 128, (m + 1) 128) of the tile: a second block
-                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both; HALFK: a last K step with
+                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both; GT_HALFK: a last K step with
                  * at most 64 bytes left (down: 704 = 5.5 x 128) issues only its first two k32 slices. The
                  * conditions do not depend on the thread, and each branch issues back to back. */
                 const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
                 const bool m1 = MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out;
-                const bool half = HALFK && NA == 1 && (uint32_t) kk * GT_BK + 64 >= p.k;
+                const bool half = (FL & GT_HALFK) && NA == 1 && (uint32_t) kk * GT_BK + 64 >= p.k;
                 if (m1) {
                         if (half)
                                 gt_issue<BT, MW, NA, MW, 2>(acc, st, wg, A_BYTES, kk);
@@ -492,7 +505,7 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
         __syncthreads();
 }
 
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, bool HALFK>
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, int FL>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
         using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
         extern __shared__ uint8_t gt_smem[];
@@ -508,31 +521,31 @@ static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(con
         gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, SMALL_BT, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1, HALFK>(p, base, raw + pad, list, nb,
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1, FL>(p, base, raw + pad, list, nb,
                                                                               blockIdx.x, &meta);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<SMALL_BT, SMALL_S, 1, false, SMALL_NA, HALFK>(p, base, raw + pad, list + nb, ns, first_small,
+        gt_phase<SMALL_BT, SMALL_S, 1, false, SMALL_NA, FL>(p, base, raw + pad, list + nb, ns, first_small,
                                                                &meta);
 }
 
 int gemm_grouped_variant = 2;
 
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, bool HALFK>
+template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, int FL>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
         using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
         static bool smem_set;
 
         if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, HALFK>,
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, FL>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, cfg::smem) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, HALFK>
+        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, FL>
                 <<<grid, GT_THREADS, cfg::smem, stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
@@ -559,16 +572,20 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         }
         switch (gemm_grouped_variant) {
         case 1:
-                return launch_tiled<1, true, 32, 1, 8, false>(&p, sms, stream);
+                return launch_tiled<1, true, 32, 1, 8, 0>(&p, sms, stream);
         case 3:
-                return launch_tiled<2, false, 32, 1, 8, false>(&p, sms, stream);
+                return launch_tiled<2, false, 32, 1, 8, 0>(&p, sms, stream);
         case 4:
-                return launch_tiled<2, true, 32, 2, 5, false>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 2, 5, 0>(&p, sms, stream);
         case 5:
-                return launch_tiled<2, true, 16, 1, 11, false>(&p, sms, stream);
+                return launch_tiled<2, true, 16, 1, 11, 0>(&p, sms, stream);
         case 6:
-                return launch_tiled<2, true, 32, 1, 8, true>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 1, 8, GT_HALFK>(&p, sms, stream);
+        case 7:
+                return launch_tiled<2, true, 32, 1, 8, GT_PF256>(&p, sms, stream);
+        case 8:
+                return launch_tiled<2, true, 16, 1, 11, GT_HALFK | GT_PF256>(&p, sms, stream);
         default:
-                return launch_tiled<2, true, 32, 1, 8, false>(&p, sms, stream);
+                return launch_tiled<2, true, 32, 1, 8, 0>(&p, sms, stream);
         }
 }

@@ -16,5 +16,5 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
  * staged through shared memory (2, the default; 4; 5), 128 rows staged (1), 256 rows with 2-byte stores
  * straight from the fragments (3). Few-token phase: 32-token tiles, 8 stages of 128 K bytes (1, 2, 3) or 5
  * stages of 256 (4); 16-token tiles, 11 stages of 128 K bytes (5). 6: as 2, and a last K step with at most
- * 64 bytes left issues half its wgmmas. */
+ * 64 bytes left issues half its wgmmas. 7: as 2, weight loads fetch 256-byte L2 blocks. 8: 5 with both. */
 extern int gemm_grouped_variant;
