@@ -30,6 +30,7 @@
 #define GT_THREADS 256                  /* two consumer warpgroups */
 #define GT_BK 128                       /* K bytes of one swizzle row; a pipeline step takes NA of them */
 #define GT_BIG_TOK 128
+#define GT_SMALL_TOK 32
 
 /* Weight rows per tile: two warpgroups x MW m64 blocks. The big (many-token) phase takes MW = 1 or 2, the
  * few-token phase MW = 1. */
@@ -37,21 +38,17 @@
 #define GT_STAGE_BYTES(mw, bt, na) ((na) * (GT_WROWS(mw) + (bt)) * GT_BK)
 #define GT_BIG_STAGES(mw) ((mw) == 1 ? 5 : 4)
 #define GT_MAX(a, b) ((a) > (b) ? (a) : (b))
-/* kernel flags: skip the empty half of a last 64-byte K step; weight loads fetch 256-byte L2 blocks */
-#define GT_HALFK 1
-#define GT_PF256 2
 
 struct gt_tile {
         int32_t expert, start, count;
 };
 
-/* One kernel configuration: the many-token phase's tile width and output path, the few-token phase's token
- * tile (BT), K rows per step (NA) and ring depth (S). Shared memory: the ring (sized for the larger phase),
- * then the tile list. */
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S>
+/* One kernel configuration: the many-token phase's tile width (MW), the few-token phase's K rows per step
+ * (NA) and ring depth (S). Shared memory: the ring (sized for the larger phase), then the tile list. */
+template <int BIG_MW, int SMALL_NA, int SMALL_S>
 struct gt_cfg {
         static constexpr int pipe = GT_MAX(GT_BIG_STAGES(BIG_MW) * GT_STAGE_BYTES(BIG_MW, GT_BIG_TOK, 1),
-                                           SMALL_S * GT_STAGE_BYTES(1, SMALL_BT, SMALL_NA));
+                                           SMALL_S * GT_STAGE_BYTES(1, GT_SMALL_TOK, SMALL_NA));
         static constexpr int smem = 1024 + pipe + GEMM_GROUPED_TILED_MAX_GROUPS * (int) sizeof(struct gt_tile);
 };
 
@@ -71,12 +68,6 @@ struct gt_params {
 
 static __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool ok) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
-}
-
-/* the same, asking L2 to fetch the whole 256-byte block around the address: a weight row's next K step */
-static __device__ __forceinline__ void cp_async16_pf256(uint32_t dst, const void *src, bool ok) {
-        asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-                     "r"(ok ? 16 : 0));
 }
 
 static __device__ __forceinline__ void cp_async_commit(void) {
@@ -124,15 +115,6 @@ static __device__ __forceinline__ void fence_acc(float *d) {
 
 template <int N>
 static __device__ __forceinline__ void wgmma_e4m3(float *d, uint64_t da, uint64_t db, uint32_t acc);
-
-template <> __device__ __forceinline__ void wgmma_e4m3<16>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-                     "wgmma.mma_async.sync.aligned.m64n16k32.f32.e4m3.e4m3 {"
-                     "%0, %1, %2, %3, %4, %5, %6, %7"
-                     "}, %8, %9, p, 1, 1;\n}\n"
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                     : "l"(da), "l"(db), "r"(acc));
-}
 
 template <> __device__ __forceinline__ void wgmma_e4m3<32>(float *d, uint64_t da, uint64_t db, uint32_t acc) {
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
@@ -250,14 +232,14 @@ static __device__ void gt_schedule(const struct gt_params &p, int32_t *stage, st
 }
 
 /* The wgmmas of one K step: NM m64 blocks per warpgroup (block m of warpgroup wg holds tile rows
- * [(2 m + wg) 64, +64)), NQ k32 slices of each of the NA 128-byte K rows. */
-template <int BT, int MW, int NA, int NM, int NQ>
+ * [(2 m + wg) 64, +64)), four k32 slices of each of the NA 128-byte K rows. */
+template <int BT, int MW, int NA, int NM>
 static __device__ __forceinline__ void gt_issue(float (&acc)[MW][BT / 2], uint32_t st, int wg, int a_bytes, int kk) {
         wgmma_fence();
 #pragma unroll
         for (int a = 0; a < NA; a++)
 #pragma unroll
-                for (int q = 0; q < NQ; q++)
+                for (int q = 0; q < GT_BK / 32; q++)
 #pragma unroll
                         for (int m = 0; m < NM; m++)
                                 wgmma_e4m3<BT>(acc[m], smem_desc(st + (a * GT_WROWS(MW) + (m * 2 + wg) * 64) * GT_BK + q * 32),
@@ -280,16 +262,15 @@ struct gt_meta {
  * (the fragment layout would scatter 2-byte stores over four tokens per instruction). The staging reuses
  * the two ring stages that no load is in flight for at that point: stage j % S (just consumed) and
  * (j - 1) % S (consumed one step earlier; the loads run S - 2 steps ahead). */
-template <int BT, int S, int MW, bool STAGED, int NA, int FL>
+template <int BT, int S, int MW, bool STAGED, int NA>
 static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32_t sbase, const struct gt_tile *list,
                                 int n_mtiles, int first, struct gt_meta *meta) {
         constexpr int D = S - 2;
         constexpr int WROWS = GT_WROWS(MW);
         constexpr int A_BYTES = NA * WROWS * GT_BK;    /* NA sub-tiles of WROWS x 128 bytes, then B's */
         constexpr int STAGE = GT_STAGE_BYTES(MW, BT, NA);
-        /* B chunks per thread; with fewer chunks than threads (BT = 16) the first BT * 8 threads take one */
-        constexpr int BCH = GT_MAX(BT * (GT_BK / 16) / GT_THREADS, 1);
-        constexpr bool B_ALL = BT * (GT_BK / 16) >= GT_THREADS;
+        constexpr int BCH = BT * (GT_BK / 16) / GT_THREADS;
+        static_assert(BCH >= 1, "every thread loads B chunks");
         constexpr int ACH = WROWS * (GT_BK / 16) / GT_THREADS;
         constexpr int WCH = 64 * MW;                    /* output channels per warpgroup */
         constexpr int PITCH = WCH + 8;                  /* staging row (BF16), padded against bank conflicts */
@@ -351,18 +332,12 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                         const size_t koff = kok ? k0 : 0;
 #pragma unroll
                         for (int i = 0; i < ACH; i++)
-                                if (FL & GT_PF256)
-                                        cp_async16_pf256(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz,
-                                                         asrc[i] + koff, aok[i] && kok);
-                                else
-                                        cp_async16(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz, asrc[i] + koff,
-                                                   aok[i] && kok);
-                        if (B_ALL || tid < BT * (GT_BK / 16)) {
+                                cp_async16(st + (a * WROWS + lrow + 32 * i) * GT_BK + swz, asrc[i] + koff,
+                                           aok[i] && kok);
 #pragma unroll
-                                for (int i = 0; i < BCH; i++)
-                                        cp_async16(st + A_BYTES + (a * BT + lrow + 32 * i) * GT_BK + swz,
-                                                   bsrc[i] + koff, bok[i] && kok);
-                        }
+                        for (int i = 0; i < BCH; i++)
+                                cp_async16(st + A_BYTES + (a * BT + lrow + 32 * i) * GT_BK + swz, bsrc[i] + koff,
+                                           bok[i] && kok);
                 }
         };
 
@@ -398,23 +373,13 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
                 for (int m = 0; m < MW; m++)
                         fence_acc<BT>(acc[m]);
                 /* block m of both warpgroups covers rows [m 128, (m + 1) 128) of the tile: a second block
-                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both; GT_HALFK: a last K step with
-                 * at most 64 bytes left (down: 704 = 5.5 x 128) issues only its first two k32 slices. The
-                 * conditions do not depend on the thread, and each branch issues back to back. */
+                 * wholly past n_out (gate_up: 1408 = 5.5 x 256) is skipped by both, with a condition that does
+                 * not depend on the thread; each branch issues back to back */
                 const int t = first + lt * G, mt = t / ntn, nt = t - mt * ntn;
-                const bool m1 = MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out;
-                const bool half = (FL & GT_HALFK) && NA == 1 && (uint32_t) kk * GT_BK + 64 >= p.k;
-                if (m1) {
-                        if (half)
-                                gt_issue<BT, MW, NA, MW, 2>(acc, st, wg, A_BYTES, kk);
-                        else
-                                gt_issue<BT, MW, NA, MW, 4>(acc, st, wg, A_BYTES, kk);
-                } else {
-                        if (half)
-                                gt_issue<BT, MW, NA, 1, 2>(acc, st, wg, A_BYTES, kk);
-                        else
-                                gt_issue<BT, MW, NA, 1, 4>(acc, st, wg, A_BYTES, kk);
-                }
+                if (MW == 1 || (uint32_t) (nt * WROWS + 128) < p.n_out)
+                        gt_issue<BT, MW, NA, MW>(acc, st, wg, A_BYTES, kk);
+                else
+                        gt_issue<BT, MW, NA, 1>(acc, st, wg, A_BYTES, kk);
                 wgmma_commit();
 #pragma unroll
                 for (int m = 0; m < MW; m++)
@@ -505,9 +470,9 @@ static __device__ void gt_phase(const struct gt_params &p, uint8_t *smem, uint32
         __syncthreads();
 }
 
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, int FL>
+template <int BIG_MW, int SMALL_NA, int SMALL_S>
 static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(const struct gt_params p) {
-        using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
+        using cfg = gt_cfg<BIG_MW, SMALL_NA, SMALL_S>;
         extern __shared__ uint8_t gt_smem[];
         __shared__ int scan_tmp[GT_THREADS / 32 + 1];
         __shared__ struct gt_meta meta;
@@ -518,34 +483,34 @@ static __global__ void __launch_bounds__(GT_THREADS, 1) grouped_tiled_kernel(con
         int nb, ns;
 
         /* every thread gets the same totals from the scan */
-        gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, SMALL_BT, nb, ns);
+        gt_schedule(p, reinterpret_cast<int32_t *>(base), list, scan_tmp, GT_SMALL_TOK, nb, ns);
         const int G = gridDim.x;
         const int ntn = (int) ((p.n_out + GT_WROWS(BIG_MW) - 1) / GT_WROWS(BIG_MW));
-        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, STAGED, 1, FL>(p, base, raw + pad, list, nb,
+        gt_phase<GT_BIG_TOK, GT_BIG_STAGES(BIG_MW), BIG_MW, true, 1>(p, base, raw + pad, list, nb,
                                                                               blockIdx.x, &meta);
         /* the small tiles continue the round-robin where the big ones stopped */
         const int big_tiles = nb * ntn;
         const int first_small = ((int) blockIdx.x - big_tiles % G + G) % G;
-        gt_phase<SMALL_BT, SMALL_S, 1, false, SMALL_NA, FL>(p, base, raw + pad, list + nb, ns, first_small,
+        gt_phase<GT_SMALL_TOK, SMALL_S, 1, false, SMALL_NA>(p, base, raw + pad, list + nb, ns, first_small,
                                                                &meta);
 }
 
 int gemm_grouped_variant = 2;
 
-template <int BIG_MW, bool STAGED, int SMALL_BT, int SMALL_NA, int SMALL_S, int FL>
+template <int BIG_MW, int SMALL_NA, int SMALL_S>
 static int launch_tiled(const struct gt_params *p, int sms, cudaStream_t stream) {
-        using cfg = gt_cfg<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S>;
+        using cfg = gt_cfg<BIG_MW, SMALL_NA, SMALL_S>;
         static bool smem_set;
 
         if (!smem_set) {
-                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, FL>,
+                if (cudaFuncSetAttribute(grouped_tiled_kernel<BIG_MW, SMALL_NA, SMALL_S>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, cfg::smem) != cudaSuccess)
                         return -EIO;
                 smem_set = true;
         }
         uint64_t tiles = (uint64_t) p->max_groups * ((p->n_out + GT_WROWS(1) - 1) / GT_WROWS(1));
         unsigned grid = tiles < (uint64_t) sms ? (unsigned) tiles : (unsigned) sms;
-        grouped_tiled_kernel<BIG_MW, STAGED, SMALL_BT, SMALL_NA, SMALL_S, FL>
+        grouped_tiled_kernel<BIG_MW, SMALL_NA, SMALL_S>
                 <<<grid, GT_THREADS, cfg::smem, stream>>>(*p);
         return KERN_CHECK_LAUNCH();
 }
@@ -572,20 +537,10 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
         }
         switch (gemm_grouped_variant) {
         case 1:
-                return launch_tiled<1, true, 32, 1, 8, 0>(&p, sms, stream);
+                return launch_tiled<1, 1, 8>(&p, sms, stream);
         case 3:
-                return launch_tiled<2, false, 32, 1, 8, 0>(&p, sms, stream);
-        case 4:
-                return launch_tiled<2, true, 32, 2, 5, 0>(&p, sms, stream);
-        case 5:
-                return launch_tiled<2, true, 16, 1, 11, 0>(&p, sms, stream);
-        case 6:
-                return launch_tiled<2, true, 32, 1, 8, GT_HALFK>(&p, sms, stream);
-        case 7:
-                return launch_tiled<2, true, 32, 1, 8, GT_PF256>(&p, sms, stream);
-        case 8:
-                return launch_tiled<2, true, 16, 1, 11, GT_HALFK | GT_PF256>(&p, sms, stream);
+                return launch_tiled<2, 1, 8>(&p, sms, stream);
         default:
-                return launch_tiled<2, true, 32, 1, 8, 0>(&p, sms, stream);
+                return launch_tiled<2, 2, 5>(&p, sms, stream);
         }
 }

@@ -12,9 +12,7 @@ int gemm_grouped_tiled(const uint8_t *w, const float *w_scale, uint32_t n_out, u
                        const struct kern_gemm_group *groups, const int32_t *n_groups, uint32_t max_groups, uint16_t *y,
                        cudaStream_t stream);
 
-/* Kernel configurations (tests time them all). Many-token phase: 256 weight rows per tile with the output
- * staged through shared memory (2, the default; 4; 5), 128 rows staged (1), 256 rows with 2-byte stores
- * straight from the fragments (3). Few-token phase: 32-token tiles, 8 stages of 128 K bytes (1, 2, 3) or 5
- * stages of 256 (4); 16-token tiles, 11 stages of 128 K bytes (5). 6: as 2, and a last K step with at most
- * 64 bytes left issues half its wgmmas. 7: as 2, weight loads fetch 256-byte L2 blocks. 8: 5 with both. */
+/* Kernel configurations (tests time them against each other): 2 (default) 256 weight rows per many-token
+ * tile, few-token steps of 256 K bytes in a 5-stage ring; 1: 128 rows, steps of 128 K bytes, 8 stages;
+ * 3: 256 rows, steps of 128 K bytes, 8 stages. */
 extern int gemm_grouped_variant;

@@ -246,10 +246,7 @@ extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, u
                 return -EINVAL;
         if (max_groups == 0)
                 return 0;
-        /* one token (max_rows 1): the streaming kernel starts streaming sooner (H100: 22 + 17 us against
-         * 23 + 19 us for gate_up + down of 8 pairs) */
-        if (kern_grouped_select != KERN_GROUPED_MMA && k % 16 == 0 && max_groups <= GEMM_GROUPED_TILED_MAX_GROUPS &&
-            (max_rows > 1 || kern_grouped_select == KERN_GROUPED_TILED))
+        if (kern_grouped_select != KERN_GROUPED_MMA && k % 16 == 0 && max_groups <= GEMM_GROUPED_TILED_MAX_GROUPS)
                 return gemm_grouped_tiled(w, w_scale, n_out, k, x, x_scale, x_row_div, pair_rows, groups, n_groups,
                                           max_groups, y, stream);
         if (kern_grouped_select == KERN_GROUPED_TILED)
