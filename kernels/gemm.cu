@@ -254,8 +254,11 @@ extern "C" int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, u
                 return -EINVAL;
         if (max_groups == 0)
                 return 0;
-        if (kern_grouped_select != KERN_GROUPED_MMA && !(kern_grouped_select == KERN_GROUPED_AUTO && moe_mma_env()) &&
-            k % 16 == 0 && max_groups <= GEMM_GROUPED_TILED_MAX_GROUPS)
+        /* one token (max_rows 1) stays on the streaming kernel: through the whole model on H100 it decoded at
+         * 4.52 ms/token against 4.66 with the tiled kernel, whose schedule prologue delays the stream */
+        bool tiled = kern_grouped_select == KERN_GROUPED_TILED ||
+                     (kern_grouped_select == KERN_GROUPED_AUTO && !moe_mma_env() && max_rows > 1);
+        if (tiled && k % 16 == 0 && max_groups <= GEMM_GROUPED_TILED_MAX_GROUPS)
                 return gemm_grouped_tiled(w, w_scale, n_out, k, x, x_scale, x_row_div, pair_rows, groups, n_groups,
                                           max_groups, y, stream);
         if (kern_grouped_select == KERN_GROUPED_TILED)

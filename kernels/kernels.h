@@ -114,7 +114,7 @@ int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_o
                             const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows, uint16_t *y,
                             cudaStream_t stream);
 /* Which kernel the grouped GEMM runs (tests compare them): the tiled wgmma kernel whenever the shape allows
- * (k % 16 == 0, max_groups <= 2048), else the streaming mma.sync kernel. */
+ * (k % 16 == 0, max_groups <= 2048) and more than one token, else the streaming mma.sync kernel. */
 enum kern_grouped_path {
         KERN_GROUPED_AUTO = 0,
         KERN_GROUPED_MMA = 1,           /* the streaming mma.sync kernel only */
