@@ -6,7 +6,8 @@
  * tokens the N side (8 per fragment), so a warp streams 16 weight rows with 16-byte loads and a block of
  * 8 warps splits K (decode) or rows (large groups). A dot product does not care how K is ordered as long as
  * both operands use the same order, so each lane loads 16 contiguous bytes and the two mma's of a 64-byte
- * chunk take their halves: no shuffles, no shared-memory staging.
+ * chunk take their halves: no shuffles, no shared-memory staging. The kernel lives in mma_small.cuh (the
+ * BF16 weights of gemm_bf16.cu use it too).
  *
  * Large M: cuBLASLt with OUTER_VEC_32F scales on both operands (fp8 spec §6.3).
  */
@@ -22,179 +23,16 @@
 #define MMA_WARPS 8
 #define GROUP_ROWS 64
 
-struct mma_params {
-        const uint8_t *w;
-        const float *w_scale;
-        uint32_t n_out, k;
-        const uint8_t *x;
-        const float *x_scale;
-        uint32_t x_row_div;
-        const int32_t *pair_rows;
-        const struct kern_gemm_group *groups;
-        const int32_t *n_groups;
-        uint32_t m;                     /* dense only */
-        void *y;
-        enum kern_out out;
-        float softcap;
-        uint32_t rw, kw;                /* warps along rows x warps along K (rw * kw = MMA_WARPS) */
-};
+#include "mma_small.cuh"
 
-static __device__ __forceinline__ void mma_e4m3(float *c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                                uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-/* 16 bytes of a row at offset k0 (zeros past k or when !ok). Rows of a K that is not a multiple of 16 are
- * not 16-byte aligned: those take byte loads (tiny test models only). */
-static __device__ __forceinline__ uint4 ldg16(const uint8_t *row, uint32_t k0, uint32_t k, bool aligned, bool ok) {
-        if (!ok || k0 >= k)
-                return make_uint4(0, 0, 0, 0);
-        if (aligned)
-                return __ldg(reinterpret_cast<const uint4 *>(row + k0));
-        uint32_t v[4] = {0, 0, 0, 0};
-        for (uint32_t i = 0; i < 16 && k0 + i < k; i++)
-                v[i / 4] |= (uint32_t) row[k0 + i] << (8 * (i % 4));
-        return make_uint4(v[0], v[1], v[2], v[3]);
-}
-
-template <int NSUB>
-static __global__ void __launch_bounds__(MMA_WARPS * 32) fp8_mma_kernel(struct mma_params p) {
-        __shared__ float red[NSUB > 0 ? MMA_WARPS * NSUB * 4 * 32 : 1];
-        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        const int gid = lane >> 2, tig = lane & 3;
-        const uint32_t rw_idx = warp / p.kw, kw_idx = warp % p.kw;
-        int32_t expert = 0, start, count;
-
-        if (p.groups) {
-                if ((int) blockIdx.y >= *p.n_groups)
-                        return;
-                struct kern_gemm_group g = p.groups[blockIdx.y];
-                expert = g.expert;
-                start = g.start;
-                count = g.count;
-        } else {
-                start = blockIdx.y * 8 * NSUB;
-                count = min((int) (p.m - start), 8 * NSUB);
-        }
-        const uint8_t *w = p.w + (size_t) expert * p.n_out * p.k;
-        const uint32_t row0 = (blockIdx.x * p.rw + rw_idx) * 16 + gid, row1 = row0 + 8;
-        const bool ok0 = row0 < p.n_out, ok1 = row1 < p.n_out;
-        const uint8_t *w0 = w + (size_t) (ok0 ? row0 : 0) * p.k, *w1 = w + (size_t) (ok1 ? row1 : 0) * p.k;
-
-        const uint8_t *xp[NSUB];
-#pragma unroll
-        for (int s = 0; s < NSUB; s++) {
-                int e = s * 8 + gid;
-                xp[s] = NULL;
-                if (e < count) {
-                        int i = start + e;
-                        int xr = p.pair_rows ? p.pair_rows[i] / (int) p.x_row_div : i;
-                        xp[s] = p.x + (size_t) xr * p.k;
-                }
-        }
-        float c[NSUB][4];
-#pragma unroll
-        for (int s = 0; s < NSUB; s++)
-                c[s][0] = c[s][1] = c[s][2] = c[s][3] = 0.0f;
-
-        const uint32_t n_chunks = (p.k + 63) / 64;
-        const bool aligned = p.k % 16 == 0;
-        /* UNR chunks of weights in flight per lane before the first mma: the decode GEMV is a stream of
-         * weight bytes and needs many outstanding loads per SM */
-        constexpr int UNR = NSUB == 1 ? 4 : 2;
-        for (uint32_t ch0 = kw_idx; ch0 < n_chunks; ch0 += UNR * p.kw) {
-                uint4 a[UNR], b[UNR];
-#pragma unroll
-                for (int u = 0; u < UNR; u++) {
-                        uint32_t ch = ch0 + u * p.kw;
-                        uint32_t k0 = ch * 64 + tig * 16;
-                        bool cok = ch < n_chunks;
-                        a[u] = ldg16(w0, k0, p.k, aligned, ok0 && cok);
-                        b[u] = ldg16(w1, k0, p.k, aligned, ok1 && cok);
-                }
-#pragma unroll
-                for (int u = 0; u < UNR; u++) {
-                        uint32_t ch = ch0 + u * p.kw;
-                        if (ch >= n_chunks)
-                                break;
-                        uint32_t k0 = ch * 64 + tig * 16;
-#pragma unroll
-                        for (int s = 0; s < NSUB; s++) {
-                                if (s * 8 >= count)
-                                        break;
-                                uint4 xv = ldg16(xp[s], k0, p.k, aligned, xp[s] != NULL);
-                                mma_e4m3(c[s], a[u].x, b[u].x, a[u].y, b[u].y, xv.x, xv.y);
-                                mma_e4m3(c[s], a[u].z, b[u].z, a[u].w, b[u].w, xv.z, xv.w);
-                        }
-                }
-        }
-
-        if (p.kw > 1) {
-#pragma unroll
-                for (int s = 0; s < NSUB; s++)
-#pragma unroll
-                        for (int j = 0; j < 4; j++)
-                                red[((warp * NSUB + s) * 4 + j) * 32 + lane] = c[s][j];
-                __syncthreads();
-                if (kw_idx != 0)
-                        return;
-                for (uint32_t o = 1; o < p.kw; o++)
-#pragma unroll
-                        for (int s = 0; s < NSUB; s++)
-#pragma unroll
-                                for (int j = 0; j < 4; j++)
-                                        c[s][j] += red[(((warp + o) * NSUB + s) * 4 + j) * 32 + lane];
-        }
-
-        const float *ws = p.w_scale + (size_t) expert * p.n_out;
-        const float sw0 = ok0 ? ws[row0] : 0.0f, sw1 = ok1 ? ws[row1] : 0.0f;
-#pragma unroll
-        for (int s = 0; s < NSUB; s++) {
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                        int col = s * 8 + tig * 2 + (j & 1);
-                        bool hi = j >= 2;
-                        if (col >= count || !(hi ? ok1 : ok0))
-                                continue;
-                        int i = start + col;
-                        int orow = p.pair_rows ? p.pair_rows[i] : i;
-                        int xr = p.pair_rows ? orow / (int) p.x_row_div : i;
-                        uint32_t n = hi ? row1 : row0;
-                        float v = p.x_scale[xr] * ((hi ? sw1 : sw0) * c[s][j]);
-                        size_t off = (size_t) orow * p.n_out + n;
-                        if (p.out == KERN_OUT_BF16) {
-                                ((uint16_t *) p.y)[off] = f32_to_bf16_bits(v);
-                        } else {
-                                if (p.softcap > 0.0f)
-                                        v = p.softcap * tanhf(v / p.softcap);
-                                ((float *) p.y)[off] = v;
-                        }
-                }
-        }
-}
-
+/* the FP8 instance of the small-M kernel (mma_small.cuh) */
 static void pick_split(struct mma_params *p, uint32_t n_groups) {
-        uint32_t tiles = (p->n_out + 15) / 16 * n_groups;
-        if (tiles >= 8 * 132 * 2) {
-                p->rw = 8;
-                p->kw = 1;
-        } else if (tiles >= 132 * 4) {
-                p->rw = 2;
-                p->kw = 4;
-        } else {
-                p->rw = 1;
-                p->kw = 8;
-        }
+        mma_pick_split(p, n_groups);
 }
 
 template <int NSUB>
 static int launch_mma(struct mma_params *p, uint32_t grid_y, cudaStream_t stream) {
-        dim3 grid((p->n_out + 16 * p->rw - 1) / (16 * p->rw), grid_y);
-        fp8_mma_kernel<NSUB><<<grid, MMA_WARPS * 32, 0, stream>>>(*p);
-        return KERN_CHECK_LAUNCH();
+        return mma_launch<mma_fmt_e4m3, NSUB>(p, grid_y, stream);
 }
 
 extern "C" int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k,
@@ -362,7 +200,7 @@ extern "C" int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, 
 #define BLAS_WORKSPACE (32u << 20)
 
 struct blas_plan {
-        int kind;                       /* 0 empty, 1 fp8, 2 bf16 */
+        int kind;                       /* 0 empty, 1 fp8, 2 bf16 -> f32, 3 bf16 -> bf16 */
         uint32_t n_out, k, m;
         cublasLtMatmulDesc_t desc;
         cublasLtMatrixLayout_t a, b, d;
@@ -457,7 +295,7 @@ static struct blas_plan *plan_get(struct kern_blas *b, int kind, uint32_t n_out,
                 cublasLtMatmulDescSetAttribute(pl->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &b_scale,
                                                sizeof(b_scale));
         }
-        cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, dt = fp8 ? CUDA_R_16BF : CUDA_R_32F;
+        cudaDataType_t ab = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF, dt = kind == 2 ? CUDA_R_32F : CUDA_R_16BF;
         cublasLtMatrixLayoutCreate(&pl->a, ab, k, n_out, k);
         cublasLtMatrixLayoutCreate(&pl->b, ab, k, m, k);
         cublasLtMatrixLayoutCreate(&pl->d, dt, n_out, m, n_out);
@@ -510,20 +348,34 @@ extern "C" int kern_blas_fp8_linear(struct kern_blas *b, const uint8_t *w, const
         return 0;
 }
 
-extern "C" int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
-                                         const uint16_t *x, uint32_t m, float *y, cudaStream_t stream) {
+/* BF16 x BF16 through cuBLASLt: kind 2 writes FP32, kind 3 BF16 (n_out % 8 for the 16-byte BF16 rows) */
+static int blas_bf16(struct kern_blas *b, int kind, const uint16_t *w, uint32_t n_out, uint32_t k,
+                     const uint16_t *x, uint32_t m, void *y, cudaStream_t stream) {
         float alpha = 1.0f, beta = 0.0f;
         struct blas_plan *pl;
 
-        if (k % 8 != 0 || n_out % 4 != 0)
+        if (k % 8 != 0 || n_out % (kind == 2 ? 4 : 8) != 0)
                 return -EINVAL;
         if (m == 0)
                 return 0;
-        pl = plan_get(b, 2, n_out, k, m, NULL, NULL);
+        pl = plan_get(b, kind, n_out, k, m, NULL, NULL);
         if (!pl)
                 return -EIO;
-        if (cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d, &pl->algo,
-                           b->workspace, BLAS_WORKSPACE, stream) != CUBLAS_STATUS_SUCCESS)
+        cublasStatus_t st = cublasLtMatmul(b->lt, pl->desc, &alpha, w, pl->a, x, pl->b, &beta, y, pl->d, y, pl->d,
+                                           &pl->algo, b->workspace, BLAS_WORKSPACE, stream);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+                blas_fail(b, "matmul", st, n_out, k, m);
                 return -EIO;
+        }
         return 0;
+}
+
+extern "C" int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
+                                         const uint16_t *x, uint32_t m, float *y, cudaStream_t stream) {
+        return blas_bf16(b, 2, w, n_out, k, x, m, y, stream);
+}
+
+extern "C" int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k,
+                                     const uint16_t *x, uint32_t m, uint16_t *y, cudaStream_t stream) {
+        return blas_bf16(b, 3, w, n_out, k, x, m, y, stream);
 }

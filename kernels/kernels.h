@@ -142,6 +142,22 @@ int kern_blas_bf16_linear_f32(struct kern_blas *b, const uint16_t *w, uint32_t n
 /* y = cap * tanh(y / cap) in place (FP32), or widening BF16 -> FP32 with the cap when src != NULL. */
 int kern_softcap(const uint16_t *src, float *y, size_t n, float cap, cudaStream_t stream);
 
+/* ---- BF16 weights (gemm_bf16.cu; backend_params.weights_bf16) ----
+ * BF16 x BF16 on tensor cores (mma.sync m16n8k16, FP32 accumulation), no scales: y[r, n] = sum_k W[n, k] x[r, k].
+ * Same row conventions as the FP8 launchers above; any K (rows of K % 8 != 0 take element loads). */
+int kern_bf16_linear_small(const uint16_t *w, uint32_t n_out, uint32_t k, const uint16_t *x, uint32_t m, void *y,
+                           enum kern_out out, float softcap, cudaStream_t stream);
+/* Grouped (MoE) variant, the groups of kern_moe_route; max_rows (1..64) bounds every group's count. */
+int kern_bf16_linear_grouped(const uint16_t *w, uint32_t n_out, uint32_t k, const uint16_t *x, uint32_t x_row_div,
+                             const int32_t *pair_rows, const struct kern_gemm_group *groups,
+                             const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows, uint16_t *y,
+                             cudaStream_t stream);
+/* out = bf16(bf16(gelu_tanh(g)) * u) for gu BF16 [n_rows, 2*n] (gate | up): kern_geglu_quant without the FP8. */
+int kern_geglu_bf16(const uint16_t *gu, uint32_t n_rows, uint32_t n, uint16_t *out, cudaStream_t stream);
+/* cuBLASLt BF16 x BF16 -> BF16 (FP32 accumulation): y [m, n_out] = x [m, k] W^T; k % 8 == 0, n_out % 8 == 0. */
+int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k, const uint16_t *x,
+                          uint32_t m, uint16_t *y, cudaStream_t stream);
+
 /* ---- greedy selection (sample.cu) ---- */
 
 /* out[r] = argmax of logits row r (FP32 [n_rows, n]) with the host sampler's greedy rule: NaN reads as -inf,

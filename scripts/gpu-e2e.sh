@@ -4,6 +4,10 @@
 #                                 the shared libraries the GPU machine lacks into DIR (carried by the device tool)
 #   DIR/gpu-e2e.sh run            there: write the synthetic 26b-a4b-fp8 checkpoint, start gemma4d on CUDA,
 #                                 time READY, chat once, and run `gemma4ctl bench` for the issue-9 figures
+#   DIR/device-run.sh tests       there: every GPU test (kernel references, whole model vs HF and the CPU engine,
+#                                 layer by layer), with FIXTURES=<repo>/tests/golden/fixtures
+# The whole GPU check, as run for docs/performance.md (carry DIR; the fixtures travel with the repository):
+#   cd DIR && FIXTURES=$PWD/../../tests/golden/fixtures bash device-run.sh tests && bash gpu-e2e.sh run
 set -uo pipefail
 mode=${1:-}
 if [ "$mode" = pack ]; then
@@ -11,6 +15,13 @@ if [ "$mode" = pack ]; then
         build=${BUILD:-build}
         rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
         cp "$build/daemon/gemma4d" "$build/client/gemma4ctl" "$build/tools/mkmodel/gemma4-mkmodel" "$out/bin/"
+        # the GPU tests and tools too (TESTS=0 leaves them out): `device-run.sh tests` runs them there
+        if [ "${TESTS:-1}" = 1 ]; then
+                cp "$build"/tests/kernels/test-* "$build/tools/eval/gemma4-eval" "$build/tools/gpubench/gemma4-gpubench" \
+                   "$out/bin/" 2>/dev/null
+                rm -rf "$out"/bin/*.p
+                cp tools/gpubench/device-run.sh "$out/"
+        fi
         cp -L "$build/client/libgemmaclient.so.0" "$out/lib/"
         for l in libuv.so.1 libmsgpackc.so.2 libyaml-0.so.2 libjansson.so.4 libedit.so.2 libbsd.so.0 libmd.so.0; do
                 cp -L "/lib/x86_64-linux-gnu/$l" "$out/lib/"

@@ -160,6 +160,8 @@ static int dev_alloc(void **p, size_t bytes) {
 
 static void backend_cuda_destroy(struct backend *b);
 static int capture_boot_graphs(struct backend *b, char **reterr);
+static int run_layers_bf16(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
+                           const struct kern_batch *bt_slide);
 
 /* An environment switch: set and not "0" */
 static bool env_flag(const char *name) {
@@ -185,28 +187,23 @@ static int check_config(const struct model *m, const struct backend_params *p, c
         if (p->page_size == 0 || p->max_num_seqs == 0 || p->max_batched_tokens == 0 || p->max_model_len == 0)
                 return cuda_errorf(reterr, -EINVAL, "backend: page_size, max_num_seqs, max_batched_tokens and "
                                                     "max_model_len must be positive");
-        if (p->lm_head_bf16 && c->hidden_size % 8 != 0)
-                return cuda_errorf(reterr, -EINVAL, "backend cuda: the BF16 LM head needs hidden_size %% 8 == 0 "
-                                                    "(cuBLASLt), hidden_size is %u", c->hidden_size);
         if (p->weights_bf16)
-                return cuda_errorf(reterr, -EOPNOTSUPP,
-                                   "backend cuda: keeping BF16 weights is not implemented; checkpoints are "
-                                   "quantized to FP8 per channel on load");
+                return cuda_bf16_check_model(m, reterr);
         return 0;
 }
 
 /* ---- weights ---- */
 
-/* every matrix starts 256-byte aligned (16-byte vector loads) */
-static uint64_t linear_bytes(const struct linear_weight *lw) {
-        return lw->w.data ? ((uint64_t) lw->out_features * lw->in_features + 255) & ~(uint64_t) 255 : 0;
+/* every matrix starts 256-byte aligned (16-byte vector loads); es: bytes per weight (2 with weights_bf16) */
+static uint64_t linear_bytes(const struct linear_weight *lw, uint64_t es) {
+        return lw->w.data ? ((uint64_t) lw->out_features * lw->in_features * es + 255) & ~(uint64_t) 255 : 0;
 }
 
 static int upload_weights(struct backend *b, struct uploader *u, char **reterr) {
         const struct model *m = b->m;
         const struct model_config *c = &m->cfg;
         uint32_t H = c->hidden_size, E = c->enable_moe ? c->n_experts : 0;
-        uint64_t wbytes = 0, sfloats = 0;
+        uint64_t wbytes = 0, sfloats = 0, es = b->p.weights_bf16 ? 2 : 1;
         int r;
 
         /* one block for every FP8 matrix, then one for every scale */
@@ -215,11 +212,11 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                 const struct linear_weight *lin[] = {&L->q_proj, &L->k_proj, &L->v_proj, &L->o_proj,
                                                      &L->mlp_gate, &L->mlp_up, &L->mlp_down};
                 for (size_t i = 0; i < sizeof(lin) / sizeof(lin[0]); i++) {
-                        wbytes += linear_bytes(lin[i]);
+                        wbytes += linear_bytes(lin[i], es);
                         sfloats += lin[i]->w.data ? lin[i]->out_features : 0;
                 }
                 if (E)
-                        wbytes += 2 * 256 + (uint64_t) E * 3 * c->moe_intermediate_size * H;
+                        wbytes += 2 * 256 + (uint64_t) E * 3 * c->moe_intermediate_size * H * es;
                 for (uint32_t e = 0; e < E; e++) {
                         sfloats += L->expert_gate[e].out_features + L->expert_up[e].out_features +
                                    L->expert_down[e].out_features;
@@ -231,6 +228,14 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         }
         wbytes = (wbytes + 255) & ~(uint64_t) 255;
         b->weight_block_bytes = wbytes + sfloats * sizeof(float);
+        /* BF16 weights: say how much is needed rather than fail an allocation (the table's placement as below) */
+        uint64_t table = (uint64_t) c->vocab_size * H * 2;
+        bool table_on_device = b->p.embedding_device || (b->p.lm_head_bf16 && !tensor_present(&m->lm_head));
+        if (b->p.weights_bf16 &&
+            (r = cuda_bf16_check_memory(b->weight_block_bytes + (table_on_device ? table : 0) +
+                                                (tensor_present(&m->lm_head) ? table : 0),
+                                        reterr)) < 0)
+                return r;
         if (dev_alloc(&b->weight_block, b->weight_block_bytes) < 0)
                 return cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate %.2f GiB for weights",
                                    b->weight_block_bytes / 1073741824.0);
@@ -242,7 +247,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
         do {                                                                                                 \
                 (dl)->w = wp;                                                                                \
                 (dl)->scale = sp;                                                                            \
-                wp += ((uint64_t) (nrows) * (ncols) + 255) & ~(uint64_t) 255;                                \
+                wp += ((uint64_t) (nrows) * (ncols) * es + 255) & ~(uint64_t) 255;                           \
                 sp += (nrows);                                                                               \
         } while (0)
 
@@ -291,7 +296,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                                                             "moe_intermediate_size %u", l, e, I);
                                 if ((r = upload_linear(u, egu, 2, &tmp, wp, sp, reterr)) < 0)
                                         return r;
-                                wp += (uint64_t) 2 * I * H;
+                                wp += (uint64_t) 2 * I * H * es;
                                 sp += 2 * I;
                         }
                         D->e_gate_up = (struct dev_linear){gw, gs, 2 * I, H, E};
@@ -303,7 +308,7 @@ static int upload_weights(struct backend *b, struct uploader *u, char **reterr) 
                                 struct dev_linear tmp;
                                 if ((r = upload_linear(u, ed, 1, &tmp, wp, sp, reterr)) < 0)
                                         return r;
-                                wp += (uint64_t) H * I;
+                                wp += (uint64_t) H * I * es;
                                 sp += H;
                         }
                         D->e_down = (struct dev_linear){gw, gs, H, I, E};
@@ -433,6 +438,8 @@ static int alloc_activations(struct backend *b, char **reterr) {
         size_t kv_elt = b->p.kv_dtype == KV_DTYPE_FP8 ? 1 : 2;
         uint32_t q_width = c->n_heads * b->max_d;
         uint32_t aq_width = H > q_width ? H : q_width;
+        /* with BF16 weights the linears' inputs (aq, q1, q2, act, e_act) hold BF16 instead of FP8 */
+        size_t ae = b->p.weights_bf16 ? 2 : 1;
         int r = 0;
 
         if (aq_width < b->inter)
@@ -454,11 +461,11 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->router_logits, (size_t) T * (c->enable_moe ? c->n_experts : 1) * 4},
                 {(void **) &b->e_scale, (size_t) b->p_max * 4},
                 {(void **) &b->logits, (size_t) head_rows * V * 4},
-                {(void **) &b->aq, (size_t) T * aq_width},
-                {(void **) &b->q1, (size_t) T * H},
-                {(void **) &b->q2, (size_t) T * H},
-                {(void **) &b->act, (size_t) T * b->inter},
-                {(void **) &b->e_act, (size_t) b->p_max * b->e_inter},
+                {(void **) &b->aq, (size_t) T * aq_width * ae},
+                {(void **) &b->q1, (size_t) T * H * ae},
+                {(void **) &b->q2, (size_t) T * H * ae},
+                {(void **) &b->act, (size_t) T * b->inter * ae},
+                {(void **) &b->e_act, (size_t) b->p_max * b->e_inter * ae},
                 {(void **) &b->qkv, (size_t) T * b->max_qkv * 2},
                 {(void **) &b->q, (size_t) T * q_width * 2},
                 {(void **) &b->attn, (size_t) T * q_width * 2},
@@ -761,6 +768,8 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
 
 static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
                       const struct kern_batch *bt_slide) {
+        if (b->p.weights_bf16)
+                return run_layers_bf16(b, T, d_tokens, bt_full, bt_slide);
         const struct model_config *c = &b->cfg;
         uint32_t H = c->hidden_size, P = T * b->top_k;
         float eps = c->rms_norm_eps;
@@ -862,9 +871,8 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         TRY(kern_rmsnorm_rows(b->x, d_rows + r0, b->final_norm, nr, H, c->rms_norm_eps, NULL, NULL,
                                               b->final_bf16, b->stream));
                         prof_mark(b, P_HNORM);
-                        TRY(kern_blas_bf16_linear_f32(b->blas, b->head_bf16, V, H, b->final_bf16, nr, b->logits,
-                                                      b->stream));
-                        TRY(kern_softcap(NULL, b->logits, (size_t) nr * V, cap, b->stream));
+                        TRY(cuda_bf16_head(b->blas, b->head_bf16, V, H, b->final_bf16, nr, b->logits, cap,
+                                           b->stream));
                 }
                 prof_mark(b, P_HEAD);
                 if (argmax) {
@@ -879,6 +887,88 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                     !cuda_ok(cudaStreamSynchronize(b->stream)))
                         return -EIO;
                 prof_mark(b, P_COPY);
+        }
+        return 0;
+}
+
+/* ---- BF16 weights (cuda.weights bf16; docs/cuda-backend.md "BF16 weights") ----
+ * run_layers with BF16 x BF16 linears on BF16 activations (cuda-bf16.c picks the kernels). The buffers that
+ * hold FP8 activations in run_layers (aq, q1, q2, act, e_act) hold BF16 here, allocated twice as large; where
+ * run_layers gets a linear's input quantized from a fused kernel, this loop writes bf16(RMSNorm(x)) with one
+ * more row kernel. A separate loop, so that FP8-only paths of run_layers never see BF16 weights. */
+
+static int norm_bf16(struct backend *b, const uint16_t *w, uint32_t T, uint8_t *dst) {
+        return kern_rmsnorm_rows(b->x, NULL, w, T, b->cfg.hidden_size, b->cfg.rms_norm_eps, NULL, NULL,
+                                 (uint16_t *) (void *) dst, b->stream);
+}
+
+static int run_layers_bf16(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
+                           const struct kern_batch *bt_slide) {
+        const struct model_config *c = &b->cfg;
+        uint32_t H = c->hidden_size, P = T * b->top_k, I = b->e_inter;
+        const uint16_t *in = (const uint16_t *) (void *) b->aq, *in1 = (const uint16_t *) (void *) b->q1,
+                       *in2 = (const uint16_t *) (void *) b->q2;
+        uint16_t *act = (uint16_t *) (void *) b->act, *e_act = (uint16_t *) (void *) b->e_act;
+        cudaStream_t st = b->stream;
+
+        TRY(kern_embed(b->embed, d_tokens, T, H, c->vocab_size, cuda_bf16_embed_scale(H), b->x, NULL,
+                       c->rms_norm_eps, NULL, NULL, st));
+        TRY(norm_bf16(b, b->layers[0].input_ln, T, b->aq));
+        prof_mark(b, P_EMBED);
+        for (uint32_t l = 0; l < c->n_layers; l++) {
+                struct dev_layer *D = &b->layers[l];
+                const struct kern_batch *bt = D->type == LAYER_FULL ? bt_full : bt_slide;
+
+                TRY(cuda_bf16_linear(b->blas, &D->qkv, in, T, b->qkv, st));
+                prof_mark(b, P_QKV);
+                TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, st));
+                prof_mark(b, P_QKV_POST);
+                TRY(kern_attention(b->q, b->k_new, b->v_new, bt, &D->attn, b->att_partial, b->att_partial_floats,
+                                   b->attn, st));
+                prof_mark(b, P_ATTN);
+                TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, st));
+                prof_mark(b, P_KV);
+                TRY(cuda_bf16_linear(b->blas, &D->o, b->attn, T, b->o, st));
+                prof_mark(b, P_O);
+                /* residual and router input as in run_layers; its FP8 copies of the FFN inputs go unused */
+                TRY(kern_post_attn(b->x, b->o, T, H, c->rms_norm_eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1,
+                                   D->pre_ff2, b->q2, b->s2, c->enable_moe ? D->router_scale : NULL, st));
+                TRY(norm_bf16(b, D->pre_ff, T, b->q1));
+                if (c->enable_moe)
+                        TRY(norm_bf16(b, D->pre_ff2, T, b->q2));
+                prof_mark(b, P_POST);
+                if (c->enable_moe) {
+                        struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
+                        TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, st));
+                        prof_mark(b, P_ROUTER);
+                }
+                TRY(cuda_bf16_linear(b->blas, &D->gate_up, in1, T, b->gu, st));
+                prof_mark(b, P_DGU);
+                TRY(kern_geglu_bf16(b->gu, T, b->inter, act, st));
+                prof_mark(b, P_DACT);
+                TRY(cuda_bf16_linear(b->blas, &D->down, act, T, b->dense_y, st));
+                prof_mark(b, P_DDOWN);
+                if (c->enable_moe) {
+                        uint32_t maxg = kern_moe_max_groups(P, c->n_experts), max_rows = T < 64 ? T : 64;
+                        TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups, st));
+                        prof_mark(b, P_ROUTE);
+                        TRY(kern_bf16_linear_grouped((const uint16_t *) (void *) D->e_gate_up.w, 2 * I, H, in2,
+                                                     b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, max_rows,
+                                                     b->e_gu, st));
+                        prof_mark(b, P_EGU);
+                        TRY(kern_geglu_bf16(b->e_gu, P, I, e_act, st));
+                        prof_mark(b, P_EACT);
+                        TRY(kern_bf16_linear_grouped((const uint16_t *) (void *) D->e_down.w, H, I, e_act, 1,
+                                                     b->pair_rows, b->groups, b->n_groups, maxg, max_rows, b->e_y,
+                                                     st));
+                        prof_mark(b, P_EDOWN);
+                }
+                TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H,
+                                     c->rms_norm_eps, D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, NULL,
+                                     NULL, NULL, st));
+                if (l + 1 < c->n_layers)
+                        TRY(norm_bf16(b, b->layers[l + 1].input_ln, T, b->aq));
+                prof_mark(b, P_COMBINE);
         }
         return 0;
 }

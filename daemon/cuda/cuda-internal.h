@@ -10,7 +10,8 @@
 #include "kernels/kernels.h"
 
 /* An FP8 linear on the device: W [n_out, k] e4m3 and one FP32 scale per output row; `experts` > 1 stacks
- * that many matrices back to back. */
+ * that many matrices back to back. With backend_params.weights_bf16, w holds BF16 [n_out, k] and scale is
+ * unused. */
 struct dev_linear {
         uint8_t *w;
         float *scale;
@@ -45,7 +46,7 @@ struct uploader {
 int upload_init(struct uploader *u, const struct backend_params *p, cudaStream_t stream);
 void upload_done(struct uploader *u);
 /* Concatenate `n_parts` linears along the output dimension into one FP8 matrix (quantizing BF16/F16/F32
- * sources per row on the GPU). */
+ * sources per row on the GPU); with weights_bf16 into one BF16 matrix (FP8 sources refused). */
 int upload_linear(struct uploader *u, const struct linear_weight *const *parts, uint32_t n_parts,
                   struct dev_linear *out, uint8_t *w_dst, float *s_dst, char **reterr);
 /* A 1-D tensor converted to BF16 on the device. NULL view data -> *ret = NULL. */
@@ -63,3 +64,17 @@ int quantize_device_matrix(struct uploader *u, const uint16_t *src, uint64_t row
                            float *scale);
 float host_tensor_f32(const struct tensor_view *t, uint64_t i);
 int cuda_errorf(char **reterr, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- BF16 weights (cuda-bf16.c) ---- */
+/* -EINVAL with a message when the checkpoint's linears cannot be kept in BF16 (an FP8 checkpoint). */
+int cuda_bf16_check_model(const struct model *m, char **reterr);
+/* -ENOMEM with the amounts when `need` bytes of weights do not fit the device's free memory. */
+int cuda_bf16_check_memory(uint64_t need, char **reterr);
+/* BF16 linear y [m, n_out] BF16 = x [m, k] W^T: the mma kernel for few rows or odd shapes, cuBLASLt beyond. */
+int cuda_bf16_linear(struct kern_blas *blas, const struct dev_linear *L, const uint16_t *x, uint32_t m, uint16_t *y,
+                     cudaStream_t stream);
+/* BF16 LM head with the softcap, FP32 logits [m, V]. */
+int cuda_bf16_head(struct kern_blas *blas, const uint16_t *w, uint32_t V, uint32_t H, const uint16_t *x, uint32_t m,
+                   float *logits, float softcap, cudaStream_t stream);
+/* The embedding scale bf16(sqrt(hidden)) that HF applies. */
+float cuda_bf16_embed_scale(uint32_t hidden);

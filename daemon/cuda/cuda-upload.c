@@ -156,10 +156,66 @@ static int copy_up(struct uploader *u, void *dst, const void *src, size_t bytes)
         return 0;
 }
 
+/* backend_params.weights_bf16: the linears stay BF16 ([n_out, k] BF16 at w_dst, no scales). BF16 tensors are
+ * copied as they are, F16/F32 rounded to BF16 on the host; an FP8 tensor cannot become the BF16 weight it was
+ * quantized from, so it is refused. */
+static int upload_linear_bf16(struct uploader *u, const struct linear_weight *const *parts, uint32_t n_parts,
+                              struct dev_linear *out, uint16_t *w_dst, char **reterr) {
+        uint32_t k = parts[0]->in_features, row = 0;
+        int r;
+
+        for (uint32_t i = 0; i < n_parts; i++) {
+                const struct linear_weight *lw = parts[i];
+                const struct tensor_view *w = &lw->w;
+                uint32_t n = lw->out_features;
+                uint64_t elems = (uint64_t) n * k, per = u->pinned_bytes / 2;
+
+                if (!tensor_present(w))
+                        return cuda_errorf(reterr, -EINVAL, "tensor %s: missing", w->name ? w->name : "?");
+                if (lw->in_features != k || view_elems(w) != elems || k == 0)
+                        return cuda_errorf(reterr, -EINVAL, "tensor %s: shape does not match [%u, %u]", w->name, n,
+                                           k);
+                uint16_t *dst = w_dst + (size_t) row * k;
+                if (w->dtype == TENSOR_DTYPE_BF16) {
+                        r = copy_up(u, dst, w->data, elems * 2);
+                } else if (w->dtype == TENSOR_DTYPE_F16 || w->dtype == TENSOR_DTYPE_F32) {
+                        r = 0;
+                        for (uint64_t i0 = 0; i0 < elems && r == 0; i0 += per) {
+                                uint64_t m = elems - i0 < per ? elems - i0 : per;
+                                uint16_t *h = u->pinned;
+                                for (uint64_t j = 0; j < m; j++)
+                                        h[j] = h_to_bf16(host_tensor_f32(w, i0 + j));
+                                if (cudaMemcpyAsync(dst + i0, h, m * 2, cudaMemcpyHostToDevice, u->stream) !=
+                                            cudaSuccess ||
+                                    cudaStreamSynchronize(u->stream) != cudaSuccess)
+                                        r = -EIO;
+                        }
+                } else {
+                        return cuda_errorf(reterr, -EINVAL,
+                                           "tensor %s is %s: cuda.weights bf16 keeps a BF16 checkpoint's weights and "
+                                           "cannot recover them from an FP8 checkpoint (use cuda.weights fp8, or a "
+                                           "BF16 checkpoint)", w->name, tensor_dtype_name(w->dtype));
+                }
+                if (r < 0)
+                        return cuda_errorf(reterr, r, "tensor %s: upload failed", w->name);
+                progress(u, elems * tensor_dtype_size(w->dtype));
+                row += n;
+        }
+        out->w = (uint8_t *) w_dst;
+        out->scale = NULL;
+        out->n_out = row;
+        out->k = k;
+        out->experts = 1;
+        return 0;
+}
+
 int upload_linear(struct uploader *u, const struct linear_weight *const *parts, uint32_t n_parts,
                   struct dev_linear *out, uint8_t *w_dst, float *s_dst, char **reterr) {
         uint32_t k = parts[0]->in_features, row = 0;
         int r;
+
+        if (u->p->weights_bf16)
+                return upload_linear_bf16(u, parts, n_parts, out, (uint16_t *) (void *) w_dst, reterr);
 
         for (uint32_t i = 0; i < n_parts; i++) {
                 const struct linear_weight *lw = parts[i];

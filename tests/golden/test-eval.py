@@ -59,6 +59,8 @@ def main():
                        (["--model", model, "--ids", "1,99999", "--greedy", "1"], "id outside vocab"),
                        (["--model", model, "--ids", "1"], "nothing to do"),
                        (["--model", model, "--ids", "1", "--greedy", "1", "--backend", "nope"], "unknown backend"),
+                       (["--model", model, "--ids", "1", "--greedy", "1", "--weights", "fp16"], "bad --weights"),
+                       (["--model", model, "--ids", "1", "--greedy", "1", "--lm-head", "int8"], "bad --lm-head"),
                        (["--model", os.path.join(tmp, "missing"), "--ids", "1", "--greedy", "1"], "missing model")):
         p = subprocess.run([exe] + args, capture_output=True, text=True)
         check(p.returncode != 0 and "gemma4-eval" in p.stderr, "rejects %s: %s" % (what, p.stderr.strip()[:120]))

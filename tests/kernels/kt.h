@@ -175,3 +175,20 @@ static inline void kt_rmsnorm(const float *v, const uint16_t *w, uint32_t n, flo
         for (uint32_t i = 0; i < n; i++)
                 out[i] = kt_round_bf16((float) (v[i] * inv * (w ? kt_bf16_to_f32(w[i]) : 1.0)));
 }
+
+/* MoE routing for the grouped-GEMM tests: top_k distinct experts per token into idx [tokens * top_k]; with
+ * `skew` half the picks go to the first top_k + 1 experts (groups of more than 64 rows) */
+static inline void kt_route(int32_t *idx, uint32_t tokens, uint32_t top_k, uint32_t experts, int skew) {
+        for (uint32_t t = 0; t < tokens; t++)
+                for (uint32_t j = 0; j < top_k; j++) {
+                        int32_t ex;
+                        int dup;
+                        do {
+                                ex = (int32_t) (kt_u32() % (skew && (kt_u32() & 1) ? top_k + 1 : experts));
+                                dup = 0;
+                                for (uint32_t j2 = 0; j2 < j; j2++)
+                                        dup |= idx[t * top_k + j2] == ex;
+                        } while (dup);
+                        idx[t * top_k + j] = ex;
+                }
+}

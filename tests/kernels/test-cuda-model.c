@@ -17,6 +17,11 @@
  *     first row and whole matrix;
  *   - argmax must agree on ARGMAX_SHARE of the rows on fixtures whose sensitivity is below 0.2;
  *   - greedy ids must match HF on tiny-c and tiny-a.
+ * The same battery runs a second time with BF16 weights (cuda.weights bf16: the BF16 checkpoint kept in BF16,
+ * BF16 activations into every linear) against HF's BF16 reference, with the same tolerances.
+ * test_precision() measures, on every fixture, FP8 weights with the FP8 head, FP8 weights with the BF16 head
+ * and BF16 weights against both HF references (RESULT lines: docs/cuda-backend.md has the table); BF16 weights
+ * must come closer to the BF16 reference than FP8 weights do.
  * Invariants of the engine itself (chunking, batching) compare the CUDA backend with itself: identical logits
  * where both runs take the same kernels, the fixture's sensitivity where the GEMM path differs.
  * Exit 77 without a GPU or without the fixtures.
@@ -30,9 +35,11 @@
 #include <jansson.h>
 
 #include "backend.h"
+#include "cuda/cuda-internal.h"
 #include "kernels/selftest.h"
 
 #define LAYER_REL 5e-2
+#define LAYER_REL_BF16 1e-2     /* BF16 weights + BF16 head: BF16 activation rounding only (H100: 3.6e-3, 4.9e-3) */
 #define SENS_FACTOR 1.25
 #define FLOOR_REL 0.08
 #define ARGMAX_SHARE 0.75
@@ -75,10 +82,13 @@ static uint32_t argmax(const float *row, uint32_t n) {
 struct fixture {
         int32_t prompt[256];
         uint32_t n_prompt;
-        int32_t greedy_fp8[64];
-        uint32_t n_greedy;
+        int32_t greedy_fp8[64], greedy_bf16[64];
+        uint32_t n_greedy, n_greedy_bf16;
         uint32_t vocab;
 };
+
+/* the battery's mode: false = FP8 checkpoint (FP8 weights), true = BF16 checkpoint with BF16 weights */
+static bool mode_bf16;
 
 static char *path_of(const char *root, const char *name, const char *sub) {
         char *p = NULL;
@@ -104,6 +114,9 @@ static int fixture_load(const char *root, const char *name, struct fixture *f) {
                 f->prompt[f->n_prompt++] = (int32_t) json_integer_value(json_array_get(pr, i));
         for (size_t i = 0; i < json_array_size(g) && i < 64; i++)
                 f->greedy_fp8[f->n_greedy++] = (int32_t) json_integer_value(json_array_get(g, i));
+        g = json_object_get(j, "greedy_bf16");
+        for (size_t i = 0; i < json_array_size(g) && i < 64; i++)
+                f->greedy_bf16[f->n_greedy_bf16++] = (int32_t) json_integer_value(json_array_get(g, i));
         json_decref(j);
         return f->n_prompt && f->vocab ? 0 : -EINVAL;
 }
@@ -133,6 +146,7 @@ struct engine {
 };
 
 static uint32_t open_max_seqs = 4;      /* sequences (= decode graph sizes) of the next engine_open */
+static bool open_weights_bf16;          /* cuda.weights bf16 for the next cuda engine_open */
 static bool open_embedding_device;      /* cuda.embedding: device for the next engine_open */
 
 static int engine_open_head(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B,
@@ -157,6 +171,7 @@ static int engine_open_head(struct engine *e, const char *ops_name, struct model
         p.gpu_fraction = 0.5;
         p.n_threads = 0;
         p.lm_head_bf16 = head_bf16;
+        p.weights_bf16 = open_weights_bf16 && strcmp(ops_name, "cuda") == 0;
         p.embedding_device = open_embedding_device;
         r = e->ops->create(m, &p, &e->be, &err);
         if (r < 0) {
@@ -176,7 +191,10 @@ static int engine_open_head(struct engine *e, const char *ops_name, struct model
 }
 
 static int engine_open(struct engine *e, const char *ops_name, struct model *m, enum kv_dtype kv, uint32_t B) {
-        return engine_open_head(e, ops_name, m, kv, B, false);
+        open_weights_bf16 = mode_bf16;
+        int r = engine_open_head(e, ops_name, m, kv, B, false);
+        open_weights_bf16 = false;
+        return r;
 }
 
 static void engine_close(struct engine *e) {
@@ -243,9 +261,13 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
         }
         uint32_t S = f.n_prompt, V = f.vocab;
         size_t n = (size_t) S * V;
-        float *ref = read_f32(root, name, "ref-fp8.f32", n), *got = malloc(4 * n), *got2 = malloc(4 * n),
-              *got16 = malloc(4 * n), *cpu = malloc(4 * n);
-        char *dir = path_of(root, name, "fp8");
+        /* ck: what the labels call the checkpoint + weights of this mode */
+        const char *ck = mode_bf16 ? "bf16 ckpt+weights" : "fp8 ckpt";
+        const int32_t *hf_greedy = mode_bf16 ? f.greedy_bf16 : f.greedy_fp8;
+        uint32_t n_hf_greedy = mode_bf16 ? f.n_greedy_bf16 : f.n_greedy;
+        float *ref = read_f32(root, name, mode_bf16 ? "ref-bf16.f32" : "ref-fp8.f32", n), *got = malloc(4 * n),
+              *got2 = malloc(4 * n), *got16 = malloc(4 * n), *cpu = malloc(4 * n);
+        char *dir = path_of(root, name, mode_bf16 ? "bf16-nested" : "fp8");
         r = model_load(dir, &m, &err);
         free(dir);
         if (r < 0 || !ref) {
@@ -259,7 +281,7 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
         }
         /* 1. whole prompt in one step vs HF */
         r = run_prompt(&e, 0, f.prompt, S, S, got, V);
-        snprintf(label, sizeof(label), "%s fp8 ckpt, FP8 KV, one step vs HF", name);
+        snprintf(label, sizeof(label), "%s %s, FP8 KV, one step vs HF", name, ck);
         if (r < 0) {
                 check(label, 0, "forward failed %g %g", (double) r, 0.0);
                 goto close;
@@ -273,8 +295,8 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
          * kernel and the logits must be identical (tiny-b: 0). */
         r = run_prompt(&e, 1, f.prompt, S, 7, got2, V);
         double rc = r < 0 ? INFINITY : rel_frob(got2, got, n);
-        double tol_chunk = m->cfg.hidden_size % 16 != 0 ? SELF_REL : tol_rel;
-        snprintf(label, sizeof(label), "%s chunked prefill (7) vs one step", name);
+        double tol_chunk = m->cfg.hidden_size % (mode_bf16 ? 8 : 16) != 0 ? SELF_REL : tol_rel;
+        snprintf(label, sizeof(label), "%s %s chunked prefill (7) vs one step", name, ck);
         check(label, rc <= tol_chunk, "rel %.3e (tol %.1e)", rc, tol_chunk);
 
         /* 3. a batch: slot 2 decodes its last prompt token while slot 3 prefills the whole prompt */
@@ -288,9 +310,9 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                         r = e.ops->forward(e.be, &b, bl);
                 double r1 = r < 0 ? INFINITY : rel_frob(bl, got + (size_t) (S - 1) * V, V);
                 double r2 = r < 0 ? INFINITY : rel_frob(bl + V, got, n);
-                snprintf(label, sizeof(label), "%s mixed batch: decode row vs one step", name);
+                snprintf(label, sizeof(label), "%s %s mixed batch: decode row vs one step", name, ck);
                 check(label, r1 <= SELF_REL, "rel %.3e (tol %.1e)", r1, SELF_REL);
-                snprintf(label, sizeof(label), "%s mixed batch: prefill rows vs one step", name);
+                snprintf(label, sizeof(label), "%s %s mixed batch: prefill rows vs one step", name, ck);
                 check(label, r2 <= SELF_REL, "rel %.3e (tol %.1e)", r2, SELF_REL);
                 free(bl);
         }
@@ -309,28 +331,28 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 s = seq_of(&e, 2, f.prompt, S, 0, true);
                 int rb4 = e.ops->forward(e.be, &b, got2);
                 double rr = rb4 < 0 ? INFINITY : rel_frob(got2, got, n);
-                snprintf(label, sizeof(label), "%s bad batches refused (-EINVAL), next batch runs", name);
+                snprintf(label, sizeof(label), "%s %s bad batches refused (-EINVAL), next batch runs", name, ck);
                 check(label, rb1 == -EINVAL && rb2 == -EINVAL && rb3 == -EINVAL && rb4 == 0 &&
                                      rr <= SELF_REL,
                       "codes ok, rel %.3e (tol %.1e)", rr, SELF_REL);
         }
 
         /* 4. greedy continuation after the prompt (shallowest fixture) */
-        if (greedy && f.n_greedy) {
+        if (greedy && n_hf_greedy) {
                 int32_t tok = (int32_t) argmax(got + (size_t) (S - 1) * V, V), ids[64];
                 float *row = malloc(4 * V);
                 uint32_t agree = 0;
                 r = run_prompt(&e, 0, f.prompt, S, S, got2, V);
-                for (uint32_t i = 0; i < f.n_greedy && r == 0; i++) {
+                for (uint32_t i = 0; i < n_hf_greedy && r == 0; i++) {
                         ids[i] = tok;
-                        agree += tok == f.greedy_fp8[i];
+                        agree += tok == hf_greedy[i];
                         struct backend_seq s = seq_of(&e, 0, &ids[i], 1, S + i, false);
                         struct backend_batch b = {&s, 1};
                         r = e.ops->forward(e.be, &b, row);
                         tok = (int32_t) argmax(row, V);
                 }
-                snprintf(label, sizeof(label), "%s greedy %u tokens agree with HF", name, f.n_greedy);
-                check(label, r == 0 && agree == f.n_greedy, "%g of %g", (double) agree, (double) f.n_greedy);
+                snprintf(label, sizeof(label), "%s %s greedy %u tokens agree with HF", name, ck, n_hf_greedy);
+                check(label, r == 0 && agree == n_hf_greedy, "%g of %g", (double) agree, (double) n_hf_greedy);
                 free(row);
         }
 
@@ -377,8 +399,8 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 if (rg == -EOPNOTSUPP) {
                         printf("# %s: forward_greedy switched off (GEMMA4D_CUDA_NO_GREEDY)\n", name);
                 } else {
-                        snprintf(label, sizeof(label), "%s forward_greedy = host argmax of forward (decode, prefill)",
-                                 name);
+                        snprintf(label, sizeof(label),
+                                 "%s %s forward_greedy = host argmax of forward (decode, prefill)", name, ck);
                         check(label, rg == 0 && same == cases && cases == 7 && r_all == -EINVAL,
                               "%g of %g agree", (double) same, (double) cases);
                 }
@@ -390,18 +412,21 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 r = run_prompt(&e16, 0, f.prompt, S, S, got16, V);
                 double rk = r < 0 ? INFINITY : rel_frob(got, got16, n);
                 printf("# %s: FP8 KV vs BF16 KV rel %.3e\n", name, rk);
-                snprintf(label, sizeof(label), "%s fp8 ckpt, BF16 KV, one step vs HF", name);
+                snprintf(label, sizeof(label), "%s %s, BF16 KV, one step vs HF", name, ck);
                 if (r == 0)
                         compare_ref(label, got16, ref, S, V);
-                snprintf(label, sizeof(label), "%s FP8 KV vs BF16 KV", name);
+                snprintf(label, sizeof(label), "%s %s FP8 KV vs BF16 KV", name, ck);
                 check(label, rk <= tol_rel, "rel %.3e (tol %.3f)", rk, tol_rel);
                 engine_close(&e16);
         }
 
         /* 5b. the BF16 copy of the tied head instead of the FP8 one: what the FP8 head costs */
-        if (m->cfg.hidden_size % 8 == 0 && engine_open_head(&e16, "cuda", m, KV_DTYPE_FP8, 4, true) == 0) {
+        open_weights_bf16 = mode_bf16;
+        r = engine_open_head(&e16, "cuda", m, KV_DTYPE_FP8, 4, true);
+        open_weights_bf16 = false;
+        if (r == 0) {
                 r = run_prompt(&e16, 0, f.prompt, S, S, got16, V);
-                snprintf(label, sizeof(label), "%s fp8 ckpt, BF16 LM head, one step vs HF", name);
+                snprintf(label, sizeof(label), "%s %s, BF16 LM head, one step vs HF", name, ck);
                 if (r == 0)
                         compare_ref(label, got16, ref, S, V);
                 printf("# %s: FP8 head vs BF16 head rel %.3e\n", name, r == 0 ? rel_frob(got, got16, n) : INFINITY);
@@ -411,7 +436,7 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
         /* 6. the CPU engine (W8A8 emulation in float32) on the same checkpoint */
         if (engine_open(&ecpu, "cpu", m, KV_DTYPE_BF16, 4) == 0) {
                 r = run_prompt(&ecpu, 0, f.prompt, S, S, cpu, V);
-                snprintf(label, sizeof(label), "%s cuda vs cpu engine", name);
+                snprintf(label, sizeof(label), "%s %s cuda vs cpu engine", name, ck);
                 if (r == 0)
                         compare_ref(label, got, cpu, S, V);
                 engine_close(&ecpu);
@@ -419,7 +444,7 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
 
         /* 7. the BF16 checkpoint, quantized to FP8 on load, against the FP8 reference */
         dir = path_of(root, name, "bf16-nested");
-        if (model_load(dir, &mb, NULL) == 0) {
+        if (!mode_bf16 && model_load(dir, &mb, NULL) == 0) {
                 struct engine eb;
                 if (engine_open(&eb, "cuda", mb, KV_DTYPE_FP8, 4) == 0) {
                         r = run_prompt(&eb, 0, f.prompt, S, S, got2, V);
@@ -439,6 +464,183 @@ out:
         free(ref), free(got), free(got2), free(got16), free(cpu);
 }
 
+/* ---- precision of weights and head on every fixture ---- */
+
+struct prec_run {
+        const char *label;
+        float *logits;                  /* [S, V] of the prompt in one step */
+        int32_t greedy[64];             /* continuation after the prompt */
+        uint32_t n_greedy;
+        bool ok;
+};
+
+static double max_abs(const float *got, const float *want, size_t n) {
+        double m = 0;
+        for (size_t i = 0; i < n; i++) {
+                double d = fabs((double) got[i] - want[i]);
+                if (isnan(d))
+                        return NAN;
+                if (d > m)
+                        m = d;
+        }
+        return m;
+}
+
+/* The prompt in one step, then n_greedy tokens: the first from the host argmax of the prompt's last row,
+ * the rest from forward_greedy decode steps (decode graphs + device argmax), or forward + host argmax on an
+ * engine without forward_greedy (the CPU engine). */
+static void prec_run(struct engine *e, const struct fixture *f, uint32_t n_greedy, struct prec_run *out) {
+        uint32_t S = f->n_prompt, V = f->vocab;
+        float *row = malloc(4 * (size_t) V);
+        int r = run_prompt(e, 0, f->prompt, S, S, out->logits, V);
+        int32_t tok = r == 0 ? (int32_t) argmax(out->logits + (size_t) (S - 1) * V, V) : -1;
+
+        out->n_greedy = 0;
+        for (uint32_t i = 0; i < n_greedy && r == 0; i++) {
+                out->greedy[out->n_greedy++] = tok;
+                if (i + 1 == n_greedy)
+                        break;
+                struct backend_seq sq = seq_of(e, 0, &out->greedy[i], 1, S + i, false);
+                struct backend_batch b = {&sq, 1};
+                if (e->ops->forward_greedy) {
+                        r = e->ops->forward_greedy(e->be, &b, &tok);
+                } else {
+                        r = e->ops->forward(e->be, &b, row);
+                        tok = (int32_t) argmax(row, V);
+                }
+        }
+        out->ok = r == 0 && out->n_greedy == n_greedy;
+        free(row);
+}
+
+static void prec_report(const char *name, const struct prec_run *pr, const char *ref_name, const float *ref,
+                        const int32_t *hf_greedy, uint32_t n_hf, uint32_t S, uint32_t V, double *ret_rel) {
+        uint32_t same = 0, g_same = 0, g_first = n_hf;
+        size_t n = (size_t) S * V;
+        if (!pr->ok) {
+                printf("RESULT golden %s %-22s vs %s: run failed\n", name, pr->label, ref_name);
+                *ret_rel = INFINITY;
+                return;
+        }
+        for (uint32_t r = 0; r < S; r++)
+                same += argmax(pr->logits + (size_t) r * V, V) == argmax(ref + (size_t) r * V, V);
+        for (uint32_t i = 0; i < n_hf && i < pr->n_greedy; i++) {
+                g_same += pr->greedy[i] == hf_greedy[i];
+                if (pr->greedy[i] != hf_greedy[i] && g_first == n_hf)
+                        g_first = i;
+        }
+        double rel = rel_frob(pr->logits, ref, n), mx = max_abs(pr->logits, ref, n);
+        printf("RESULT golden %s %-22s vs %s: max_abs %.3e rel %.3e argmax %u/%u greedy %u/%u (first diff %d)\n",
+               name, pr->label, ref_name, mx, rel, same, S, g_same, n_hf, g_first == n_hf ? -1 : (int) g_first);
+        *ret_rel = rel;
+}
+
+/* FP8 weights + FP8 head, FP8 weights + BF16 head, BF16 weights (+ BF16 head, + FP8 head), and the CPU engine
+ * on the BF16 checkpoint, each against HF's FP8 (W8A8) and BF16 references. BF16 KV throughout (HF keeps K/V
+ * unquantized), so the weights and the head are what differ. */
+static void test_precision(const char *root, const char *name) {
+        struct fixture f;
+        struct model *m8 = NULL, *m16 = NULL;
+        struct engine e;
+        char label[200];
+        enum { P_F8_H8, P_F8_H16, P_B16_H16, P_B16_H8, P_CPU16, P_N };
+        struct prec_run pr[P_N] = {
+                {.label = "fp8w+fp8head"}, {.label = "fp8w+bf16head"}, {.label = "bf16w+bf16head"},
+                {.label = "bf16w+fp8head"}, {.label = "cpu-engine(bf16)"},
+        };
+        double rel8[P_N], rel16[P_N];
+
+        if (fixture_load(root, name, &f) < 0) {
+                printf("# %s: no fixture\n", name);
+                return;
+        }
+        uint32_t S = f.n_prompt, V = f.vocab;
+        size_t n = (size_t) S * V;
+        uint32_t ng = f.n_greedy < f.n_greedy_bf16 ? f.n_greedy_bf16 : f.n_greedy;
+        float *ref8 = read_f32(root, name, "ref-fp8.f32", n), *ref16 = read_f32(root, name, "ref-bf16.f32", n);
+        char *d8 = path_of(root, name, "fp8"), *d16 = path_of(root, name, "bf16-nested");
+        int r8 = model_load(d8, &m8, NULL), r16 = model_load(d16, &m16, NULL);
+        free(d8), free(d16);
+        if (r8 < 0 || r16 < 0 || !ref8 || !ref16) {
+                printf("not ok - %s: precision: fixture incomplete\n", name);
+                n_fail++;
+                goto out;
+        }
+        for (int i = 0; i < P_N; i++)
+                pr[i].logits = malloc(4 * n);
+
+        for (int i = 0; i < P_N; i++) {
+                struct model *m = i == P_F8_H8 || i == P_F8_H16 ? m8 : m16;
+                bool head16 = i == P_F8_H16 || i == P_B16_H16;
+                open_weights_bf16 = i == P_B16_H16 || i == P_B16_H8;
+                int r = engine_open_head(&e, i == P_CPU16 ? "cpu" : "cuda", m, KV_DTYPE_BF16, 4, head16);
+                open_weights_bf16 = false;
+                if (r < 0)
+                        continue;
+                prec_run(&e, &f, ng, &pr[i]);
+                engine_close(&e);
+        }
+        for (int i = 0; i < P_N; i++) {
+                prec_report(name, &pr[i], "hf-fp8 ", ref8, f.greedy_fp8, f.n_greedy, S, V, &rel8[i]);
+                prec_report(name, &pr[i], "hf-bf16", ref16, f.greedy_bf16, f.n_greedy_bf16, S, V, &rel16[i]);
+        }
+        if (pr[P_F8_H8].ok && pr[P_F8_H16].ok)
+                printf("RESULT golden %s fp8 head vs bf16 head (fp8 weights): max_abs %.3e rel %.3e\n", name,
+                       max_abs(pr[P_F8_H8].logits, pr[P_F8_H16].logits, n),
+                       rel_frob(pr[P_F8_H8].logits, pr[P_F8_H16].logits, n));
+        if (pr[P_B16_H16].ok && pr[P_CPU16].ok)
+                printf("RESULT golden %s bf16 weights vs cpu engine (bf16 ckpt, float32): max_abs %.3e rel %.3e\n",
+                       name, max_abs(pr[P_B16_H16].logits, pr[P_CPU16].logits, n),
+                       rel_frob(pr[P_B16_H16].logits, pr[P_CPU16].logits, n));
+
+        /* BF16 weights against the BF16 reference: within the battery's tolerance, and closer than either FP8
+         * weight configuration gets to that reference */
+        double best_fp8 = rel16[P_F8_H8] < rel16[P_F8_H16] ? rel16[P_F8_H8] : rel16[P_F8_H16];
+        snprintf(label, sizeof(label), "%s bf16 weights vs HF bf16 within tolerance", name);
+        check(label, pr[P_B16_H16].ok && rel16[P_B16_H16] <= tol_rel, "rel %.3e (tol %.3f)", rel16[P_B16_H16],
+              tol_rel);
+        snprintf(label, sizeof(label), "%s bf16 weights closer to HF bf16 than fp8 weights", name);
+        check(label, pr[P_B16_H16].ok && rel16[P_B16_H16] < best_fp8, "rel %.3e vs fp8 weights' %.3e",
+              rel16[P_B16_H16], best_fp8);
+out:
+        for (int i = 0; i < P_N; i++)
+                free(pr[i].logits);
+        free(ref8), free(ref16);
+        model_free(m8);
+        model_free(m16);
+}
+
+/* cuda.weights bf16 on an FP8 checkpoint: refused at create with a message that says why */
+static void test_bf16_refusals(const char *root) {
+        struct model *m = NULL;
+        struct backend *be = NULL;
+        struct backend_params p = {.kv_dtype = KV_DTYPE_FP8, .page_size = 4, .max_num_seqs = 2,
+                                   .max_batched_tokens = 64, .max_model_len = 64, .n_full_pages = 40,
+                                   .gpu_fraction = 0.5, .weights_bf16 = true};
+        char *err = NULL, *dir = path_of(root, "tiny-c", "fp8");
+        int r = model_load(dir, &m, NULL);
+        free(dir);
+        if (r < 0)
+                return;
+        r = backend_find("cuda")->create(m, &p, &be, &err);
+        printf("# weights bf16 on the fp8 checkpoint: %d %s\n", r, err ? err : "(no message)");
+        check("weights bf16 on an FP8 checkpoint refused with a message naming FP8", r == -EINVAL && err &&
+                      strstr(err, "FP8") && strstr(err, "cuda.weights"),
+              "rc %g (want %g)", (double) r, (double) -EINVAL);
+        if (r == 0)
+                backend_find("cuda")->destroy(be);
+        free(err);
+        err = NULL;
+        /* the memory check of BF16 weights: 1 TiB of weights does not fit, and the message says how much */
+        r = cuda_bf16_check_memory(1ull << 40, &err);
+        printf("# 1 TiB of BF16 weights: %d %s\n", r, err ? err : "(no message)");
+        check("weights bf16 that do not fit refused with the GiB needed", r == -ENOMEM && err &&
+                      strstr(err, "1024.00 GiB") && strstr(err, "free"),
+              "rc %g (want %g)", (double) r, (double) -ENOMEM);
+        free(err);
+        model_free(m);
+}
+
 /* Truncated models (first d layers, then the final norm and head) on both engines: where along the depth
  * the two engines part. Both read the same weights, so layer d's error is what d layers add. */
 static void depth_scan(const char *root, const char *name) {
@@ -447,29 +649,35 @@ static void depth_scan(const char *root, const char *name) {
         char label[160];
         if (fixture_load(root, name, &f) < 0)
                 return;
-        char *dir = path_of(root, name, "fp8");
+        char *dir = path_of(root, name, mode_bf16 ? "bf16-nested" : "fp8");
         int r = model_load(dir, &m, NULL);
         free(dir);
         if (r < 0)
                 return;
         uint32_t S = f.n_prompt < 8 ? f.n_prompt : 8, V = f.vocab, L = m->cfg.n_layers;
+        /* BF16 weights run with the BF16 head: what is left is the BF16 rounding of activations */
+        double tol = mode_bf16 ? LAYER_REL_BF16 : LAYER_REL;
+        const char *what = mode_bf16 ? "bf16 weights+head" : "fp8";
         float *a = malloc(4 * (size_t) S * V), *c = malloc(4 * (size_t) S * V);
         for (uint32_t d = 1; d <= L; d++) {
                 struct engine eg, ec;
                 m->cfg.n_layers = d;
-                if (engine_open(&eg, "cuda", m, KV_DTYPE_BF16, 4) < 0)
+                open_weights_bf16 = mode_bf16;
+                r = engine_open_head(&eg, "cuda", m, KV_DTYPE_BF16, 4, mode_bf16);
+                open_weights_bf16 = false;
+                if (r < 0)
                         break;
                 if (engine_open(&ec, "cpu", m, KV_DTYPE_BF16, 4) < 0) {
                         engine_close(&eg);
                         break;
                 }
                 if (run_prompt(&eg, 0, f.prompt, S, S, a, V) == 0 && run_prompt(&ec, 0, f.prompt, S, S, c, V) == 0)
-                        printf("# %s depth %u: cuda vs cpu first row %.3e, %u rows %.3e\n", name, d,
+                        printf("# %s %s depth %u: cuda vs cpu first row %.3e, %u rows %.3e\n", name, what, d,
                                rel_frob(a, c, V), S, rel_frob(a, c, (size_t) S * V));
                 if (d == 1) {
                         double e1 = rel_frob(a, c, V);
-                        snprintf(label, sizeof(label), "%s one layer: cuda vs cpu first row", name);
-                        check(label, e1 <= LAYER_REL, "rel %.3e (tol %.1e)", e1, LAYER_REL);
+                        snprintf(label, sizeof(label), "%s %s one layer: cuda vs cpu first row", name, what);
+                        check(label, e1 <= tol, "rel %.3e (tol %.1e)", e1, tol);
                 }
                 engine_close(&eg);
                 engine_close(&ec);
@@ -492,7 +700,7 @@ static void test_padded_graphs(const char *root, const char *name) {
                 printf("# %s: no fixture with 13 prompt tokens for the padded-graph test\n", name);
                 return;
         }
-        char *dir = path_of(root, name, "fp8");
+        char *dir = path_of(root, name, mode_bf16 ? "bf16-nested" : "fp8");
         int r = model_load(dir, &m, NULL);
         free(dir);
         if (r < 0)
@@ -520,7 +728,8 @@ static void test_padded_graphs(const char *root, const char *name) {
         if (r == 0)
                 r = e.ops->forward(e.be, &b9, l9);
         double d9 = r == 0 ? rel_frob(l9, l12, (size_t) 9 * V) : INFINITY;
-        snprintf(label, sizeof(label), "%s 9 sequences on the padded 12-graph = first 9 rows of 12", name);
+        snprintf(label, sizeof(label), "%s %s 9 sequences on the padded 12-graph = first 9 rows of 12", name,
+                 mode_bf16 ? "bf16 weights" : "fp8");
         check(label, d9 <= SELF_REL, "rel %.3e (tol %.1e; rows are independent, 0 expected)", d9, SELF_REL);
         if (r == 0 && e.ops->forward_greedy) {
                 int rg = e.ops->forward_greedy(e.be, &b9, toks);
@@ -528,14 +737,16 @@ static void test_padded_graphs(const char *root, const char *name) {
                 for (uint32_t i = 0; i < 9 && rg == 0; i++)
                         same += toks[i] == (int32_t) argmax(l9 + (size_t) i * V, V);
                 if (rg != -EOPNOTSUPP) {
-                        snprintf(label, sizeof(label), "%s padded greedy step = host argmax", name);
+                        snprintf(label, sizeof(label), "%s %s padded greedy step = host argmax", name,
+                                 mode_bf16 ? "bf16 weights" : "fp8");
                         check(label, rg == 0 && same == 9, "%g of %g", (double) same, 9.0);
                 }
         }
         if (r == 0)
                 r = e.ops->forward(e.be, &b12, l12b);
         double d12 = r == 0 ? rel_frob(l12b, l12, (size_t) 12 * V) : INFINITY;
-        snprintf(label, sizeof(label), "%s padding wrote no page a sequence reads (12-step repeated)", name);
+        snprintf(label, sizeof(label), "%s %s padding wrote no page a sequence reads (12-step repeated)", name,
+                 mode_bf16 ? "bf16 weights" : "fp8");
         check(label, d12 == 0.0, "rel %.3e (want %g)", d12, 0.0);
         free(l12), free(l12b), free(l9), free(scratch);
         engine_close(&e);
@@ -581,6 +792,8 @@ int main(int argc, char **argv) {
         const char *src = getenv("GEMMA4D_SOURCE_ROOT");
         char root[4096];
 
+        /* one line at a time: the backend logs to stderr, and a RESULT line must not be cut by a log line */
+        setvbuf(stdout, NULL, _IOLBF, 0);
         if (kernels_device_count() <= 0) {
                 printf("1..0 # SKIP no CUDA device\n");
                 return 77;
@@ -597,13 +810,23 @@ int main(int argc, char **argv) {
                 return 77;
         }
         fclose(fp);
-        depth_scan(root, "tiny-b");
-        depth_scan(root, "tiny-a");
-        test_fixture(root, "tiny-c", true);
-        test_fixture(root, "tiny-a", true);
-        test_fixture(root, "tiny-b", false);
-        test_padded_graphs(root, "tiny-a");
+        /* the battery with FP8 weights on the FP8 checkpoints against HF's W8A8 reference, then with BF16
+         * weights on the BF16 checkpoints against HF's BF16 reference */
+        for (int bf16 = 0; bf16 <= 1; bf16++) {
+                mode_bf16 = bf16;
+                depth_scan(root, "tiny-b");
+                depth_scan(root, "tiny-a");
+                test_fixture(root, "tiny-c", true);
+                test_fixture(root, "tiny-a", true);
+                test_fixture(root, "tiny-b", false);
+                test_padded_graphs(root, "tiny-a");
+        }
+        mode_bf16 = false;
         test_embedding_placement(root, "tiny-c");
+        test_bf16_refusals(root);
+        static const char *const all[] = {"tiny-a", "tiny-b", "tiny-c", "tiny-d"};
+        for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+                test_precision(root, all[i]);
         printf("1..%d\n", n_test);
         return n_fail ? 1 : 0;
 }

@@ -27,6 +27,7 @@ struct eval_opts {
         int threads;
         enum kv_dtype kv_dtype;
         bool kv_dtype_set;
+        bool weights_bf16, lm_head_bf16;        /* CUDA: cuda.weights / cuda.lm_head bf16 */
 };
 
 static void usage(FILE *f) {
@@ -40,6 +41,8 @@ static void usage(FILE *f) {
               "  --chunk N              prefill at most N tokens per step (default 256)\n"
               "  --kv-dtype bf16|fp8    KV cache dtype (CUDA default bf16; the CPU keeps float32 unless given,\n"
               "                         then rounds K/V as the GPU stores them)\n"
+              "  --weights fp8|bf16     CUDA: FP8 per channel (default) or a BF16 checkpoint's weights in BF16\n"
+              "  --lm-head fp8|bf16     CUDA: FP8 copy of the LM head (default) or the BF16 table\n"
               "  -h, --help\n", f);
 }
 
@@ -109,6 +112,7 @@ static int parse_args(int argc, char **argv, struct eval_opts *o) {
                 { "greedy", required_argument, NULL, 'g' },  { "bench", required_argument, NULL, 'B' },
                 { "threads", required_argument, NULL, 't' }, { "page-size", required_argument, NULL, 'p' },
                 { "chunk", required_argument, NULL, 'c' },   { "kv-dtype", required_argument, NULL, 'k' },
+                { "weights", required_argument, NULL, 'W' }, { "lm-head", required_argument, NULL, 'L' },
                 { "help", no_argument, NULL, 'h' },          { 0 },
         };
         uint32_t v;
@@ -147,6 +151,20 @@ static int parse_args(int argc, char **argv, struct eval_opts *o) {
                                 r = -EINVAL;
                         }
                         break;
+                case 'W':
+                case 'L': {
+                        bool bf16 = strcmp(optarg, "bf16") == 0;
+                        if (!bf16 && strcmp(optarg, "fp8") != 0) {
+                                fprintf(stderr, "gemma4-eval: --%s: '%s' is not fp8 or bf16\n",
+                                        c == 'W' ? "weights" : "lm-head", optarg);
+                                r = -EINVAL;
+                        } else if (c == 'W') {
+                                o->weights_bf16 = bf16;
+                        } else {
+                                o->lm_head_bf16 = bf16;
+                        }
+                        break;
+                }
                 case 'h': usage(stdout); return 1;
                 default: usage(stderr); return -EINVAL;
                 }
@@ -243,6 +261,8 @@ static int run(const struct eval_opts *o) {
         ring = (s.model->cfg.sliding_window + B - 1) / B + 1;
         p.kv_dtype = o->kv_dtype;
         p.cpu_kv_round = o->kv_dtype_set;
+        p.weights_bf16 = o->weights_bf16;
+        p.lm_head_bf16 = o->lm_head_bf16;
         p.page_size = B;
         p.max_num_seqs = 1;
         p.max_batched_tokens = o->chunk;

@@ -22,7 +22,7 @@ struct opts {
         const char *model;
         enum kv_dtype kv;
         uint32_t page, prefill, prompt, decode, streams, stream_prompt, stream_decode, repeats;
-        bool profile, head_bf16, greedy;
+        bool profile, head_bf16, greedy, weights_bf16;
 };
 
 static double now(void) {
@@ -157,6 +157,7 @@ static void usage(void) {
                "  --stream-decode N    decode steps with all streams (default 256)\n"
                "  --repeats N          timed repeats of each figure (default 3)\n"
                "  --head-bf16          BF16 LM head instead of the FP8 copy\n"
+               "  --weights-bf16       keep a BF16 checkpoint's weights in BF16 (cuda.weights bf16)\n"
                "  --greedy             decode through forward_greedy (argmax on the device, no logits copy)\n"
                "  --profile            per-op breakdown of decode steps and of the prefill\n");
 }
@@ -170,7 +171,7 @@ int main(int argc, char **argv) {
                 {"streams", required_argument, NULL, 's'}, {"stream-prompt", required_argument, NULL, 'q'},
                 {"stream-decode", required_argument, NULL, 'D'}, {"repeats", required_argument, NULL, 'r'},
                 {"profile", no_argument, NULL, 'x'}, {"head-bf16", no_argument, NULL, 'H'},
-                {"greedy", no_argument, NULL, 'g'},
+                {"greedy", no_argument, NULL, 'g'}, {"weights-bf16", no_argument, NULL, 'W'},
                 {"help", no_argument, NULL, 'h'}, {0},
         };
         int c, r;
@@ -189,6 +190,7 @@ int main(int argc, char **argv) {
                 case 'x': o.profile = true; break;
                 case 'H': o.head_bf16 = true; break;
                 case 'g': o.greedy = true; break;
+                case 'W': o.weights_bf16 = true; break;
                 case 'h': usage(); return 0;
                 default: usage(); return 2;
                 }
@@ -224,6 +226,7 @@ int main(int argc, char **argv) {
         p.max_model_len = max_len;
         p.gpu_fraction = 0.9;
         p.lm_head_bf16 = o.head_bf16;
+        p.weights_bf16 = o.weights_bf16;
         b.ops = backend_find("cuda");
         if (!b.ops) {
                 fprintf(stderr, "gemma4-gpubench: built without the CUDA backend\n");
