@@ -12,6 +12,17 @@
 
 #define KERN_CHECK_LAUNCH() (cudaGetLastError() == cudaSuccess ? 0 : -EIO)
 
+/* Programmatic dependent launch: a kernel lets the next one in the stream start early (that one runs only
+ * its prologue -- weight loads -- until griddep_wait(), which returns once this grid has finished and its
+ * writes are visible). Both are no-ops for kernels launched without the attribute. */
+static __device__ __forceinline__ void griddep_launch_dependents(void) {
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+static __device__ __forceinline__ void griddep_wait(void) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 static __device__ __forceinline__ float bf16_bits_to_f32(uint16_t v) {
         return __uint_as_float((uint32_t) v << 16);
 }
@@ -110,4 +121,90 @@ static __device__ __forceinline__ void block_quant(const float *v, uint32_t n, u
                 q[i] = f32_to_e4m3(v[i] / s);
         if (threadIdx.x == 0)
                 *scale = s;
+}
+
+/* A router logit: one warp's dot product of two BF16 rows of length n, four 16-byte loads of each in flight
+ * per lane; every lane gets the sum. kern_router and the fused decode FFN kernel share it (and
+ * warp_router_topk) so that both choose the same experts, bit for bit. */
+static __device__ __forceinline__ float warp_dot_bf16(const uint16_t *a, const uint16_t *w, uint32_t n) {
+        const int lane = threadIdx.x & 31;
+        float acc = 0.0f;
+        if (n % 8 == 0) {
+                for (uint32_t i0 = lane * 8; i0 < n; i0 += 4 * 32 * 8) {
+                        uint4 av[4], wv[4];
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                                uint32_t i = i0 + u * 32 * 8;
+                                av[u] = i < n ? *reinterpret_cast<const uint4 *>(a + i) : make_uint4(0, 0, 0, 0);
+                                wv[u] = i < n ? __ldg(reinterpret_cast<const uint4 *>(w + i)) : make_uint4(0, 0, 0, 0);
+                        }
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                                const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av[u]);
+                                const uint16_t *wh = reinterpret_cast<const uint16_t *>(&wv[u]);
+#pragma unroll
+                                for (int j = 0; j < 8; j++)
+                                        acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
+                        }
+                }
+        } else {
+                for (uint32_t i = lane; i < n; i += 32)
+                        acc += bf16_bits_to_f32(a[i]) * bf16_bits_to_f32(w[i]);
+        }
+        return warp_sum(acc);
+}
+
+/* One warp, one token: softmax over lg[0, n_experts) (overwritten with the probabilities), top_k by
+ * repeated arg-max (ties to the lower index), renormalised over the chosen, times per_expert_scale. Lane 0
+ * writes idx[0, top_k) and wts[0, top_k). */
+static __device__ __forceinline__ void warp_router_topk(float *lg, uint32_t n_experts, uint32_t top_k,
+                                                        const uint16_t *per_expert_scale, int32_t *idx,
+                                                        float *wts) {
+        const int lane = threadIdx.x & 31;
+        float mx = -INFINITY;
+        for (uint32_t e = lane; e < n_experts; e += 32)
+                mx = fmaxf(mx, lg[e]);
+        mx = warp_max(mx);
+        float total = 0.0f;
+        for (uint32_t e = lane; e < n_experts; e += 32) {
+                float p = __expf(lg[e] - mx);
+                lg[e] = p;
+                total += p;
+        }
+        total = warp_sum(total);
+        __syncwarp();
+        float picked_sum = 0.0f, picked_p[KERNELS_MAX_TOPK];
+        int picked[KERNELS_MAX_TOPK];
+        for (uint32_t k = 0; k < top_k; k++) {
+                float best = -1.0f;
+                int best_e = 0x7fffffff;
+                for (uint32_t e = lane; e < n_experts; e += 32) {
+                        float p = lg[e];
+                        if (p > best) {
+                                best = p;
+                                best_e = (int) e;
+                        }
+                }
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) {
+                        float ob = __shfl_xor_sync(0xffffffffu, best, off);
+                        int oe = __shfl_xor_sync(0xffffffffu, best_e, off);
+                        if (ob > best || (ob == best && oe < best_e)) {
+                                best = ob;
+                                best_e = oe;
+                        }
+                }
+                picked[k] = best_e;
+                picked_p[k] = best / total;
+                picked_sum += best / total;
+                __syncwarp();
+                if (lane == 0)
+                        lg[best_e] = -2.0f;
+                __syncwarp();
+        }
+        if (lane == 0)
+                for (uint32_t k = 0; k < top_k; k++) {
+                        idx[k] = picked[k];
+                        wts[k] = picked_p[k] / picked_sum * bf16_bits_to_f32(per_expert_scale[picked[k]]);
+                }
 }

@@ -157,6 +157,74 @@ int kern_geglu_bf16(const uint16_t *gu, uint32_t n_rows, uint32_t n, uint16_t *o
 /* cuBLASLt BF16 x BF16 -> BF16 (FP32 accumulation): y [m, n_out] = x [m, k] W^T; k % 8 == 0, n_out % 8 == 0. */
 int kern_blas_bf16_linear(struct kern_blas *b, const uint16_t *w, uint32_t n_out, uint32_t k, const uint16_t *x,
                           uint32_t m, uint16_t *y, cudaStream_t stream);
+/* ---- decode steps of few tokens (decode.cu) ---- */
+
+/* The feed-forward block of up to 8 tokens in one launch. Routed experts: per (token, slot) pair
+ * p = t * top_k + j with expert e = topk_idx[p]: g|u = FP8 gate_up(x[t]) (BF16),
+ * a = quant(bf16(bf16(gelu_tanh(g)) * u)) per pair, y[p] = BF16 FP8 down(a) -- the same roundings as route +
+ * grouped gate_up + geglu_quant + grouped down. w_gate_up FP8 [E][2*inter][hidden] (gate rows, then up
+ * rows), s_gate_up [E][2*inter]; w_down FP8 [E][hidden][inter], s_down [E][hidden]. A token's experts must
+ * be distinct (top-k). The dense MLP (when dense_w_gate_up is set) the same way on dense_x, one row per
+ * token into dense_y. workspace: device memory of kern_ffn_decode_workspace() bytes, zeroed once before the
+ * first launch (it holds a grid barrier that leaves itself at zero); one launch at a time per workspace.
+ * With router_proj set the kernel also routes: the steps of kern_router (same bits) on router_in, writing
+ * topk_idx and topk_w; otherwise topk_idx is its input. */
+struct kern_ffn_decode {
+        const uint8_t *w_gate_up, *w_down;
+        const float *s_gate_up, *s_down;
+        uint32_t n_experts, hidden, inter, n_tokens, top_k;
+        const uint8_t *x;
+        const float *x_scale;
+        int32_t *topk_idx;              /* [n_tokens][top_k] */
+        float *topk_w;                  /* [n_tokens][top_k], written when routing here */
+        const uint16_t *router_in, *router_proj, *router_per_expert_scale;     /* NULL: topk_idx given */
+        uint16_t *y;                    /* [n_tokens * top_k][hidden] */
+        const uint8_t *dense_w_gate_up, *dense_w_down;  /* NULL: experts only */
+        const float *dense_s_gate_up, *dense_s_down;
+        uint32_t dense_inter;
+        const uint8_t *dense_x;
+        const float *dense_x_scale;
+        uint16_t *dense_y;              /* [n_tokens][hidden] */
+        void *workspace;
+        bool pdl;                       /* programmatic dependent launch (see kern_gemv_decode) */
+        uint32_t flags;                 /* KERN_FFN_DECODE_* variants */
+        /* measurements only: device uint64 [16] (zero, [15] ~0) that receives per-phase times (the last
+         * block's globaltimer at each mark, [15] the first start); NULL: none */
+        unsigned long long *debug_times;
+};
+#define KERN_FFN_DECODE_NO_DOWN_PREFETCH 1u
+#define KERN_FFN_DECODE_NO_ITEM_PREFETCH 2u
+#define KERN_FFN_DECODE_WIDE 4u         /* one block per SM, whole items per pass */
+size_t kern_ffn_decode_workspace(uint32_t top_k, uint32_t n_experts, uint32_t inter, uint32_t dense_inter);
+bool kern_ffn_decode_supported(uint32_t n_tokens, uint32_t top_k, uint32_t n_experts, uint32_t hidden,
+                               uint32_t inter, uint32_t dense_inter);
+int kern_ffn_decode(const struct kern_ffn_decode *args, cudaStream_t stream);
+
+/* kern_router and kern_moe_route of a decode step (up to 8 tokens) in one launch, with the same results
+ * (each expert's pairs in pair order). workspace: a kern_ffn_decode workspace (its barrier area). pdl: as
+ * for kern_gemv_decode (the router rows are requested into L2 before the wait). */
+bool kern_route_decode_supported(uint32_t n_tokens, uint32_t n_experts, uint32_t top_k);
+int kern_route_decode(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt, float *logits,
+                      int32_t *topk_idx, float *topk_w, int32_t *pair_rows, struct kern_gemm_group *groups,
+                      int32_t *n_groups, void *workspace, bool pdl, cudaStream_t stream);
+
+/* Small-M FP8 linear for decode steps (up to 8 rows, k % 16 == 0, k <= 8192), same contract as
+ * kern_fp8_linear_small; with x_bf16 set the input is BF16 [m][k] and is quantized per row inside (the
+ * steps of kern_quant_rows; x and x_scale unused). pdl: launched as a programmatic dependent of the previous
+ * kernel in the stream (its weight loads overlap that kernel; it waits for it before reading x). */
+bool kern_gemv_decode_supported(uint32_t n_out, uint32_t k, uint32_t m);
+int kern_gemv_decode(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                     const uint16_t *x_bf16, const float *x_scale, uint32_t m, void *y, enum kern_out out,
+                     float softcap, bool pdl, cudaStream_t stream);
+
+/* Ask L2 for up to KERN_PREFETCH_RANGES device ranges (16-byte aligned starts; a tail under 16 bytes is
+ * skipped). Returns at once; nothing waits for the data. */
+#define KERN_PREFETCH_RANGES 4
+struct kern_prefetch {
+        const void *p[KERN_PREFETCH_RANGES];
+        size_t bytes[KERN_PREFETCH_RANGES];
+};
+int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t stream);
 
 /* ---- greedy selection (sample.cu) ---- */
 

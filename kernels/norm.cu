@@ -24,6 +24,7 @@ static int set_smem(const void *fn, size_t bytes) {
 
 static __global__ void __launch_bounds__(1024) rmsnorm_rows_kernel(const float *x, const int32_t *rows, const uint16_t *w, uint32_t n,
                                            float eps, uint8_t *q, float *q_scale, uint16_t *out_bf16) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         extern __shared__ float sm[];
         float *red = sm, *v = sm + 32;
         uint32_t r = blockIdx.x;
@@ -59,6 +60,7 @@ extern "C" int kern_rmsnorm_quant(const float *x, const uint16_t *w, uint32_t n_
 }
 
 static __global__ void __launch_bounds__(1024) quant_rows_kernel(const uint16_t *x, uint32_t n, uint8_t *q, float *q_scale) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         __shared__ float red[32];
         const uint16_t *src = x + (size_t) blockIdx.x * n;
         uint8_t *dst = q + (size_t) blockIdx.x * n;
@@ -185,6 +187,7 @@ static __global__ void __launch_bounds__(1024) post_attn_kernel(float *x, uint16
                                         const uint16_t *w_post_attn, const uint16_t *w_pre_ff, uint8_t *q1,
                                         float *s1, const uint16_t *w_pre_ff2, uint8_t *q2, float *s2,
                                         const uint16_t *router_scale) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         extern __shared__ float sm[];
         float *red = sm, *h = sm + 32, *v = h + n;
         uint32_t t = blockIdx.x;
@@ -242,32 +245,7 @@ static __global__ void router_logits_kernel(const uint16_t *r, const uint16_t *p
         const uint32_t t = blockIdx.y, e = blockIdx.x * ROUTER_WARPS + warp;
         if (e >= n_experts)
                 return;
-        const uint16_t *a = r + (size_t) t * n, *w = proj + (size_t) e * n;
-        float acc = 0.0f;
-        if (n % 8 == 0) {
-                /* four 16-byte loads of the weight row in flight per lane */
-                for (uint32_t i0 = lane * 8; i0 < n; i0 += 4 * 32 * 8) {
-                        uint4 av[4], wv[4];
-#pragma unroll
-                        for (int u = 0; u < 4; u++) {
-                                uint32_t i = i0 + u * 32 * 8;
-                                av[u] = i < n ? *reinterpret_cast<const uint4 *>(a + i) : make_uint4(0, 0, 0, 0);
-                                wv[u] = i < n ? __ldg(reinterpret_cast<const uint4 *>(w + i)) : make_uint4(0, 0, 0, 0);
-                        }
-#pragma unroll
-                        for (int u = 0; u < 4; u++) {
-                                const uint16_t *ah = reinterpret_cast<const uint16_t *>(&av[u]);
-                                const uint16_t *wh = reinterpret_cast<const uint16_t *>(&wv[u]);
-#pragma unroll
-                                for (int j = 0; j < 8; j++)
-                                        acc += bf16_bits_to_f32(ah[j]) * bf16_bits_to_f32(wh[j]);
-                        }
-                }
-        } else {
-                for (uint32_t i = lane; i < n; i += 32)
-                        acc += bf16_bits_to_f32(a[i]) * bf16_bits_to_f32(w[i]);
-        }
-        acc = warp_sum(acc);
+        float acc = warp_dot_bf16(r + (size_t) t * n, proj + (size_t) e * n, n);
         if (lane == 0)
                 logits[(size_t) t * n_experts + e] = acc;
 }
@@ -275,57 +253,11 @@ static __global__ void router_logits_kernel(const uint16_t *r, const uint16_t *p
 /* one warp per token: softmax over all experts, top-k (ties -> lower index), renormalise, per-expert scale */
 static __global__ void router_topk_kernel(float *logits, uint32_t n_rows, uint32_t n_experts, uint32_t top_k,
                                           const uint16_t *per_expert_scale, int32_t *topk_idx, float *topk_w) {
-        const int lane = threadIdx.x & 31;
         const uint32_t t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
         if (t >= n_rows)
                 return;
-        float *lg = logits + (size_t) t * n_experts;
-        float mx = -INFINITY;
-        for (uint32_t e = lane; e < n_experts; e += 32)
-                mx = fmaxf(mx, lg[e]);
-        mx = warp_max(mx);
-        float total = 0.0f;
-        for (uint32_t e = lane; e < n_experts; e += 32) {
-                float p = __expf(lg[e] - mx);
-                lg[e] = p;
-                total += p;
-        }
-        total = warp_sum(total);
-        __syncwarp();
-        float picked_sum = 0.0f, picked_p[KERNELS_MAX_TOPK];
-        int picked[KERNELS_MAX_TOPK];
-        for (uint32_t k = 0; k < top_k; k++) {
-                float best = -1.0f;
-                int best_e = 0x7fffffff;
-                for (uint32_t e = lane; e < n_experts; e += 32) {
-                        float p = lg[e];
-                        if (p > best) {
-                                best = p;
-                                best_e = (int) e;
-                        }
-                }
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) {
-                        float ob = __shfl_xor_sync(0xffffffffu, best, off);
-                        int oe = __shfl_xor_sync(0xffffffffu, best_e, off);
-                        if (ob > best || (ob == best && oe < best_e)) {
-                                best = ob;
-                                best_e = oe;
-                        }
-                }
-                picked[k] = best_e;
-                picked_p[k] = best / total;
-                picked_sum += best / total;
-                __syncwarp();
-                if (lane == 0)
-                        lg[best_e] = -2.0f;
-                __syncwarp();
-        }
-        if (lane == 0)
-                for (uint32_t k = 0; k < top_k; k++) {
-                        topk_idx[t * top_k + k] = picked[k];
-                        topk_w[t * top_k + k] = picked_p[k] / picked_sum * bf16_bits_to_f32(per_expert_scale[picked[k]]);
-                }
+        warp_router_topk(logits + (size_t) t * n_experts, n_experts, top_k, per_expert_scale,
+                         topk_idx + (size_t) t * top_k, topk_w + (size_t) t * top_k);
 }
 
 extern "C" int kern_router(const uint16_t *r, uint32_t n_rows, uint32_t n, const struct kern_router *rt,
@@ -350,6 +282,7 @@ static __global__ void __launch_bounds__(1024) ffn_combine_kernel(float *x, cons
                                           const uint16_t *w_post_ff1, const uint16_t *w_post_ff2,
                                           const uint16_t *w_post_ff, float layer_scalar,
                                           const uint16_t *w_next, uint8_t *q, float *s) {
+        griddep_launch_dependents();    /* a PDL-launched decode kernel next may load its weights now */
         extern __shared__ float sm[];
         float *red = sm, *m1 = sm + 32, *m2 = m1 + n;
         uint32_t t = blockIdx.x;

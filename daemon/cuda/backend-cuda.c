@@ -24,7 +24,7 @@
 
 enum {
         P_START, P_EMBED, P_QKV, P_QKV_POST, P_ATTN, P_KV, P_OQ, P_O, P_POST, P_ROUTER, P_DGU, P_DACT, P_DDOWN, P_ROUTE,
-        P_EGU, P_EACT, P_EDOWN, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
+        P_EGU, P_EACT, P_EDOWN, P_EFUSED, P_PREFETCH, P_COMBINE, P_HNORM, P_HEAD, P_COPY, PROF_CATS
 };
 
 struct backend {
@@ -59,6 +59,27 @@ struct backend {
         void *k_new, *v_new;
         int32_t *topk_idx, *pair_rows, *n_groups;
         struct kern_gemm_group *groups;
+        void *moe_ws;                   /* fused FFN of decode steps (kern_ffn_decode) */
+        bool fused_moe;                 /* opt-in GEMMA4D_CUDA_FUSED_FFN=1 (slower than the separate kernels
+                                         * on H100 so far: docs/perf-notes.md) */
+        bool fused_dense;               /* the dense MLP inside it too; GEMMA4D_CUDA_NO_FUSED_DENSE=1 */
+        bool fused_router;              /* and the router; GEMMA4D_CUDA_NO_FUSED_ROUTER=1 */
+        bool decode_gemv;               /* kern_gemv_decode for qkv / o_proj of decode steps: opt-in
+                                         * GEMMA4D_CUDA_DECODE_GEMV=1 (R3: 248.6 vs 252.4 tok/s without) */
+        bool gemv_quant;                /* ... with the attention output's quantization inside;
+                                         * GEMMA4D_CUDA_GEMV_QUANT=1 */
+        bool gemv_head;                 /* ... for the LM head of decode steps; GEMMA4D_CUDA_NO_GEMV_HEAD=1 */
+        bool pdl;                       /* decode kernels launched as programmatic dependents; GEMMA4D_CUDA_NO_PDL=1 */
+        bool route_decode;              /* kern_route_decode for decode steps; GEMMA4D_CUDA_NO_ROUTE_DECODE=1 */
+        bool parallel_dense;            /* unfused decode: dense MLP on the side stream;
+                                         * GEMMA4D_CUDA_NO_PARALLEL_DENSE=1 */
+        bool prefetch;                  /* decode: L2 prefetch of upcoming weights; opt-in GEMMA4D_CUDA_PREFETCH=1 */
+        /* decode: work off the critical path (KV commit, the dense MLP, L2 prefetches) runs on a second
+         * stream that forks from and joins back into the main one (also inside graphs);
+         * GEMMA4D_CUDA_NO_SIDE_STREAM=1 */
+        cudaStream_t side;
+        cudaEvent_t side_fork, side_join;
+        bool side_pending;              /* side work not yet joined */
 
         /* batch metadata: one pinned host block, one device block */
         int32_t *meta_h, *meta_d;
@@ -93,8 +114,8 @@ static const char *const prof_names[PROF_CATS] = {
         [P_ATTN] = "attention", [P_KV] = "kv commit", [P_OQ] = "attn quant", [P_O] = "o_proj gemm",
         [P_POST] = "post-attn norms", [P_ROUTER] = "router", [P_DGU] = "dense gate_up", [P_DACT] = "dense geglu",
         [P_DDOWN] = "dense down", [P_ROUTE] = "moe route", [P_EGU] = "moe gate_up", [P_EACT] = "moe geglu",
-        [P_EDOWN] = "moe down", [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head",
-        [P_COPY] = "logits copy",
+        [P_EDOWN] = "moe down", [P_EFUSED] = "ffn fused", [P_PREFETCH] = "l2 prefetch",
+        [P_COMBINE] = "ffn combine", [P_HNORM] = "final norm", [P_HEAD] = "lm head", [P_COPY] = "logits copy",
 };
 
 static bool cuda_ok(cudaError_t e) {
@@ -482,12 +503,29 @@ static int alloc_activations(struct backend *b, char **reterr) {
                 {(void **) &b->pair_rows, (size_t) b->p_max * 4},
                 {(void **) &b->n_groups, 16},
                 {(void **) &b->groups, (size_t) b->max_groups * sizeof(struct kern_gemm_group)},
+                {&b->moe_ws,
+                 c->enable_moe ? kern_ffn_decode_workspace(b->top_k, c->n_experts, b->e_inter, b->inter) : 0},
         };
         for (size_t i = 0; i < sizeof(a) / sizeof(a[0]) && r == 0; i++)
                 r = dev_alloc(a[i].p, a[i].bytes);
         if (r < 0)
                 return cuda_errorf(reterr, r, "backend cuda: out of device memory for activations "
                                               "(max_batched_tokens %u)", T);
+        /* the fused FFN kernel's grid barrier starts from zero and leaves itself there */
+        if (!cuda_ok(cudaMemset(b->moe_ws, 0, c->enable_moe ? kern_ffn_decode_workspace(b->top_k, c->n_experts,
+                                                                                        b->e_inter, b->inter)
+                                                            : 16)))
+                return cuda_errorf(reterr, -EIO, "backend cuda: cannot clear the MoE workspace");
+        b->fused_moe = c->enable_moe && env_flag("GEMMA4D_CUDA_FUSED_FFN");
+        b->prefetch = env_flag("GEMMA4D_CUDA_PREFETCH");
+        b->fused_dense = !env_flag("GEMMA4D_CUDA_NO_FUSED_DENSE");
+        b->fused_router = !env_flag("GEMMA4D_CUDA_NO_FUSED_ROUTER");
+        b->decode_gemv = env_flag("GEMMA4D_CUDA_DECODE_GEMV");
+        b->gemv_quant = env_flag("GEMMA4D_CUDA_GEMV_QUANT");
+        b->pdl = !env_flag("GEMMA4D_CUDA_NO_PDL");
+        b->route_decode = !env_flag("GEMMA4D_CUDA_NO_ROUTE_DECODE");
+        b->gemv_head = !env_flag("GEMMA4D_CUDA_NO_GEMV_HEAD");
+        b->parallel_dense = !env_flag("GEMMA4D_CUDA_NO_PARALLEL_DENSE");
         /* metadata: per token 4 ints, per sequence 8, page tables, logit rows */
         uint32_t pages_per_seq = (b->p.max_model_len + b->p.page_size - 1) / b->p.page_size + b->ring;
         b->meta_cap = (size_t) T * 5 + (size_t) b->p.max_num_seqs * (8 + pages_per_seq) + 64;
@@ -538,6 +576,13 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
         b->e_inter = m->cfg.enable_moe ? m->cfg.moe_intermediate_size : 0;
         if (!cuda_ok(cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking))) {
                 r = cuda_errorf(reterr, -EIO, "backend cuda: cannot create a stream");
+                goto fail;
+        }
+        if (!env_flag("GEMMA4D_CUDA_NO_SIDE_STREAM") &&
+            (!cuda_ok(cudaStreamCreateWithFlags(&b->side, cudaStreamNonBlocking)) ||
+             !cuda_ok(cudaEventCreateWithFlags(&b->side_fork, cudaEventDisableTiming)) ||
+             !cuda_ok(cudaEventCreateWithFlags(&b->side_join, cudaEventDisableTiming)))) {
+                r = cuda_errorf(reterr, -EIO, "backend cuda: cannot create the side stream");
                 goto fail;
         }
         if ((r = kern_blas_create(&b->blas)) < 0) {
@@ -639,7 +684,7 @@ static void backend_cuda_destroy(struct backend *b) {
         void *bufs[] = {b->x, b->router_logits, b->att_partial, b->a_scale, b->s1, b->s2, b->topk_w, b->e_scale, b->logits, b->aq,
                         b->q1, b->q2, b->act, b->e_act, b->qkv, b->q, b->attn, b->o, b->gu, b->dense_y, b->e_gu,
                         b->e_y, b->final_bf16, b->head_tmp, b->k_new, b->v_new, b->topk_idx, b->pair_rows,
-                        b->n_groups, b->groups, b->meta_d, b->argmax_d, b->weight_block, b->kv_block,
+                        b->n_groups, b->groups, b->moe_ws, b->meta_d, b->argmax_d, b->weight_block, b->kv_block,
                         b->embed_host ? NULL : b->embed, b->final_norm, b->head_bf16_own};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 if (bufs[i])
@@ -674,6 +719,12 @@ static void backend_cuda_destroy(struct backend *b) {
         kern_blas_destroy(b->blas);
         if (b->stream)
                 cudaStreamDestroy(b->stream);
+        if (b->side)
+                cudaStreamDestroy(b->side);
+        if (b->side_fork)
+                cudaEventDestroy(b->side_fork);
+        if (b->side_join)
+                cudaEventDestroy(b->side_join);
         free(b);
 }
 
@@ -683,19 +734,25 @@ static void backend_cuda_get_capacity(struct backend *b, struct backend_capacity
 
 /* ---- forward ---- */
 
-static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
-                  uint16_t *y) {
+static int linear_on(struct backend *b, cudaStream_t st, const struct dev_linear *L, const uint8_t *x,
+                     const float *xs, uint32_t m, uint16_t *y) {
+        if (b->decode_gemv && kern_gemv_decode_supported(L->n_out, L->k, m))
+                return kern_gemv_decode(L->w, L->scale, L->n_out, L->k, x, NULL, xs, m, y, KERN_OUT_BF16, 0.0f,
+                                        b->pdl && st == b->stream, st);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
-                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
-                                             b->stream);
-        int r = kern_blas_fp8_linear(b->blas, L->w, L->scale, L->n_out, L->k, x, xs, m, y, b->stream);
+                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
+        int r = kern_blas_fp8_linear(b->blas, L->w, L->scale, L->n_out, L->k, x, xs, m, y, st);
         if (r < 0) {
                 log_error("%s", kern_blas_last_error(b->blas));
                 /* the tensor-core small-M kernel takes any M; slower for big batches but correct */
-                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f,
-                                             b->stream);
+                return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
         }
         return 0;
+}
+
+static int linear(struct backend *b, const struct dev_linear *L, const uint8_t *x, const float *xs, uint32_t m,
+                  uint16_t *y) {
+        return linear_on(b, b->stream, L, x, xs, m, y);
 }
 
 /* A batch the backend cannot run is refused before anything reaches the device; the log says why (the
@@ -766,6 +823,58 @@ static int validate_batch(struct backend *b, const struct backend_batch *batch, 
                         return r_;                                                                           \
         } while (0)
 
+/* The stream for work off the critical path of a decode step: the side stream, forked from the main
+ * stream's current point; the main stream itself when there is no side stream. */
+static cudaStream_t side_fork(struct backend *b, uint32_t T) {
+        if (!b->side || T > SMALL_M_MAX)
+                return b->stream;
+        if (!cuda_ok(cudaEventRecord(b->side_fork, b->stream)) ||
+            !cuda_ok(cudaStreamWaitEvent(b->side, b->side_fork, 0)))
+                return NULL;
+        b->side_pending = true;
+        return b->side;
+}
+
+/* The main stream waits for everything forked so far. */
+static int side_join(struct backend *b) {
+        if (!b->side_pending)
+                return 0;
+        b->side_pending = false;
+        if (!cuda_ok(cudaEventRecord(b->side_join, b->side)) ||
+            !cuda_ok(cudaStreamWaitEvent(b->stream, b->side_join, 0)))
+                return -EIO;
+        return 0;
+}
+
+static size_t linear_size(const struct dev_linear *L) {
+        return (size_t) L->n_out * L->k;
+}
+
+/* Decode steps read every weight once and have latency-bound stretches between the GEMMs (norms, top-k,
+ * attention over a short context): these ask L2 for the weights of the GEMMs after such a stretch. */
+static int prefetch_after_qkv(struct backend *b, const struct dev_layer *D, uint32_t T) {
+        if (!b->prefetch || T > SMALL_M_MAX)
+                return 0;
+        struct kern_prefetch pf = {{D->o.w, D->gate_up.w, D->down.w, D->router_proj},
+                                   {linear_size(&D->o), linear_size(&D->gate_up), linear_size(&D->down),
+                                    D->router_proj ? (size_t) b->cfg.n_experts * b->cfg.hidden_size * 2 : 0}};
+        cudaStream_t st = side_fork(b, T);
+        int r = st ? kern_l2_prefetch(&pf, st) : -EIO;
+        prof_mark(b, P_PREFETCH);
+        return r;
+}
+
+static int prefetch_next_qkv(struct backend *b, uint32_t l, uint32_t T) {
+        if (!b->prefetch || T > SMALL_M_MAX || l + 1 >= b->cfg.n_layers)
+                return 0;
+        const struct dev_layer *N = &b->layers[l + 1];
+        struct kern_prefetch pf = {{N->qkv.w}, {linear_size(&N->qkv)}};
+        cudaStream_t st = side_fork(b, T);
+        int r = st ? kern_l2_prefetch(&pf, st) : -EIO;
+        prof_mark(b, P_PREFETCH);
+        return r;
+}
+
 static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, const struct kern_batch *bt_full,
                       const struct kern_batch *bt_slide) {
         if (b->p.weights_bf16)
@@ -792,36 +901,91 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
 
                 TRY(linear(b, &D->qkv, b->aq, b->a_scale, T, b->qkv));
                 prof_mark(b, P_QKV);
+                TRY(prefetch_after_qkv(b, D, T));
+                /* the previous layer's KV commit (side stream) read k_new / v_new: done before they change */
+                TRY(side_join(b));
                 TRY(kern_qkv_post(b->qkv, bt, &D->attn, b->q, b->k_new, b->v_new, b->stream));
                 prof_mark(b, P_QKV_POST);
                 TRY(kern_attention(b->q, b->k_new, b->v_new, bt, &D->attn, b->att_partial, b->att_partial_floats,
                                    b->attn, b->stream));
                 prof_mark(b, P_ATTN);
-                TRY(kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, b->stream));
-                prof_mark(b, P_KV);
-                TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
-                prof_mark(b, P_OQ);
-                TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
-                prof_mark(b, P_O);
+                {
+                        cudaStream_t st = side_fork(b, T);
+                        TRY(st ? kern_kv_commit(b->k_new, b->v_new, bt, &D->attn, st) : -EIO);
+                        prof_mark(b, P_KV);
+                }
+                if (b->decode_gemv && b->gemv_quant && kern_gemv_decode_supported(D->o.n_out, D->o.k, T) &&
+                    D->o.k == qw) {
+                        /* the attention output is quantized inside the GEMV */
+                        TRY(kern_gemv_decode(D->o.w, D->o.scale, D->o.n_out, D->o.k, NULL, b->attn, NULL, T, b->o,
+                                             KERN_OUT_BF16, 0.0f, false, b->stream));
+                        prof_mark(b, P_O);
+                } else {
+                        TRY(kern_quant_rows(b->attn, T, qw, b->aq, b->a_scale, b->stream));
+                        prof_mark(b, P_OQ);
+                        TRY(linear(b, &D->o, b->aq, b->a_scale, T, b->o));
+                        prof_mark(b, P_O);
+                }
                 TRY(kern_post_attn(b->x, b->o, T, H, eps, D->post_attn_ln, D->pre_ff, b->q1, b->s1, D->pre_ff2, b->q2,
                                    b->s2, c->enable_moe ? D->router_scale : NULL, b->stream));
                 prof_mark(b, P_POST);
-                if (c->enable_moe) {
+                /* decode steps: the router, the dense MLP and the experts in one launch */
+                bool fused = c->enable_moe && b->fused_moe &&
+                             kern_ffn_decode_supported(T, b->top_k, c->n_experts, H, b->e_inter, b->inter);
+                /* decode steps: router and grouping in one launch */
+                bool route_once = c->enable_moe && !fused && b->route_decode && T <= SMALL_M_MAX &&
+                                  kern_route_decode_supported(T, c->n_experts, b->top_k);
+                if (c->enable_moe && !(fused && b->fused_router)) {
                         struct kern_router rt = {D->router_proj, D->router_pes, c->n_experts, b->top_k};
-                        TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w, b->stream));
+                        if (route_once)
+                                TRY(kern_route_decode(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w,
+                                                      b->pair_rows, b->groups, b->n_groups, b->moe_ws, b->pdl,
+                                                      b->stream));
+                        else
+                                TRY(kern_router(b->o, T, H, &rt, b->router_logits, b->topk_idx, b->topk_w,
+                                                b->stream));
                         prof_mark(b, P_ROUTER);
                 }
-                TRY(linear(b, &D->gate_up, b->q1, b->s1, T, b->gu));
-                prof_mark(b, P_DGU);
-                TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, b->stream));
-                prof_mark(b, P_DACT);
-                TRY(linear(b, &D->down, b->act, b->s1, T, b->dense_y));
-                prof_mark(b, P_DDOWN);
-                if (c->enable_moe) {
+                if (!fused || !b->fused_dense) {
+                        /* decode steps: the dense MLP beside the router and experts (same input, joined
+                         * before the combine) */
+                        cudaStream_t st = c->enable_moe && b->parallel_dense ? side_fork(b, T) : b->stream;
+                        TRY(st ? linear_on(b, st, &D->gate_up, b->q1, b->s1, T, b->gu) : -EIO);
+                        prof_mark(b, P_DGU);
+                        TRY(kern_geglu_quant(b->gu, T, b->inter, b->act, b->s1, st));
+                        prof_mark(b, P_DACT);
+                        TRY(linear_on(b, st, &D->down, b->act, b->s1, T, b->dense_y));
+                        prof_mark(b, P_DDOWN);
+                }
+                if (fused) {
+                        struct kern_ffn_decode fa = {
+                                .w_gate_up = D->e_gate_up.w, .w_down = D->e_down.w, .s_gate_up = D->e_gate_up.scale,
+                                .s_down = D->e_down.scale, .n_experts = c->n_experts, .hidden = H,
+                                .inter = b->e_inter, .n_tokens = T, .top_k = b->top_k, .x = b->q2, .x_scale = b->s2,
+                                .topk_idx = b->topk_idx, .topk_w = b->topk_w, .y = b->e_y,
+                                .dense_w_gate_up = D->gate_up.w,
+                                .dense_w_down = D->down.w, .dense_s_gate_up = D->gate_up.scale,
+                                .dense_s_down = D->down.scale, .dense_inter = b->inter, .dense_x = b->q1,
+                                .dense_x_scale = b->s1, .dense_y = b->dense_y, .workspace = b->moe_ws,
+                                .pdl = b->pdl,
+                                /* R3: the L2 prefetches inside cost more than they saved */
+                                .flags = KERN_FFN_DECODE_NO_DOWN_PREFETCH | KERN_FFN_DECODE_NO_ITEM_PREFETCH};
+                        if (!b->fused_dense)
+                                fa.dense_w_gate_up = NULL;
+                        if (b->fused_router) {
+                                fa.router_in = b->o;
+                                fa.router_proj = D->router_proj;
+                                fa.router_per_expert_scale = D->router_pes;
+                        }
+                        TRY(kern_ffn_decode(&fa, b->stream));
+                        prof_mark(b, P_EFUSED);
+                }
+                if (c->enable_moe && !fused) {
                         uint32_t I = b->e_inter;
                         uint32_t maxg = kern_moe_max_groups(P, c->n_experts);
-                        TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
-                                           b->stream));
+                        if (!route_once)
+                                TRY(kern_moe_route(b->topk_idx, P, c->n_experts, b->pair_rows, b->groups, b->n_groups,
+                                                   b->stream));
                         prof_mark(b, P_ROUTE);
                         TRY(kern_fp8_linear_grouped(D->e_gate_up.w, D->e_gate_up.scale, 2 * I, H, b->q2, b->s2,
                                                     b->top_k, b->pair_rows, b->groups, b->n_groups, maxg, T < 64 ? T : 64,
@@ -834,13 +998,15 @@ static int run_layers(struct backend *b, uint32_t T, const int32_t *d_tokens, co
                                                     b->stream));
                         prof_mark(b, P_EDOWN);
                 }
+                TRY(side_join(b));
+                TRY(prefetch_next_qkv(b, l, T));
                 const uint16_t *next = l + 1 < c->n_layers ? b->layers[l + 1].input_ln : NULL;
                 TRY(kern_ffn_combine(b->x, b->dense_y, c->enable_moe ? b->e_y : NULL, b->topk_w, b->top_k, T, H, eps,
                                      D->post_ff1, D->post_ff2, D->post_ff, D->layer_scalar, next, b->aq, b->a_scale,
                                      b->stream));
                 prof_mark(b, P_COMBINE);
         }
-        return 0;
+        return side_join(b);
 }
 
 /* Final norm + LM head + softcap for n_rows gathered rows into dst (host memory). When `capture` is set the
@@ -859,7 +1025,11 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         TRY(kern_rmsnorm_rows(b->x, d_rows + r0, b->final_norm, nr, H, c->rms_norm_eps, b->aq,
                                               b->a_scale, NULL, b->stream));
                         prof_mark(b, P_HNORM);
-                        if (nr <= SMALL_M_MAX || H % 16 != 0) {
+                        /* the decode GEMV streams the 738 MB head at 2.5 TB/s vs 2.0 (H100, R1) */
+                        if ((b->gemv_head || b->decode_gemv) && kern_gemv_decode_supported(V, H, nr)) {
+                                TRY(kern_gemv_decode(b->head_w, b->head_scale, V, H, b->aq, NULL, b->a_scale, nr,
+                                                     b->logits, KERN_OUT_F32_SOFTCAP, cap, b->pdl, b->stream));
+                        } else if (nr <= SMALL_M_MAX || H % 16 != 0) {
                                 TRY(kern_fp8_linear_small(b->head_w, b->head_scale, V, H, b->aq, b->a_scale, nr,
                                                           b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
                         } else {
