@@ -45,6 +45,18 @@ static __device__ __forceinline__ float e4m3_to_f32(uint8_t v) {
         return __half2float(__half(h));
 }
 
+/* One element of a linear's output in the caller's format: BF16, or FP32 through cap * tanh(v / cap). */
+static __device__ __forceinline__ void store_linear_out(void *y, size_t off, float v, enum kern_out out,
+                                                        float softcap) {
+        if (out == KERN_OUT_BF16) {
+                ((uint16_t *) y)[off] = f32_to_bf16_bits(v);
+                return;
+        }
+        if (softcap > 0.0f)
+                v = softcap * tanhf(v / softcap);
+        ((float *) y)[off] = v;
+}
+
 static __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1)

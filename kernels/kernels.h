@@ -103,6 +103,17 @@ int kern_fp8_linear_small(const uint8_t *w, const float *w_scale, uint32_t n_out
                           const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
                           cudaStream_t stream);
 
+/* Mid-M FP8 linear (gemm_midm.cu, wgmma: sm_90a), same contract as kern_fp8_linear_small for
+ * 1..KERN_MID_M_MAX rows and k % 16 == 0: weights streamed once from HBM into registers, tokens staged in
+ * shared memory, K split over a block cluster when the row blocks alone cannot fill the GPU. The FP8 tensor
+ * cores accumulate with fewer mantissa bits than FP32 (relative error ~5e-4 at k = 2816, below a BF16
+ * rounding). Tests only: kern_fp8_linear_mid_cluster != 0 forces that cluster size (1..8). */
+#define KERN_MID_M_MAX 128
+extern uint32_t kern_fp8_linear_mid_cluster;
+int kern_fp8_linear_mid(const uint8_t *w, const float *w_scale, uint32_t n_out, uint32_t k, const uint8_t *x,
+                        const float *x_scale, uint32_t m, void *y, enum kern_out out, float softcap,
+                        cudaStream_t stream);
+
 /* Grouped (MoE) variant: groups live on the device; *n_groups (device) says how many of the max_groups
  * are valid. Expert e uses w + e * n_out * k and w_scale + e * n_out. pair_rows[i] is the output row of
  * sorted entry i, x rows are pair_rows[i] / x_row_div (x_row_div = top_k reads the token's row; 1 reads

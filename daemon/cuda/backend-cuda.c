@@ -19,6 +19,9 @@
 
 #define SMALL_M_MAX 8           /* up to this many rows the mma small-M kernel; beyond, cuBLASLt (measured: at 64
                                  * rows the small-M kernel ran qkv in 58 us/layer, far above cuBLASLt's ~11-20) */
+#define MID_M_MAX 16            /* up to this many rows the weight-streaming mid-M kernel (gemm_midm.cu), beyond
+                                 * cuBLASLt: measured on H100 at 16 rows 1.06-1.5x faster than cuBLASLt on every
+                                 * dense shape and the LM head, at 32 and more rows slower (docs/perf-notes.md) */
 #define HEAD_CHUNK 256          /* logits rows per LM-head launch */
 #define PROF_EVENTS 4096
 
@@ -34,6 +37,8 @@ struct backend {
         struct backend_capacity cap;
         cudaStream_t stream;
         struct kern_blas *blas;
+        uint32_t mid_m_max;             /* MID_M_MAX, or GEMMA4D_CUDA_MIDM_MAX (0 = cuBLASLt from 9 rows; at most
+                                         * KERN_MID_M_MAX) */
         bool lost;
 
         struct dev_layer *layers;
@@ -641,6 +646,11 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
                 r = cuda_errorf(reterr, -EIO, "backend cuda: device error during load");
                 goto fail;
         }
+        b->mid_m_max = MID_M_MAX;
+        if (getenv("GEMMA4D_CUDA_MIDM_MAX")) {
+                unsigned long v = strtoul(getenv("GEMMA4D_CUDA_MIDM_MAX"), NULL, 10);
+                b->mid_m_max = v < KERN_MID_M_MAX ? (uint32_t) v : KERN_MID_M_MAX;
+        }
         b->prof = getenv("GEMMA4D_CUDA_PROFILE") && strcmp(getenv("GEMMA4D_CUDA_PROFILE"), "0") != 0;
         for (uint32_t i = 0; b->prof && i < PROF_EVENTS; i++)
                 if (!cuda_ok(cudaEventCreate(&b->prof_ev[i]))) {
@@ -741,6 +751,12 @@ static int linear_on(struct backend *b, cudaStream_t st, const struct dev_linear
                                         b->pdl && st == b->stream, st);
         if (m <= SMALL_M_MAX || L->n_out % 8 != 0 || L->k % 16 != 0)
                 return kern_fp8_linear_small(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
+        if (m <= b->mid_m_max) {
+                int r = kern_fp8_linear_mid(L->w, L->scale, L->n_out, L->k, x, xs, m, y, KERN_OUT_BF16, 0.0f, st);
+                if (r == 0)
+                        return 0;
+                log_error("mid-M FP8 linear n=%u k=%u m=%u failed (%d), using cuBLASLt", L->n_out, L->k, m, r);
+        }
         int r = kern_blas_fp8_linear(b->blas, L->w, L->scale, L->n_out, L->k, x, xs, m, y, st);
         if (r < 0) {
                 log_error("%s", kern_blas_last_error(b->blas));
@@ -1032,6 +1048,9 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         } else if (nr <= SMALL_M_MAX || H % 16 != 0) {
                                 TRY(kern_fp8_linear_small(b->head_w, b->head_scale, V, H, b->aq, b->a_scale, nr,
                                                           b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
+                        } else if (nr <= b->mid_m_max) {
+                                TRY(kern_fp8_linear_mid(b->head_w, b->head_scale, V, H, b->aq, b->a_scale, nr,
+                                                        b->logits, KERN_OUT_F32_SOFTCAP, cap, b->stream));
                         } else {
                                 TRY(kern_blas_fp8_linear(b->blas, b->head_w, b->head_scale, V, H, b->aq, b->a_scale,
                                                          nr, b->head_tmp, b->stream));
