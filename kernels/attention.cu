@@ -10,20 +10,16 @@
  * from the pages, so prefill chunks of any length are correct on the sliding ring.
  * kv_commit: scratch -> pages after attention.
  */
-#include "common.cuh"
+#include "attention.cuh"
 
 #define ATT_WARPS 4
 
 /* tests: force the split (decode) kernel for every batch, to check both paths on the same inputs */
 extern "C" {
 bool kern_attention_force_split = false;
+int kern_attention_force_path = KERN_ATT_PATH_AUTO, kern_attention_last_path = KERN_ATT_PATH_AUTO;
 }
 
-struct att_ctx {
-        struct kern_batch bt;
-        uint32_t n_heads, n_kv, d, page_size, ring, window;
-        const uint8_t *k_pages, *v_pages, *k_new, *v_new;
-};
 
 template <bool FP8>
 static __device__ __forceinline__ void store_kv(void *base, size_t idx, float v) {
@@ -177,19 +173,6 @@ static __device__ __forceinline__ void load_kv(const uint8_t *base, size_t elem,
         }
 }
 
-/* Element offset of key position j's row for kv head kvh. */
-static __device__ __forceinline__ size_t key_row(const struct att_ctx &c, const int32_t *table, int32_t j,
-                                                 int32_t pos0, int32_t row0, uint32_t kvh, bool *fresh) {
-        if (j >= pos0) {
-                *fresh = true;
-                return ((size_t) (row0 + j - pos0) * c.n_kv + kvh) * c.d;
-        }
-        *fresh = false;
-        uint32_t pi = (uint32_t) j / c.page_size;
-        int32_t page = table[c.ring ? pi % c.ring : pi];
-        return (((size_t) page * c.page_size + (uint32_t) j % c.page_size) * c.n_kv + kvh) * c.d;
-}
-
 template <int DPL, bool FP8, bool VEC>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
         attention_kernel(const uint16_t *q, struct att_ctx c, float *partial, uint16_t *out) {
@@ -280,23 +263,31 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         }
 }
 
+/* One block per row: the splits' weights exp(m_s - M) go to shared memory once, so that each output element
+ * reads only the splits that found keys (with a loose context bound most splits of a decode graph are
+ * empty). Sums run over s in order: the result does not depend on the block size. */
 static __global__ void attention_merge_kernel(const float *partial, uint32_t n_split, uint32_t d, uint16_t *out) {
+        extern __shared__ float merge_w[];      /* [n_split] weights, then [n_split] weighted row sums */
+        __shared__ float red[32];
         const float *pp = partial + (size_t) blockIdx.x * n_split * (d + 2);
-        float M = -INFINITY, L = 0.0f;
-        for (uint32_t s = 0; s < n_split; s++)
+        float M = -INFINITY;
+        for (uint32_t s = threadIdx.x; s < n_split; s += blockDim.x)
                 M = fmaxf(M, pp[s * (d + 2)]);
-        for (uint32_t s = 0; s < n_split; s++) {
-                float ms = pp[s * (d + 2)];
-                if (ms != -INFINITY)
-                        L += __expf(ms - M) * pp[s * (d + 2) + 1];
+        M = block_max(M, red);
+        for (uint32_t s = threadIdx.x; s < n_split; s += blockDim.x) {
+                float ms = pp[s * (d + 2)], w = ms == -INFINITY ? 0.0f : __expf(ms - M);
+                merge_w[s] = w;
+                merge_w[n_split + s] = w == 0.0f ? 0.0f : w * pp[s * (d + 2) + 1];
         }
+        __syncthreads();
+        float L = 0.0f;
+        for (uint32_t s = 0; s < n_split; s++)
+                L += merge_w[n_split + s];
         for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
                 float v = 0.0f;
-                for (uint32_t s = 0; s < n_split; s++) {
-                        float ms = pp[s * (d + 2)];
-                        if (ms != -INFINITY)
-                                v += __expf(ms - M) * pp[s * (d + 2) + 2 + i];
-                }
+                for (uint32_t s = 0; s < n_split; s++)
+                        if (merge_w[s] != 0.0f)
+                                v += merge_w[s] * pp[s * (d + 2) + 2 + i];
                 out[(size_t) blockIdx.x * d + i] = f32_to_bf16_bits(L > 0.0f ? v / L : 0.0f);
         }
 }
@@ -469,6 +460,75 @@ static int launch_tile(bool fp8, uint32_t n_tokens, const uint16_t *q, const str
         return KERN_CHECK_LAUNCH();
 }
 
+/* multiprocessors of the current device (read once: the daemon drives one device) */
+static int sm_count(void) {
+        static int n;
+        int dev;
+        if (n <= 0 && (cudaGetDevice(&dev) != cudaSuccess ||
+                       cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0))
+                n = 132;
+        return n;
+}
+
+/* want, at most `most` (each split needs keys), at most what the partial scratch holds, at least 1 */
+static uint32_t clamp_split(uint32_t want, uint32_t most, size_t cap) {
+        if (want > most)
+                want = most;
+        if (want > cap)
+                want = cap ? (uint32_t) cap : 1;
+        return want < 1 ? 1 : want;
+}
+
+static int merge_splits(const float *partial, uint32_t n_split, uint32_t rows, uint32_t d, uint16_t *out,
+                        cudaStream_t stream) {
+        if (n_split <= 1)
+                return 0;
+        attention_merge_kernel<<<rows, 128, 2 * n_split * sizeof(float), stream>>>(partial, n_split, d, out);
+        return KERN_CHECK_LAUNCH();
+}
+
+/* Which kernel takes a batch. Prefill-like batches (several queries per sequence) go to a tile kernel that
+ * reads each K/V tile once per GQA group of query rows; decode batches (one query per sequence) would leave
+ * most of its rows empty and go to a per-(token, kv head, key split) kernel. Head dims 256 and 512 run on
+ * tensor cores (on H100 the decode kernel beat the CUDA-core split-K kernel from 1 to 64 streams), other
+ * head dims on the CUDA-core kernels. Tests may force a path; a forced path that cannot take the layer falls
+ * back. */
+static int pick_path(const struct kern_batch *bt, const struct kern_attn_layer *L) {
+        uint32_t group = L->n_heads / L->n_kv_heads;
+        bool tile_ok = group <= TILE_PAIRS;
+        uint32_t qt = tile_ok ? TILE_PAIRS / group : 1;
+        bool prefill_like = bt->n_tokens >= 2 * qt && bt->n_tokens >= qt * bt->n_seqs;
+        int path = kern_attention_force_split ? KERN_ATT_PATH_SPLIT : kern_attention_force_path;
+
+        switch (path) {
+        case KERN_ATT_PATH_SPLIT:
+                return path;
+        case KERN_ATT_PATH_TILE:
+                if (tile_ok)
+                        return path;
+                break;
+        case KERN_ATT_PATH_MMA_PREFILL:
+        case KERN_ATT_PATH_MMA_PREFILL_REGS:
+                if (att_mma_supported(L, true))
+                        return path;
+                break;
+        case KERN_ATT_PATH_MMA_DECODE:
+        case KERN_ATT_PATH_MMA_DECODE_ROWS:
+                if (att_mma_supported(L, false))
+                        return path;
+                break;
+        default:
+                break;
+        }
+        if (prefill_like && att_mma_supported(L, true))
+                return KERN_ATT_PATH_MMA_PREFILL;
+        if (prefill_like && tile_ok)
+                return KERN_ATT_PATH_TILE;
+        if (att_mma_supported(L, false))
+                return KERN_ATT_PATH_MMA_DECODE;
+        return KERN_ATT_PATH_SPLIT;
+}
+
 extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *v_new, const struct kern_batch *bt,
                               const struct kern_attn_layer *L, float *partial, size_t partial_floats,
                               uint16_t *out, cudaStream_t stream) {
@@ -481,12 +541,11 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         uint32_t rows = bt->n_tokens * L->n_heads;
         uint32_t dpl = (L->head_dim + 31) / 32;
         dpl = dpl <= 1 ? 1 : dpl <= 2 ? 2 : dpl <= 4 ? 4 : dpl <= 8 ? 8 : 16;
-        uint32_t group = L->n_heads / L->n_kv_heads;
-        /* prefill-like batches (several queries per sequence): the shared-memory tile kernel, K/V read once per
-         * 16 query-head pairs; decode batches (one query per sequence) would leave its warps idle */
-        uint32_t qt = TILE_PAIRS / (group < TILE_PAIRS ? group : TILE_PAIRS);
-        if (group <= TILE_PAIRS && bt->n_tokens >= 2 * qt && bt->n_tokens >= qt * bt->n_seqs &&
-            !kern_attention_force_split) {
+        int path = pick_path(bt, L);
+        kern_attention_last_path = path;
+        if (path == KERN_ATT_PATH_MMA_PREFILL || path == KERN_ATT_PATH_MMA_PREFILL_REGS)
+                return att_mma_prefill(q, c, L->kv_fp8, path != KERN_ATT_PATH_MMA_PREFILL_REGS, out, stream);
+        if (path == KERN_ATT_PATH_TILE) {
                 switch (dpl) {
                 case 1: return launch_tile<1>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
                 case 2: return launch_tile<2>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
@@ -495,17 +554,22 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
                 default: return launch_tile<16>(L->kv_fp8, bt->n_tokens, q, c, out, stream);
                 }
         }
-        uint32_t n_split = (264 + rows - 1) / rows;
-        uint32_t by_len = (keys + 1023) / 1024, most = (keys + 63) / 64;
-        if (n_split < by_len)
-                n_split = by_len;
-        if (n_split > most)
-                n_split = most;
         size_t cap = partial_floats / ((size_t) rows * (L->head_dim + 2));
-        if (n_split > cap)
-                n_split = cap ? (uint32_t) cap : 1;
-        if (n_split < 1)
-                n_split = 1;
+        if (path == KERN_ATT_PATH_MMA_DECODE || path == KERN_ATT_PATH_MMA_DECODE_ROWS) {
+                /* as many splits as keep every block resident at once (one wave: a second wave of short
+                 * blocks costs more than longer blocks), each split taking at least ATT_MMA_MIN_CHUNK keys */
+                uint32_t units = bt->n_tokens * L->n_kv_heads;
+                uint32_t slots = (uint32_t) sm_count() * (L->head_dim <= 256 ? 4 : 2);
+                uint32_t most = (keys + ATT_MMA_MIN_CHUNK - 1) / ATT_MMA_MIN_CHUNK;
+                uint32_t n_split = clamp_split(slots / units, most < ATT_MMA_MAX_SPLIT ? most : ATT_MMA_MAX_SPLIT,
+                                               cap);
+                if (att_mma_decode(q, c, L->kv_fp8, n_split, path != KERN_ATT_PATH_MMA_DECODE_ROWS, partial, out,
+                                   stream) < 0)
+                        return -EIO;
+                return merge_splits(partial, n_split, rows, L->head_dim, out, stream);
+        }
+        uint32_t n_split = (264 + rows - 1) / rows, by_len = (keys + 1023) / 1024;
+        n_split = clamp_split(n_split > by_len ? n_split : by_len, (keys + 63) / 64, cap);
         dim3 grid(rows, n_split);
 
         switch (dpl) {
@@ -518,11 +582,7 @@ extern "C" int kern_attention(const uint16_t *q, const void *k_new, const void *
         }
         if (KERN_CHECK_LAUNCH() < 0)
                 return -EIO;
-        if (n_split > 1) {
-                attention_merge_kernel<<<rows, 128, 0, stream>>>(partial, n_split, L->head_dim, out);
-                return KERN_CHECK_LAUNCH();
-        }
-        return 0;
+        return merge_splits(partial, n_split, rows, L->head_dim, out, stream);
 }
 
 static __global__ void kv_commit_kernel(const uint8_t *k_new, const uint8_t *v_new, struct att_ctx c,

@@ -285,6 +285,18 @@ size_t kern_attention_partial_floats(uint32_t max_tokens, uint32_t n_heads, uint
 /* Batches with many tokens take a shared-memory tile kernel, the rest a split-K kernel; tests set this to
  * run the split-K kernel on every batch. */
 extern bool kern_attention_force_split;
+/* tests: run one path (KERN_ATT_PATH_*) when it can take the layer (0: the default choice); the path the last
+ * kern_attention call took */
+enum {
+        KERN_ATT_PATH_AUTO,
+        KERN_ATT_PATH_SPLIT,            /* CUDA cores, one block per (token, head, key split) */
+        KERN_ATT_PATH_TILE,             /* CUDA cores, K/V tiles in shared memory shared by a GQA group */
+        KERN_ATT_PATH_MMA_PREFILL,      /* tensor cores, 64-row query tiles, next K/V tile copied meanwhile */
+        KERN_ATT_PATH_MMA_DECODE,       /* tensor cores, one token's GQA group per block, keys as the M side */
+        KERN_ATT_PATH_MMA_DECODE_ROWS,  /* MMA_DECODE with query heads as the mma's M side (16-row tile) */
+        KERN_ATT_PATH_MMA_PREFILL_REGS, /* MMA_PREFILL with K/V staged through registers, no copy ahead */
+};
+extern int kern_attention_force_path, kern_attention_last_path;
 /* Copy this step's K/V into the pages (after attention, so a sliding ring never loses keys that an
  * earlier query of the same step still needs). */
 int kern_kv_commit(const void *k_new, const void *v_new, const struct kern_batch *bt,
