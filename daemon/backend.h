@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
+#include "server/sampler.h"
 
 enum kv_dtype {
         KV_DTYPE_FP8 = 0,       /* e4m3, scale 1.0 (k/v are RMS-normalised, so O(1)) */
@@ -75,6 +76,16 @@ struct backend_batch {
         uint32_t n_seqs;
 };
 
+/* One sequence's sampling for forward_sample: the host sampler's inputs (sampler_sample), so that the
+ * backend can draw exactly the token the host would. params.seed is the request's resolved seed; the draw's
+ * index is n_generated (sampler.h step 6). tokens may be NULL when no penalty is active (only the penalties
+ * read the history). */
+struct backend_sample {
+        struct sampling_params params;
+        const int32_t *tokens;          /* n_prompt prompt tokens, then n_generated generated ones */
+        uint32_t n_prompt, n_generated;
+};
+
 struct backend;
 
 struct backend_ops {
@@ -93,6 +104,14 @@ struct backend_ops {
          * ret_tokens: [n_seqs]. No sequence may ask for all_logits (-EINVAL). -EOPNOTSUPP means the
          * backend has it switched off (nothing ran): the caller uses forward() from then on. */
         int (*forward_greedy)(struct backend *b, const struct backend_batch *batch, int32_t *ret_tokens);
+        /* Optional (may be NULL): the same step, but each sequence's last row is sampled on the backend with
+         * the host sampler's math (sampler.h; any parameters, greedy included) and only the result comes
+         * back: ret[i] is what sampler_sample would give for samples[i] on that row, up to the rounding
+         * boundaries docs/cuda-backend.md lists. samples, ret: [n_seqs]. No sequence may ask for
+         * all_logits (-EINVAL). -EOPNOTSUPP means the backend has it switched off (nothing ran): the caller
+         * samples on the host from then on. */
+        int (*forward_sample)(struct backend *b, const struct backend_batch *batch,
+                              const struct backend_sample *samples, struct sampler_result *ret);
         /* Optional (may be NULL): host memory that forward() copies logits into fastest (CUDA: page-locked),
          * or NULL when there is none to give (the caller then uses malloc). Freed with host_free, before the
          * backend is destroyed. */

@@ -243,6 +243,42 @@ int kern_l2_prefetch(const struct kern_prefetch *ranges, cudaStream_t stream);
  * the lowest id wins among equal values, a row without any value above -inf gives 0. One block per row. */
 int kern_argmax_rows(const float *logits, uint32_t n_rows, uint32_t n, int32_t *out, cudaStream_t stream);
 
+/* ---- sampling (sample.cu) ----
+ * The host sampler's math (daemon/server/sampler.h, steps 0-6) on the device: one block per row. Rows that
+ * differ from the host only where a rounding boundary is within a relative 3e-7 (docs/cuda-backend.md). */
+#define KERN_SAMPLE_MAX_TOP 20
+
+struct kern_sample_params {             /* one per row, on the device */
+        float temperature, top_p, min_p;
+        float repetition_penalty, presence_penalty, frequency_penalty;
+        int32_t top_k;
+        uint32_t n_logprobs;            /* top-N list length, <= KERN_SAMPLE_MAX_TOP */
+        uint32_t want_logprob;          /* greedy rows: compute the token's logprob (sampled rows always do) */
+        uint32_t n_prompt, n_generated; /* history: hist[hist_off ...], prompt then generated tokens */
+        uint32_t hist_off;
+        uint64_t seed, index;           /* the draw is sampler_uniform(seed, index) */
+};
+
+/* Same layout as struct sampler_result. */
+struct kern_sample_result {
+        int32_t token;
+        float logprob;
+        uint32_t n_top;
+        struct {
+                int32_t token;
+                float logprob;
+        } top[KERN_SAMPLE_MAX_TOP];
+};
+
+/* Sample rows r < n_rows of logits (row r at logits + r * ld, width n): penalties and temperature are
+ * applied IN PLACE. hist: the token histories (may be NULL when no row has any); work: n_rows * n floats of
+ * scratch. One launch, no synchronisation: capturable in a graph. */
+int kern_sample_rows(float *logits, size_t ld, uint32_t n_rows, uint32_t n, const struct kern_sample_params *params,
+                     const int32_t *hist, float *work, struct kern_sample_result *out, cudaStream_t stream);
+/* Test hook: when stamps (device, >= 9 entries) is not NULL, row 0 of every launch writes the %globaltimer (ns)
+ * at the start, after the penalties, the temperature, the total mass, top_k, top_p, z, the draw and the end. */
+int kern_sample_set_profile(unsigned long long *stamps);
+
 /* ---- attention (attention.cu) ---- */
 
 /* Where the batch's tokens and sequences are (device arrays). Token t belongs to sequence tok_seq[t] and

@@ -15,6 +15,7 @@
 
 #include "cuda-internal.h"
 #include "cuda-profile.h"
+#include "cuda-sample.h"
 #include "log.h"
 
 #define SMALL_M_MAX 8           /* up to this many rows the mma small-M kernel; beyond, cuBLASLt (measured: at 64
@@ -93,6 +94,9 @@ struct backend {
         /* greedy steps (forward_greedy): the argmax of each sequence's row, on the device */
         bool greedy_on;                 /* GEMMA4D_CUDA_NO_GREEDY=1 turns it off */
         int32_t *argmax_d, *argmax_h;   /* [max_num_seqs]; argmax_h page-locked */
+        /* sampled steps (forward_sample, cuda-sample.c): the host sampler's math on the head's logits */
+        struct cuda_sampler *sampler;   /* NULL: GEMMA4D_CUDA_NO_SAMPLE=1, or switched off after a failure */
+        bool sampling;                  /* the step in progress samples (set by forward_sample) */
 
         /* decode graphs (all sequences one token), indexed by size: with boot graphs (the default) one per
          * bucket, captured in create(), and a step of S sequences runs the bucket's graph with padding
@@ -665,6 +669,11 @@ static int backend_cuda_create(const struct model *m, const struct backend_param
         b->bucket_of = calloc(b->graph_max + 1, sizeof(*b->bucket_of));
         b->pad_seqs = calloc(p->max_num_seqs, sizeof(*b->pad_seqs));
         b->greedy_on = !env_flag("GEMMA4D_CUDA_NO_GREEDY");
+        if (!env_flag("GEMMA4D_CUDA_NO_SAMPLE") &&
+            cuda_sampler_new(m->cfg.vocab_size, p->max_num_seqs, HEAD_CHUNK, &b->sampler) < 0) {
+                r = cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate the device sampler");
+                goto fail;
+        }
         b->boot_graphs = b->use_graphs && !env_flag("GEMMA4D_CUDA_NO_BOOT_GRAPHS");
         if (!b->graphs || !b->bucket_of || !b->pad_seqs) {
                 r = cuda_errorf(reterr, -ENOMEM, "backend cuda: cannot allocate decode graph buffers");
@@ -708,6 +717,7 @@ static void backend_cuda_destroy(struct backend *b) {
         for (uint32_t i = 0; b->graphs && i <= b->graph_max; i++)
                 if (b->graphs[i])
                         cudaGraphExecDestroy(b->graphs[i]);
+        cuda_sampler_free(b->sampler);
         free(b->graphs);
         free(b->bucket_of);
         free(b->pad_seqs);
@@ -1069,6 +1079,11 @@ static int lm_head(struct backend *b, const int32_t *d_rows, uint32_t n_rows, fl
                         prof_mark(b, P_COPY);
                         continue;
                 }
+                if (b->sampling && !capture) {
+                        TRY(cuda_sampler_enqueue(b->sampler, b->logits, r0, nr, b->stream));
+                        prof_mark(b, P_COPY);
+                        continue;
+                }
                 if (capture)
                         return 0;
                 if (!cuda_ok(cudaMemcpyAsync(dst + (size_t) r0 * V, b->logits, (size_t) nr * V * 4,
@@ -1289,7 +1304,7 @@ static const struct backend_seq *pad_batch(struct backend *b, const struct backe
 /* One step: logits to the host (forward), or with ret_tokens each sequence's greedy token (forward_greedy). */
 static int cuda_step(struct backend *b, const struct backend_batch *batch, float *logits, int32_t *ret_tokens) {
         uint32_t T = 0, S, n_rows, max_pos = 0, max_win = 0, real_rows, real_seqs;
-        bool decode = true, argmax = ret_tokens != NULL;
+        bool decode = true, argmax = ret_tokens != NULL, sampling = b->sampling;
         const struct backend_seq *seqs = batch ? batch->seqs : NULL;
         int r;
 
@@ -1301,6 +1316,8 @@ static int cuda_step(struct backend *b, const struct backend_batch *batch, float
         n_rows = real_rows = backend_rows_for(batch);
         if (argmax && n_rows != S)
                 return bad_batch("forward_greedy with all_logits sequences");
+        if (sampling && n_rows != S)
+                return bad_batch("forward_sample with all_logits sequences");
         for (uint32_t s = 0; s < S; s++)
                 decode &= seqs[s].n_tokens == 1;
         bool use_graph = decode && b->use_graphs && !b->prof && T <= b->graph_max && (!argmax || b->greedy_on);
@@ -1363,6 +1380,11 @@ static int cuda_step(struct backend *b, const struct backend_batch *batch, float
                                 goto lost;
                         return 0;
                 }
+                if (sampling) {         /* the graph left the rows in b->logits; the caller fetches */
+                        if (cuda_sampler_enqueue(b->sampler, b->logits, 0, real_seqs, b->stream) < 0)
+                                goto lost;
+                        return 0;
+                }
                 if (!cuda_ok(cudaMemcpyAsync(logits, b->logits, (size_t) real_rows * b->cfg.vocab_size * sizeof(float),
                                              cudaMemcpyDeviceToHost, b->stream)) ||
                     !cuda_ok(cudaStreamSynchronize(b->stream)))
@@ -1396,6 +1418,39 @@ static int backend_cuda_forward_greedy(struct backend *b, const struct backend_b
         return cuda_step(b, batch, NULL, ret_tokens);
 }
 
+static int backend_cuda_forward_sample(struct backend *b, const struct backend_batch *batch,
+                                       const struct backend_sample *samples, struct sampler_result *ret) {
+        if (!b->sampler)
+                return -EOPNOTSUPP;
+        if (b->lost)
+                return -EIO;
+        if (!batch || !samples || !ret || batch->n_seqs > b->p.max_num_seqs)
+                return -EINVAL;
+        int r = cuda_sampler_stage(b->sampler, samples, batch->n_seqs, b->stream);
+        if (r == -ENOMEM) {
+                /* nothing ran: the engine samples on the host from now on */
+                log_warning("backend cuda: no memory for sampling on the device; sampling on the host");
+                b->sampler = cuda_sampler_free(b->sampler);
+                return -EOPNOTSUPP;
+        }
+        if (r == -EIO)
+                goto lost;
+        if (r < 0)
+                return r;
+        b->sampling = true;
+        r = cuda_step(b, batch, NULL, NULL);
+        b->sampling = false;
+        if (r < 0)
+                return r;
+        if (cuda_sampler_fetch(b->sampler, batch->n_seqs, b->stream, ret) < 0)
+                goto lost;
+        return 0;
+lost:
+        log_error("backend cuda: device error while sampling: %s", cudaGetErrorString(cudaGetLastError()));
+        b->lost = true;
+        return -EIO;
+}
+
 /* Page-locked host memory for the engine's logits buffer: the device-to-host copy then runs at PCIe speed
  * straight into it (a pageable destination goes through a staging buffer, in pieces).
  * GEMMA4D_CUDA_NO_PINNED_LOGITS=1 declines, and the engine uses malloc. */
@@ -1426,6 +1481,7 @@ const struct backend_ops backend_cuda_ops = {
         .get_capacity = backend_cuda_get_capacity,
         .forward = backend_cuda_forward,
         .forward_greedy = backend_cuda_forward_greedy,
+        .forward_sample = backend_cuda_forward_sample,
         .host_alloc = backend_cuda_host_alloc,
         .host_free = backend_cuda_host_free,
 };

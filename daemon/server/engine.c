@@ -78,6 +78,9 @@ struct engine {
         bool logits_pinned;             /* from ops->host_alloc */
         int32_t *greedy;                /* [cap_seqs]: tokens of a forward_greedy step */
         bool greedy_off;                /* the backend has no forward_greedy, or switched it off */
+        struct backend_sample *samples; /* [cap_seqs]: the inputs of a forward_sample step */
+        struct sampler_result *sampled; /* [cap_seqs]: its results */
+        bool sample_off;                /* the backend has no forward_sample, or switched it off */
         struct backend_seq *seqs;
         uint32_t cap_seqs;
         struct ereq *live;              /* every accepted request not yet finished */
@@ -633,6 +636,14 @@ static int ensure_buffers(struct engine *e, uint32_t n_seqs, uint64_t rows) {
                 if (!g)
                         return -ENOMEM;
                 e->greedy = g;
+                struct backend_sample *bs = realloc(e->samples, sizeof(*bs) * n_seqs);
+                if (!bs)
+                        return -ENOMEM;
+                e->samples = bs;
+                struct sampler_result *sr = realloc(e->sampled, sizeof(*sr) * n_seqs);
+                if (!sr)
+                        return -ENOMEM;
+                e->sampled = sr;
                 struct sample_job *j = realloc(e->jobs, sizeof(*j) * n_seqs);
                 if (!j)
                         return -ENOMEM;
@@ -775,6 +786,29 @@ static void sample_step(struct engine *e, const struct sched_plan *plan) {
         sample_pool_run(e->samplers, plan->n_entries, sample_job_run, e->jobs);
 }
 
+/* The inputs of a forward_sample step: each sampling row gets exactly what sample_job_run would hand the
+ * host sampler. A mid-prefill row is not read, so it asks for the cheapest thing, a greedy token. */
+static void fill_device_samples(struct engine *e, const struct sched_plan *plan) {
+        for (uint32_t i = 0; i < plan->n_entries; i++) {
+                const struct sched_entry *en = &plan->entries[i];
+                const struct ereq *r = (const struct ereq *) en->req;
+                struct backend_sample *bs = &e->samples[i];
+                if (!entry_samples(en)) {
+                        *bs = (struct backend_sample) { .tokens = NULL };
+                        sampling_params_init(&bs->params);
+                        bs->params.temperature = 0.0f;
+                        continue;
+                }
+                *bs = (struct backend_sample) {
+                        .params = r->params,
+                        .tokens = r->s.tokens,
+                        .n_prompt = r->s.n_prompt,
+                        .n_generated = r->s.n_tokens - r->s.n_prompt,
+                };
+                bs->params.seed = r->seed;
+        }
+}
+
 /* After the backend step: commit KV, emit. For generation, `job` holds the sampled token (from the pool,
  * or a forward_greedy step's argmax: the sampler's answer for such a row, logprob 0); score rows are
  * scored here from `rows`. */
@@ -884,12 +918,15 @@ static int engine_step(struct engine *e, bool threaded) {
         }
 
         uint64_t rows = 0;
-        bool greedy = !e->greedy_off;
+        bool greedy = !e->greedy_off, device_sample = !e->sample_off;
         for (uint32_t i = 0; i < plan->n_entries; i++) {
                 rows += plan->entries[i].req->kind == SCHED_KIND_SCORE ? plan->entries[i].n_tokens : 1;
                 greedy = greedy && !entry_needs_logits(&plan->entries[i]);
+                /* score rows need every logit on the host */
+                device_sample = device_sample && plan->entries[i].req->kind != SCHED_KIND_SCORE;
         }
-        ret = ensure_buffers(e, plan->n_entries, greedy ? 0 : rows);
+        device_sample = device_sample && !greedy;
+        ret = ensure_buffers(e, plan->n_entries, greedy || device_sample ? 0 : rows);
         if (ret < 0) {
                 fail_plan(e, plan, "out of memory for the step's logits");
                 publish_status(e, now);
@@ -927,6 +964,16 @@ static int engine_step(struct engine *e, bool threaded) {
                         if (ret == 0)
                                 ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
                 }
+        } else if (device_sample) {
+                fill_device_samples(e, plan);
+                ret = e->p.ops->forward_sample(e->p.backend, &batch, e->samples, e->sampled);
+                if (ret == -EOPNOTSUPP) {
+                        e->sample_off = true;
+                        device_sample = false;
+                        ret = ensure_buffers(e, plan->n_entries, rows);
+                        if (ret == 0)
+                                ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
+                }
         } else {
                 ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
         }
@@ -954,6 +1001,9 @@ static int engine_step(struct engine *e, bool threaded) {
         if (greedy) {
                 for (uint32_t i = 0; i < plan->n_entries; i++)
                         e->jobs[i] = (struct sample_job) { .res = { .token = e->greedy[i] } };
+        } else if (device_sample) {
+                for (uint32_t i = 0; i < plan->n_entries; i++)
+                        e->jobs[i] = (struct sample_job) { .res = e->sampled[i] };
         } else {
                 sample_step(e, plan);
         }
@@ -962,7 +1012,7 @@ static int engine_step(struct engine *e, bool threaded) {
         for (uint32_t i = 0; i < plan->n_entries; i++) {
                 const struct sched_entry *en = &plan->entries[i];
                 uint32_t n_rows = en->req->kind == SCHED_KIND_SCORE ? en->n_tokens : 1;
-                process_entry(e, en, greedy ? NULL : e->logits + row * e->p.vocab_size, &e->jobs[i], now,
+                process_entry(e, en, greedy || device_sample ? NULL : e->logits + row * e->p.vocab_size, &e->jobs[i], now,
                               &generated);
                 row += n_rows;
         }
@@ -1080,6 +1130,7 @@ int engine_new(const struct engine_params *p, struct engine **ret, char **reterr
         }
         e->p = *p;
         e->greedy_off = !p->ops->forward_greedy;
+        e->sample_off = !p->ops->forward_sample;
         if (e->p.score_chunk == 0)
                 e->p.score_chunk = 64;
         pthread_mutex_init(&e->in_lock, NULL);
@@ -1163,6 +1214,8 @@ struct engine *engine_free(struct engine *e) {
         free(e->jobs);
         free_logits(e);
         free(e->greedy);
+        free(e->samples);
+        free(e->sampled);
         free(e->seqs);
         pthread_mutex_destroy(&e->in_lock);
         pthread_cond_destroy(&e->in_cond);

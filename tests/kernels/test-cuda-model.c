@@ -248,6 +248,140 @@ static void compare_ref(const char *what, const float *got, const float *ref, ui
         }
 }
 
+/* 4c. forward_sample (the sampler on the device) against the host sampler on forward()'s logits for the very
+ * same step, as in 4b: a 2-sequence decode (graph path), a 1-sequence decode and a prefill's last row, under
+ * parameter sets covering every truncation, the penalties (with a history), greedy with logprobs, and
+ * several seeds and indices. Tokens must be identical (a disagreement is possible only with u * z or p * mass
+ * within a relative 3e-7 of a boundary: kernels/sample.cu; it is printed in full); logprobs within 1e-5. */
+static void check_forward_sample(struct engine *e, const struct fixture *f, const char *name) {
+        uint32_t S = f->n_prompt, V = f->vocab;
+        struct sampler *hs = NULL;
+        float *rows = malloc(4 * (size_t) (S > 2 ? S : 2) * V);     /* run_prompt writes every prompt row */
+        int32_t *hist = malloc(sizeof(int32_t) * (S + 16));
+        uint32_t cases = 0, same = 0, lp_ok = 0;
+        int rs = sampler_new(V, &hs);
+        char label[160];
+
+        for (uint32_t i = 0; i < S + 16; i++)
+                hist[i] = f->prompt[i % S];
+        if (rs == 0)
+                rs = run_prompt(e, 0, f->prompt, S - 1, S - 1, rows, V);
+        if (rs == 0)
+                rs = run_prompt(e, 1, f->prompt, S - 1, S - 1, rows, V);
+        for (int set = 0; set < 6 && rs == 0; set++) {
+                struct sampling_params sp;
+                sampling_params_init(&sp);
+                switch (set) {
+                case 0: sp.temperature = 1.0f; break;
+                case 1: sp.temperature = 0.7f; sp.top_k = 40; sp.top_p = 0.9f; sp.logprobs = 5; break;
+                case 2: sp.temperature = 1.3f; sp.min_p = 0.05f; sp.logprob = true; break;
+                case 3: sp.temperature = 0.9f; sp.repetition_penalty = 1.3f; sp.presence_penalty = 0.5f;
+                        sp.frequency_penalty = 0.3f; sp.logprobs = 20; break;
+                case 4: sp.temperature = 0.0f; sp.logprobs = 5; break;
+                case 5: sp.temperature = 2.0f; sp.top_p = 0.5f; break;
+                }
+                for (uint32_t trial = 0; trial < 8 && rs == 0; trial++) {
+                        sp.seed = 0x5eed0000u + 977u * trial + (uint32_t) set;
+                        /* decode of 2 (graph), decode of 1, then a prefill's last row */
+                        for (int shape = 0; shape < 3 && rs == 0; shape++) {
+                                struct backend_seq sq[2] = {seq_of(e, 0, f->prompt + S - 1, 1, S - 1, false),
+                                                            seq_of(e, 1, f->prompt + S - 1, 1, S - 1, false)};
+                                uint32_t ns = shape == 0 ? 2 : 1;
+                                if (shape == 2)
+                                        sq[0] = seq_of(e, 2, f->prompt, S, 0, false);
+                                struct backend_batch b = {sq, ns};
+                                struct backend_sample smp[2];
+                                struct sampler_result want[2], got[2];
+                                for (uint32_t i = 0; i < ns; i++)
+                                        smp[i] = (struct backend_sample){.params = sp, .tokens = hist,
+                                                                         .n_prompt = S - 1,
+                                                                         .n_generated = trial + 3 * i};
+                                rs = e->ops->forward(e->be, &b, rows);
+                                for (uint32_t i = 0; i < ns && rs == 0; i++)
+                                        rs = sampler_sample(hs, rows + (size_t) i * V, hist, S - 1, trial + 3 * i, &sp,
+                                                            &want[i]);
+                                if (rs == 0)
+                                        rs = e->ops->forward_sample(e->be, &b, smp, got);
+                                for (uint32_t i = 0; i < ns && rs == 0; i++, cases++) {
+                                        bool tok = got[i].token == want[i].token;
+                                        bool lp = tok && got[i].n_top == want[i].n_top &&
+                                                  fabsf(got[i].logprob - want[i].logprob) <=
+                                                          1e-5f + 5e-7f * fabsf(want[i].logprob);
+                                        for (uint32_t k = 0; lp && k < want[i].n_top; k++)
+                                                lp = got[i].top[k].token == want[i].top[k].token &&
+                                                     fabsf(got[i].top[k].logprob - want[i].top[k].logprob) <=
+                                                             1e-5f + 5e-7f * fabsf(want[i].top[k].logprob);
+                                        same += tok;
+                                        lp_ok += lp;
+                                        if (!tok || !lp)
+                                                printf("# %s forward_sample set %d trial %u shape %d seq %u: gpu %d (%.7g, "
+                                                       "%u top) host %d (%.7g, %u top)\n", name, set, trial, shape, i,
+                                                       got[i].token, got[i].logprob, got[i].n_top, want[i].token,
+                                                       want[i].logprob, want[i].n_top);
+                                }
+                        }
+                }
+        }
+        /* a sampled continuation: 16 tokens with a seed, each fed back, the device sampler's against the host
+         * sampler's (forward + sampler_sample); the KV of slot 0 is rewritten identically while they agree */
+        int32_t seq_host[S + 16], seq_dev[S + 16];
+        uint32_t cont_same = 0;
+        if (rs == 0) {
+                struct sampling_params sp;
+                sampling_params_init(&sp);
+                sp.temperature = 0.8f;
+                sp.top_p = 0.95f;
+                sp.top_k = 64;
+                sp.repetition_penalty = 1.1f;
+                sp.logprobs = 3;
+                sp.seed = 424242;
+                for (int dev_side = 0; dev_side < 2 && rs == 0; dev_side++) {
+                        int32_t *sq = dev_side ? seq_dev : seq_host;
+                        memcpy(sq, f->prompt, sizeof(int32_t) * S);
+                        for (uint32_t t = 0; t < 16 && rs == 0; t++) {
+                                /* the first step is the prompt's prefill, then one token at a time */
+                                uint32_t pos = t ? S + t - 1 : 0, len = t ? 1 : S;
+                                struct backend_seq q = seq_of(e, 0, sq + pos, len, pos, false);
+                                struct backend_batch b = {&q, 1};
+                                struct sampler_result res;
+                                if (dev_side) {
+                                        struct backend_sample smp = {.params = sp, .tokens = sq, .n_prompt = S,
+                                                                     .n_generated = t};
+                                        rs = e->ops->forward_sample(e->be, &b, &smp, &res);
+                                } else {
+                                        rs = e->ops->forward(e->be, &b, rows);
+                                        if (rs == 0)
+                                                rs = sampler_sample(hs, rows, sq, S, t, &sp, &res);
+                                }
+                                sq[S + t] = res.token;
+                        }
+                }
+                while (rs == 0 && cont_same < 16 && seq_host[S + cont_same] == seq_dev[S + cont_same])
+                        cont_same++;
+                printf("# %s sampled continuation (T 0.8, top_k 64, top_p 0.95, repetition 1.1, seed 424242): host",
+                       name);
+                for (uint32_t t = 0; t < 16; t++)
+                        printf(" %d", seq_host[S + t]);
+                printf(", device");
+                for (uint32_t t = 0; t < 16; t++)
+                        printf(" %d", seq_dev[S + t]);
+                printf("\n");
+        }
+        if (rs == -EOPNOTSUPP) {
+                printf("# %s: forward_sample switched off (GEMMA4D_CUDA_NO_SAMPLE)\n", name);
+        } else {
+                snprintf(label, sizeof(label), "%s forward_sample = host sampler on forward's logits", name);
+                check(label, rs == 0 && same == cases && lp_ok == cases && cases == 6 * 8 * 4,
+                      "%g of %g tokens agree", (double) same, (double) cases);
+                snprintf(label, sizeof(label), "%s sampled continuation with a seed: device = host", name);
+                check(label, rs == 0 && cont_same == 16, "%g of %g tokens agree", (double) cont_same, 16.0);
+                printf("# %s forward_sample: %u/%u tokens, %u/%u logprobs agree\n", name, same, cases, lp_ok, cases);
+        }
+        sampler_free(hs);
+        free(rows);
+        free(hist);
+}
+
 static void test_fixture(const char *root, const char *name, bool greedy) {
         struct fixture f;
         struct model *m = NULL, *mb = NULL;
@@ -406,6 +540,9 @@ static void test_fixture(const char *root, const char *name, bool greedy) {
                 }
                 free(rows);
         }
+
+        if (e.ops->forward_sample)
+                check_forward_sample(&e, &f, name);
 
         /* 5. BF16 KV vs FP8 KV */
         if (engine_open(&e16, "cuda", m, KV_DTYPE_BF16, 4) == 0) {
