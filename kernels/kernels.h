@@ -124,6 +124,14 @@ int kern_fp8_linear_grouped(const uint8_t *w, const float *w_scale, uint32_t n_o
                             const int32_t *pair_rows, const struct kern_gemm_group *groups,
                             const int32_t *n_groups, uint32_t max_groups, uint32_t max_rows, uint16_t *y,
                             cudaStream_t stream);
+/* Which kernel the grouped GEMM runs (tests compare them): the tiled wgmma kernel whenever the shape allows
+ * (k % 16 == 0, max_groups <= 2048) and more than one token, else the streaming mma.sync kernel. */
+enum kern_grouped_path {
+        KERN_GROUPED_AUTO = 0,
+        KERN_GROUPED_MMA = 1,           /* the streaming mma.sync kernel only */
+        KERN_GROUPED_TILED = 2,         /* the tiled kernel only; -EINVAL where it cannot run */
+};
+extern enum kern_grouped_path kern_grouped_select;
 
 /* Sort (token, slot) pairs by expert and cut them into groups of at most 64 rows. One block.
  * pair_rows [n_pairs], groups [max_groups = kern_moe_max_groups()], n_groups [1]. */
