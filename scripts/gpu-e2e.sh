@@ -93,6 +93,9 @@ echo "--- single stream: 38-token prompt, 256 output tokens, greedy"
 timeout 240 bin/gemma4ctl --json bench -c 1 $S1 -n 1 -r 3 -w 1 --temperature 0 > "$OUT/bench1.json"; tail -c 1500 "$OUT/bench1.json"; echo
 echo "--- 64 streams: 256-token prompts, 256 output tokens"
 timeout 300 bin/gemma4ctl --json bench $S64 -n 1 -r 2 -w 1 --temperature 0 > "$OUT/bench64.json"; tail -c 1500 "$OUT/bench64.json"; echo
+echo "--- single stream, sampled on the device: 38-token prompt, 256 tokens, T 0.8, top_k 50, top_p 0.95, seed 7"
+timeout 120 bin/gemma4ctl --json bench -c 1 $S1 -n 1 -r 2 -w 1 --temperature 0.8 --top-k 50 --top-p 0.95 --seed 7 \
+        > "$OUT/bench1s.json"; tail -c 1500 "$OUT/bench1s.json"; echo
 echo "--- prefill: one 8192-token prompt (TTFT)"
 timeout 120 bin/gemma4ctl --json bench -c 1 $S8K -o 1 -n 1 -r 3 -w 1 --temperature 0 > "$OUT/bench8k.json"; tail -c 1500 "$OUT/bench8k.json"; echo
 kill -TERM $pid; wait $pid; echo "gemma4d exit status $?"
