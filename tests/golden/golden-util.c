@@ -9,9 +9,12 @@
 #include "golden-util.h"
 
 char *golden_path(const char *name, const char *sub) {
-        const char *root = getenv("GEMMA4D_SOURCE_ROOT");
+        const char *root = getenv("GEMMA4D_SOURCE_ROOT"), *dir = getenv("GEMMA4D_GOLDEN_FIXTURES");
         char *p = NULL;
 
+        /* the fixture folder itself (where only the fixtures travel, as on the GPU machine) */
+        if (dir)
+                return asprintf(&p, "%s/%s%s%s", dir, name, sub ? "/" : "", sub ? sub : "") < 0 ? NULL : p;
         if (!root)
                 root = ".";
         if (asprintf(&p, "%s/tests/golden/fixtures/%s%s%s", root, name, sub ? "/" : "", sub ? sub : "") < 0)

@@ -52,6 +52,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "golden-util.h"
 #include "kernels/selftest.h"
@@ -378,8 +379,12 @@ int main(int argc, char **argv) {
                 printf("1..0 # SKIP no CUDA device\n");
                 return 77;
         }
-        if (argc > 1)
-                setenv("GEMMA4D_SOURCE_ROOT", argv[1], 1);
+        if (argc > 1) {
+                /* either the repository root or, as test-cuda-model takes it, the fixture folder */
+                char meta[4096];
+                snprintf(meta, sizeof(meta), "%s/tiny-a/meta.json", argv[1]);
+                setenv(access(meta, R_OK) == 0 ? "GEMMA4D_GOLDEN_FIXTURES" : "GEMMA4D_SOURCE_ROOT", argv[1], 1);
+        }
         /* eager forward everywhere, so capture() (always eager) and forward() run the same kernels */
         setenv("GEMMA4D_CUDA_GRAPHS", "0", 1);
         char *probe = golden_path("tiny-a", "meta.json");
