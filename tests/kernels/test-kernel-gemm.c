@@ -239,18 +239,7 @@ static void test_grouped(uint32_t tokens, uint32_t top_k, uint32_t experts, uint
         int32_t *idx = malloc(4 * pairs);
 
         lin_make(&L, n, k, per_pair ? pairs : tokens, experts);
-        for (uint32_t t = 0; t < tokens; t++)
-                for (uint32_t j = 0; j < top_k; j++) {
-                        int32_t ex;
-                        int dup;
-                        do {
-                                ex = (int32_t) (kt_u32() % (skew && (kt_u32() & 1) ? top_k + 1 : experts));
-                                dup = 0;
-                                for (uint32_t j2 = 0; j2 < j; j2++)
-                                        dup |= idx[t * top_k + j2] == ex;
-                        } while (dup);
-                        idx[t * top_k + j] = ex;
-                }
+        kt_route(idx, tokens, top_k, experts, skew);
         snprintf(what, sizeof(what), "tokens=%u top_k=%u experts=%u n=%u k=%u%s", tokens, top_k, experts, n, k,
                  per_pair ? " per-pair x" : "");
         check_grouped(what, &L, idx, pairs, per_pair ? 1 : top_k, tokens < 64 ? tokens : 64);
