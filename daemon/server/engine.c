@@ -960,9 +960,6 @@ static int engine_step(struct engine *e, bool threaded) {
                 if (ret == -EOPNOTSUPP) {
                         e->greedy_off = true;
                         greedy = false;
-                        ret = ensure_buffers(e, plan->n_entries, rows);
-                        if (ret == 0)
-                                ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
                 }
         } else if (device_sample) {
                 fill_device_samples(e, plan);
@@ -970,12 +967,13 @@ static int engine_step(struct engine *e, bool threaded) {
                 if (ret == -EOPNOTSUPP) {
                         e->sample_off = true;
                         device_sample = false;
-                        ret = ensure_buffers(e, plan->n_entries, rows);
-                        if (ret == 0)
-                                ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
                 }
-        } else {
-                ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
+        }
+        /* a plain step, or one whose fast path the backend has just switched off (nothing ran) */
+        if (!greedy && !device_sample) {
+                ret = ensure_buffers(e, plan->n_entries, rows);
+                if (ret == 0)
+                        ret = e->p.ops->forward(e->p.backend, &batch, e->logits);
         }
         e->steps++;
         if (ret < 0) {
@@ -1012,8 +1010,8 @@ static int engine_step(struct engine *e, bool threaded) {
         for (uint32_t i = 0; i < plan->n_entries; i++) {
                 const struct sched_entry *en = &plan->entries[i];
                 uint32_t n_rows = en->req->kind == SCHED_KIND_SCORE ? en->n_tokens : 1;
-                process_entry(e, en, greedy || device_sample ? NULL : e->logits + row * e->p.vocab_size, &e->jobs[i], now,
-                              &generated);
+                const float *logits = greedy || device_sample ? NULL : e->logits + row * e->p.vocab_size;
+                process_entry(e, en, logits, &e->jobs[i], now, &generated);
                 row += n_rows;
         }
         rate_add(e, now, generated, prefilled);
